@@ -1,0 +1,89 @@
+"""What reading a study gives back: studies, series and the files that were skipped."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..geometry import SeriesGeometry
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    """A file that was not used, and why (zero-byte, truncated, not DICOM, no pixels, ...)."""
+
+    path: str
+    reason: str
+
+
+@dataclass
+class Series:
+    """One image series: slices sorted along the slice normal, pixels as float32 with rescale applied."""
+
+    study_id: str
+    series_id: str
+    role: str  # vocab.SERIES_ROLES or vocab.UNKNOWN_ROLE
+    role_reason: str  # why that role, in words
+    description: str  # SeriesDescription inside the files ("" when absent)
+    geometry: SeriesGeometry
+    instance_numbers: np.ndarray  # (n,) int, in slice order
+    pixels: np.ndarray | None  # (n, rows, cols) float32, or None when read without pixels
+    files: list[str] = field(default_factory=list)  # file of each slice, in slice order
+    sop_instance_uids: list[str] = field(default_factory=list)
+    transfer_syntax: str = ""
+    tags: dict = field(default_factory=dict)  # acquisition tags used for the role (EchoTime, ...), UIDs
+    skipped: list[SkippedFile] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # e.g. "split from a folder that mixed orientations"
+
+    @property
+    def n_slices(self) -> int:
+        return self.geometry.n_slices
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.geometry.shape
+
+    @property
+    def pixel_spacing(self) -> tuple[float, float]:
+        return self.geometry.pixel_spacing
+
+    @property
+    def orientation(self) -> np.ndarray:
+        return self.geometry.orientation
+
+    @property
+    def positions(self) -> np.ndarray:
+        return self.geometry.positions
+
+    def slice_of_instance(self, instance_number: int) -> int:
+        """Index (in slice order) of the slice with this InstanceNumber; KeyError if absent."""
+        hits = np.nonzero(self.instance_numbers == int(instance_number))[0]
+        if hits.size == 0:
+            raise KeyError(f"series {self.series_id} has no instance {instance_number}")
+        return int(hits[0])
+
+
+@dataclass
+class Study:
+    """A study folder: its series (possibly several per role) and what could not be read."""
+
+    study_id: str
+    path: str
+    series: list[Series]
+    skipped: list[SkippedFile] = field(default_factory=list)  # files outside any usable series
+
+    def by_role(self, role: str) -> list[Series]:
+        return [s for s in self.series if s.role == role]
+
+    def first(self, role: str) -> Series | None:
+        """The series for a role (the one with most slices when there are several), or None."""
+        cands = self.by_role(role)
+        return max(cands, key=lambda s: s.n_slices) if cands else None
+
+    def get(self, series_id: str) -> Series:
+        for s in self.series:
+            if s.series_id == str(series_id):
+                return s
+        raise KeyError(f"study {self.study_id} has no series {series_id}")
