@@ -36,6 +36,12 @@ class Series:
     tags: dict = field(default_factory=dict)  # acquisition tags used for the role (EchoTime, ...), UIDs
     skipped: list[SkippedFile] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # e.g. "split from a folder that mixed orientations"
+    # The series id in the source data (RSNA folder name / SeriesInstanceUID): labels and description CSVs use
+    # it. Equals series_id unless the reader split a folder ("123.2" -> "123"); "" when not recorded.
+    source_series_id: str = ""
+    # False when the files had no ImageOrientationPatient/ImagePositionPatient: the geometry is then a
+    # placeholder (identity orientation, slices in InstanceNumber order) and must not be used to project points.
+    geometry_known: bool = True
 
     @property
     def n_slices(self) -> int:
@@ -81,6 +87,18 @@ class Study:
         """The series for a role (the one with most slices when there are several), or None."""
         cands = self.by_role(role)
         return max(cands, key=lambda s: s.n_slices) if cands else None
+
+    def parts(self, series_id) -> list[Series]:
+        """The series read from one source series id (several when the reader split a folder)."""
+        sid = str(series_id)
+        return [s for s in self.series if s.series_id == sid or (s.source_series_id or s.series_id) == sid]
+
+    def locate(self, series_id, instance_number: int) -> tuple[Series, int]:
+        """The series part and slice index holding an instance of a source series (labels use those ids)."""
+        for s in self.parts(series_id):
+            if int(instance_number) in s.instance_numbers:
+                return s, s.slice_of_instance(int(instance_number))
+        raise KeyError(f"study {self.study_id}: no instance {instance_number} in series {series_id}")
 
     def get(self, series_id: str) -> Series:
         for s in self.series:

@@ -1,0 +1,620 @@
+"""Read DICOM series and studies from disk into `Series` / `Study`.
+
+Two folder layouts are understood:
+- the RSNA layout `<study>/<series>/*.dcm`: the series id is the subfolder name, the study id the folder name;
+- any other folder of DICOM files (nested or not, any file names): files are grouped by SeriesInstanceUID.
+
+Real folders are messy, so reading is defensive. Every file that cannot be used (empty, truncated, not DICOM,
+no pixels, undecodable) becomes a `SkippedFile` with a reason and the rest still loads. Files that cannot be
+stacked into one volume (different SeriesInstanceUID, image size, pixel spacing or orientation) are split into
+separate series rather than stacked silently; RSNA axial series are the common case, as they hold one
+short stack per disc level, each tilted along the disc. Slices are ordered along the slice normal, never by
+file name or InstanceNumber.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import struct
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import UID
+
+from ..errors import DataError
+from ..geometry import SeriesGeometry
+from .types import Series, SkippedFile, Study
+
+# Slices of one stack repeat their ImageOrientationPatient exactly on every scanner we have seen; 0.1 degree
+# absorbs rounding of the written values. The RSNA axial series hold one stack per disc level, planned
+# separately: their orientations differ by 0.4 to 35 degrees, and each becomes its own series.
+ORIENTATION_TOLERANCE_DEG = 0.1
+# Two slices whose planes lie closer than this along the normal are the same slice (a duplicate file).
+DUPLICATE_TOLERANCE_MM = 0.01
+
+# Acquisition and identity tags kept in `Series.tags` (patient identity is never read into it).
+_TAG_KEYWORDS = (
+    "SeriesDescription", "ProtocolName", "SeriesNumber", "Modality", "Manufacturer", "MagneticFieldStrength",
+    "EchoTime", "RepetitionTime", "InversionTime", "FlipAngle", "ScanningSequence", "SequenceVariant",
+    "ScanOptions", "SequenceName", "ImageType", "SliceThickness", "SpacingBetweenSlices",
+    "StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID",
+)
+# The end marker of encapsulated (compressed) pixel data: Sequence Delimitation Item, length 0.
+_SEQ_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+_PIXEL_DATA_TAG = 0x7FE00010
+
+
+@dataclass
+class _Slice:
+    """One readable image file: its header (no pixel data) and what grouping and sorting need from it."""
+
+    path: Path
+    ds: Dataset
+    transfer_syntax: str
+    rows: int
+    cols: int
+    orientation: np.ndarray | None  # (6,) unit row and column directions
+    position: np.ndarray | None  # (3,)
+    spacing: tuple[float, float]
+    spacing_source: str  # "PixelSpacing", "ImagerPixelSpacing" or "default"
+    instance: int | None
+    series_uid: str
+    problems: list[str] = field(default_factory=list)  # unreadable optional tags, said in the series notes
+
+    @property
+    def has_geometry(self) -> bool:
+        return self.orientation is not None and self.position is not None
+
+
+# --- public API --------------------------------------------------------------------------------------------
+def load_study(path, descriptions=None, load_pixels: bool = True) -> Study:
+    """Read a study folder (RSNA layout or any folder of DICOM files) and name the role of each series.
+
+    `descriptions` (a `*_series_descriptions.csv` path or a dict series_id -> description) fixes the roles;
+    without it they are inferred from the images. `load_pixels=False` reads headers only (fast).
+    Raises DataError when the folder holds no readable DICOM image.
+    """
+    from .roles import assign_roles
+
+    root = _check_folder(path)
+    study_id = root.absolute().name
+    series: list[Series] = []
+    skipped: list[SkippedFile] = []
+    if _is_rsna_layout(root):
+        for sub in sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
+                          key=_natural_key):
+            found, lost = _read_folder(sub, study_id, sub.name, load_pixels)
+            series += found
+            skipped += lost
+    else:
+        series, skipped = _read_plain(root, study_id, load_pixels)
+    if not series:
+        raise DataError(_nothing_readable(root, skipped))
+    assign_roles(series, descriptions=descriptions, study_id=study_id)
+    return Study(study_id=study_id, path=str(root), series=series, skipped=skipped)
+
+
+def load_series(folder, study_id=None, series_id=None, load_pixels: bool = True) -> list[Series]:
+    """Read one series folder; a list because a folder that mixes stacks is split (see module doc).
+
+    Ids default to the folder's name (series) and its parent's (study). Raises DataError when the folder
+    holds no readable DICOM image.
+    """
+    from .roles import assign_roles
+
+    root = _check_folder(folder)
+    sid = str(series_id) if series_id is not None else root.absolute().name
+    stid = str(study_id) if study_id is not None else root.absolute().parent.name
+    series, skipped = _read_folder(root, stid, sid, load_pixels)
+    if not series:
+        raise DataError(_nothing_readable(root, skipped))
+    assign_roles(series)
+    return series
+
+
+def read_slice(path) -> np.ndarray:
+    """Pixels of one single-frame DICOM file as the loader returns them: float32 (rows, cols), rescale
+    applied, MONOCHROME1 inverted. Raises DataError naming the file when it cannot be used."""
+    p = Path(path)
+    header = _read_header(p)
+    if isinstance(header, SkippedFile):
+        raise DataError(f"{p}: {header.reason}")
+    pixels = _decode(header)
+    if isinstance(pixels, SkippedFile):
+        raise DataError(f"{p}: {pixels.reason}")
+    return pixels
+
+
+# --- folders -----------------------------------------------------------------------------------------------
+def _check_folder(path) -> Path:
+    root = Path(path)
+    if not root.exists():
+        raise DataError(f"{root}: no such folder")
+    if not root.is_dir():
+        raise DataError(f"{root}: not a folder (give a study folder or a series folder of DICOM files)")
+    return root
+
+
+def _is_rsna_layout(root: Path) -> bool:
+    """`<study>/<series>/files`: only subfolders at the top, and no deeper folders inside them."""
+    entries = [p for p in root.iterdir() if not p.name.startswith(".")]
+    subs = [p for p in entries if p.is_dir()]
+    if not subs or len(subs) != len(entries):
+        return False
+    return not any(q.is_dir() for s in subs for q in s.iterdir() if not q.name.startswith("."))
+
+
+def _list_files(root: Path) -> list[Path]:
+    """Every regular file under root, sorted; hidden files and folders (.DS_Store, .git) are not data."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        out += [Path(dirpath) / f for f in sorted(filenames, key=_natural_key) if not f.startswith(".")]
+    return out
+
+
+def _natural_key(p) -> list:
+    """Sort '2' before '10' (file and folder names are often numbers)."""
+    name = p.name if isinstance(p, Path) else str(p)
+    return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", name) if t]
+
+
+def _nothing_readable(root: Path, skipped: list[SkippedFile]) -> str:
+    if not skipped:
+        return f"{root}: no readable DICOM image found (the folder has no files)"
+    counts = Counter(_short_reason(k.reason) for k in skipped)
+    summary = ", ".join(f"{why}: {n}" for why, n in counts.most_common())
+    return f"{root}: no readable DICOM image found among {len(skipped)} files ({summary})"
+
+
+def _short_reason(reason: str) -> str:
+    return reason.split(":")[0].split(" (")[0]
+
+
+def _read_folder(folder: Path, study_id: str, series_id: str, load_pixels: bool
+                 ) -> tuple[list[Series], list[SkippedFile]]:
+    """One series folder -> its series (split when needed) and the files that no series could take."""
+    slices, skipped = _read_headers(_list_files(folder))
+    series, lost = _assemble(slices, study_id, series_id, load_pixels)
+    if not series:
+        return [], skipped + lost
+    series[0].skipped = skipped + series[0].skipped + lost
+    return series, []
+
+
+def _read_plain(root: Path, study_id: str, load_pixels: bool) -> tuple[list[Series], list[SkippedFile]]:
+    """A folder of DICOM files in no particular layout: group by SeriesInstanceUID."""
+    slices, skipped = _read_headers(_list_files(root))
+    by_uid: dict[str, list[_Slice]] = {}
+    for s in slices:
+        by_uid.setdefault(s.series_uid, []).append(s)
+    ids = _series_ids(by_uid)
+    series: list[Series] = []
+    for uid, group in by_uid.items():
+        found, lost = _assemble(group, study_id, ids[uid], load_pixels)
+        if found:
+            found[0].skipped += lost
+        else:
+            skipped += lost
+        series += found
+    series.sort(key=lambda s: (_natural_key(s.source_series_id), _natural_key(s.series_id)))
+    return series, skipped
+
+
+def _series_ids(by_uid: dict[str, list[_Slice]]) -> dict[str, str]:
+    """Series id from the UID's last dotted component when all digits (the RSNA convention), else the
+    SeriesNumber, else the group's position; an id two series would share moves both to the next choice."""
+    choices = {}
+    for i, (uid, group) in enumerate(by_uid.items()):
+        last, number = uid.rsplit(".", 1)[-1], group[0].ds.get("SeriesNumber")
+        choices[uid] = ([last] if last.isdigit() else []) + ([str(number)] if number not in (None, "") else []) \
+            + [f"series{i + 1}"]
+    ids: dict[str, str] = {}
+    for level in range(3):  # the last choice is unique by construction, so every UID ends with an id
+        wanted = {uid: c[min(level, len(c) - 1)] for uid, c in choices.items() if uid not in ids}
+        counts = Counter(wanted.values())
+        for uid, sid in wanted.items():
+            if counts[sid] == 1 and sid not in ids.values():
+                ids[uid] = sid
+    return ids
+
+
+# --- headers -----------------------------------------------------------------------------------------------
+def _read_headers(paths: list[Path]) -> tuple[list[_Slice], list[SkippedFile]]:
+    slices, skipped = [], []
+    for p in paths:
+        r = _read_header(p)
+        (skipped if isinstance(r, SkippedFile) else slices).append(r)
+    return slices, skipped
+
+
+def _read_header(path: Path) -> _Slice | SkippedFile:
+    """Parse a file's header only and check that its pixel data is present and complete (not decoded)."""
+    try:
+        size = path.stat().st_size
+        if size == 0:
+            return SkippedFile(str(path), "empty file (0 bytes)")
+        with open(path, "rb") as fp, warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ds = pydicom.dcmread(fp, stop_before_pixels=True)
+            problem = _pixel_data_problem(fp, ds, size)
+    except InvalidDicomError:
+        return SkippedFile(str(path), "not a DICOM file (no 'DICM' marker after the 128-byte preamble)")
+    except OSError as e:
+        return SkippedFile(str(path), f"cannot read: {e.strerror or e}")
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as e:  # damaged files make pydicom raise many types; the reason must name the problem
+        return SkippedFile(str(path), f"unreadable DICOM: {_first_line(e)}")
+    if any("end of file" in str(w.message).lower() for w in caught) or _header_cut(ds, size):
+        return SkippedFile(str(path), f"truncated: the file ends inside its header ({size} bytes)")
+    if "Rows" not in ds or "Columns" not in ds:
+        sop = ds.get("SOPClassUID") or ds.get("file_meta", Dataset()).get("MediaStorageSOPClassUID")
+        kind = f"; SOP class {UID(str(sop)).name}" if sop else ""
+        return SkippedFile(str(path), f"no pixel data (not an image: no Rows/Columns{kind})")
+    if problem:
+        return SkippedFile(str(path), problem)
+    frames = _int(ds.get("NumberOfFrames")) or 1
+    if frames > 1:
+        return SkippedFile(str(path), f"multi-frame file ({frames} frames): not supported")
+    samples = _int(ds.get("SamplesPerPixel")) or 1
+    if samples != 1:
+        return SkippedFile(str(path), f"colour image (SamplesPerPixel {samples}): not supported")
+    ts = _transfer_syntax(ds)
+    if ts and ts.is_compressed:
+        try:
+            available = pydicom.pixels.get_decoder(ts).is_available
+        except NotImplementedError:
+            available = False
+        if not available:
+            return SkippedFile(str(path), f"no decoder installed for transfer syntax {ts.name} ({ts})")
+    return _slice_from_header(path, ds)
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+
+
+def _transfer_syntax(ds: Dataset) -> UID | None:
+    ts = ds.get("file_meta", Dataset()).get("TransferSyntaxUID")
+    return UID(str(ts)) if ts else None
+
+
+def _header_cut(ds: Dataset, size: int) -> bool:
+    """Whether the last element read (of the file meta or the dataset) claims more bytes than the file has:
+    pydicom keeps such a stub silently."""
+    for part in (ds.get("file_meta", Dataset()), ds):
+        if not len(part):
+            continue
+        raw = part.get_item(max(part.keys()))
+        tell, length = getattr(raw, "value_tell", None), getattr(raw, "length", None)
+        if tell is not None and length not in (None, 0xFFFFFFFF) and tell + length > size:
+            return True
+    return False
+
+
+def _pixel_data_problem(fp, ds: Dataset, size: int) -> str | None:
+    """Check the Pixel Data element that `stop_before_pixels` left the file positioned on.
+
+    Only its element header and the file size are read: native data must have all its bytes, compressed
+    data must end with the sequence delimiter. This finds truncated files without decoding anything.
+    """
+    ts = _transfer_syntax(ds)
+    if ts is None or ts.is_deflated:
+        return None  # positions inside a deflated stream say nothing about the file; decoding will tell
+    start = fp.tell()
+    head = fp.read(12)
+    endian = "<" if ts.is_little_endian else ">"
+    if len(head) < 8:
+        return "no pixel data" if len(head) == 0 else "truncated: the file ends inside the pixel data header"
+    group, elem = struct.unpack(endian + "HH", head[:4])
+    if (group << 16 | elem) != _PIXEL_DATA_TAG:
+        return "no integer pixel data (Float/Double Float Pixel Data is not supported)"
+    if ts.is_implicit_VR:
+        hdr, length = 8, struct.unpack(endian + "I", head[4:8])[0]
+    else:
+        if len(head) < 12:
+            return "truncated: the file ends inside the pixel data header"
+        hdr, length = 12, struct.unpack(endian + "I", head[8:12])[0]
+    if length == 0xFFFFFFFF:
+        fp.seek(max(start, size - 4096))
+        if _SEQ_DELIMITER not in fp.read():
+            return f"truncated: compressed pixel data has no end marker ({size} bytes)"
+        return None
+    have = size - start - hdr
+    if have < length:
+        return f"truncated: pixel data has {have} of {length} bytes"
+    if ts.is_compressed:
+        return None
+    need = ((_int(ds.get("Rows")) or 0) * (_int(ds.get("Columns")) or 0) * (_int(ds.get("SamplesPerPixel")) or 1)
+            * (_int(ds.get("NumberOfFrames")) or 1) * (_int(ds.get("BitsAllocated")) or 16) + 7) // 8
+    if length < need:
+        return f"pixel data too short: {length} bytes for {need} expected"
+    return None
+
+
+def _int(v) -> int | None:
+    try:
+        return int(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def _floats(v, n: int) -> np.ndarray | None:
+    """A DS/FD value as n finite floats, or None when absent or malformed."""
+    if v is None:
+        return None
+    values = [v] if isinstance(v, (str, bytes, int, float)) else list(v)
+    try:
+        a = np.asarray([float(x) for x in values], dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+    return a if a.size == n and np.all(np.isfinite(a)) else None
+
+
+def _find(ds: Dataset, keyword: str, group: str):
+    """A tag at the top level, else in the enhanced-MR functional groups (shared, then first frame)."""
+    if keyword in ds:
+        return ds.get(keyword)
+    for fg in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
+        try:
+            return getattr(getattr(ds, fg)[0], group)[0].get(keyword)
+        except (AttributeError, IndexError, KeyError):
+            continue
+    return None
+
+
+def _slice_from_header(path: Path, ds: Dataset) -> _Slice:
+    problems = []
+    raw_iop = _find(ds, "ImageOrientationPatient", "PlaneOrientationSequence")
+    orientation = _unit_orientation(_floats(raw_iop, 6))
+    if raw_iop is not None and orientation is None:
+        problems.append("ImageOrientationPatient unreadable")
+    raw_ipp = _find(ds, "ImagePositionPatient", "PlanePositionSequence")
+    position = _floats(raw_ipp, 3)
+    if raw_ipp is not None and position is None:
+        problems.append("ImagePositionPatient unreadable")
+    spacing, source = None, "default"
+    for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
+        sp = _floats(_find(ds, keyword, "PixelMeasuresSequence"), 2)
+        if sp is not None and np.all(sp > 0):
+            spacing, source = (float(sp[0]), float(sp[1])), keyword
+            break
+    ts = _transfer_syntax(ds)
+    return _Slice(
+        path=path, ds=ds, transfer_syntax=str(ts) if ts else "", rows=int(ds.Rows), cols=int(ds.Columns),
+        orientation=orientation, position=position, spacing=spacing or (1.0, 1.0), spacing_source=source,
+        instance=_int(ds.get("InstanceNumber")), series_uid=str(ds.get("SeriesInstanceUID", "")),
+        problems=problems,
+    )
+
+
+def _unit_orientation(iop: np.ndarray | None) -> np.ndarray | None:
+    if iop is None:
+        return None
+    r, c = iop[:3], iop[3:]
+    nr, nc = np.linalg.norm(r), np.linalg.norm(c)
+    if nr < 1e-6 or nc < 1e-6 or np.linalg.norm(np.cross(r / nr, c / nc)) < 1e-3:
+        return None
+    return np.concatenate([r / nr, c / nc])
+
+
+# --- pixels ------------------------------------------------------------------------------------------------
+def _decode(s: _Slice) -> np.ndarray | SkippedFile:
+    """Full read and decode of one file -> float32 (rows, cols) in MONOCHROME2 sense, rescale applied."""
+    ts = UID(s.transfer_syntax) if s.transfer_syntax else None
+    what = ts.name if ts else "unknown transfer syntax"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # damaged-but-decodable files warn; the result is checked below
+            ds = pydicom.dcmread(s.path)
+            arr = ds.pixel_array
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as e:  # plugins raise anything; pylibjpeg-rle even panics (a BaseException)
+        return SkippedFile(str(s.path), f"could not decode pixel data ({what}): {_first_line(e)}")
+    if arr.shape != (s.rows, s.cols):
+        return SkippedFile(str(s.path), f"pixel data has shape {arr.shape}, header says {s.rows}x{s.cols}")
+    out = arr.astype(np.float32)
+    if str(ds.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1":
+        bits = _int(ds.get("BitsStored")) or arr.dtype.itemsize * 8
+        lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if _int(ds.get("PixelRepresentation")) == 1 \
+            else (0, 2 ** bits - 1)
+        out = np.float32(lo + hi) - out
+    slope = _floats(ds.get("RescaleSlope"), 1)
+    intercept = _floats(ds.get("RescaleIntercept"), 1)
+    if slope is not None and slope[0] != 1.0:
+        out *= np.float32(slope[0])
+    if intercept is not None and intercept[0] != 0.0:
+        out += np.float32(intercept[0])
+    return out
+
+
+# --- grouping, sorting, assembling -------------------------------------------------------------------------
+@dataclass
+class _Group:
+    """Slices that can form one volume, and what the reader noticed about them."""
+
+    slices: list[_Slice]
+    orientation: np.ndarray | None
+    pixels: np.ndarray | None = None
+    skipped: list[SkippedFile] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def _angle_deg(a: np.ndarray, b: np.ndarray) -> float:
+    """Largest angle between the row directions or the column directions of two orientations."""
+    cos = min(float(np.dot(a[:3], b[:3])), float(np.dot(a[3:], b[3:])))
+    return float(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))))
+
+
+def _split(slices: list[_Slice]) -> list[_Group]:
+    """Group slices that stack: same SeriesInstanceUID, size, pixel spacing and orientation (within tolerance).
+
+    Slices without geometry form their own group: they cannot be placed relative to the others. Slices are
+    visited in InstanceNumber order so that the groups do not depend on file names.
+    """
+    groups: list[_Group] = []
+    for s in sorted(slices, key=lambda s: (s.instance is None, s.instance or 0, _natural_key(s.path))):
+        for g in groups:
+            ref = g.slices[0]
+            same = (ref.series_uid == s.series_uid and (ref.rows, ref.cols) == (s.rows, s.cols)
+                    and np.allclose(ref.spacing, s.spacing, rtol=1e-3) and ref.has_geometry == s.has_geometry
+                    and (not s.has_geometry or _angle_deg(ref.orientation, s.orientation)
+                         <= ORIENTATION_TOLERANCE_DEG))
+            if same:
+                g.slices.append(s)
+                break
+        else:
+            groups.append(_Group([s], s.orientation if s.has_geometry else None))
+    return groups
+
+
+def _order(g: _Group) -> None:
+    """Sort along the slice normal and drop files at a position already taken (kept: lowest InstanceNumber)."""
+    if g.orientation is None:
+        g.slices.sort(key=lambda s: (s.instance is None, s.instance or 0))
+        return
+    normal = np.cross(g.orientation[:3], g.orientation[3:])
+    normal /= np.linalg.norm(normal)
+    offsets = np.array([float(s.position @ normal) for s in g.slices])
+    inst = np.array([s.instance if s.instance is not None else np.iinfo(np.int64).max for s in g.slices])
+    order = np.lexsort((inst, offsets))
+    kept: list[_Slice] = []
+    last = None
+    for i in order:
+        s = g.slices[i]
+        if last is not None and abs(offsets[i] - last) < DUPLICATE_TOLERANCE_MM:
+            g.skipped.append(SkippedFile(str(s.path), f"duplicate: same slice position as {kept[-1].path.name}"))
+            continue
+        kept.append(s)
+        last = offsets[i]
+    dropped = len(g.slices) - len(kept)
+    if dropped:
+        g.notes.append(f"{dropped} file(s) at the same slice position as another were dropped "
+                       "(kept the lowest InstanceNumber)")
+    g.slices = kept
+
+
+def _load_pixels(g: _Group) -> None:
+    """Decode every slice; files that fail are skipped with the decoder's reason."""
+    planes, kept = [], []
+    for s in g.slices:
+        r = _decode(s)
+        if isinstance(r, SkippedFile):
+            g.skipped.append(r)
+        else:
+            planes.append(r)
+            kept.append(s)
+    g.slices = kept
+    g.pixels = np.stack(planes) if planes else None
+
+
+def _assemble(slices: list[_Slice], study_id: str, series_id: str, load_pixels: bool
+              ) -> tuple[list[Series], list[SkippedFile]]:
+    """Readable slices of one source series -> one Series per stackable group (largest first), and the
+    skipped files of groups in which no file decoded.
+
+    The largest group keeps the source id; the others become `<id>.2`, `<id>.3`, ... with notes saying how
+    they differ from it.
+    """
+    groups = _split(slices)
+    for g in groups:
+        _order(g)
+        if load_pixels:
+            _load_pixels(g)
+    dead = [k for g in groups if not g.slices for k in g.skipped]
+    groups = [g for g in groups if g.slices]
+    groups.sort(key=lambda g: (-len(g.slices), min((s.instance or 0) for s in g.slices)))
+    ids = [series_id] + [f"{series_id}.{i + 1}" for i in range(1, len(groups))]
+    if len(groups) > 1:
+        main = groups[0]
+        why = sorted({w for g in groups[1:] for w in _differences(main, g)})
+        main.notes.insert(0, f"the files of series {series_id} form {len(groups)} stacks that differ in "
+                             f"{', '.join(why)}; this is the largest, the others are {', '.join(ids[1:])}")
+        for g, sid in zip(groups[1:], ids[1:]):
+            g.notes.insert(0, f"split from series {series_id}: {'; '.join(_differences(main, g, detail=True))}")
+    return [_to_series(g, study_id, sid, series_id) for g, sid in zip(groups, ids)], dead
+
+
+def _differences(a: _Group, b: _Group, detail: bool = False) -> list[str]:
+    sa, sb = a.slices[0], b.slices[0]
+    out = []
+    if sa.series_uid != sb.series_uid:
+        out.append("SeriesInstanceUID")
+    if (sa.rows, sa.cols) != (sb.rows, sb.cols):
+        out.append(f"image size {sb.rows}x{sb.cols} vs {sa.rows}x{sa.cols}" if detail else "image size")
+    if not np.allclose(sa.spacing, sb.spacing, rtol=1e-3):
+        out.append(f"pixel spacing {sb.spacing[0]:g}x{sb.spacing[1]:g} vs {sa.spacing[0]:g}x{sa.spacing[1]:g} mm"
+                   if detail else "pixel spacing")
+    if (a.orientation is None) != (b.orientation is None):
+        out.append("no ImageOrientationPatient/ImagePositionPatient" if detail else "geometry tags")
+    elif a.orientation is not None and _angle_deg(a.orientation, b.orientation) > ORIENTATION_TOLERANCE_DEG:
+        out.append(f"orientation {_angle_deg(a.orientation, b.orientation):.1f} degrees apart" if detail
+                   else "orientation")
+    return out
+
+
+def _to_series(g: _Group, study_id: str, series_id: str, source_id: str) -> Series:
+    first = g.slices[0]
+    notes = list(g.notes)
+    for problem in sorted({p for s in g.slices for p in s.problems}):
+        notes.append(f"{problem} in some files")
+    if first.spacing_source == "ImagerPixelSpacing":
+        notes.append("no PixelSpacing: used ImagerPixelSpacing")
+    elif first.spacing_source == "default":
+        notes.append("no PixelSpacing or ImagerPixelSpacing: assumed 1.0 mm pixels")
+    missing = [i for i, s in enumerate(g.slices) if s.instance is None]
+    instances = np.array([s.instance if s.instance is not None else i + 1 for i, s in enumerate(g.slices)],
+                         dtype=np.int64)
+    if missing:
+        notes.append(f"{len(missing)} file(s) without InstanceNumber: numbered by slice order")
+    if g.orientation is not None:
+        geometry = SeriesGeometry(g.orientation, np.stack([s.position for s in g.slices]), first.spacing,
+                                  (first.rows, first.cols))
+    else:
+        steps = [_floats(first.ds.get(kw), 1) for kw in ("SpacingBetweenSlices", "SliceThickness")]
+        step = next((abs(float(v[0])) for v in steps if v is not None and v[0] != 0), 1.0)
+        geometry = SeriesGeometry(np.array([1.0, 0, 0, 0, 1.0, 0]),
+                                  np.array([[0.0, 0.0, k * step] for k in range(len(g.slices))]),
+                                  first.spacing, (first.rows, first.cols))
+        notes.append("no ImageOrientationPatient/ImagePositionPatient: slices in InstanceNumber order, "
+                     "placeholder geometry (do not project points)")
+    syntaxes = sorted({s.transfer_syntax for s in g.slices if s.transfer_syntax})
+    if len(syntaxes) > 1:
+        notes.append(f"files use {len(syntaxes)} transfer syntaxes")
+    tags = _plain_tags(first.ds)
+    return Series(
+        study_id=str(study_id), series_id=str(series_id), role="", role_reason="",
+        description=str(tags.get("SeriesDescription", "")), geometry=geometry, instance_numbers=instances,
+        pixels=g.pixels, files=[str(s.path) for s in g.slices],
+        sop_instance_uids=[str(s.ds.get("SOPInstanceUID", "")) for s in g.slices],
+        transfer_syntax=", ".join(syntaxes), tags=tags, skipped=list(g.skipped), notes=notes,
+        source_series_id=str(source_id), geometry_known=g.orientation is not None,
+    )
+
+
+def _plain_tags(ds: Dataset) -> dict:
+    """The acquisition tags present, as JSON-ready values (numbers as float/int, multi-values as lists)."""
+    out = {}
+    for kw in _TAG_KEYWORDS:
+        v = ds.get(kw)
+        if v is None or v == "":
+            continue
+        if isinstance(v, float):
+            out[kw] = float(v)
+        elif isinstance(v, int):
+            out[kw] = int(v)
+        elif isinstance(v, pydicom.multival.MultiValue):
+            out[kw] = [str(x) for x in v]
+        else:
+            out[kw] = str(v)
+    return out
