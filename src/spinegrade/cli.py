@@ -91,6 +91,9 @@ def _add_prepare(sub) -> None:
     p.add_argument("--workers", type=int, default=1, help="processes")
     p.add_argument("--export-png", type=Path, default=None,
                    help="also write one 256x256 PNG per labelled instance + index.csv here")
+    p.add_argument("--png-task", choices=["labelled", "seed-axial"], default="labelled",
+                   help="labelled: every labelled instance (the seed's PNG format); seed-axial: the Axial T2 "
+                        "slice at each disc level labelled with its spinal canal grade (the seed's own task)")
     p.add_argument("--images", default=None, help="images folder name (default: train_images, else test_images)")
     p.set_defaults(func=_cmd_prepare)
 
@@ -98,7 +101,8 @@ def _add_prepare(sub) -> None:
 def _cmd_prepare(a) -> int:
     from .data.prepare import prepare_dataset
 
-    r = prepare_dataset(a.data, a.cache, workers=a.workers, export_png=a.export_png, images=a.images)
+    r = prepare_dataset(a.data, a.cache, workers=a.workers, export_png=a.export_png, images=a.images,
+                        png_task=a.png_task)
     print(f"prepared {r['decoded']} series, {r['skipped_existing']} already cached, "
           f"{len(r['failed'])} failed -> {a.cache}")
     for f in r["failed"]:
@@ -108,8 +112,130 @@ def _cmd_prepare(a) -> int:
     return 0
 
 
+# --- train ---------------------------------------------------------------------------------------------
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train a slice grader on a slice index, split by study (torchrun: DDP)")
+    p.add_argument("--index", type=Path, required=True,
+                   help="slice index CSV (path, study_id, condition, level, severity; paths relative to it)")
+    p.add_argument("--out", type=Path, required=True, help="run folder to write")
+    p.add_argument("--model", default="seed-cnn", help="registered model name (see `spinegrade info`)")
+    p.add_argument("--model-kwargs", type=json.loads, default={}, metavar="JSON",
+                   help='backbone options as JSON, e.g. \'{"widen_factor": 0.5}\'')
+    p.add_argument("--image-size", type=int, default=160, metavar="PX", help="square input size")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (AdamW, warm-up then cosine)")
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--patience", type=int, default=5, help="stop after this many epochs without a better "
+                   "validation weighted log loss (0: never)")
+    p.add_argument("--val-fold", type=int, default=0, metavar="K", help="fold to validate on")
+    p.add_argument("--folds", type=int, default=5, metavar="F", help="study-level folds")
+    p.add_argument("--class-weights", choices=["metric", "none"], default="metric",
+                   help="metric: weight the loss 1/2/4 like the challenge; none: plain cross-entropy")
+    p.add_argument("--no-condition", action="store_true",
+                   help="do not give the model the level/side of the row it grades")
+    p.add_argument("--no-augment", action="store_true", help="train without augmentation")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--no-amp", action="store_true", help="full precision on GPU")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--workers", type=int, default=0, help="data loader processes")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    p.set_defaults(func=_cmd_train)
+
+
+def _cmd_train(a) -> int:
+    from .train.config import AugmentConfig, LoopConfig, TrainConfig
+    from .train.slices import train_slices
+
+    cfg = TrainConfig(
+        index=str(a.index), model=a.model, model_kwargs=a.model_kwargs, image_size=a.image_size,
+        condition_input=not a.no_condition, folds=a.folds, val_fold=a.val_fold, class_weights=a.class_weights,
+        loop=LoopConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay,
+                        patience=a.patience, device=a.device, amp=not a.no_amp, seed=a.seed, workers=a.workers),
+        augment=AugmentConfig(enabled=not a.no_augment),
+    )
+    train_slices(cfg, a.out, resume=a.resume)
+    return 0
+
+
+# --- evaluate ------------------------------------------------------------------------------------------
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="score a slice grader run on an index: predictions, metrics, figures")
+    p.add_argument("--run", type=Path, required=True, help="run folder (or a .pt checkpoint)")
+    p.add_argument("--index", type=Path, required=True, help="slice index CSV")
+    p.add_argument("--out", type=Path, required=True, help="folder to write the results to")
+    p.add_argument("--fold", type=int, default=None, metavar="K",
+                   help="score the studies of fold K of the run's split (default: the studies it did not train on)")
+    p.add_argument("--all", dest="all_rows", action="store_true", help="score every row of the index")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=0, help="data loader processes")
+    p.set_defaults(func=_cmd_evaluate)
+
+
+def _cmd_evaluate(a) -> int:
+    from .evaluate.slices import evaluate_slices
+
+    m = evaluate_slices(a.run, a.index, a.out, fold=a.fold, all_rows=a.all_rows, device=a.device,
+                        batch_size=a.batch_size, workers=a.workers)
+    if "model" in m:
+        for name in ("model", "class_prior", "weighted_prior"):
+            r = m[name]
+            print(f"{name:<15} weighted log loss {r['weighted_log_loss']['all']:.4f}  "
+                  f"balanced accuracy {r['balanced_accuracy']:.3f}  accuracy {r['accuracy']:.3f}")
+    print(f"wrote predictions.csv, metrics.json and figures to {a.out}")
+    return 0
+
+
+# --- report --------------------------------------------------------------------------------------------
+def _add_report(sub) -> None:
+    p = sub.add_parser("report", help="one self-contained HTML report: a study's grades and key images, or a run's "
+                                      "figures and metrics")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--predictions", type=Path, help="predictions folder (or its predictions.json)")
+    src.add_argument("--run", type=Path, help="training/evaluation run folder (*.png figures, metrics.json)")
+    p.add_argument("--out", type=Path, default=None, help="HTML file to write (default: report.html in the folder)")
+    p.set_defaults(func=_cmd_report)
+
+
+def _cmd_report(a) -> int:
+    from .report.html import write_report, write_run_report
+
+    out = write_report(a.predictions, a.out) if a.predictions else write_run_report(a.run, a.out)
+    print(f"wrote {out}")
+    return 0
+
+
+# --- serve ---------------------------------------------------------------------------------------------
+def _add_serve(sub) -> None:
+    p = sub.add_parser("serve", help="local web page: upload or pick a study, see its grades and key images")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--model", type=Path, help="trained run folder to grade with")
+    src.add_argument("--labels", type=Path, metavar="DATASET",
+                     help="show ground truth instead: an RSNA-layout dataset folder holding the studies' labels")
+    p.add_argument("--studies-dir", type=Path, default=None, help="folder of study folders to offer on the page")
+    p.add_argument("--max-upload-mb", type=float, default=500, help="largest zip accepted")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (with --model)")
+    p.set_defaults(func=_cmd_serve)
+
+
+def _cmd_serve(a) -> int:
+    from .serve.app import label_predictor, model_predictor, serve
+
+    if a.model:
+        predictor, info = model_predictor(a.model, a.device), {"name": a.model.name}
+    else:
+        predictor, info = label_predictor(a.labels), {"name": "ground-truth labels", "version": a.labels.name}
+    print(f"spinegrade viewer on http://{a.host}:{a.port}/  (Ctrl-C to stop)")
+    serve(predictor, host=a.host, port=a.port, studies_dir=a.studies_dir,
+          max_upload_bytes=int(a.max_upload_mb * 2**20), model_info=info)
+    return 0
+
+
 # --- main ----------------------------------------------------------------------------------------------
-_ADDERS = [_add_info, _add_inspect, _add_synth, _add_prepare]
+_ADDERS = [_add_info, _add_inspect, _add_synth, _add_prepare, _add_train, _add_evaluate, _add_report, _add_serve]
 
 
 def build_parser() -> argparse.ArgumentParser:

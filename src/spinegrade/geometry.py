@@ -151,3 +151,14 @@ def project_point(src: SeriesGeometry, slice_index: int, x: float, y: float,
                   dst: SeriesGeometry) -> tuple[int, float, float, float]:
     """Map pixel (x, y) on a slice of one series to the nearest slice of another: (slice, x, y, distance mm)."""
     return dst.patient_to_pixel(src.pixel_to_patient(slice_index, x, y))
+
+
+def nearest_slice_among(point, geometries: list[SeriesGeometry]) -> tuple[int, int, float, float, float] | None:
+    """Among several stacks (e.g. the per-level parts of an axial series), the slice nearest a patient point
+    whose image holds the point: (stack index, slice, x, y, distance mm), or None if no image holds it."""
+    best = None
+    for i, g in enumerate(geometries):
+        k, x, y, dist = g.patient_to_pixel(point)
+        if g.contains_pixel(x, y) and (best is None or dist < best[4]):
+            best = (i, k, x, y, dist)
+    return best

@@ -1,0 +1,224 @@
+"""Decode every series of a dataset once into a cache that training reads fast.
+
+Layout: `<cache>/<study_id>/<series_id>.npy` (float32, n x rows x cols, exactly the pixels `load_study`
+returns; memory-mappable) and `<series_id>.json` beside it (geometry, instance numbers, role and why, SOP
+UIDs, transfer syntax, provenance). The JSON is written last and marks the entry complete, so an
+interrupted run leaves nothing that looks finished. `<cache>/<study_id>/_study.json` records the source
+signature of the whole study; a re-run whose signature matches decodes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__
+from ..errors import DataError, SpinegradeError
+from ..geometry import SeriesGeometry
+from ..io.types import Series, SkippedFile, Study
+from .io_utils import atomic_path, atomic_write_text
+
+CACHE_FORMAT = 1
+_STUDY_MARKER = "_study.json"
+
+
+def _source_signature(study_dir: Path) -> dict:
+    """Cheap fingerprint of a study folder (no decoding): file count, total bytes, newest mtime."""
+    n = size = 0
+    newest = 0.0
+    for root, _dirs, files in os.walk(study_dir):
+        for f in files:
+            st = os.stat(os.path.join(root, f))
+            n += 1
+            size += st.st_size
+            newest = max(newest, st.st_mtime)
+    return {"files": n, "bytes": size, "mtime": round(newest, 3)}
+
+
+def _series_meta(s: Series, source_root: Path) -> dict:
+    def rel(p: str) -> str:
+        try:
+            return str(Path(p).resolve().relative_to(source_root.resolve()))
+        except ValueError:
+            return str(p)
+
+    return {
+        "format": CACHE_FORMAT,
+        "spinegrade": __version__,
+        "study_id": s.study_id,
+        "series_id": s.series_id,
+        "source_series_id": s.source_series_id or s.series_id,
+        "geometry_known": bool(s.geometry_known),
+        "role": s.role,
+        "role_reason": s.role_reason,
+        "description": s.description,
+        "geometry": s.geometry.to_dict(),
+        "instance_numbers": [int(v) for v in s.instance_numbers],
+        "sop_instance_uids": list(s.sop_instance_uids),
+        "files": [rel(f) for f in s.files],
+        "transfer_syntax": s.transfer_syntax,
+        "tags": s.tags,
+        "notes": list(s.notes),
+        "skipped": [{"path": rel(k.path), "reason": k.reason} for k in s.skipped],
+        "dtype": "float32",
+        "shape": [int(v) for v in s.pixels.shape],
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+
+
+def write_series(s: Series, cache_dir: Path, source_root: Path) -> None:
+    """Write one series' pixels and sidecar into `<cache_dir>/<study_id>/` (atomically, JSON last)."""
+    d = Path(cache_dir) / str(s.study_id)
+    d.mkdir(parents=True, exist_ok=True)
+    with atomic_path(d / f"{s.series_id}.npy") as tmp:
+        with open(tmp, "wb") as fh:
+            np.save(fh, np.ascontiguousarray(s.pixels, dtype=np.float32))
+    atomic_write_text(d / f"{s.series_id}.json", json.dumps(_series_meta(s, source_root), indent=1))
+
+
+def _series_from_meta(meta: dict, pixels) -> Series:
+    return Series(
+        study_id=str(meta["study_id"]), series_id=str(meta["series_id"]), role=meta["role"],
+        role_reason=meta["role_reason"], description=meta.get("description", ""),
+        geometry=SeriesGeometry.from_dict(meta["geometry"]),
+        instance_numbers=np.asarray(meta["instance_numbers"], dtype=np.int64), pixels=pixels,
+        files=list(meta.get("files", [])), sop_instance_uids=list(meta.get("sop_instance_uids", [])),
+        transfer_syntax=meta.get("transfer_syntax", ""), tags=dict(meta.get("tags", {})),
+        skipped=[SkippedFile(k["path"], k["reason"]) for k in meta.get("skipped", [])],
+        notes=list(meta.get("notes", [])),
+        source_series_id=str(meta.get("source_series_id", meta["series_id"])),
+        geometry_known=bool(meta.get("geometry_known", True)),
+    )
+
+
+@dataclass
+class Cache:
+    """Read access to a prepared cache."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root)
+
+    def study_ids(self) -> list[str]:
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and (p / _STUDY_MARKER).exists())
+
+    def has_study(self, study_id) -> bool:
+        return (self.root / str(study_id) / _STUDY_MARKER).exists()
+
+    def series_ids(self, study_id) -> list[str]:
+        d = self.root / str(study_id)
+        return sorted(p.stem for p in d.glob("*.json") if p.name != _STUDY_MARKER)
+
+    def meta(self, study_id, series_id) -> dict:
+        p = self.root / str(study_id) / f"{series_id}.json"
+        try:
+            return json.loads(p.read_text())
+        except FileNotFoundError:
+            raise DataError(f"{p}: not in the cache (run `spinegrade prepare` first)") from None
+
+    def load_series(self, study_id, series_id, mmap: bool = True) -> Series:
+        """The cached series; pixels memory-mapped (read-only) unless mmap=False."""
+        meta = self.meta(study_id, series_id)
+        pix = np.load(self.root / str(study_id) / f"{series_id}.npy", mmap_mode="r" if mmap else None)
+        return _series_from_meta(meta, pix)
+
+    def load_study(self, study_id, mmap: bool = True) -> Study:
+        sid = str(study_id)
+        marker = json.loads((self.root / sid / _STUDY_MARKER).read_text())
+        series = [self.load_series(sid, s, mmap=mmap) for s in self.series_ids(sid)]
+        skipped = [SkippedFile(k["path"], k["reason"]) for k in marker.get("skipped", [])]
+        return Study(study_id=sid, path=marker.get("source", ""), series=series, skipped=skipped)
+
+
+def _prepare_one(study_dir: str, cache_dir: str, source_root: str, descriptions: dict | None) -> dict:
+    """Decode one study into the cache unless its signature is already there. Runs in a worker."""
+    from ..io.dicom import load_study
+
+    study_dir_p, cache_p = Path(study_dir), Path(cache_dir)
+    sid = study_dir_p.name
+    sig = _source_signature(study_dir_p)
+    marker = cache_p / sid / _STUDY_MARKER
+    if marker.exists():
+        try:
+            old = json.loads(marker.read_text())
+            if old.get("signature") == sig and old.get("format") == CACHE_FORMAT:
+                return {"study_id": sid, "decoded": 0, "skipped_existing": len(old.get("series", []))}
+        except (OSError, ValueError):
+            pass  # unreadable marker: decode again
+    try:
+        study = load_study(study_dir_p, descriptions=descriptions)
+    except SpinegradeError as e:
+        return {"study_id": sid, "error": str(e)}
+    except Exception as e:  # a batch goes on: report the study, never crash the run
+        return {"study_id": sid, "error": f"{study_dir_p}: {type(e).__name__}: {e}"}
+    for s in study.series:
+        write_series(s, cache_p, Path(source_root))
+    atomic_write_text(marker, json.dumps({
+        "format": CACHE_FORMAT, "study_id": sid, "source": str(study_dir_p), "signature": sig,
+        "series": [s.series_id for s in study.series],
+        "skipped": [{"path": k.path, "reason": k.reason} for k in study.skipped],
+    }, indent=1))
+    return {"study_id": sid, "decoded": len(study.series), "skipped_existing": 0}
+
+
+def prepare_dataset(data: Path, cache: Path, workers: int = 1, export_png: Path | None = None,
+                    images: str | None = None, study_ids: list | None = None, progress: bool = True,
+                    png_task: str = "labelled") -> dict:
+    """Decode a dataset (RSNA layout) into `cache`; optionally export PNG slices + index.csv.
+
+    Returns counts: decoded (series), skipped_existing (series), failed [{study_id, error}], and png_rows.
+    """
+    from tqdm import tqdm
+
+    from .rsna import RsnaDataset
+
+    ds = RsnaDataset(Path(data), split=_split_from_images(images))
+    cache = Path(cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    ids = [int(s) for s in (study_ids if study_ids is not None else ds.study_ids)]
+    jobs = [(str(ds.study_dir(s)), str(cache), str(ds.images_dir), _desc(ds, s)) for s in ids
+            if ds.study_dir(s).is_dir()]
+    result = {"decoded": 0, "skipped_existing": 0, "failed": [], "studies": len(jobs)}
+    bar = tqdm(total=len(jobs), desc="prepare", unit="study", disable=not progress)
+
+    def collect(r: dict) -> None:
+        if "error" in r:
+            result["failed"].append({"study_id": r["study_id"], "error": r["error"]})
+        else:
+            result["decoded"] += r["decoded"]
+            result["skipped_existing"] += r["skipped_existing"]
+        bar.update(1)
+
+    if workers > 1 and len(jobs) > 1:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            for fut in as_completed([pool.submit(_prepare_one, *j) for j in jobs]):
+                collect(fut.result())
+    else:
+        for j in jobs:
+            collect(_prepare_one(*j))
+    bar.close()
+    result["failed"].sort(key=lambda f: f["study_id"])
+    if export_png is not None:
+        from .export import export_png as _export
+
+        result["png_rows"] = _export(ds, Cache(cache), Path(export_png), task=png_task)
+    return result
+
+
+def _split_from_images(images: str | None) -> str | None:
+    if images is None:
+        return None
+    name = Path(images).name
+    return name[: -len("_images")] if name.endswith("_images") else name
+
+
+def _desc(ds, study_id) -> dict | None:
+    d = ds.descriptions_for(study_id)
+    return {str(k): v for k, v in d.items()} if d else None

@@ -1,0 +1,176 @@
+"""Stage-1 inputs and targets: whole slices resized to a square, with landmark heatmaps.
+
+Three localiser views, each a 2D heatmap model over one slice (plus its neighbours as channels):
+- `sagittal_t2`: the mid-sagittal T2 slice -> 5 channels, the spinal canal at each disc level;
+- `sagittal_t1`: a sagittal T1 slice -> 5 channels, the foramen at each level on that slice; trained on the
+  labelled slices and their neighbours, whose target amplitude falls off with the distance (in slices), so
+  among a few candidate slices the highest peak picks the slice;
+- `axial_t2`: the axial slice at a level -> 2 channels, the left and right subarticular recesses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from .. import vocab
+from ..grade.crops import series_intensity_range
+from .heatmap import gaussian_heatmaps
+
+INPUT_SIZE = 96
+N_CHANNELS = 3  # the slice and its two neighbours
+SIGMA = 2.0  # heatmap blob size in input pixels
+SLICE_SIGMA = 0.6  # fall-off of the target amplitude per slice of distance (sagittal T1)
+
+VIEWS = (vocab.SAGITTAL_T2, vocab.SAGITTAL_T1, vocab.AXIAL_T2)
+VIEW_CHANNELS: dict[str, list[tuple[str, str]]] = {
+    # (condition, level) per output channel; foraminal channels hold left and right (different slices)
+    vocab.SAGITTAL_T2: [("spinal_canal_stenosis", lv) for lv in vocab.LEVELS],
+    vocab.SAGITTAL_T1: [("neural_foraminal_narrowing", lv) for lv in vocab.LEVELS],
+    vocab.AXIAL_T2: [("left_subarticular_stenosis", ""), ("right_subarticular_stenosis", "")],
+}
+
+
+def resize_stack(pixels: np.ndarray, size: int, intensity: tuple[float, float]) -> np.ndarray:
+    """Every slice resized to size x size (aspect not kept) and scaled to ~0..1 by the series range."""
+    from PIL import Image
+
+    lo, hi = intensity
+    out = np.empty((pixels.shape[0], size, size), dtype=np.float32)
+    for k in range(pixels.shape[0]):
+        im = Image.fromarray(np.asarray(pixels[k], dtype=np.float32), mode="F")
+        out[k] = np.asarray(im.resize((size, size), Image.BILINEAR), dtype=np.float32)
+    return (out - lo) / (hi - lo)
+
+
+def neighbours(stack: np.ndarray, k: int, n: int = N_CHANNELS) -> np.ndarray:
+    """(n, S, S): slice k with its neighbours (edge slices repeated)."""
+    idx = np.clip(np.arange(k - n // 2, k - n // 2 + n), 0, stack.shape[0] - 1)
+    return stack[idx]
+
+
+@dataclass
+class SeriesInput:
+    """A series made ready for the localiser: resized stack plus the scale back to the original pixels."""
+
+    stack: np.ndarray  # (n, S, S) float32
+    scale_x: float  # original columns per input pixel
+    scale_y: float  # original rows per input pixel
+    mm_per_px: tuple[float, float]  # (y, x) mm per input pixel
+
+    @classmethod
+    def from_series(cls, series, size: int = INPUT_SIZE) -> "SeriesInput":
+        rows, cols = series.shape
+        rs, cs = series.pixel_spacing
+        stack = resize_stack(series.pixels, size, series_intensity_range(series.pixels))
+        return cls(stack, cols / size, rows / size, (rows / size * rs, cols / size * cs))
+
+    def to_input(self, x: float, y: float) -> tuple[float, float]:
+        """Original pixel -> input pixel (pixel centres map to pixel centres)."""
+        return (x + 0.5) / self.scale_x - 0.5, (y + 0.5) / self.scale_y - 0.5
+
+    def to_original(self, x: float, y: float) -> tuple[float, float]:
+        return (x + 0.5) * self.scale_x - 0.5, (y + 0.5) * self.scale_y - 0.5
+
+
+def _points_on(located: list[tuple], view: str, inp: SeriesInput, k: int) -> np.ndarray:
+    """(K, 3) target rows (x, y, amplitude) in input pixels for slice k, from (coordinate row, slice) pairs."""
+    pts = np.full((len(VIEW_CHANNELS[view]), 3), np.nan)
+    for r, ks in located:
+        if view == vocab.SAGITTAL_T1:
+            amp = float(np.exp(-((ks - k) ** 2) / (2 * SLICE_SIGMA**2)))
+            ch = vocab.LEVELS.index(r.level)
+            if amp < 0.05 or (np.isfinite(pts[ch, 2]) and pts[ch, 2] >= amp):
+                continue
+        else:
+            amp = 1.0
+            ch = (vocab.LEVELS.index(r.level) if view == vocab.SAGITTAL_T2
+                  else [c for c, _ in VIEW_CHANNELS[view]].index(r.condition))
+        x, y = inp.to_input(float(r.x), float(r.y))
+        pts[ch] = (x, y, amp)
+    return pts
+
+
+_VIEW_CONDITIONS = {vocab.SAGITTAL_T2: ("spinal_canal_stenosis",),
+                    vocab.SAGITTAL_T1: vocab.FAMILY_CONDITIONS[vocab.FORAMINAL],
+                    vocab.AXIAL_T2: vocab.FAMILY_CONDITIONS[vocab.SUBARTICULAR]}
+
+
+def view_samples(cache, coords: pd.DataFrame, study_ids, view: str, training: bool,
+                 size: int = INPUT_SIZE) -> list[dict]:
+    """Samples {image (C,S,S), points (K,3), mm (2,), study_id} for one localiser view.
+
+    sagittal_t2: the labelled slice; sagittal_t1: the labelled slices, and in training their neighbours
+    (lower amplitude); axial_t2: the labelled slice of each level.
+    """
+    out: list[dict] = []
+    for sid in study_ids:
+        c = coords[(coords["study_id"] == int(sid)) & coords["condition"].isin(_VIEW_CONDITIONS[view])]
+        if c.empty or not cache.has_study(sid):
+            continue
+        study = cache.load_study(sid)
+        by_part: dict[str, list[tuple]] = {}
+        for r in c.itertuples(index=False):
+            try:
+                s, k = study.locate(r.series_id, int(r.instance_number))
+            except KeyError:
+                continue
+            if s.role == view:
+                by_part.setdefault(s.series_id, []).append((r, k))
+        for part, located in by_part.items():
+            s = study.get(part)
+            inp = SeriesInput.from_series(s, size)
+            labelled = sorted({k for _, k in located})
+            if view == vocab.AXIAL_T2:
+                # one sample per level: both recesses lie (nearly) in one plane even when the annotators
+                # clicked them on neighbouring slices
+                levels: dict[str, list[tuple]] = {}
+                for r, k in located:
+                    levels.setdefault(r.level, []).append((r, k))
+                todo = [(int(round(np.mean([k for _, k in rows]))), rows) for rows in levels.values()]
+            elif view == vocab.SAGITTAL_T1 and training:
+                near = sorted({j for k in labelled for j in (k - 1, k, k + 1) if 0 <= j < s.n_slices})
+                todo = [(k, located) for k in near]
+            elif view == vocab.SAGITTAL_T1:
+                todo = [(k, located) for k in labelled]
+            else:  # the mid-sagittal slice that holds most of the canal points carries all five
+                todo = [(max(labelled, key=lambda j: sum(k == j for _, k in located)), located)]
+            for k, rows in todo:
+                pts = _points_on(rows, view, inp, k)
+                out.append({"image": neighbours(inp.stack, k), "points": pts.astype(np.float32),
+                            "mm": np.asarray(inp.mm_per_px, dtype=np.float32), "study_id": int(sid)})
+    return out
+
+
+class HeatmapDataset:
+    """Torch-style dataset over samples; draws shift and intensity augmentation when `augment`."""
+
+    def __init__(self, samples: list[dict], size: int = INPUT_SIZE, augment: bool = False, seed: int = 0):
+        self.samples, self.size, self.augment, self.seed = samples, size, augment, seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> dict:
+        import torch
+
+        s = self.samples[i]
+        img, pts = s["image"].astype(np.float32), s["points"].astype(np.float32).copy()
+        if self.augment:
+            rng = np.random.default_rng((self.seed, self.epoch, i))
+            dx, dy = rng.integers(-8, 9, size=2)
+            img = np.roll(img, (int(dy), int(dx)), axis=(1, 2))
+            pts[:, 0] += dx
+            pts[:, 1] += dy
+            img = img * rng.uniform(0.8, 1.25) + rng.uniform(-0.1, 0.1)
+            img = np.sign(img) * np.abs(img) ** rng.uniform(0.8, 1.25)
+        target = gaussian_heatmaps(pts, self.size, SIGMA)
+        return {"image": torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32)),
+                "target": torch.from_numpy(target), "points": torch.from_numpy(pts),
+                "mm": torch.from_numpy(s["mm"])}

@@ -1,0 +1,121 @@
+"""Train the stage-1 localisers (one heatmap network per view) on the shared training engine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from .. import vocab
+from .data import INPUT_SIZE, N_CHANNELS, VIEW_CHANNELS, HeatmapDataset, view_samples
+from .heatmap import decode_heatmaps
+
+
+@dataclass
+class HeatmapTask:
+    """Engine task: per-pixel logistic loss against Gaussian targets, validation error in millimetres."""
+
+    pos_weight: float = 20.0  # the few bright target pixels would otherwise drown in background
+    score_key: str = "val_err_mm"
+
+    def forward(self, model, batch):
+        return model(batch["image"])
+
+    def loss(self, outputs, batch):
+        t = batch["target"]
+        per_px = F.binary_cross_entropy_with_logits(outputs.float(), t, reduction="none")
+        return (per_px * (1 + self.pos_weight * t)).mean()
+
+    def targets(self, batch):
+        return torch.cat([batch["points"].flatten(1), batch["mm"]], dim=1)
+
+    def score(self, outputs, targets):
+        return heatmap_errors(torch.sigmoid(outputs).numpy(), targets.numpy())
+
+
+def heatmap_errors(heatmaps: np.ndarray, packed: np.ndarray) -> dict[str, float]:
+    """Mean and median in-plane error (mm) over landmarks whose target lies on the sample's own slice."""
+    n, k = heatmaps.shape[:2]
+    pts = packed[:, : k * 3].reshape(n, k, 3)
+    mm = packed[:, k * 3:]
+    errs = []
+    for i in range(n):
+        dec = decode_heatmaps(heatmaps[i])
+        for c in range(k):
+            if np.isfinite(pts[i, c, 0]) and pts[i, c, 2] >= 0.99:
+                dy = (dec[c, 1] - pts[i, c, 1]) * mm[i, 0]
+                dx = (dec[c, 0] - pts[i, c, 0]) * mm[i, 1]
+                errs.append(float(np.hypot(dx, dy)))
+    if not errs:
+        return {"val_err_mm": float("nan"), "val_err_median_mm": float("nan")}
+    return {"val_err_mm": float(np.mean(errs)), "val_err_median_mm": float(np.median(errs))}
+
+
+def foramen_offsets(cache, coords: pd.DataFrame, study_ids) -> dict[str, dict[str, float]]:
+    """Median lateral distance (mm, towards the patient's left) of each foramen from the spinal canal point.
+
+    The localiser uses it to pick the candidate T1 slices for a side before its heatmap refines the choice.
+    """
+    offs: dict[tuple[str, str], list[float]] = {}
+    for sid in study_ids:
+        c = coords[coords["study_id"] == int(sid)]
+        if c.empty or not cache.has_study(sid):
+            continue
+        study = cache.load_study(sid)
+        canal = {r.level: r for r in c[c["condition"] == "spinal_canal_stenosis"].itertuples(index=False)}
+        for r in c[c["condition"].isin(vocab.FAMILY_CONDITIONS[vocab.FORAMINAL])].itertuples(index=False):
+            if r.level not in canal:
+                continue
+            cr = canal[r.level]
+            try:
+                t1, k1 = study.locate(r.series_id, int(r.instance_number))
+                t2, k2 = study.locate(cr.series_id, int(cr.instance_number))
+            except KeyError:
+                continue
+            p_canal = t2.geometry.pixel_to_patient(k2, float(cr.x), float(cr.y))
+            p_foramen = t1.geometry.pixel_to_patient(k1, float(r.x), float(r.y))
+            # measured along the T1 slice normal, signed towards patient left (+x in LPS)
+            sign = float(np.sign(t1.geometry.normal[0]) or 1.0)
+            d = float((p_foramen - p_canal) @ t1.geometry.normal) * sign
+            offs.setdefault((vocab.CONDITION_BY_KEY[r.condition].side, r.level), []).append(d)
+    out: dict[str, dict[str, float]] = {}
+    for side in vocab.SIDES:
+        out[side] = {}
+        for lv in vocab.LEVELS:
+            v = offs.get((side, lv))
+            out[side][lv] = float(np.median(v)) if v else (15.0 if side == "left" else -15.0)
+    return out
+
+
+def train_view(view: str, cache, coords: pd.DataFrame, train_ids, val_ids, out_dir: Path, loop, ctx,
+               model_name: str = "unet-small", size: int = INPUT_SIZE, resume: bool = False, log=print,
+               extra: dict | None = None) -> dict:
+    """Train one view's heatmap network into `out_dir` (best.pt, last.pt, metrics.jsonl, curves.png)."""
+    from ..models.heatmap import create_heatmap_model
+    from ..train.engine import fit, seed_everything
+
+    seed_everything(loop.seed)
+    train = view_samples(cache, coords, train_ids, view, training=True, size=size)
+    val = view_samples(cache, coords, val_ids, view, training=False, size=size)
+    if not train:
+        raise ValueError(f"no training samples for the {view} localiser (no coordinates for that view?)")
+    k = len(VIEW_CHANNELS[view])
+    model = create_heatmap_model(model_name, N_CHANNELS, k)
+    describe = {
+        "kind": "heatmap",
+        "model": {"name": model_name, "in_channels": N_CHANNELS, "num_outputs": k, "kwargs": {}},
+        "view": view,
+        "channels": [list(c) for c in VIEW_CHANNELS[view]],
+        "preprocessing": {"input_size": size, "n_channels": N_CHANNELS, "intensity": "series 1-99.5 pct"},
+        **(extra or {}),
+    }
+    log(f"localiser {view}: {len(train)} training and {len(val)} validation samples")
+    res = fit(model, HeatmapDataset(train, size, augment=True, seed=loop.seed), HeatmapDataset(val, size), HeatmapTask(),
+              loop, out_dir, ctx, describe, resume=resume, log=log)
+    return {"view": view, "best_epoch": res.best_epoch, "val_err_mm": res.best_score,
+            "n_train": len(train), "n_val": len(val)}
+

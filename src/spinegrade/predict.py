@@ -1,0 +1,166 @@
+"""Study in, grades out: read a study, localise its levels, grade 25 targets, write the challenge files.
+
+INPUT may be a dataset root in the RSNA layout (its `*_series_descriptions.csv` gives the roles), a folder
+whose subfolders are studies (`<study_id>/<series_id>/*.dcm`, roles inferred), or one study folder (its
+name is the study id). A study that cannot be read is reported and skipped; the batch goes on.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from . import __version__, vocab
+from .errors import DataError, SpinegradeError
+from .io.types import Study
+from .results import SeriesUse, StudyResult, write_predictions
+
+
+@dataclass
+class StudyJob:
+    study_id: str
+    path: Path
+    descriptions: dict | None = None
+
+
+def find_studies(input_path: Path) -> list[StudyJob]:
+    """The studies under INPUT (see module doc), sorted by id."""
+    p = Path(input_path)
+    if not p.exists():
+        raise DataError(f"{p}: no such file or folder")
+    if not p.is_dir():
+        raise DataError(f"{p}: expected a folder (a study, a folder of studies, or an RSNA dataset root)")
+    for split in ("test", "train"):
+        images = p / f"{split}_images"
+        if images.is_dir():
+            from .data.rsna import read_series_descriptions
+
+            desc_csv = p / f"{split}_series_descriptions.csv"
+            desc = read_series_descriptions(desc_csv) if desc_csv.exists() else None
+            jobs = []
+            for d in sorted(x for x in images.iterdir() if x.is_dir()):
+                dd = None
+                if desc is not None and d.name.isdigit():
+                    rows = desc[desc["study_id"] == int(d.name)]
+                    dd = {str(r.series_id): r.role for r in rows.itertuples(index=False)} or None
+                jobs.append(StudyJob(d.name, d, dd))
+            return jobs
+    subdirs = sorted(x for x in p.iterdir() if x.is_dir())
+    if any(any(y.is_dir() for y in d.iterdir()) for d in subdirs):
+        return [StudyJob(d.name, d) for d in subdirs]
+    return [StudyJob(p.name, p)]
+
+
+@dataclass
+class Predictor:
+    """A trained run's localiser and graders, loaded once, applied to any number of studies."""
+
+    run_dir: Path
+    device: str = "cpu"
+    timings: dict = field(default_factory=lambda: {"read": 0.0, "localize": 0.0, "grade": 0.0})
+
+    def __post_init__(self) -> None:
+        from .grade.grader import Grader
+        from .localize.localizer import Localizer
+        from .train.distributed import resolve_device
+
+        self.run_dir = Path(self.run_dir)
+        if not self.run_dir.is_dir():
+            raise DataError(f"{self.run_dir}: no such run folder (train one with `spinegrade train --data`)")
+        dev = resolve_device(self.device)
+        self.localizer = Localizer(self.run_dir, dev)
+        self.grader = Grader(self.run_dir, dev)
+        if not self.localizer.models and not self.grader.models:
+            raise DataError(f"{self.run_dir}: holds no trained localiser or grader (localizer/*/best.pt, grader/*/best.pt)")
+
+    def predict_loaded(self, study: Study) -> StudyResult:
+        t0 = time.perf_counter()
+        points, warnings = self.localizer.localize(study)
+        t1 = time.perf_counter()
+        findings = self.grader.grade(study, points)
+        t2 = time.perf_counter()
+        self.timings["localize"] += t1 - t0
+        self.timings["grade"] += t2 - t1
+        used: dict[str, set] = {}
+        for p in points:
+            used.setdefault(p.series_id, set()).add(vocab.CONDITION_BY_KEY[p.condition].family)
+        series = [SeriesUse(s.series_id, s.role, s.role_reason, s.n_slices, sorted(used.get(s.series_id, ())))
+                  for s in study.series]
+        n_prior = sum(f.source == "prior" for f in findings)
+        if n_prior:
+            warnings.append(f"{n_prior} of 25 grades are the training prior (no point to grade them at)")
+        return StudyResult(study.study_id, study.path, series, points, findings, warnings)
+
+    def predict_path(self, path: Path, descriptions: dict | None = None, study_id: str | None = None) -> StudyResult:
+        from .io.dicom import load_study
+
+        t0 = time.perf_counter()
+        study = load_study(path, descriptions=descriptions)
+        if study_id:
+            study.study_id = study_id
+        self.timings["read"] += time.perf_counter() - t0
+        return self.predict_loaded(study)
+
+
+def predict_study(study_path: Path, run_dir: Path, device: str = "cpu", descriptions: dict | None = None) -> StudyResult:
+    """One study folder -> StudyResult (loads the run's models; use `Predictor` for many studies)."""
+    return Predictor(run_dir, device).predict_path(Path(study_path), descriptions)
+
+
+def submission_frame(results: list[StudyResult]) -> pd.DataFrame:
+    rows = [r for res in results for r in res.submission_rows()]
+    return pd.DataFrame(rows, columns=list(vocab.SUBMISSION_COLUMNS))
+
+
+def predict(input_path: Path, model: Path, out: Path, device: str = "cpu", strict: bool = False,
+            report: bool = False, dicom_sr: bool = False, log=print) -> dict:
+    """Predict every study under INPUT; write submission.csv, predictions.json, report.json into `out`.
+
+    Returns {"studies": n ok, "failed": [{study_id, error}], "timings": {...}}. strict: raise if any failed.
+    """
+    from tqdm import tqdm
+
+    from .data.io_utils import atomic_write_text, write_csv_atomic
+
+    jobs = find_studies(Path(input_path))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    predictor = Predictor(Path(model), device)
+    results: list[StudyResult] = []
+    failed: list[dict] = []
+    for job in tqdm(jobs, desc="predict", unit="study", disable=len(jobs) < 2):
+        try:
+            results.append(predictor.predict_path(job.path, job.descriptions, job.study_id))
+        except SpinegradeError as e:
+            failed.append({"study_id": job.study_id, "error": str(e)})
+            log(f"skipped study {job.study_id}: {e}")
+        except Exception as e:  # one bad study must not end a batch
+            failed.append({"study_id": job.study_id, "error": f"{type(e).__name__}: {e}"})
+            log(f"skipped study {job.study_id}: {type(e).__name__}: {e}")
+    write_csv_atomic(submission_frame(results), out / "submission.csv")
+    model_info = {"run": str(Path(model).resolve()), "spinegrade": __version__,
+                  "localizer": sorted(predictor.localizer.models), "grader": sorted(predictor.grader.models)}
+    write_predictions(out / "predictions.json", results, model_info, failed)
+    summary = {"studies": len(results), "failed": failed, "timings": dict(predictor.timings),
+               "warnings": {r.study_id: r.warnings for r in results if r.warnings}}
+    import json
+
+    atomic_write_text(out / "report.json", json.dumps(summary, indent=1))
+    if report and results:
+        from .report.html import write_report
+
+        write_report(out, out / "report.html")
+    if dicom_sr and results:
+        from .report.sr import write_sr
+        from .io.dicom import load_study
+
+        by_id = {j.study_id: j for j in jobs}
+        for res in results:
+            job = by_id[res.study_id]
+            write_sr(res, load_study(job.path, descriptions=job.descriptions), out / f"{res.study_id}_sr.dcm")
+    if strict and failed:
+        raise DataError(f"{len(failed)} of {len(jobs)} studies could not be read (see {out / 'report.json'})")
+    return summary
