@@ -13,6 +13,46 @@ TWO_STUDIES = REALDATA / "rsna2024_dicom_train_2studies"
 PNG_SET = REALDATA / "rsna2024_nfn_sagT1_png_vbs2004"
 
 
+REAL_STUDIES = (100206310, 1002894806)
+
+
+def _filter_lines(src: Path, keep: set[str]) -> str:
+    """The header and the rows whose first field is in `keep`, byte for byte as the challenge wrote them."""
+    lines = src.read_text(encoding="utf-8").splitlines()
+    return "\n".join([lines[0]] + [ln for ln in lines[1:] if ln.split(",", 1)[0] in keep]) + "\n"
+
+
+def build_real_dataset(realdata: Path, root: Path, link_files: bool = False) -> Path:
+    """An RSNA-layout train folder from the real CSVs restricted to the two DICOM studies, images as symlinks.
+
+    `link_files` links each .dcm (in real folders) instead of each study, so a test may break one file.
+    """
+    import pandas as pd
+
+    from spinegrade.data.io_utils import write_csv_atomic
+
+    keep = {str(s) for s in REAL_STUDIES}
+    two = realdata / "rsna2024_dicom_train_2studies"
+    root.mkdir(parents=True)
+    (root / "train.csv").write_text(_filter_lines(realdata / "rsna2024_labels/train.csv", keep), encoding="utf-8")
+    (root / "train_series_descriptions.csv").write_text(
+        _filter_lines(realdata / "rsna2024_labels/train_series_descriptions.csv", keep), encoding="utf-8")
+    coords = pd.read_csv(two / "DERIVED_coords_these_studies.csv", dtype=str, keep_default_na=False)
+    write_csv_atomic(coords.iloc[:, :-2], root / "train_label_coordinates.csv")
+    images = root / "train_images"
+    for sid in REAL_STUDIES:
+        src = two / "train_images" / str(sid)
+        if not link_files:
+            images.mkdir(exist_ok=True)
+            (images / str(sid)).symlink_to(src, target_is_directory=True)
+            continue
+        for f in src.glob("*/*.dcm"):
+            dst = images / str(sid) / f.parent.name / f.name
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.symlink_to(f)
+    return root
+
+
 def need_realdata(path: Path = REALDATA) -> Path:
     """Return the path, or skip with a clear message (fail instead under CI's SPINEGRADE_REQUIRE_REALDATA)."""
     if not path.exists():
@@ -36,6 +76,12 @@ def two_studies() -> Path:
 @pytest.fixture(scope="session")
 def png_set() -> Path:
     return need_realdata(PNG_SET)
+
+
+@pytest.fixture(scope="session")
+def real_rsna(tmp_path_factory) -> Path:
+    """The two real DICOM studies as an RSNA-layout train folder (CSV rows of just those studies)."""
+    return build_real_dataset(need_realdata(), tmp_path_factory.mktemp("real") / "ds")
 
 
 @pytest.fixture(scope="session")

@@ -60,7 +60,7 @@ class SeriesGeometry:
     def slice_spacing(self) -> float:
         """Median distance between neighbouring slices (mm); 0 for a single slice."""
         off = self.slice_offsets
-        return float(np.median(np.diff(off))) if off.size > 1 else 0.0
+        return float(np.median(np.abs(np.diff(off)))) if off.size > 1 else 0.0
 
     @property
     def plane(self) -> str:

@@ -24,7 +24,7 @@ from spinegrade.data.rsna import (
 )
 from spinegrade.errors import DataError
 
-STUDIES = (100206310, 1002894806)
+from conftest import REAL_STUDIES as STUDIES, build_real_dataset
 SPINAL = [vocab.target("spinal_canal_stenosis", lv) for lv in vocab.LEVELS]
 FIX01B = "rsna2024_coords_fix01b_hengck23/DATA_PROCESSED_DIR/train_label_coordinates.fix01b.csv"
 # Study 100206310's train.csv row as class indices (0 Normal/Mild, 1 Moderate, 2 Severe), in TARGETS order.
@@ -42,39 +42,6 @@ def _labels_csv(rows: list[tuple[object, list[str]]]) -> str:
     lines = [",".join(("study_id",) + vocab.TARGETS)]
     lines += [",".join([str(sid)] + cells) for sid, cells in rows]
     return "\n".join(lines) + "\n"
-
-
-def _filter_lines(src: Path, keep: set[str]) -> str:
-    """The header and the rows whose first field is in `keep`, byte for byte as the challenge wrote them."""
-    lines = src.read_text(encoding="utf-8").splitlines()
-    return "\n".join([lines[0]] + [ln for ln in lines[1:] if ln.split(",", 1)[0] in keep]) + "\n"
-
-
-def _build_two_studies(realdata: Path, root: Path, link_files: bool = False) -> Path:
-    """A train folder from the real CSVs restricted to the two DICOM studies, images as symlinks.
-
-    `link_files` links each .dcm (in real folders) instead of each study, so a test may break one file.
-    """
-    keep = {str(s) for s in STUDIES}
-    two = realdata / "rsna2024_dicom_train_2studies"
-    root.mkdir(parents=True)
-    _write(root / "train.csv", _filter_lines(realdata / "rsna2024_labels/train.csv", keep))
-    _write(root / "train_series_descriptions.csv",
-           _filter_lines(realdata / "rsna2024_labels/train_series_descriptions.csv", keep))
-    coords = pd.read_csv(two / "DERIVED_coords_these_studies.csv", dtype=str, keep_default_na=False)
-    write_csv_atomic(coords.iloc[:, :-2], root / "train_label_coordinates.csv")
-    images = root / "train_images"
-    for sid in STUDIES:
-        src = two / "train_images" / str(sid)
-        if not link_files:
-            images.mkdir(exist_ok=True)
-            (images / str(sid)).symlink_to(src, target_is_directory=True)
-            continue
-        for f in src.glob("*/*.dcm"):
-            dst = images / str(sid) / f.parent.name / f.name
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            dst.symlink_to(f)
-    return root
 
 
 def _edit_cell(path: Path, line: int, column: str, value: str) -> None:
@@ -98,7 +65,7 @@ def fix01b(realdata) -> pd.DataFrame:
 
 @pytest.fixture
 def two(realdata, tmp_path) -> Path:
-    return _build_two_studies(realdata, tmp_path / "ds")
+    return build_real_dataset(realdata, tmp_path / "ds")
 
 
 # --- readers on the real tables ------------------------------------------------------------------------
@@ -264,7 +231,7 @@ def test_dataset_corrected_coordinates_and_unknown_series(realdata, two):
     assert ds.coords_for(100206310)["fix"].tolist() == [0] * 25
     assert ds.coords_for(123).empty
     # A series folder the CSV does not describe is offered as "unknown" (its role comes from the images).
-    two_files = _build_two_studies(realdata, two.parent / "files", link_files=True)
+    two_files = build_real_dataset(realdata, two.parent / "files", link_files=True)
     (two_files / "train_images/100206310/42").mkdir()
     rec = next(RsnaDataset(two_files).iter_studies([100206310]))
     assert rec.series[vocab.UNKNOWN_ROLE] == [42] and rec.series[vocab.AXIAL_T2] == [1012284084]
@@ -321,7 +288,7 @@ def test_validate_reports_missing_instance_and_undescribed_series(two):
 
 
 def test_validate_reports_zero_byte_files(realdata, tmp_path):
-    root = _build_two_studies(realdata, tmp_path / "ds", link_files=True)
+    root = build_real_dataset(realdata, tmp_path / "ds", link_files=True)
     assert validate_dataset(root) == []
     series = root / "train_images/1002894806/801316590"  # Sagittal T2/STIR
     inst = int(read_coordinates(root / "train_label_coordinates.csv")

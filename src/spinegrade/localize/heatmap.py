@@ -23,22 +23,27 @@ def gaussian_heatmaps(points: np.ndarray, size: int, sigma: float) -> np.ndarray
     return out
 
 
-def decode_heatmaps(hm: np.ndarray, window: int = 2) -> np.ndarray:
-    """(K, 3) rows of (x, y, peak) from (K, H, W) heatmaps: the arg-max refined by the centroid of the
-    (2*window+1)^2 neighbourhood, for sub-pixel precision."""
+def _parabola_offset(lm: float, l0: float, lp: float) -> float:
+    """Sub-pixel offset of a peak from three log-values; exact for a Gaussian."""
+    den = lm - 2 * l0 + lp
+    return 0.0 if den >= 0 else float(np.clip(0.5 * (lm - lp) / den, -0.5, 0.5))
+
+
+def decode_heatmaps(hm: np.ndarray) -> np.ndarray:
+    """(K, 3) rows of (x, y, peak) from (K, H, W) heatmaps: the arg-max refined to sub-pixel precision by a
+    parabola through the log-heights of its neighbours (exact for Gaussian blobs)."""
     hm = np.asarray(hm, dtype=np.float64)
     k, h, w = hm.shape
     out = np.zeros((k, 3))
     for i in range(k):
-        idx = int(np.argmax(hm[i]))
-        py, px = divmod(idx, w)
-        y0, y1 = max(0, py - window), min(h, py + window + 1)
-        x0, x1 = max(0, px - window), min(w, px + window + 1)
-        patch = np.clip(hm[i, y0:y1, x0:x1], 0, None)
-        s = patch.sum()
-        if s > 0:
-            yy, xx = np.mgrid[y0:y1, x0:x1]
-            out[i] = ((patch * xx).sum() / s, (patch * yy).sum() / s, hm[i, py, px])
-        else:
-            out[i] = (px, py, hm[i, py, px])
+        py, px = divmod(int(np.argmax(hm[i])), w)
+        peak = hm[i, py, px]
+        x, y = float(px), float(py)
+        if peak > 0:
+            lg = np.log(np.clip(hm[i], peak * 1e-6, None))
+            if 0 < px < w - 1:
+                x += _parabola_offset(lg[py, px - 1], lg[py, px], lg[py, px + 1])
+            if 0 < py < h - 1:
+                y += _parabola_offset(lg[py - 1, px], lg[py, px], lg[py + 1, px])
+        out[i] = (x, y, peak)
     return out

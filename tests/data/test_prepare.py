@@ -1,0 +1,116 @@
+"""prepare: parallel decoding into the cache, re-runs that decode nothing, bad studies skipped, PNG export."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from spinegrade import vocab
+from spinegrade.cli import main
+from spinegrade.data.prepare import Cache, prepare_dataset
+from spinegrade.data.synth import synthesize_cohort
+from spinegrade.io.dicom import load_study
+
+
+@pytest.fixture(scope="module")
+def cohort20(tmp_path_factory):
+    out = tmp_path_factory.mktemp("c20") / "data"
+    synthesize_cohort(out, n_studies=20, seed=77)
+    return out
+
+
+def _mtimes(cache):
+    return {p: p.stat().st_mtime_ns for p in cache.rglob("*.npy")}
+
+
+def test_prepare_20_studies_two_workers_then_rerun_decodes_nothing(cohort20, tmp_path):
+    cache = tmp_path / "cache"
+    r = prepare_dataset(cohort20, cache, workers=2, progress=False)
+    assert r["failed"] == [] and r["studies"] == 20 and r["decoded"] >= 40 and r["skipped_existing"] == 0
+    before = _mtimes(cache)
+    r2 = prepare_dataset(cohort20, cache, workers=2, progress=False)
+    assert r2["decoded"] == 0 and r2["skipped_existing"] == r["decoded"]
+    assert _mtimes(cache) == before  # nothing rewritten
+    c = Cache(cache)
+    assert len(c.study_ids()) == 20
+    for sid in c.study_ids()[:3]:
+        direct = load_study(cohort20 / "train_images" / sid)
+        cached = c.load_study(sid)
+        assert [s.series_id for s in cached.series] == sorted(s.series_id for s in direct.series)
+        for s in direct.series:
+            cs = cached.get(s.series_id)
+            assert isinstance(cs.pixels, np.memmap)
+            assert np.array_equal(np.asarray(cs.pixels), s.pixels)  # exact, not approximately
+            assert np.array_equal(cs.instance_numbers, s.instance_numbers)
+            assert np.allclose(cs.geometry.positions, s.geometry.positions)
+            assert (cs.role, cs.source_series_id) == (s.role, s.source_series_id or s.series_id)
+
+
+def test_changed_study_is_decoded_again_and_bad_study_skipped(synth_cohort, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(synth_cohort, data)
+    cache = tmp_path / "cache"
+    first = prepare_dataset(data, cache, progress=False)
+    studies = sorted(p.name for p in (data / "train_images").iterdir())
+    # break one study completely (no readable DICOM), touch another
+    bad = data / "train_images" / studies[0]
+    for f in bad.rglob("*.dcm"):
+        f.write_bytes(b"not dicom")
+    r = prepare_dataset(data, cache, progress=False)
+    assert [f["study_id"] for f in r["failed"]] == [studies[0]]
+    assert "no readable DICOM" in r["failed"][0]["error"] and studies[0] in r["failed"][0]["error"]
+    assert r["decoded"] == 0 and r["skipped_existing"] == first["decoded"] - len(Cache(cache).series_ids(studies[0]))
+
+
+def test_cli_prepare_reports_and_exports_png(synth_cohort, tmp_path, capsys):
+    cache, png = tmp_path / "cache", tmp_path / "png"
+    assert main(["prepare", "--data", str(synth_cohort), "--cache", str(cache), "--export-png", str(png)]) == 0
+    out = capsys.readouterr().out
+    assert "prepared" in out and "index.csv" in out
+    idx = pd.read_csv(png / "index.csv")
+    assert list(idx.columns) == ["path", "study_id", "series_id", "instance_number", "condition", "level", "severity"]
+    coords = pd.read_csv(synth_cohort / "train_label_coordinates.csv")
+    assert len(idx) == len(coords)  # every labelled instance row is exported
+    assert set(idx["condition"]) <= set(vocab.CONDITIONS) and set(idx["level"]) <= set(vocab.LEVELS)
+    im = Image.open(png / idx["path"].iloc[0])
+    assert im.size == (256, 256) and im.mode == "L"
+    # severity matches train.csv
+    labels = pd.read_csv(synth_cohort / "train.csv").set_index("study_id")
+    r = idx.iloc[0]
+    assert r["severity"] == labels.at[r["study_id"], f"{r['condition']}_{r['level']}"]
+
+
+def test_seed_axial_export_on_real_studies(real_rsna, tmp_path):
+    """The seed's dataset (axial T2 slice per level, spinal canal grade) from the two real studies."""
+    png = tmp_path / "png"
+    prepare_dataset(real_rsna, tmp_path / "cache", export_png=png, png_task="seed-axial", progress=False)
+    idx = pd.read_csv(png / "index.csv")
+    assert len(idx) == 10 and set(idx["source"]) == {"coordinates"}
+    coords = pd.read_csv(real_rsna / "train_label_coordinates.csv")
+    labels = pd.read_csv(real_rsna / "train.csv").set_index("study_id")
+    for r in idx.itertuples():
+        sub = coords[(coords.study_id == r.study_id) & (coords.condition == "Left Subarticular Stenosis")
+                     & (coords.level == vocab.LEVEL_NAMES[r.level])]
+        assert abs(r.instance_number - int(sub.instance_number.iloc[0])) <= 1
+        assert r.severity == labels.at[r.study_id, f"spinal_canal_stenosis_{r.level}"]
+        assert Image.open(png / r.path).size == (256, 256)
+
+
+def test_seed_axial_export_by_projection_on_real_studies(real_rsna, tmp_path):
+    """Without axial coordinates the sagittal->axial projection picks (nearly) the same slices."""
+    data = tmp_path / "data"
+    shutil.copytree(real_rsna, data, symlinks=True)
+    coords = pd.read_csv(data / "train_label_coordinates.csv")
+    truth = coords[coords.condition == "Left Subarticular Stenosis"]
+    coords[~coords.condition.str.contains("Subarticular")].to_csv(data / "train_label_coordinates.csv", index=False)
+    png = tmp_path / "png"
+    prepare_dataset(data, tmp_path / "cache", export_png=png, png_task="seed-axial", progress=False)
+    idx = pd.read_csv(png / "index.csv")
+    assert len(idx) == 10 and set(idx["source"]) == {"projection"}
+    for r in idx.itertuples():
+        t = truth[(truth.study_id == r.study_id) & (truth.level == vocab.LEVEL_NAMES[r.level])]
+        assert abs(r.instance_number - int(t.instance_number.iloc[0])) <= 1
