@@ -92,3 +92,18 @@ def synth_cohort(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("synth") / "cohort"
     synthesize_cohort(out, n_studies=8, seed=1234)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_run(synth_cohort, tmp_path_factory) -> Path:
+    """A study-pipeline run trained for one epoch on the shared synthetic cohort: every stage present, so
+    predict/report/serve run their real code paths (its grades are not meant to be good)."""
+    from spinegrade.train.config import LoopConfig
+    from spinegrade.train.study import StudyTrainConfig, train_study_pipeline
+
+    root = tmp_path_factory.mktemp("tiny_run")
+    cfg = StudyTrainConfig(data=str(synth_cohort), cache=str(root / "cache"), folds=4, val_fold=0, workers=1,
+                           localizer_loop=LoopConfig(epochs=1, batch_size=8, device="cpu"),
+                           grader_loop=LoopConfig(epochs=1, batch_size=32, device="cpu"))
+    train_study_pipeline(cfg, root / "run", log=lambda *_: None)
+    return root / "run"

@@ -234,8 +234,57 @@ def _cmd_serve(a) -> int:
     return 0
 
 
+# --- predict -------------------------------------------------------------------------------------------
+def _add_predict(sub) -> None:
+    p = sub.add_parser("predict", help="grade 25 targets per study; write submission.csv, predictions.json, a report")
+    p.add_argument("input", type=Path,
+                   help="an RSNA dataset root, a folder of <study_id>/<series_id>/*.dcm, or one study folder")
+    p.add_argument("--model", type=Path, required=True, help="a run folder from `spinegrade train --data`")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--strict", action="store_true", help="exit non-zero when any study could not be read")
+    p.add_argument("--report", action="store_true", help="also write report.html (key images, table)")
+    p.add_argument("--dicom-sr", action="store_true", help="also write a DICOM Comprehensive 3D SR per study")
+    p.set_defaults(func=_cmd_predict)
+
+
+def _cmd_predict(a) -> int:
+    from .predict import predict
+
+    def log(msg):
+        print(msg, file=sys.stderr)
+
+    r = predict(a.input, a.model, a.out, device=a.device, strict=a.strict, report=a.report, dicom_sr=a.dicom_sr,
+                log=log)
+    print(f"predicted {r['studies']} studies ({len(r['failed'])} skipped) -> {a.out / 'submission.csv'}")
+    for sid, w in r["warnings"].items():
+        for line in w:
+            print(f"  study {sid}: {line}")
+    return 0
+
+
+# --- demo ----------------------------------------------------------------------------------------------
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="synthesise a cohort, train, evaluate and predict: the whole job on built-in data")
+    p.add_argument("--out", type=Path, default=Path("spinegrade_demo"), help="output folder (default ./spinegrade_demo)")
+    p.add_argument("--studies", type=int, default=80, help="synthetic studies")
+    p.add_argument("--seed", type=int, default=2024)
+    p.add_argument("--epochs", type=int, default=None, help="override the epochs of every model")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--workers", type=int, default=2, help="processes for synthesis and decoding")
+    p.set_defaults(func=_cmd_demo)
+
+
+def _cmd_demo(a) -> int:
+    from .demo import run_demo
+
+    run_demo(a.out, studies=a.studies, seed=a.seed, device=a.device, epochs=a.epochs, workers=a.workers)
+    return 0
+
+
 # --- main ----------------------------------------------------------------------------------------------
-_ADDERS = [_add_info, _add_inspect, _add_synth, _add_prepare, _add_train, _add_evaluate, _add_report, _add_serve]
+_ADDERS = [_add_info, _add_inspect, _add_synth, _add_prepare, _add_train, _add_evaluate, _add_predict, _add_report,
+           _add_serve, _add_demo]
 
 
 def build_parser() -> argparse.ArgumentParser:
