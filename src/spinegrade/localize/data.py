@@ -19,7 +19,7 @@ from .. import vocab
 from ..grade.crops import series_intensity_range
 from .heatmap import gaussian_heatmaps
 
-INPUT_SIZE = 96
+INPUT_SIZE = 64
 N_CHANNELS = 3  # the slice and its two neighbours
 SIGMA = 2.0  # heatmap blob size in input pixels
 SLICE_SIGMA = 0.6  # fall-off of the target amplitude per slice of distance (sagittal T1)

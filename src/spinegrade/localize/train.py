@@ -93,7 +93,7 @@ def foramen_offsets(cache, coords: pd.DataFrame, study_ids) -> dict[str, dict[st
 
 def train_view(view: str, cache, coords: pd.DataFrame, train_ids, val_ids, out_dir: Path, loop, ctx,
                model_name: str = "unet-small", size: int = INPUT_SIZE, resume: bool = False, log=print,
-               extra: dict | None = None) -> dict:
+               extra: dict | None = None, min_samples_per_epoch: int = 400) -> dict:
     """Train one view's heatmap network into `out_dir` (best.pt, last.pt, metrics.jsonl, curves.png)."""
     from ..models.heatmap import create_heatmap_model
     from ..train.engine import fit, seed_everything
@@ -103,6 +103,9 @@ def train_view(view: str, cache, coords: pd.DataFrame, train_ids, val_ids, out_d
     val = view_samples(cache, coords, val_ids, view, training=False, size=size)
     if not train:
         raise ValueError(f"no training samples for the {view} localiser (no coordinates for that view?)")
+    # A view with few samples per study (one mid-sagittal T2 slice) would get only a handful of optimiser
+    # steps per epoch; repeating its (augmented) samples keeps every view's epoch a similar amount of work.
+    train = train * max(1, -(-min_samples_per_epoch // len(train)))
     k = len(VIEW_CHANNELS[view])
     model = create_heatmap_model(model_name, N_CHANNELS, k)
     describe = {
@@ -113,7 +116,7 @@ def train_view(view: str, cache, coords: pd.DataFrame, train_ids, val_ids, out_d
         "preprocessing": {"input_size": size, "n_channels": N_CHANNELS, "intensity": "series 1-99.5 pct"},
         **(extra or {}),
     }
-    log(f"localiser {view}: {len(train)} training and {len(val)} validation samples")
+    log(f"localiser {view}: {len(train)} training samples per epoch, {len(val)} validation samples")
     res = fit(model, HeatmapDataset(train, size, augment=True, seed=loop.seed), HeatmapDataset(val, size), HeatmapTask(),
               loop, out_dir, ctx, describe, resume=resume, log=log)
     return {"view": view, "best_epoch": res.best_epoch, "val_err_mm": res.best_score,

@@ -35,13 +35,13 @@ class StudyTrainConfig:
     val_fold: int = 0
     stage: str = "all"
     localizer_model: str = "unet-small"
-    localizer_size: int = 96
+    localizer_size: int = 64
     grader_model: str = "seed-cnn"
     grader_kwargs: dict = field(default_factory=lambda: {"widths": [16, 32, 64, 96, 128], "pool": 2})
     class_weights: str = "metric"
     coordinates: str | None = None  # a corrected coordinate table in the challenge's columns
-    localizer_loop: LoopConfig = field(default_factory=lambda: LoopConfig(epochs=12, batch_size=16, lr=2e-3,
-                                                                          patience=4))
+    localizer_loop: LoopConfig = field(default_factory=lambda: LoopConfig(epochs=14, batch_size=16, lr=3e-3,
+                                                                          patience=5))
     grader_loop: LoopConfig = field(default_factory=lambda: LoopConfig(epochs=12, batch_size=64, lr=1e-3,
                                                                        patience=4))
     workers: int = 2  # prepare processes
