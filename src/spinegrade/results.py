@@ -173,7 +173,7 @@ def _locate_instance(study, series_id: str, instance_number: int):
     (an axial series acquired as one angled block per disc), each with its own series id.
     """
     for s in study.series:
-        if series_id in (s.series_id, getattr(s, "source_series_id", "")):
+        if series_id in (s.series_id, s.source_series_id):
             try:
                 return s, s.slice_of_instance(instance_number)
             except KeyError:

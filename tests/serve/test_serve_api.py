@@ -1,0 +1,157 @@
+"""The viewer's HTTP API: upload, progress, result; refusals for bad zips, large uploads, unreadable studies."""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+import stat
+import zipfile
+
+import pydicom
+import pytest
+from fastapi.testclient import TestClient
+
+from spinegrade import DISCLAIMER
+from spinegrade.errors import SpinegradeError
+from spinegrade.serve.app import VIEWS, model_predictor
+
+
+def _upload(client, data: bytes, name: str = "study.zip"):
+    return client.post("/api/upload", content=data, headers={"content-type": "application/zip", "x-filename": name})
+
+
+def test_upload_grades_and_shows_the_study(make_app, synth_zip, synth_study, wait_for_job):
+    with TestClient(make_app()) as client:
+        assert "Upload a zipped study" in client.get("/").text
+        r = _upload(client, synth_zip.read_bytes(), synth_zip.name)
+        assert r.status_code == 202, r.text
+        job = r.json()
+        assert job["study"] == synth_study.name
+        done = wait_for_job(client, job["job"])
+        assert done["status"] == "done" and done["progress"] == 1.0, done
+        page = client.get(job["url"]).text
+        assert DISCLAIMER in page and 'class="grades"' in page
+        assert len(re.findall(r'<td class="sev\d', page)) == 25
+        images = re.findall(rf'src="(/jobs/{job["job"]}/images/[^"]+)"', page)
+        assert len(images) == 8 + 6 + 1 + 1 + 5 + 5  # all; canal: sagittal + 5 axials; foramina; subarticular
+        for view in VIEWS:
+            assert f'data-view="{view}"' in page
+        img = client.get(images[0])
+        assert img.status_code == 200 and img.headers["content-type"] == "image/png"
+        assert client.get(f"/jobs/{job['job']}/images/..%2Fupload.zip").status_code == 404
+        result = client.get(f"/api/jobs/{job['job']}/result").json()
+        assert result["study_id"] == synth_study.name and len(result["findings"]) == 25
+        assert DISCLAIMER in client.get(f"/jobs/{job['job']}/report.html").text
+        sr = client.get(f"/jobs/{job['job']}/sr.dcm")
+        assert sr.status_code == 200
+        import io
+
+        assert pydicom.dcmread(io.BytesIO(sr.content)).Modality == "SR"
+
+
+def _zip_with(tmp_path, entries: list[tuple[str, bytes]], symlink: str | None = None) -> bytes:
+    path = tmp_path / "bad.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("123/ok.txt", b"fine")
+        for name, data in entries:
+            zf.writestr(name, data)
+        if symlink:
+            info = zipfile.ZipInfo(symlink)
+            info.external_attr = (stat.S_IFLNK | 0o777) << 16
+            zf.writestr(info, "/etc/passwd")
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("entry, symlink, words", [
+    ("../evil.txt", None, "'..'"),
+    ("123/../../evil.txt", None, "'..'"),
+    ("/tmp/spinegrade-evil.txt", None, "absolute path"),
+    ("C:/evil.txt", None, "absolute path"),
+    (None, "123/link", "symbolic link"),
+])
+def test_zip_entries_escaping_the_folder_are_rejected(make_app, tmp_path, entry, symlink, words):
+    data = _zip_with(tmp_path, [(entry, b"x")] if entry else [], symlink)
+    with TestClient(make_app()) as client:
+        r = _upload(client, data)
+        assert r.status_code == 400
+        detail = r.json()["detail"]
+        assert words in detail and "rejected" in detail and (entry or symlink) in detail
+        assert not client.app.state.viewer.jobs
+    assert not (tmp_path / "evil.txt").exists() and not (tmp_path / "work" / "evil.txt").exists()
+    assert not list((tmp_path / "work").iterdir())  # the refused upload left nothing behind
+
+
+def test_upload_size_limits(make_app, synth_zip):
+    data = synth_zip.read_bytes()
+    with TestClient(make_app(max_upload_bytes=len(data) - 1)) as client:
+        r = _upload(client, data)
+        assert r.status_code == 413 and "larger than the limit" in r.json()["detail"]
+    with TestClient(make_app(max_upload_bytes=len(data), max_unpacked_bytes=len(data) // 2)) as client:
+        r = _upload(client, data)
+        assert r.status_code == 400 and "unpacks to more than" in r.json()["detail"]
+    with TestClient(make_app()) as client:
+        r = _upload(client, b"this is not a zip")
+        assert r.status_code == 400 and "not a zip file" in r.json()["detail"]
+        assert _upload(client, b"").status_code == 400
+
+
+def test_a_study_that_cannot_be_read_gets_a_clear_message(make_app, tmp_path, wait_for_job):
+    data = _zip_with(tmp_path, [("123/series/1.dcm", b"not dicom at all")])
+    with TestClient(make_app()) as client:
+        r = _upload(client, data, "123.zip")
+        assert r.status_code == 202
+        done = wait_for_job(client, r.json()["job"])
+        assert done["status"] == "error"
+        assert done["message"].startswith("Could not read this study: ")
+        assert str(tmp_path) not in done["message"]  # no server paths shown
+        page = client.get(r.json()["url"]).text
+        assert 'id="error"' in page and "Could not read this study" in page
+
+
+def test_logs_name_jobs_not_patients(make_app, synth_study, tmp_path, caplog, wait_for_job):
+    """A study whose files carry a patient name and id: the logs show the job and folder, never those."""
+    study = tmp_path / synth_study.name
+    shutil.copytree(synth_study, study)
+    for f in study.rglob("*.dcm"):
+        ds = pydicom.dcmread(f)
+        ds.PatientName, ds.PatientID = "Doe^Janet", "PID-70123-SECRET"
+        ds.save_as(f)
+    zpath = tmp_path / "named.zip"
+    with zipfile.ZipFile(zpath, "w") as zf:
+        for f in sorted(study.rglob("*")):
+            zf.write(f, f.relative_to(tmp_path).as_posix())
+    caplog.set_level(logging.DEBUG)
+    with TestClient(make_app()) as client:
+        r = _upload(client, zpath.read_bytes(), "named.zip")
+        done = wait_for_job(client, r.json()["job"])
+        assert done["status"] == "done", done
+        sr = pydicom.dcmread(client.app.state.viewer.jobs[done["job"]].folder / "sr.dcm")
+        assert sr.PatientID == "PID-70123-SECRET"  # the SR belongs to the patient; only the logs must not say
+    text = caplog.text
+    assert done["job"] in text and synth_study.name in text
+    assert "Janet" not in text and "70123" not in text
+
+
+def test_open_a_study_from_the_configured_folder(make_app, synth_cohort, synth_study, wait_for_job):
+    with TestClient(make_app(studies_dir=synth_cohort / "train_images")) as client:
+        assert f'<option value="{synth_study.name}">' in client.get("/").text
+        r = client.post(f"/api/open?name={synth_study.name}")
+        assert r.status_code == 202
+        assert wait_for_job(client, r.json()["job"])["status"] == "done"
+        assert client.post("/api/open?name=..").status_code == 404
+        assert client.get("/api/jobs/nope").status_code == 404
+
+
+def test_model_predictor_needs_a_run_folder(tmp_path):
+    with pytest.raises(SpinegradeError, match="run folder not found"):
+        model_predictor(tmp_path / "missing")
+
+
+def test_serve_binds_this_machine_unless_told(tmp_path):
+    from spinegrade import cli
+
+    a = cli.build_parser().parse_args(["serve", "--labels", str(tmp_path)])
+    assert a.host == "127.0.0.1" and a.max_upload_mb == 500
+    with pytest.raises(SystemExit):  # a model run or a labels folder is needed
+        cli.build_parser().parse_args(["serve"])
