@@ -1,0 +1,97 @@
+"""Every registered model builds, forwards and back-propagates on a tiny input; the registry's contract."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from spinegrade.cli import main
+from spinegrade.data.slices import COND_DIM
+from spinegrade.errors import SpinegradeError
+from spinegrade.models import create_model, list_models, register_model
+from spinegrade.models import registry
+
+EXPECTED = {"seed-cnn", "efficientnet-b0", "resnet10", "resnet18", "densenet121"}
+
+
+def test_list_models_names_every_family():
+    assert EXPECTED <= set(list_models())
+    assert list_models() == sorted(list_models())
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_forward_backward_25d_with_condition(name):
+    torch.manual_seed(0)
+    model = create_model(name, in_channels=3, num_outputs=6, cond_dim=COND_DIM)
+    x = torch.randn(2, 3, 32, 32)
+    cond = torch.zeros(2, COND_DIM)
+    cond[0, 0] = cond[1, 4] = 1
+    out = model(x, cond)
+    assert out.shape == (2, 6) and torch.isfinite(out).all()
+    out.square().mean().backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None for g in grads)
+    first = next(p for p in model.backbone.parameters() if p.ndim == 4)  # the first convolution
+    assert first.grad.abs().sum() > 0
+    model.eval()
+    with torch.no_grad():  # the condition reaches the output: another level, other logits
+        same = model(x[:1], cond[:1])
+        other = model(x[:1], cond[1:])
+    assert not torch.allclose(same, other)
+
+
+@pytest.mark.parametrize("name", ["seed-cnn", "resnet10"])
+def test_single_channel_without_condition(name):
+    model = create_model(name, in_channels=1, num_outputs=3)
+    assert model.cond_dim == 0
+    out = model(torch.randn(2, 1, 40, 48))  # non-square works too
+    assert out.shape == (2, 3)
+
+
+def test_condition_of_wrong_size_is_refused():
+    model = create_model("seed-cnn", 1, 3, cond_dim=COND_DIM)
+    with pytest.raises(ValueError, match=f"size {COND_DIM}"):
+        model(torch.randn(2, 1, 32, 32))
+    with pytest.raises(ValueError, match=f"size {COND_DIM}"):
+        model(torch.randn(2, 1, 32, 32), torch.zeros(2, 3))
+
+
+def test_backbone_options_pass_through():
+    small = create_model("seed-cnn", 1, 3, widths=(4, 4, 8, 8, 8), pool=2)
+    assert small.backbone.num_features == 8 * 2 * 2
+    half = create_model("resnet10", 1, 3, widen_factor=0.5)
+    assert half.backbone.num_features == 256
+    with pytest.raises(SpinegradeError, match="seed-cnn"):
+        create_model("seed-cnn", 1, 3, no_such_option=1)
+
+
+def test_unknown_name_lists_the_registered_ones():
+    with pytest.raises(SpinegradeError, match="registered: .*seed-cnn"):
+        create_model("alexnet-9000", 1, 3)
+
+
+def test_register_a_new_backbone(monkeypatch):
+    monkeypatch.setattr(registry, "_FACTORIES", dict(registry._FACTORIES))
+
+    class Tiny(torch.nn.Module):
+        num_features = 5
+
+        def __init__(self, in_channels):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(in_channels, 5, 3)
+
+        def forward(self, x):
+            return self.conv(x).mean(dim=(2, 3))
+
+    register_model("tiny-test")(Tiny)
+    assert "tiny-test" in list_models()
+    assert create_model("tiny-test", 2, 3, cond_dim=4)(torch.randn(1, 2, 8, 8), torch.ones(1, 4)).shape == (1, 3)
+    with pytest.raises(ValueError, match="already registered"):
+        register_model("tiny-test")(lambda in_channels: None)
+
+
+def test_info_lists_the_models(capsys):
+    assert main(["info", "--json"]) == 0
+    assert EXPECTED <= set(json.loads(capsys.readouterr().out)["models"])
