@@ -113,13 +113,36 @@ def _cmd_prepare(a) -> int:
 
 
 # --- train ---------------------------------------------------------------------------------------------
+def _json_object(s: str) -> dict:
+    try:
+        d = json.loads(s)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"not JSON: {e}") from None
+    if not isinstance(d, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object such as '{\"widen_factor\": 0.5}'")
+    return d
+
+
 def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="train a slice grader on a slice index, split by study (torchrun: DDP)")
-    p.add_argument("--index", type=Path, required=True,
-                   help="slice index CSV (path, study_id, condition, level, severity; paths relative to it)")
+    p = sub.add_parser("train", help="train the study pipeline (--data) or a slice grader (--index); "
+                                      "split by study; under torchrun: DDP")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", type=Path, help="RSNA-layout dataset: train the localisers and graders")
+    src.add_argument("--index", type=Path,
+                     help="slice index CSV (path, study_id, condition, level, severity; paths relative to it)")
     p.add_argument("--out", type=Path, required=True, help="run folder to write")
-    p.add_argument("--model", default="seed-cnn", help="registered model name (see `spinegrade info`)")
-    p.add_argument("--model-kwargs", type=json.loads, default={}, metavar="JSON",
+    g = p.add_argument_group("study pipeline (--data)")
+    g.add_argument("--cache", type=Path, default=None, help="prepare cache (default: RUN/cache)")
+    g.add_argument("--stage", choices=["localizer", "grader", "all"], default="all")
+    g.add_argument("--coordinates", type=Path, default=None,
+                   help="a corrected coordinate table in the challenge's columns (e.g. hengck23's fix01b)")
+    g.add_argument("--localizer-model", default="unet-small", help="heatmap network (unet-small | unet)")
+    g.add_argument("--localizer-size", type=int, default=64, metavar="PX", help="localiser input size")
+    g.add_argument("--localizer-epochs", type=int, default=None)
+    g.add_argument("--grader-epochs", type=int, default=None)
+    p.add_argument("--model", default=None, help="registered model name (see `spinegrade info`); default "
+                   "seed-cnn for --index, the pipeline's grader for --data")
+    p.add_argument("--model-kwargs", type=_json_object, default=None, metavar="JSON",
                    help='backbone options as JSON, e.g. \'{"widen_factor": 0.5}\'')
     p.add_argument("--image-size", type=int, default=160, metavar="PX", help="square input size")
     p.add_argument("--epochs", type=int, default=10)
@@ -143,12 +166,40 @@ def _add_train(sub) -> None:
     p.set_defaults(func=_cmd_train)
 
 
+def _cmd_train_study(a) -> int:
+    from .train.config import LoopConfig
+    from .train.study import StudyTrainConfig, train_study_pipeline
+
+    cfg = StudyTrainConfig(data=str(a.data), cache=str(a.cache) if a.cache else "", folds=a.folds,
+                           val_fold=a.val_fold, stage=a.stage, localizer_model=a.localizer_model,
+                           localizer_size=a.localizer_size, class_weights=a.class_weights,
+                           coordinates=str(a.coordinates) if a.coordinates else None)
+    if a.model:
+        cfg.grader_model = a.model
+        cfg.grader_kwargs = a.model_kwargs or {}
+    elif a.model_kwargs is not None:
+        cfg.grader_kwargs = a.model_kwargs
+    for loop, epochs in ((cfg.localizer_loop, a.localizer_epochs), (cfg.grader_loop, a.grader_epochs)):
+        loop.device, loop.seed, loop.amp, loop.workers = a.device, a.seed, not a.no_amp, a.workers
+        if epochs:
+            loop.epochs = epochs
+    summary = train_study_pipeline(cfg, a.out, resume=a.resume)
+    for stage, models in summary.items():
+        for name, r in models.items():
+            key = "val_err_mm" if stage == "localizer" else "val_wll"
+            print(f"{stage:<10} {name:<13} best epoch {r['best_epoch'] + 1:>3}  {key} {r[key]:.4f}")
+    print(f"run written to {a.out}")
+    return 0
+
+
 def _cmd_train(a) -> int:
+    if a.data is not None:
+        return _cmd_train_study(a)
     from .train.config import AugmentConfig, LoopConfig, TrainConfig
     from .train.slices import train_slices
 
     cfg = TrainConfig(
-        index=str(a.index), model=a.model, model_kwargs=a.model_kwargs, image_size=a.image_size,
+        index=str(a.index), model=a.model or "seed-cnn", model_kwargs=a.model_kwargs or {}, image_size=a.image_size,
         condition_input=not a.no_condition, folds=a.folds, val_fold=a.val_fold, class_weights=a.class_weights,
         loop=LoopConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay,
                         patience=a.patience, device=a.device, amp=not a.no_amp, seed=a.seed, workers=a.workers),
@@ -160,9 +211,12 @@ def _cmd_train(a) -> int:
 
 # --- evaluate ------------------------------------------------------------------------------------------
 def _add_evaluate(sub) -> None:
-    p = sub.add_parser("evaluate", help="score a slice grader run on an index: predictions, metrics, figures")
+    p = sub.add_parser("evaluate", help="score a run on held-out studies (--data) or slices (--index)")
     p.add_argument("--run", type=Path, required=True, help="run folder (or a .pt checkpoint)")
-    p.add_argument("--index", type=Path, required=True, help="slice index CSV")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", type=Path, help="RSNA-layout dataset with labels (study pipeline runs)")
+    src.add_argument("--index", type=Path, help="slice index CSV (slice grader runs)")
+    p.add_argument("--cache", type=Path, default=None, help="prepare cache to use (--data)")
     p.add_argument("--out", type=Path, required=True, help="folder to write the results to")
     p.add_argument("--fold", type=int, default=None, metavar="K",
                    help="score the studies of fold K of the run's split (default: the studies it did not train on)")
@@ -174,6 +228,12 @@ def _add_evaluate(sub) -> None:
 
 
 def _cmd_evaluate(a) -> int:
+    if a.data is not None:
+        from .evaluate.study import evaluate_study_run
+
+        evaluate_study_run(a.run, a.data, a.out, cache=a.cache, device=a.device, all_studies=a.all_rows)
+        print(f"wrote metrics.json, submission.csv, predictions.json and confusion matrices to {a.out}")
+        return 0
     from .evaluate.slices import evaluate_slices
 
     m = evaluate_slices(a.run, a.index, a.out, fold=a.fold, all_rows=a.all_rows, device=a.device,

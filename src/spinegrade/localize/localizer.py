@@ -68,10 +68,12 @@ class Localizer:
 
     # --- views -------------------------------------------------------------------------------------------
     def canal_points(self, t2: Series) -> list[Point]:
-        """Five spinal canal points on the most confident of the central sagittal T2 slices."""
+        """Five spinal canal points on the central sagittal T2 slice whose heatmap peaks are highest (the
+        network was trained to answer lower on slices beside the labelled mid-sagittal one)."""
         inp = SeriesInput.from_series(t2, self._size(vocab.SAGITTAL_T2))
         mid = t2.n_slices // 2
-        cands = sorted({int(np.clip(k, 0, t2.n_slices - 1)) for k in (mid - 1, mid, mid + 1)})
+        reach = max(1, t2.n_slices // 6)
+        cands = sorted({int(np.clip(k, 0, t2.n_slices - 1)) for k in range(mid - reach, mid + reach + 1)})
         hms = self._heatmaps(vocab.SAGITTAL_T2, np.stack([neighbours(inp.stack, k) for k in cands]))
         decs = [decode_heatmaps(h) for h in hms]
         best = int(np.argmax([d[:, 2].sum() for d in decs]))
@@ -84,7 +86,12 @@ class Localizer:
 
     def foramen_points(self, t1: Series, canal: list[Point]) -> list[Point]:
         """Left and right foramen at each level: candidate slices from the canal + learned offsets, then the
-        highest heatmap peak among them."""
+        highest heatmap peak among them.
+
+        Where the canal point of the level is known, the search on each slice is weighted towards it (the
+        foramen sits beside the disc, within about a centimetre of the canal's height): the heatmaps find
+        foramina reliably, the canal point says which level each one is.
+        """
         inp = SeriesInput.from_series(t1, self._size(vocab.SAGITTAL_T1))
         g = t1.geometry
         sign = float(np.sign(g.normal[0]) or 1.0)
@@ -102,15 +109,28 @@ class Localizer:
                     mid_off = float(off.mean())
                 target = mid_off + self.offsets[side][lv] * sign
                 k = int(np.argmin(np.abs(off - target)))
-                wanted[(side, lv)] = sorted({int(np.clip(j, 0, t1.n_slices - 1)) for j in (k - 1, k, k + 1)})
+                wanted[(side, lv)] = sorted({int(np.clip(j, 0, t1.n_slices - 1)) for j in range(k - 2, k + 3)})
         slices = sorted({k for ks in wanted.values() for k in ks})
-        hms = self._heatmaps(vocab.SAGITTAL_T1, np.stack([neighbours(inp.stack, k) for k in slices]))
-        decs = {k: decode_heatmaps(h) for k, h in zip(slices, hms)}
+        hms = dict(zip(slices, self._heatmaps(vocab.SAGITTAL_T1, np.stack([neighbours(inp.stack, k) for k in slices]))))
+        size = hms[slices[0]].shape[-1]
+        yy, xx = np.mgrid[0:size, 0:size]
         pts = []
         for (side, lv), ks in wanted.items():
             c = vocab.LEVELS.index(lv)
-            k = max(ks, key=lambda j: decs[j][c, 2])
-            x, y = inp.to_original(*decs[k][c, :2])
+            best = None
+            for j in ks:
+                h = np.maximum(hms[j][c], 0.5 * hms[j].max(axis=0))
+                if lv in canal_by_level:
+                    _, cx, cy, _ = g.patient_to_pixel(canal_by_level[lv], slice_index=j)
+                    ix, iy = inp.to_input(cx, cy)
+                    dy = (yy - iy) * inp.mm_per_px[0]
+                    dx = (xx - ix) * inp.mm_per_px[1]
+                    h = h * np.exp(-(dy**2) / (2 * 8.0**2) - dx**2 / (2 * 20.0**2))
+                dec = decode_heatmaps(h[None])[0]
+                if best is None or dec[2] > best[1][2]:
+                    best = (j, dec)
+            k, dec = best
+            x, y = inp.to_original(*dec[:2])
             pts.append(_point(vocab.condition_at(vocab.FORAMINAL, side), lv, t1, k, x, y, "localizer"))
         return pts
 
