@@ -41,7 +41,7 @@ class Finding:
     condition: str
     level: str
     probs: list[float]  # in vocab.SEVERITY_KEYS order, summing to 1
-    source: str = "model"  # model | prior (series missing) | labels
+    source: str = "model"  # model | prior (series missing or level not found) | labels
     label: int | None = None  # ground-truth class index when known
 
     @property

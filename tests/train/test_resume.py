@@ -15,7 +15,7 @@ from spinegrade.cli import main
 from spinegrade.data.slices import write_synthetic_index
 from spinegrade.train.engine import read_metrics
 
-EPOCHS = 3
+EPOCHS = 4  # slack: the kill may land an epoch or two late on a busy machine
 
 
 def _train_args(index, out):
@@ -28,7 +28,7 @@ def _train_args(index, out):
 def test_killed_run_resumes_from_the_next_epoch(tmp_path, capsys):
     index = write_synthetic_index(tmp_path / "data", n_studies=12, rows_per_study=6, size=48)
     out = tmp_path / "run"
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen([sys.executable, "-m", "spinegrade", *_train_args(index, out)], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

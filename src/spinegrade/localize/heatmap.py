@@ -29,21 +29,26 @@ def _parabola_offset(lm: float, l0: float, lp: float) -> float:
     return 0.0 if den >= 0 else float(np.clip(0.5 * (lm - lp) / den, -0.5, 0.5))
 
 
+def refine_peak(hm: np.ndarray, px: int, py: int) -> tuple[float, float, float]:
+    """(x, y, height) of the peak at pixel (px, py) of one heatmap, to sub-pixel precision."""
+    h, w = hm.shape
+    peak = float(hm[py, px])
+    x, y = float(px), float(py)
+    if peak > 0:
+        lg = np.log(np.clip(hm, peak * 1e-6, None))
+        if 0 < px < w - 1:
+            x += _parabola_offset(lg[py, px - 1], lg[py, px], lg[py, px + 1])
+        if 0 < py < h - 1:
+            y += _parabola_offset(lg[py - 1, px], lg[py, px], lg[py + 1, px])
+    return x, y, peak
+
+
 def decode_heatmaps(hm: np.ndarray) -> np.ndarray:
     """(K, 3) rows of (x, y, peak) from (K, H, W) heatmaps: the arg-max refined to sub-pixel precision by a
     parabola through the log-heights of its neighbours (exact for Gaussian blobs)."""
     hm = np.asarray(hm, dtype=np.float64)
-    k, h, w = hm.shape
-    out = np.zeros((k, 3))
-    for i in range(k):
-        py, px = divmod(int(np.argmax(hm[i])), w)
-        peak = hm[i, py, px]
-        x, y = float(px), float(py)
-        if peak > 0:
-            lg = np.log(np.clip(hm[i], peak * 1e-6, None))
-            if 0 < px < w - 1:
-                x += _parabola_offset(lg[py, px - 1], lg[py, px], lg[py, px + 1])
-            if 0 < py < h - 1:
-                y += _parabola_offset(lg[py - 1, px], lg[py, px], lg[py + 1, px])
-        out[i] = (x, y, peak)
+    out = np.zeros((hm.shape[0], 3))
+    for i in range(hm.shape[0]):
+        py, px = divmod(int(np.argmax(hm[i])), hm.shape[2])
+        out[i] = refine_peak(hm[i], px, py)
     return out

@@ -18,7 +18,7 @@ from ..geometry import nearest_slice_among
 from ..io.types import Series, Study
 from ..results import Point
 from .data import SeriesInput, neighbours
-from .heatmap import decode_heatmaps
+from .heatmap import decode_heatmaps, refine_peak
 
 LOCALIZER_DIR = "localizer"
 
@@ -68,12 +68,10 @@ class Localizer:
 
     # --- views -------------------------------------------------------------------------------------------
     def canal_points(self, t2: Series) -> list[Point]:
-        """Five spinal canal points on the central sagittal T2 slice whose heatmap peaks are highest (the
-        network was trained to answer lower on slices beside the labelled mid-sagittal one)."""
+        """Five spinal canal points on the most confident of the central sagittal T2 slices."""
         inp = SeriesInput.from_series(t2, self._size(vocab.SAGITTAL_T2))
         mid = t2.n_slices // 2
-        reach = max(1, t2.n_slices // 6)
-        cands = sorted({int(np.clip(k, 0, t2.n_slices - 1)) for k in range(mid - reach, mid + reach + 1)})
+        cands = sorted({int(np.clip(k, 0, t2.n_slices - 1)) for k in (mid - 1, mid, mid + 1)})
         hms = self._heatmaps(vocab.SAGITTAL_T2, np.stack([neighbours(inp.stack, k) for k in cands]))
         decs = [decode_heatmaps(h) for h in hms]
         best = int(np.argmax([d[:, 2].sum() for d in decs]))
@@ -120,19 +118,43 @@ class Localizer:
             best = None
             for j in ks:
                 h = np.maximum(hms[j][c], 0.5 * hms[j].max(axis=0))
+                weighted = h
                 if lv in canal_by_level:
                     _, cx, cy, _ = g.patient_to_pixel(canal_by_level[lv], slice_index=j)
                     ix, iy = inp.to_input(cx, cy)
                     dy = (yy - iy) * inp.mm_per_px[0]
                     dx = (xx - ix) * inp.mm_per_px[1]
-                    h = h * np.exp(-(dy**2) / (2 * 8.0**2) - dx**2 / (2 * 20.0**2))
-                dec = decode_heatmaps(h[None])[0]
+                    weighted = h * np.exp(-(dy**2) / (2 * 8.0**2) - dx**2 / (2 * 20.0**2))
+                # the window only picks which peak; its position and height come from the unweighted map
+                py, px = divmod(int(np.argmax(weighted)), size)
+                dec = (*refine_peak(h, px, py)[:2], float(weighted[py, px]))
                 if best is None or dec[2] > best[1][2]:
                     best = (j, dec)
             k, dec = best
             x, y = inp.to_original(*dec[:2])
             pts.append(_point(vocab.condition_at(vocab.FORAMINAL, side), lv, t1, k, x, y, "localizer"))
         return pts
+
+    @staticmethod
+    def centre_canal(t2: Series, canal: list[Point], foramina: list[Point]) -> list[Point]:
+        """Move each canal point to the T2 slice midway between that level's left and right foramina.
+
+        The canal lies between the foramina, and a spine that is tilted or rotated crosses several
+        sagittal slices, so the mid-sagittal slice can differ from level to level. The point keeps its
+        position in the image; only its slice changes, and never by more than two slices.
+        """
+        out = []
+        for p in canal:
+            sides = [np.asarray(f.patient) for f in foramina if f.level == p.level]
+            if len(sides) != 2:
+                out.append(p)
+                continue
+            k, _ = t2.geometry.nearest_slice((sides[0] + sides[1]) / 2)
+            if k == p.slice_index or abs(k - p.slice_index) > 2:
+                out.append(p)
+                continue
+            out.append(_point(p.condition, p.level, t2, k, p.x, p.y, p.source))
+        return out
 
     def axial_points(self, axials: list[Series], centres: dict[str, np.ndarray]) -> list[Point]:
         """At each level: the axial slice nearest the level's centre (patient space), the canal projected onto
@@ -171,6 +193,9 @@ class Localizer:
             points += foramina
         else:
             warnings.append("no Sagittal T1 series: foramina not localised")
+        if canal and foramina:
+            canal = self.centre_canal(t2, canal, foramina)
+            points = [p for p in points if not (p.condition == "spinal_canal_stenosis" and p.role == t2.role)] + canal
         centres = {p.level: np.asarray(p.patient) for p in canal}
         if not centres and foramina:  # no T2: the level centre is midway between the two foramina
             for lv in vocab.LEVELS:

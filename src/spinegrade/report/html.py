@@ -36,6 +36,7 @@ th{background:#eceef2}
 table.grades td{min-width:118px}
 table.grades td b{display:block;font-size:14px}
 table.grades .probs{font-size:11px;color:#333;white-space:nowrap}
+table.grades .note{display:block;font-size:11px;color:#7a4a00}
 .sev0{background:#d9f2dc}.sev1{background:#fff0b3}.sev2{background:#f9c9c9}.sevx{background:#e9e9e9}
 .prior{font-style:italic}
 .legend span{display:inline-block;padding:2px 8px;margin-right:6px;border-radius:3px;font-size:12px}
@@ -90,7 +91,7 @@ def grade_table_html(result: StudyResult) -> str:
             g = f.grade
             probs = " &middot; ".join(f"{s} {p:.2f}" for s, p in zip(_SEVERITY_SHORT, f.probs, strict=True))
             extra = ' prior' if f.source == "prior" else ''
-            note = '<span class="probs">prior: series missing</span>' if f.source == "prior" else ''
+            note = '<span class="note">prior: not localised</span>' if f.source == "prior" else ''
             cells.append(f'<td class="sev{g}{extra}" data-condition="{c}" data-level="{lv}">'
                          f'<b>{vocab.SEVERITIES[g]} {f.probs[g]:.0%}</b>'
                          f'<span class="probs">{probs}</span>{note}</td>')
