@@ -21,7 +21,7 @@ from .heatmap import gaussian_heatmaps
 
 INPUT_SIZE = 64
 N_CHANNELS = 3  # the slice and its two neighbours
-SIGMA = 2.0  # heatmap blob size in input pixels
+SIGMA = 3.0  # heatmap blob size in input pixels (a broad blob gives the early steps a gradient to follow)
 SLICE_SIGMA = 0.6  # fall-off of the target amplitude per slice of distance (sagittal T1)
 
 VIEWS = (vocab.SAGITTAL_T2, vocab.SAGITTAL_T1, vocab.AXIAL_T2)
