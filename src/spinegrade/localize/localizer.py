@@ -117,7 +117,7 @@ class Localizer:
             c = vocab.LEVELS.index(lv)
             best = None
             for j in ks:
-                h = np.maximum(hms[j][c], 0.5 * hms[j].max(axis=0))
+                h = hms[j][c]
                 weighted = h
                 if lv in canal_by_level:
                     _, cx, cy, _ = g.patient_to_pixel(canal_by_level[lv], slice_index=j)
