@@ -167,7 +167,6 @@ def _add_train(sub) -> None:
 
 
 def _cmd_train_study(a) -> int:
-    from .train.config import LoopConfig
     from .train.study import StudyTrainConfig, train_study_pipeline
 
     cfg = StudyTrainConfig(data=str(a.data), cache=str(a.cache) if a.cache else "", folds=a.folds,

@@ -7,7 +7,6 @@ import shutil
 
 import numpy as np
 import pandas as pd
-import pytest
 
 from spinegrade import vocab
 from spinegrade.cli import main
