@@ -357,3 +357,11 @@ def test_load_study_infers_every_role_without_the_csv(synth_cohort):
         study = load_study(study_dir, load_pixels=False)
         for s in study.series:
             assert s.role == _role(series, int(s.source_series_id or s.series_id)), (s.series_id, s.role_reason)
+
+
+def test_cohort_passes_the_project_dataset_validation(synth_cohort):
+    from spinegrade.data.rsna import RsnaDataset, validate_dataset
+
+    assert validate_dataset(synth_cohort) == []
+    ds = RsnaDataset(synth_cohort)
+    assert ds.split == "train" and len(ds.study_ids) == 8 and ds.labels is not None and ds.coords is not None
