@@ -94,7 +94,8 @@ class Predictor:
             warnings.append(f"{n_prior} of 25 grades are the training prior (no point to grade them at)")
         return StudyResult(study.study_id, study.path, series, points, findings, warnings)
 
-    def predict_path(self, path: Path, descriptions: dict | None = None, study_id: str | None = None) -> StudyResult:
+    def read(self, path: Path, descriptions: dict | None = None, study_id: str | None = None) -> Study:
+        """Read a study folder (timed as `read`)."""
         from .io.dicom import load_study
 
         t0 = time.perf_counter()
@@ -102,7 +103,10 @@ class Predictor:
         if study_id:
             study.study_id = study_id
         self.timings["read"] += time.perf_counter() - t0
-        return self.predict_loaded(study)
+        return study
+
+    def predict_path(self, path: Path, descriptions: dict | None = None, study_id: str | None = None) -> StudyResult:
+        return self.predict_loaded(self.read(path, descriptions, study_id))
 
 
 def predict_study(study_path: Path, run_dir: Path, device: str = "cpu", descriptions: dict | None = None) -> StudyResult:
@@ -131,9 +135,13 @@ def predict(input_path: Path, model: Path, out: Path, device: str = "cpu", stric
     predictor = Predictor(Path(model), device)
     results: list[StudyResult] = []
     failed: list[dict] = []
+    studies: dict[str, Study] = {}  # kept for the report and SR, so they draw on the pixels just read
     for job in tqdm(jobs, desc="predict", unit="study", disable=len(jobs) < 2):
         try:
-            results.append(predictor.predict_path(job.path, job.descriptions, job.study_id))
+            study = predictor.read(job.path, job.descriptions, job.study_id)
+            results.append(predictor.predict_loaded(study))
+            if dicom_sr or report:
+                studies[study.study_id] = study
         except SpinegradeError as e:
             failed.append({"study_id": job.study_id, "error": str(e)})
             log(f"skipped study {job.study_id}: {e}")
@@ -152,15 +160,12 @@ def predict(input_path: Path, model: Path, out: Path, device: str = "cpu", stric
     if report and results:
         from .report.html import write_report
 
-        write_report(out, out / "report.html")
+        write_report(out, out / "report.html", studies=studies)
     if dicom_sr and results:
         from .report.sr import write_sr
-        from .io.dicom import load_study
 
-        by_id = {j.study_id: j for j in jobs}
         for res in results:
-            job = by_id[res.study_id]
-            write_sr(res, load_study(job.path, descriptions=job.descriptions), out / f"{res.study_id}_sr.dcm")
+            write_sr(res, studies[res.study_id], out / f"{res.study_id}_sr.dcm")
     if strict and failed:
         raise DataError(f"{len(failed)} of {len(jobs)} studies could not be read (see {out / 'report.json'})")
     return summary

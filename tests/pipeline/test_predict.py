@@ -109,3 +109,16 @@ def test_bad_model_folder_is_one_clear_error(synth_cohort, tmp_path, capsys):
     assert main(["predict", str(synth_cohort), "--model", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no such run folder" in err[0]
+
+
+def test_predict_writes_report_and_sr_from_the_study_it_read(synth_cohort, tiny_run, tmp_path):
+    import pydicom
+
+    study = sorted((synth_cohort / "train_images").iterdir())[0]
+    out = tmp_path / "pred"
+    main(["predict", str(study), "--model", str(tiny_run), "--out", str(out), "--device", "cpu", "--report",
+          "--dicom-sr"])
+    html = (out / "report.html").read_text()
+    assert "Research use only" in html and html.count("<img") >= 1
+    sr = pydicom.dcmread(out / f"{study.name}_sr.dcm")
+    assert sr.Modality == "SR" and str(sr.PatientID) == study.name

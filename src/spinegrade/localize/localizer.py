@@ -160,6 +160,7 @@ class Localizer:
         """At each level: the axial slice nearest the level's centre (patient space), the canal projected onto
         it, and the left/right subarticular recesses from the axial heatmaps."""
         pts = []
+        inputs: dict[str, SeriesInput] = {}  # a single-stack axial series serves every level: resize it once
         for lv, centre in centres.items():
             best = nearest_slice_among(centre, [a.geometry for a in axials])
             if best is None:
@@ -167,7 +168,9 @@ class Localizer:
             s, (_, k, x, y, _) = axials[best[0]], best
             pts.append(_point("spinal_canal_stenosis", lv, s, k, x, y, "projection"))
             if vocab.AXIAL_T2 in self.models:
-                inp = SeriesInput.from_series(s, self._size(vocab.AXIAL_T2))
+                if s.series_id not in inputs:
+                    inputs[s.series_id] = SeriesInput.from_series(s, self._size(vocab.AXIAL_T2))
+                inp = inputs[s.series_id]
                 dec = decode_heatmaps(self._heatmaps(vocab.AXIAL_T2, neighbours(inp.stack, k)[None])[0])
                 for c, cond in enumerate(vocab.FAMILY_CONDITIONS[vocab.SUBARTICULAR]):
                     xo, yo = inp.to_original(*dec[c, :2])
