@@ -1,4 +1,4 @@
-"""Cross-validated slice grading on the real Sagittal T1 PNGs, against the class prior.
+"""Cross-validated whole-slice grading on the real Sagittal T1 slices (points.csv as a slice index), against priors.
 
 For each model and each of F study-level folds: `train_slices` on the other folds, then `evaluate_slices`
 on the held-out fold's studies. The headline figures use the LAST epoch's weights (a fixed budget, no
@@ -25,7 +25,7 @@ from spinegrade.train.config import LoopConfig, TrainConfig
 from spinegrade.train.engine import read_metrics
 from spinegrade.train.slices import read_split, train_slices
 
-INDEX = Path(__file__).resolve().parents[2] / "shared/realdata/rsna2024_nfn_sagT1_png_vbs2004/index.csv"
+INDEX = Path(__file__).resolve().parents[2] / "shared/realdata/rsna2024_sagT1_foramina_vbs2004/points.csv"
 # Small enough for a shared 2-core CPU: a narrower seed CNN, a quarter-width ResNet-10.
 MODEL_KWARGS = {"seed-cnn": {"widths": [16, 32, 64, 128, 128]}, "resnet10": {"widen_factor": 0.25},
                 "resnet18": {"widen_factor": 0.25}}

@@ -14,7 +14,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 REPO = Path(__file__).resolve().parents[1]
 REALDATA = Path(os.environ.get("SPINEGRADE_REALDATA", REPO.parent / "shared" / "realdata"))
 TWO_STUDIES = REALDATA / "rsna2024_dicom_train_2studies"
-PNG_SET = REALDATA / "rsna2024_nfn_sagT1_png_vbs2004"
+FORAMINA = REALDATA / "rsna2024_sagT1_foramina_vbs2004"  # real Sagittal T1 slices with foramen points
 
 
 REAL_STUDIES = (100206310, 1002894806)
@@ -78,8 +78,8 @@ def two_studies() -> Path:
 
 
 @pytest.fixture(scope="session")
-def png_set() -> Path:
-    return need_realdata(PNG_SET)
+def foramina_set() -> Path:
+    return need_realdata(FORAMINA)
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,7 @@
 
 Two tasks:
 - `labelled`: one PNG per labelled instance of the coordinate table, one index row per (condition, level)
-  label on it (the format of the real `rsna2024_nfn_sagT1_png_vbs2004/index.csv`);
+  label on it (the index columns of the real `rsna2024_sagT1_foramina_vbs2004/points.csv`);
 - `seed-axial`: the seed project's own dataset: the Axial T2 slice at each disc level (from the level's
   axial coordinates, else by projecting the sagittal spinal-canal point), labelled with that level's
   spinal canal grade.
