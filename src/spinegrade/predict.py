@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from . import __version__, vocab
@@ -54,12 +55,33 @@ def find_studies(input_path: Path) -> list[StudyJob]:
     return [StudyJob(p.name, p)]
 
 
+FORAMINA_IN_RUN = "foramina"  # a study run may carry a slice-trained foramen model in this subfolder
+
+
+def _foramina_model_path(model: Path | str) -> Path | None:
+    """The foramen model that `model` is or includes (a run, a folder of runs, a bundled name), else None."""
+    from .foramina.model import BUNDLED_DIR, is_member
+
+    p = Path(model)
+    if p.is_dir():
+        if is_member(p) or any(is_member(c) for c in p.iterdir() if c.is_dir() and c.name != FORAMINA_IN_RUN):
+            return p
+        return p / FORAMINA_IN_RUN if (p / FORAMINA_IN_RUN).is_dir() else None
+    return BUNDLED_DIR / str(model) if (BUNDLED_DIR / str(model)).is_dir() else None
+
+
 @dataclass
 class Predictor:
-    """A trained run's localiser and graders, loaded once, applied to any number of studies."""
+    """A trained run's localiser and graders, loaded once, applied to any number of studies.
 
-    run_dir: Path
+    `run_dir` is a study run (`train --data`), or a foramen model alone (a `train --slices` run, a folder of them,
+    or a bundled model's name): then the ten foraminal grades come from it and the other fifteen are the prior.
+    `foramina` names a foramen model to grade the foraminal targets with instead of the run's own grader.
+    """
+
+    run_dir: Path | str
     device: str = "cpu"
+    foramina: Path | str | None = None
     timings: dict = field(default_factory=lambda: {"read": 0.0, "localize": 0.0, "grade": 0.0})
 
     def __post_init__(self) -> None:
@@ -67,20 +89,71 @@ class Predictor:
         from .localize.localizer import Localizer
         from .train.distributed import resolve_device
 
+        dev = resolve_device(self.device)
+        self.foramina_model = None
+        fpath = _foramina_model_path(self.foramina) if self.foramina is not None else None
+        if self.foramina is not None and fpath is None:
+            from .foramina.model import bundled_models
+
+            raise DataError(f"{self.foramina}: not a foramen model (a `train --slices` run, a folder of them, or a "
+                            f"bundled model: {', '.join(bundled_models()) or 'none installed'})")
+        own = _foramina_model_path(self.run_dir)
+        standalone = own is not None and own.name != FORAMINA_IN_RUN
+        if fpath is None:
+            fpath = own
+        if fpath is not None:
+            from .foramina.model import ForaminaModel
+
+            self.foramina_model = ForaminaModel.load(fpath, dev)
+        if standalone:
+            self.run_dir = None
+            self.localizer, self.grader = None, None
+            return
         self.run_dir = Path(self.run_dir)
         if not self.run_dir.is_dir():
-            raise DataError(f"{self.run_dir}: no such run folder (train one with `spinegrade train --data`)")
-        dev = resolve_device(self.device)
+            raise DataError(f"{self.run_dir}: no such run folder nor bundled model (train one with "
+                            f"`spinegrade train --data` or `--slices`)")
         self.localizer = Localizer(self.run_dir, dev)
         self.grader = Grader(self.run_dir, dev)
         if not self.localizer.models and not self.grader.models:
             raise DataError(f"{self.run_dir}: holds no trained localiser or grader (localizer/*/best.pt, grader/*/best.pt)")
 
+    def describe(self) -> dict:
+        """Which models grade what: written into predictions.json and shown by the report."""
+        d: dict = {"run": str(Path(self.run_dir).resolve()) if self.run_dir else None, "spinegrade": __version__,
+                   "localizer": sorted(self.localizer.models) if self.localizer else [],
+                   "grader": sorted(self.grader.models) if self.grader else []}
+        if self.foramina_model is not None:
+            d["foramina"] = {"name": self.foramina_model.name, "members": len(self.foramina_model.members),
+                             "grades": list(vocab.FAMILY_CONDITIONS[vocab.FORAMINAL])}
+        d["name"] = " + ".join(x for x in (Path(self.run_dir).name if self.run_dir else "",
+                                           self.foramina_model.name if self.foramina_model else "") if x)
+        return d
+
+    def _prior_findings(self) -> list:
+        from .results import Finding
+
+        prior = self.foramina_model.prior() if self.foramina_model is not None else {}
+        return [Finding(c, lv, prior.get(vocab.target(c, lv), [1 / 3] * 3), "prior")
+                for c in vocab.CONDITIONS for lv in vocab.LEVELS]
+
     def predict_loaded(self, study: Study) -> StudyResult:
         t0 = time.perf_counter()
-        points, warnings = self.localizer.localize(study)
+        points, warnings = self.localizer.localize(study) if self.localizer else ([], [])
         t1 = time.perf_counter()
-        findings = self.grader.grade(study, points)
+        findings = self.grader.grade(study, points) if self.grader else self._prior_findings()
+        if self.foramina_model is not None:
+            from .foramina.dicom import grade_foramina
+
+            canal = [p.patient[0] for p in points if p.patient and vocab.CONDITION_BY_KEY[p.condition].family
+                     == vocab.SPINAL]
+            fpoints, ffind, notes = grade_foramina(self.foramina_model, study,
+                                                   float(np.median(canal)) if canal else None)
+            warnings.extend(notes)
+            got = {(f.condition, f.level): f for f in ffind}
+            findings = [got.get((f.condition, f.level), f) for f in findings]
+            points = [p for p in points if vocab.CONDITION_BY_KEY[p.condition].family != vocab.FORAMINAL
+                      or (p.condition, p.level) not in got] + fpoints
         t2 = time.perf_counter()
         self.timings["localize"] += t1 - t0
         self.timings["grade"] += t2 - t1
@@ -109,9 +182,10 @@ class Predictor:
         return self.predict_loaded(self.read(path, descriptions, study_id))
 
 
-def predict_study(study_path: Path, run_dir: Path, device: str = "cpu", descriptions: dict | None = None) -> StudyResult:
+def predict_study(study_path: Path, run_dir: Path, device: str = "cpu", descriptions: dict | None = None,
+                  foramina: Path | str | None = None) -> StudyResult:
     """One study folder -> StudyResult (loads the run's models; use `Predictor` for many studies)."""
-    return Predictor(run_dir, device).predict_path(Path(study_path), descriptions)
+    return Predictor(run_dir, device, foramina).predict_path(Path(study_path), descriptions)
 
 
 def submission_frame(results: list[StudyResult]) -> pd.DataFrame:
@@ -120,7 +194,7 @@ def submission_frame(results: list[StudyResult]) -> pd.DataFrame:
 
 
 def predict(input_path: Path, model: Path, out: Path, device: str = "cpu", strict: bool = False,
-            report: bool = False, dicom_sr: bool = False, log=print) -> dict:
+            report: bool = False, dicom_sr: bool = False, log=print, foramina: Path | str | None = None) -> dict:
     """Predict every study under INPUT; write submission.csv, predictions.json, report.json into `out`.
 
     Returns {"studies": n ok, "failed": [{study_id, error}], "timings": {...}}. strict: raise if any failed.
@@ -132,7 +206,7 @@ def predict(input_path: Path, model: Path, out: Path, device: str = "cpu", stric
     jobs = find_studies(Path(input_path))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    predictor = Predictor(Path(model), device)
+    predictor = Predictor(model, device, foramina)
     results: list[StudyResult] = []
     failed: list[dict] = []
     studies: dict[str, Study] = {}  # kept for the report and SR, so they draw on the pixels just read
@@ -149,9 +223,7 @@ def predict(input_path: Path, model: Path, out: Path, device: str = "cpu", stric
             failed.append({"study_id": job.study_id, "error": f"{type(e).__name__}: {e}"})
             log(f"skipped study {job.study_id}: {type(e).__name__}: {e}")
     write_csv_atomic(submission_frame(results), out / "submission.csv")
-    model_info = {"run": str(Path(model).resolve()), "spinegrade": __version__,
-                  "localizer": sorted(predictor.localizer.models), "grader": sorted(predictor.grader.models)}
-    write_predictions(out / "predictions.json", results, model_info, failed)
+    write_predictions(out / "predictions.json", results, predictor.describe(), failed)
     summary = {"studies": len(results), "failed": failed, "timings": dict(predictor.timings),
                "warnings": {r.study_id: r.warnings for r in results if r.warnings}}
     import json

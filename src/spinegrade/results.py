@@ -43,6 +43,7 @@ class Finding:
     probs: list[float]  # in vocab.SEVERITY_KEYS order, summing to 1
     source: str = "model"  # model | prior (series missing or level not found) | labels
     label: int | None = None  # ground-truth class index when known
+    model: str = ""  # the model that graded it when not the run's own grader (e.g. a bundled foramen model)
 
     @property
     def row_id_suffix(self) -> str:

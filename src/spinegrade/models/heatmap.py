@@ -76,3 +76,7 @@ def unet(in_channels: int, num_outputs: int, features=(32, 32, 64, 128, 256, 32)
          **kwargs) -> nn.Module:
     """MONAI BasicUNet at its usual width (+ coordinate channels), for GPU runs."""
     return _basic_unet(in_channels, num_outputs, features, coordinates, **kwargs)
+
+
+# Other heatmap families register themselves on import (after the names above exist).
+from . import keypoint_net  # noqa: E402,F401

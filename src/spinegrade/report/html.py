@@ -51,6 +51,7 @@ pre{background:#f0f1f4;padding:8px;overflow:auto;font-size:12px}
 """
 
 _SEVERITY_SHORT = ("N/M", "Mod", "Sev")
+UNCERTAIN_BELOW = 0.6  # a grade whose top probability is lower is shown as uncertain, not as a finding
 
 
 def data_uri(png: bytes) -> str:
@@ -90,17 +91,23 @@ def grade_table_html(result: StudyResult) -> str:
                 continue
             g = f.grade
             probs = " &middot; ".join(f"{s} {p:.2f}" for s, p in zip(_SEVERITY_SHORT, f.probs, strict=True))
-            extra = ' prior' if f.source == "prior" else ''
+            uncertain = f.source != "prior" and f.probs[g] < UNCERTAIN_BELOW
+            # An uncertain grade is not coloured like a confident finding: grey, with the word said.
+            cls = "sevx uncertain" if uncertain else f"sev{g}" + (" prior" if f.source == "prior" else "")
             note = '<span class="note">prior: not localised</span>' if f.source == "prior" else ''
-            cells.append(f'<td class="sev{g}{extra}" data-condition="{c}" data-level="{lv}">'
-                         f'<b>{vocab.SEVERITIES[g]} {f.probs[g]:.0%}</b>'
+            if uncertain:
+                note += f'<span class="note">uncertain (top probability under {UNCERTAIN_BELOW:.0%})</span>'
+            if f.model:
+                note += f'<span class="note model">by {html.escape(f.model)}</span>'
+            cells.append(f'<td class="{cls}" data-condition="{c}" data-level="{lv}">'
+                         f'<b>{"? " if uncertain else ""}{vocab.SEVERITIES[g]} {f.probs[g]:.0%}</b>'
                          f'<span class="probs">{probs}</span>{note}</td>')
         rows.append(f"<tr><th>{html.escape(vocab.CONDITION_NAMES[c])}</th>{''.join(cells)}</tr>")
     legend = "".join(
         f'<span style="background:rgb{SEVERITY_RGB[i]}">{name}</span>' for i, name in enumerate(vocab.SEVERITIES))
     return (f'<table class="grades"><thead><tr><th>Condition</th>{head}</tr></thead>'
             f'<tbody>{"".join(rows)}</tbody></table><p class="legend">{legend} '
-            '(grade with the highest probability; N/M = Normal/Mild)</p>')
+            '(grade with the highest probability; N/M = Normal/Mild; grey with "?" = uncertain)</p>')
 
 
 def series_table_html(result: StudyResult) -> str:

@@ -83,16 +83,21 @@ class Job:
 
 # --- predictors ----------------------------------------------------------------------------------------
 
-def model_predictor(run_dir: str | Path, device: str = "cpu") -> Predictor:
-    """Grade with a trained run (`spinegrade.predict.predict_study`)."""
+def model_predictor(run_dir: str | Path, device: str = "cpu", foramina: str | Path | None = None) -> Predictor:
+    """Grade with a trained run or a bundled model; its networks are loaded once, on the first job."""
+    from ..foramina.model import BUNDLED_DIR
+
     run = Path(run_dir)
-    if not run.is_dir():
+    if not run.is_dir() and not (BUNDLED_DIR / str(run_dir)).is_dir():
         raise SpinegradeError(f"{run}: model run folder not found")
+    loaded: list = []
 
     def predict(study_path: Path) -> StudyResult:
-        from ..predict import predict_study
+        from ..predict import Predictor as ModelPredictor
 
-        return predict_study(study_path, run, device=device)
+        if not loaded:
+            loaded.append(ModelPredictor(run_dir, device, foramina))
+        return loaded[0].predict_path(Path(study_path))
 
     return predict
 

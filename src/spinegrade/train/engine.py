@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -233,8 +234,9 @@ def fit(model: torch.nn.Module, train_ds, val_ds, task: Task, loop: LoopConfig, 
             train_ds.set_epoch(epoch)
         net.train()
         total, count = 0.0, 0
-        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{loop.epochs}", disable=not ctx.is_main, leave=False,
-                   dynamic_ncols=True)
+        # Bars only on a terminal: in a log file they are carriage-return noise; the epoch line says it all.
+        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{loop.epochs}", leave=False, dynamic_ncols=True,
+                   disable=not ctx.is_main or not sys.stderr.isatty())
         for batch in bar:
             batch = _to(batch, device)
             with torch.autocast(device.type, enabled=amp):

@@ -1,0 +1,103 @@
+"""Stage 2 on a slice: a crop of fixed anatomical size around a foramen, graded by a CNN told level and side.
+
+A left and a right foramen are seen on different sagittal slices, not mirrored in one, so a crop is never
+flipped to change side; the side reaches the network through the condition vector. Training crops sit on the
+true point moved by a random offset of about the localiser's error, so the grader learns to read crops that
+are a few pixels off, as it will be given at inference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from ..data.slices import COND_DIM, condition_vector
+from .data import Frame, PointSlices, normalise_intensity
+from .warp import crop_affine, warp, zscore
+
+
+@dataclass(frozen=True)
+class GraderSpec:
+    """What the grader sees and how it learns: written into its checkpoint and read back at inference."""
+
+    network: str = "resnet10"
+    network_kwargs: tuple = (("widen_factor", 0.5),)  # (name, value) pairs for the backbone factory
+    crop_frac: float = 0.16  # crop side as a fraction of the slice's longer side (original pixels)
+    crop_px: int = 64
+    jitter: float = 0.012  # std of the training offset per axis, fraction of the longer side
+    zoom: float = 0.10
+    rotate: float = 10.0
+    gamma: float = 0.25
+    class_weights: str = "metric"  # metric (1, 2, 4) | none
+    pretrained: bool = False
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["network_kwargs"] = dict(self.network_kwargs)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> GraderSpec:
+        d = dict(d)
+        d["network_kwargs"] = tuple(sorted(dict(d.get("network_kwargs") or {}).items()))
+        return cls(**d)
+
+    def crop_side(self, frame: Frame) -> float:
+        return self.crop_frac * max(frame.rows, frame.cols)
+
+
+def crop_batch(img01: np.ndarray, frame: Frame, spec: GraderSpec, centres_orig, angles=None, zooms=None
+               ) -> torch.Tensor:
+    """(N, 1, crop_px, crop_px) z-scored crops of one normalised slice around original-pixel centres."""
+    n = len(centres_orig)
+    angles = np.zeros(n) if angles is None else angles
+    zooms = np.ones(n) if zooms is None else zooms
+    affs = [crop_affine(frame, c, spec.crop_side(frame), spec.crop_px, a, z)
+            for c, a, z in zip(centres_orig, angles, zooms)]
+    return zscore(warp(torch.from_numpy(img01), affs, spec.crop_px))
+
+
+class CropDataset:
+    """Items {image (1, C, C), cond (COND_DIM,), label, row} for every point row, cropped at the true point
+    (+ random offset, zoom, rotation and gamma when `augment`)."""
+
+    def __init__(self, ps: PointSlices, images: dict[str, np.ndarray], spec: GraderSpec, augment: bool,
+                 seed: int = 0):
+        if not ps.has_points:
+            raise ValueError("training crops need the true points (x, y)")
+        self.ps, self.images, self.spec, self.augment, self.seed = ps, images, spec, augment, seed
+        self.epoch = 0
+        self.rows = ps.points.to_dict("records")
+        self.labels = ps.labels
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict:
+        r, spec = self.rows[i], self.spec
+        img = self.images[r["path"]]
+        frame = self.ps.frame(r["path"], spec.crop_px, img.shape)
+        u, v = frame.stored_to_original(r["x"], r["y"])
+        angle, zoom = 0.0, 1.0
+        rng = np.random.default_rng([self.seed, self.epoch, i])
+        if self.augment:
+            side = max(frame.rows, frame.cols)
+            du, dv = np.clip(rng.normal(0, spec.jitter, 2), -3 * spec.jitter, 3 * spec.jitter) * side
+            u, v = u + du, v + dv
+            angle = rng.uniform(-spec.rotate, spec.rotate)
+            zoom = float(np.exp(rng.uniform(np.log(1 - spec.zoom), np.log(1 + spec.zoom))))
+        x = warp(torch.from_numpy(normalise_intensity(img)),
+                 [crop_affine(frame, (float(u), float(v)), spec.crop_side(frame), spec.crop_px, angle, zoom)],
+                 spec.crop_px)[0]
+        if self.augment and spec.gamma:
+            x = x.clamp_min(0) ** float(np.exp(rng.uniform(-spec.gamma, spec.gamma)))
+        return {"image": zscore(x).float(), "cond": torch.from_numpy(condition_vector(r["condition"], r["level"])),
+                "label": torch.tensor(int(self.labels[i]), dtype=torch.long), "row": torch.tensor(i)}
+
+
+COND_SIZE = COND_DIM

@@ -1,0 +1,61 @@
+"""The slice-trained foramen model on real DICOM studies: slice choice by side, points, findings marked."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from spinegrade import vocab
+from spinegrade.foramina.dicom import LATERAL_MM, grade_foramina
+from spinegrade.foramina.model import ForaminaModel
+from spinegrade.predict import predict
+
+pytestmark = pytest.mark.realdata
+
+
+@pytest.fixture(scope="module")
+def studies(real_rsna):
+    from spinegrade.io.dicom import load_study
+
+    return {sid.name: load_study(sid) for sid in sorted((real_rsna / "train_images").iterdir())}
+
+
+def test_each_side_is_graded_on_a_slice_to_that_side(run, studies):
+    model = ForaminaModel.load(run)
+    for study in studies.values():
+        points, findings, notes = grade_foramina(model, study)
+        assert len(findings) == 10 and not notes
+        assert {f.condition for f in findings} == set(vocab.FAMILY_CONDITIONS[vocab.FORAMINAL])
+        assert all(f.source == "model" and f.model == model.name and abs(sum(f.probs) - 1) < 1e-6 for f in findings)
+        t1 = study.first(vocab.SAGITTAL_T1)
+        xs = [t1.geometry.pixel_to_patient(k, t1.shape[1] / 2, t1.shape[0] / 2)[0] for k in range(t1.n_slices)]
+        mid = float(np.median(xs))
+        for p in points:
+            assert p.series_id == t1.series_id and p.role == vocab.SAGITTAL_T1
+            side = vocab.CONDITION_BY_KEY[p.condition].side
+            d = (xs[p.slice_index] - mid) * (1 if side == "left" else -1)
+            assert LATERAL_MM[0] - 0.5 <= d <= LATERAL_MM[1] + 0.5  # the patient's left is +x
+            assert 0 <= p.x < t1.shape[1] and 0 <= p.y < t1.shape[0]
+
+
+def test_predict_with_a_foramen_model_alone_writes_all_rows(run, real_rsna, tmp_path):
+    out = tmp_path / "pred"
+    r = predict(real_rsna, run, out, device="cpu", log=lambda *_: None, report=True)
+    assert r["studies"] == 2 and not r["failed"]
+    sub = pd.read_csv(out / "submission.csv")
+    assert len(sub) == 50 and np.allclose(sub[list(vocab.SEVERITY_KEYS)].sum(axis=1), 1)
+    doc = json.loads((out / "predictions.json").read_text())
+    assert doc["model"]["foramina"]["name"] == ForaminaModel.load(run).name
+    for s in doc["studies"]:
+        by_source = {}
+        for f in s["findings"]:
+            fam = vocab.CONDITION_BY_KEY[f["condition"]].family
+            by_source.setdefault(fam, set()).add((f["source"], f["model"]))
+        assert by_source[vocab.FORAMINAL] == {("model", doc["model"]["foramina"]["name"])}
+        assert by_source[vocab.SPINAL] == {("prior", "")}
+        assert sum(p["role"] == vocab.SAGITTAL_T1 for p in s["points"]) == 10
+    html = (out / "report.html").read_text()
+    assert f"by {doc['model']['foramina']['name']}" in html and "model unknown" not in html
