@@ -1,0 +1,81 @@
+"""Reproduce the bundled foramen model `foramina-sagt1-v1` from the shared real data.
+
+Trains the default `train --slices` recipe on every study of the shared foramina set except the two that also
+exist as DICOM (they are kept out so the bundled model can be checked on them honestly), then packs the two
+networks (weights as float16), the temperature, the split, a per-target prior from the challenge's train.csv
+(same studies left out) and the model card into `src/spinegrade/bundled/foramina-sagt1-v1/`.
+
+    python scripts/build_bundled_foramina.py [--realdata ../shared/realdata] [--work /tmp/bundle_run] [--device cpu]
+
+About 35 minutes on 2 CPU cores. RSNA data: non-commercial research use; see the model card.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+from spinegrade import vocab
+from spinegrade.data.io_utils import atomic_write_text
+from spinegrade.foramina.model import BUNDLED_DIR, CALIBRATION, GRADER, LOCALIZER, PRIOR, SPLIT
+from spinegrade.foramina.pipeline import foramina_config, train_foramina
+
+NAME = "foramina-sagt1-v1"
+HELD_OUT_DICOM = ("100206310", "1002894806")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def target_prior(train_csv: Path, exclude) -> dict[str, list[float]]:
+    """Weight-optimal constant per target (frequency x metric weight) from train.csv, `exclude` left out."""
+    import pandas as pd
+
+    from spinegrade.evaluate.metric import prior_probs
+
+    df = pd.read_csv(train_csv, dtype={"study_id": str})
+    df = df[~df["study_id"].isin(set(exclude))]
+    out = {}
+    for t in vocab.TARGETS:
+        y = df[t].map(lambda s: vocab.parse_severity(s) if isinstance(s, str) and s.strip() else float("nan"))
+        out[t] = [float(v) for v in prior_probs(y.to_numpy(), weighted=True)]
+    return out
+
+
+def pack_checkpoint(src: Path, dst: Path) -> None:
+    """Copy a best.pt with its float weights halved and the run-local paths dropped."""
+    ck = torch.load(src, map_location="cpu", weights_only=True)
+    ck["state_dict"] = {k: v.half() if v.is_floating_point() else v for k, v in ck["state_dict"].items()}
+    ck.get("config", {}).pop("slices", None)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(ck, dst)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--realdata", type=Path, default=REPO.parent / "shared" / "realdata")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/bundle_run"), help="training run folder (resumable)")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--out", type=Path, default=BUNDLED_DIR / NAME)
+    a = ap.parse_args()
+    slices = a.realdata / "rsna2024_sagT1_foramina_vbs2004"
+    cfg = foramina_config(slices, val_fold=None, device=a.device, exclude_studies=HELD_OUT_DICOM)
+    summary = train_foramina(cfg, a.work, resume=(a.work / "config.json").exists())
+    out = a.out
+    out.mkdir(parents=True, exist_ok=True)
+    for name in (LOCALIZER, GRADER):
+        pack_checkpoint(a.work / name / "best.pt", out / name / "best.pt")
+    for name in (CALIBRATION, SPLIT):
+        shutil.copy(a.work / name, out / name)
+    prior = target_prior(a.realdata / "rsna2024_labels" / "train.csv", HELD_OUT_DICOM)
+    atomic_write_text(out / PRIOR, json.dumps({"source": "RSNA 2024 train.csv, weight-optimal constant per target, "
+                                                         "studies 100206310 and 1002894806 left out",
+                                               "targets": prior}, indent=1))
+    print(json.dumps(summary, indent=1))
+    print(f"bundled model written to {out}; update MODEL_CARD.md with the cross-validated figures")
+
+
+if __name__ == "__main__":
+    main()
