@@ -2,7 +2,8 @@
 
 One training step = forward + backward + AdamW update of a batch of random single-channel images with a
 condition vector, as `spinegrade train` runs it (mixed precision on GPU). Data loading is left out: this
-measures the network. Usage:
+measures the network. On a shared CPU the second figure, images per second of this process's CPU time, is the
+steadier one (with --threads 1 it is what an idle core would give). Usage:
 
     nice python bench/bench_train_throughput.py [--size 256] [--batch 16] [--steps 5] [--device auto] [--threads N]
         [--channels 1] [--models NAME NAME:option=value,option=value ...]
@@ -34,7 +35,7 @@ def parse_spec(spec: str) -> tuple[str, dict]:
 
 
 def throughput(name: str, size: int, batch: int, steps: int, device: torch.device, warmup: int = 2,
-               channels: int = 1, **kwargs) -> float:
+               channels: int = 1, **kwargs) -> tuple[float, float]:
     torch.manual_seed(0)
     model = create_model(name, channels, 3, cond_dim=COND_DIM, **kwargs).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -56,12 +57,13 @@ def throughput(name: str, size: int, batch: int, steps: int, device: torch.devic
         step()
     if amp:
         torch.cuda.synchronize()
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     for _ in range(steps):
         step()
     if amp:
         torch.cuda.synchronize()
-    return batch * steps / (time.perf_counter() - t)
+    wall, cpu = time.perf_counter() - t, time.process_time() - cpu
+    return batch * steps / wall, batch * steps / cpu
 
 
 def main() -> None:
@@ -80,12 +82,12 @@ def main() -> None:
     device = resolve_device(a.device)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"training throughput at {a.size}x{a.size}x{a.channels}, batch {a.batch}, {a.steps} timed steps on {where}")
-    print(f"{'model':<32}{'params (M)':>12}{'images/s':>12}")
+    print(f"{'model':<32}{'params (M)':>12}{'images/s':>12}{'per CPU-s':>12}")
     for spec in a.models or list_models():
         name, kwargs = parse_spec(spec)
         n = sum(p.numel() for p in create_model(name, a.channels, 3, cond_dim=COND_DIM, **kwargs).parameters()) / 1e6
-        ips = throughput(name, a.size, a.batch, a.steps, device, channels=a.channels, **kwargs)
-        print(f"{spec:<32}{n:>12.2f}{ips:>12.1f}", flush=True)
+        ips, per_cpu = throughput(name, a.size, a.batch, a.steps, device, channels=a.channels, **kwargs)
+        print(f"{spec:<32}{n:>12.2f}{ips:>12.1f}{per_cpu:>12.1f}", flush=True)
 
 
 if __name__ == "__main__":
