@@ -13,7 +13,7 @@ from spinegrade.errors import SpinegradeError
 from spinegrade.models import create_model, list_models, register_model
 from spinegrade.models import registry
 
-EXPECTED = {"seed-cnn", "efficientnet-b0", "resnet10", "resnet18", "densenet121"}
+EXPECTED = {"seed-cnn", "efficientnet-b0", "efficientnet-lite0", "resnet10", "resnet18", "densenet121"}
 
 
 def test_list_models_names_every_family():

@@ -18,7 +18,7 @@ from torch import nn
 from ..errors import SpinegradeError
 
 # Modules that register models when imported: adding a family is adding a file and its name here.
-_FAMILIES: tuple[str, ...] = ("seed_cnn", "monai_nets")
+_FAMILIES: tuple[str, ...] = ("seed_cnn", "monai_nets", "efficientnet_lite")
 _FACTORIES: dict[str, Callable[..., nn.Module]] = {}
 
 
