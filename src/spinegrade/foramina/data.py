@@ -29,6 +29,24 @@ TRUTH_COLUMNS = ("severity", "x", "y")
 FORAMINAL = vocab.FAMILY_CONDITIONS[vocab.FORAMINAL]
 
 
+class SpecDict:
+    """For the frozen stage specs: plain-data round trip, network options kept as sorted (name, value) pairs so the
+    spec stays hashable."""
+
+    def to_dict(self) -> dict:
+        from dataclasses import asdict
+
+        d = asdict(self)
+        d["network_kwargs"] = dict(self.network_kwargs)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict):
+        d = dict(d)
+        d["network_kwargs"] = tuple(sorted(dict(d.get("network_kwargs") or {}).items()))
+        return cls(**d)
+
+
 @dataclass(frozen=True)
 class Frame:
     """Where a stored image's pixels lie in its original matrix and in a square letterbox of side `size`.

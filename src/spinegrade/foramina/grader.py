@@ -8,18 +8,18 @@ are a few pixels off, as it will be given at inference.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from ..data.slices import COND_DIM, condition_vector
-from .data import Frame, PointSlices, normalise_intensity
+from ..data.slices import condition_vector
+from .data import Frame, PointSlices, SpecDict, normalise_intensity
 from .warp import crop_affine, warp, zscore
 
 
 @dataclass(frozen=True)
-class GraderSpec:
+class GraderSpec(SpecDict):
     """What the grader sees and how it learns: written into its checkpoint and read back at inference."""
 
     network: str = "resnet10"
@@ -33,16 +33,6 @@ class GraderSpec:
     class_weights: str = "metric"  # metric (1, 2, 4) | none
     pretrained: bool = False
 
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["network_kwargs"] = dict(self.network_kwargs)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> GraderSpec:
-        d = dict(d)
-        d["network_kwargs"] = tuple(sorted(dict(d.get("network_kwargs") or {}).items()))
-        return cls(**d)
 
     def crop_side(self, frame: Frame) -> float:
         return self.crop_frac * max(frame.rows, frame.cols)
@@ -99,5 +89,3 @@ class CropDataset:
         return {"image": zscore(x).float(), "cond": torch.from_numpy(condition_vector(r["condition"], r["level"])),
                 "label": torch.tensor(int(self.labels[i]), dtype=torch.long), "row": torch.tensor(i)}
 
-
-COND_SIZE = COND_DIM

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from .. import vocab
 from ..localize.heatmap import decode_heatmaps, gaussian_heatmaps
-from .data import Frame, PointSlices, normalise_intensity
+from .data import PointSlices, SpecDict, normalise_intensity
 from .warp import letterbox_affine, warp, zscore
 
 N_LEVELS = len(vocab.LEVELS)
@@ -23,7 +23,7 @@ OUT_STRIDE = 2  # the heatmap network's output is half its input size
 
 
 @dataclass(frozen=True)
-class LocalizerSpec:
+class LocalizerSpec(SpecDict):
     """What the localiser sees and learns: written into its checkpoint and read back at inference."""
 
     network: str = "keypoint-half"
@@ -41,18 +41,6 @@ class LocalizerSpec:
     def heatmap_size(self) -> int:
         return self.input_size // OUT_STRIDE
 
-    def to_dict(self) -> dict:
-        from dataclasses import asdict
-
-        d = asdict(self)
-        d["network_kwargs"] = dict(self.network_kwargs)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> LocalizerSpec:
-        d = dict(d)
-        d["network_kwargs"] = tuple(sorted(dict(d.get("network_kwargs") or {}).items()))
-        return cls(**d)
 
 
 def _augment_affine(a: np.ndarray, t: np.ndarray, size: int, rng: np.random.Generator, spec: LocalizerSpec):
