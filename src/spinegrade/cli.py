@@ -26,11 +26,12 @@ def _cmd_info(a) -> int:
 
     d = vocab.describe()
     try:
-        from .models.registry import list_models
+        from .models.registry import KINDS, list_models
 
         d["models"] = list_models()
+        d["models_by_kind"] = {k: list_models(k) for k in KINDS}
     except ImportError:  # torch missing: the vocabulary is still useful
-        d["models"] = []
+        d["models"], d["models_by_kind"] = [], {}
     if a.json:
         print(json.dumps(d, indent=2))
         return 0
@@ -43,7 +44,10 @@ def _cmd_info(a) -> int:
     print("series roles: " + ", ".join(f"{r['key']} ({r['description']})" for r in d["series_roles"]))
     print(f"row id: {d['row_id_format']}   ({len(d['targets'])} targets per study)")
     print("metric terms: " + ", ".join(d["metric"]["terms"]))
-    print("models: " + (", ".join(d["models"]) if d["models"] else "(none)"))
+    if not d["models_by_kind"]:
+        print("models: (none: torch is not installed)")
+    for kind, names in d["models_by_kind"].items():
+        print(f"models ({kind}): " + (", ".join(names) if names else "(none)"))
     return 0
 
 

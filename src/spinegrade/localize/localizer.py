@@ -23,17 +23,6 @@ from .heatmap import decode_heatmaps, refine_peak
 LOCALIZER_DIR = "localizer"
 
 
-def _load_heatmap(path: Path, device):
-    from ..models.heatmap import create_heatmap_model
-    from ..train.checkpoint import load_checkpoint
-
-    ckpt = load_checkpoint(path)
-    spec = ckpt["model"]
-    model = create_heatmap_model(spec["name"], spec["in_channels"], spec["num_outputs"], **spec.get("kwargs", {}))
-    model.load_state_dict(ckpt.pop("state_dict"))
-    return model.to(device).eval(), ckpt
-
-
 def _point(cond: str, level: str, s: Series, k: int, x: float, y: float, source: str) -> Point:
     xyz = s.geometry.pixel_to_patient(k, x, y)
     return Point(condition=cond, level=level, series_id=s.series_id, role=s.role,
@@ -46,13 +35,15 @@ class Localizer:
     """The three view networks of a run, ready to place points on a study."""
 
     def __init__(self, run_dir: Path, device: str | torch.device = "cpu"):
+        from ..train.checkpoint import load_model
+
         self.device = torch.device(device)
         self.models: dict[str, tuple[torch.nn.Module, dict]] = {}
         root = Path(run_dir) / LOCALIZER_DIR
         for view in (vocab.SAGITTAL_T2, vocab.SAGITTAL_T1, vocab.AXIAL_T2):
             p = root / view / "best.pt"
             if p.exists():
-                self.models[view] = _load_heatmap(p, self.device)
+                self.models[view] = load_model(p, self.device)
         t1 = self.models.get(vocab.SAGITTAL_T1)
         self.offsets = (t1[1].get("foramen_offsets") if t1 else None) or {
             "left": {lv: 15.0 for lv in vocab.LEVELS}, "right": {lv: -15.0 for lv in vocab.LEVELS}}

@@ -95,7 +95,7 @@ def train_view(view: str, cache, coords: pd.DataFrame, train_ids, val_ids, out_d
                model_name: str = "unet-small", size: int = INPUT_SIZE, resume: bool = False, log=print,
                extra: dict | None = None, min_samples_per_epoch: int = 400) -> dict:
     """Train one view's heatmap network into `out_dir` (best.pt, last.pt, metrics.jsonl, curves.png)."""
-    from ..models.heatmap import create_heatmap_model
+    from ..models import create_model
     from ..train.engine import fit, seed_everything
 
     seed_everything(loop.seed)
@@ -107,7 +107,7 @@ def train_view(view: str, cache, coords: pd.DataFrame, train_ids, val_ids, out_d
     # steps per epoch; repeating its (augmented) samples keeps every view's epoch a similar amount of work.
     train = train * max(1, -(-min_samples_per_epoch // len(train)))
     k = len(VIEW_CHANNELS[view])
-    model = create_heatmap_model(model_name, N_CHANNELS, k)
+    model = create_model(model_name, N_CHANNELS, k)
     describe = {
         "kind": "heatmap",
         "model": {"name": model_name, "in_channels": N_CHANNELS, "num_outputs": k, "kwargs": {}},
