@@ -105,7 +105,7 @@ class StudyResult:
 
 def write_predictions(path: Path, studies: list[StudyResult], model: dict, failed: list[dict]) -> None:
     """Write predictions.json (atomically)."""
-    from .data.io_utils import atomic_write_text
+    from .files import atomic_write_text
 
     doc = {
         "format": FORMAT,

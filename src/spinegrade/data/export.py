@@ -17,7 +17,7 @@ import pandas as pd
 
 from .. import vocab
 from ..geometry import nearest_slice_among
-from .io_utils import atomic_path, write_csv_atomic
+from ..files import atomic_path, write_csv_atomic
 
 PNG_SIZE = 256
 INDEX_COLUMNS = ["path", "study_id", "series_id", "instance_number", "condition", "level", "severity"]

@@ -15,9 +15,9 @@ import numpy as np
 import pandas as pd
 
 from .. import vocab
-from ..data.io_utils import atomic_write_text, write_csv_atomic
+from ..files import atomic_write_text, write_csv_atomic
 from ..errors import DataError
-from .metric import TERMS, weighted_log_loss
+from ..metric import TERMS, weighted_log_loss
 
 N_BINS = 10
 _FAMILY_TERMS = dict(zip(vocab.FAMILIES, TERMS))
@@ -120,9 +120,10 @@ def evaluate_slices(run: str | Path, index: str | Path, out: str | Path, fold: i
     """
     import torch
 
-    from ..data.slices import COND_LAYOUT, SliceDataset, png_source, read_index
+    from ..inputs import COND_LAYOUT
+    from ..data.slices import SliceDataset, png_source, read_index
     from ..train.checkpoint import checkpoint_path, load_model
-    from ..train.distributed import resolve_device
+    from ..device import resolve_device
     from ..train.engine import ClassificationTask, predict
     from ..train.slices import SPLITS, read_split
     from .plots import plot_confusion, plot_reliability

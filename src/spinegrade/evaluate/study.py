@@ -15,12 +15,12 @@ import pandas as pd
 
 from .. import DISCLAIMER, vocab
 from ..errors import DataError
-from .metric import TERMS, challenge_score, weighted_log_loss
+from ..metric import TERMS, challenge_score, weighted_log_loss
 
 
 def prior_table(labels: pd.DataFrame) -> dict[str, list[float]]:
     """The weight-optimal constant per target (class frequency x metric weight, normalised), smoothed."""
-    from .metric import prior_probs
+    from ..metric import prior_probs
 
     return {t: prior_probs(labels[t].to_numpy(dtype="float64", na_value=np.nan), weighted=True).tolist()
             for t in vocab.TARGETS}
@@ -117,7 +117,7 @@ def evaluate_study_run(run: Path, data: Path, out: Path, cache: Path | None = No
                        all_studies: bool = False, log=print) -> dict:
     """Predict the held-out studies of `data` with the run and write metrics.json, submission.csv,
     predictions.json and confusion matrices into `out`; returns the metrics."""
-    from ..data.io_utils import atomic_write_text, write_csv_atomic
+    from ..files import atomic_write_text, write_csv_atomic
     from ..data.prepare import Cache, prepare_dataset
     from ..data.rsna import RsnaDataset
     from ..predict import Predictor, submission_frame

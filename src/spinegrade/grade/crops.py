@@ -14,6 +14,7 @@ import numpy as np
 from scipy.ndimage import map_coordinates
 
 from .. import vocab
+from ..inputs import series_intensity_range
 
 
 @dataclass(frozen=True)
@@ -32,15 +33,6 @@ DEFAULT_SPECS: dict[str, CropSpec] = {
     vocab.FORAMINAL: CropSpec(vocab.SAGITTAL_T1, size_mm=32.0),
     vocab.SUBARTICULAR: CropSpec(vocab.AXIAL_T2, size_mm=32.0),
 }
-
-
-def series_intensity_range(pixels: np.ndarray) -> tuple[float, float]:
-    """1st and 99.5th percentile of a series (sub-sampled: cheap on big stacks)."""
-    p = np.asarray(pixels)
-    step = max(1, p.size // 2_000_000)
-    flat = p.reshape(-1)[::step]
-    lo, hi = np.percentile(flat, [1.0, 99.5])
-    return float(lo), float(hi if hi > lo else lo + 1.0)
 
 
 def extract_crop(pixels: np.ndarray, pixel_spacing: tuple[float, float], slice_index: float, x: float, y: float,

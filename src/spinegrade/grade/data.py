@@ -13,11 +13,11 @@ import numpy as np
 import pandas as pd
 
 from .. import vocab
-from ..data.slices import condition_vector
 from ..errors import DataError
 from ..geometry import nearest_slice_among
+from ..inputs import condition_vector, series_intensity_range
 from ..io.types import Series
-from .crops import DEFAULT_SPECS, CropSpec, extract_crop, mirror_for, series_intensity_range
+from .crops import DEFAULT_SPECS, CropSpec, extract_crop, mirror_for
 
 
 def in_channels(family: str) -> int:

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from .. import vocab
-from ..data.slices import COND_DIM
-from ..evaluate.metric import prior_probs
+from ..inputs import COND_DIM
+from ..metric import prior_probs
 from .crops import DEFAULT_SPECS
 from .data import CropDataset, Jitter, in_channels, training_items
 

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .. import vocab
-from ..grade.crops import series_intensity_range
+from ..inputs import series_intensity_range
 from .heatmap import gaussian_heatmaps
 
 INPUT_SIZE = 64

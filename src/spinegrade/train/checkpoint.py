@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from ..data.io_utils import atomic_path
+from ..files import atomic_path
 from ..errors import DataError
 
 FORMAT = "spinegrade.checkpoint/1"

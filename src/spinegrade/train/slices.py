@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .. import vocab
-from ..data.io_utils import atomic_write_text, write_csv_atomic
+from ..files import atomic_write_text, write_csv_atomic
 from ..data.slices import COND_DIM, COND_LAYOUT, NORMALISATION, SliceDataset, png_source, read_index, study_folds
 from ..errors import DataError
 from ..evaluate.metric import prior_probs

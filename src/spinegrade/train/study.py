@@ -77,7 +77,7 @@ def read_split(run: Path) -> dict:
 
 def train_study_pipeline(cfg: StudyTrainConfig, out: Path, resume: bool = False, log=print) -> dict:
     """Prepare the cache if needed, split by study, train the chosen stages; returns the summary."""
-    from ..data.io_utils import atomic_write_text
+    from ..files import atomic_write_text
     from ..data.prepare import Cache, prepare_dataset
     from ..data.rsna import RsnaDataset, make_folds
     from ..grade.grader import GRADER_DIR
