@@ -102,12 +102,12 @@ def synth_cohort(tmp_path_factory) -> Path:
 def tiny_run(synth_cohort, tmp_path_factory) -> Path:
     """A study-pipeline run trained for one epoch on the shared synthetic cohort: every stage present, so
     predict/report/serve run their real code paths (its grades are not meant to be good)."""
-    from spinegrade.train.config import LoopConfig
-    from spinegrade.train.study import StudyTrainConfig, train_study_pipeline
+    from spinegrade.pipeline.plan import build_plan
+    from spinegrade.pipeline.study import train_study_pipeline
 
     root = tmp_path_factory.mktemp("tiny_run")
-    cfg = StudyTrainConfig(data=str(synth_cohort), cache=str(root / "cache"), folds=4, val_fold=0, workers=1,
-                           localizer_loop=LoopConfig(epochs=1, batch_size=8, device="cpu"),
-                           grader_loop=LoopConfig(epochs=1, batch_size=32, device="cpu"))
-    train_study_pipeline(cfg, root / "run", log=lambda *_: None)
+    plan = build_plan(str(synth_cohort), cache=str(root / "cache"), folds=4, val_fold=0, prepare_workers=1,
+                      epochs=1, localizer_epochs=1, grader_epochs=1, device="cpu")
+    plan.localizer_loop.batch_size, plan.grader_loop.batch_size = 8, 32
+    train_study_pipeline(plan, root / "run", log=lambda *_: None)
     return root / "run"

@@ -135,80 +135,111 @@ def _add_train(sub) -> None:
     src.add_argument("--index", type=Path,
                      help="slice index CSV (path, study_id, condition, level, severity; paths relative to it)")
     p.add_argument("--out", type=Path, required=True, help="run folder to write")
-    g = p.add_argument_group("study pipeline (--data)")
+    g = p.add_argument_group("study pipeline only (--data)")
     g.add_argument("--cache", type=Path, default=None, help="prepare cache (default: RUN/cache)")
-    g.add_argument("--stage", choices=["localizer", "grader", "all"], default="all")
+    g.add_argument("--stage", choices=["localizer", "grader", "all"], default=None, help="models to train (all)")
     g.add_argument("--coordinates", type=Path, default=None,
                    help="a corrected coordinate table in the challenge's columns (e.g. hengck23's fix01b)")
-    g.add_argument("--localizer-model", default="unet-small", help="heatmap network (unet-small | unet)")
-    g.add_argument("--localizer-size", type=int, default=64, metavar="PX", help="localiser input size")
-    g.add_argument("--localizer-epochs", type=int, default=None)
-    g.add_argument("--grader-epochs", type=int, default=None)
+    g.add_argument("--localizer-model", default=None, help="heatmap network of every view (unet-small)")
+    g.add_argument("--localizer-model-kwargs", type=_json_object, default=None, metavar="JSON",
+                   help="heatmap network options as JSON, e.g. '{\"features\": [8, 16, 32, 32, 64, 8]}'")
+    g.add_argument("--localizer-size", type=int, default=None, metavar="PX",
+                   help="input size of every localiser view (default 64; 96 for sagittal T1)")
+    g.add_argument("--localizer-epochs", type=int, default=None, help="epochs of the localisers (overrides --epochs)")
+    g.add_argument("--grader-epochs", type=int, default=None, help="epochs of the graders (overrides --epochs)")
+    g.add_argument("--prepare-workers", type=int, default=None, metavar="N", help="decoding processes (2)")
     p.add_argument("--model", default=None, help="registered model name (see `spinegrade info`); default "
                    "seed-cnn for --index, the pipeline's grader for --data")
     p.add_argument("--model-kwargs", type=_json_object, default=None, metavar="JSON",
                    help='backbone options as JSON, e.g. \'{"widen_factor": 0.5}\'')
-    p.add_argument("--image-size", type=int, default=160, metavar="PX", help="square input size")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate (AdamW, warm-up then cosine)")
-    p.add_argument("--weight-decay", type=float, default=1e-4)
-    p.add_argument("--patience", type=int, default=5, help="stop after this many epochs without a better "
-                   "validation weighted log loss (0: never)")
-    p.add_argument("--val-fold", type=int, default=0, metavar="K", help="fold to validate on")
-    p.add_argument("--folds", type=int, default=5, metavar="F", help="study-level folds")
-    p.add_argument("--class-weights", choices=["metric", "none"], default="metric",
-                   help="metric: weight the loss 1/2/4 like the challenge; none: plain cross-entropy")
+    p.add_argument("--image-size", type=int, default=None, metavar="PX",
+                   help="square input size (--index: default 160); --data: the graders' crop size (48)")
+    # Loop options default to None so that --data can tell "given" from "default": the study pipeline's
+    # two loops have their own defaults (see pipeline/plan.py), and a given value applies to both.
+    p.add_argument("--epochs", type=int, default=None, help="--index: default 10; --data: both stages")
+    p.add_argument("--batch-size", type=int, default=None, help="--index: default 32; --data: both stages")
+    p.add_argument("--lr", type=float, default=None, help="peak learning rate (AdamW, warm-up then cosine); "
+                   "--index: default 1e-3; --data: both stages")
+    p.add_argument("--weight-decay", type=float, default=None, help="default 1e-4")
+    p.add_argument("--patience", type=int, default=None, help="stop after this many epochs without a better "
+                   "validation score (0: never); --index: default 5; --data: both stages")
+    p.add_argument("--val-fold", type=int, default=None, metavar="K", help="fold to validate on (0)")
+    p.add_argument("--folds", type=int, default=None, metavar="F", help="study-level folds (5)")
+    p.add_argument("--class-weights", choices=["metric", "none"], default=None,
+                   help="metric (default): weight the loss 1/2/4 like the challenge; none: plain cross-entropy")
     p.add_argument("--no-condition", action="store_true",
                    help="do not give the model the level/side of the row it grades")
-    p.add_argument("--no-augment", action="store_true", help="train without augmentation")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--no-augment", action="store_true",
+                   help="train without augmentation (--data: no localiser augmentation, no grader jitter)")
+    p.add_argument("--device", default=None, help="auto (default) | cpu | cuda | cuda:N")
     p.add_argument("--no-amp", action="store_true", help="full precision on GPU")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=0, help="data loader processes")
+    p.add_argument("--seed", type=int, default=None, help="random seed (0)")
+    p.add_argument("--workers", type=int, default=None, help="data loader processes (0)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
     p.set_defaults(func=_cmd_train)
 
 
-def _cmd_train_study(a) -> int:
-    from .train.study import StudyTrainConfig, train_study_pipeline
+# options that only the study pipeline reads: refused with --index rather than silently ignored
+_STUDY_ONLY = ("cache", "stage", "coordinates", "localizer_model", "localizer_model_kwargs", "localizer_size",
+               "localizer_epochs", "grader_epochs", "prepare_workers")
 
-    cfg = StudyTrainConfig(data=str(a.data), cache=str(a.cache) if a.cache else "", folds=a.folds,
-                           val_fold=a.val_fold, stage=a.stage, localizer_model=a.localizer_model,
-                           localizer_size=a.localizer_size, class_weights=a.class_weights,
-                           coordinates=str(a.coordinates) if a.coordinates else None)
-    if a.model:
-        cfg.grader_model = a.model
-        cfg.grader_kwargs = a.model_kwargs or {}
-    elif a.model_kwargs is not None:
-        cfg.grader_kwargs = a.model_kwargs
-    for loop, epochs in ((cfg.localizer_loop, a.localizer_epochs), (cfg.grader_loop, a.grader_epochs)):
-        loop.device, loop.seed, loop.amp, loop.workers = a.device, a.seed, not a.no_amp, a.workers
-        if epochs:
-            loop.epochs = epochs
-    summary = train_study_pipeline(cfg, a.out, resume=a.resume)
-    for stage, models in summary.items():
-        for name, r in models.items():
-            key = "val_err_mm" if stage == "localizer" else "val_wll"
-            print(f"{stage:<10} {name:<13} best epoch {r['best_epoch'] + 1:>3}  {key} {r[key]:.4f}")
-    print(f"run written to {a.out}")
-    return 0
+
+def study_plan_from_args(a):
+    """The PipelinePlan that `train --data` options describe: defaults, then every option given."""
+    from .pipeline.plan import build_plan
+
+    return build_plan(
+        str(a.data), cache=str(a.cache) if a.cache else None, coordinates=str(a.coordinates) if a.coordinates else None,
+        folds=a.folds, val_fold=a.val_fold, stage=a.stage, prepare_workers=a.prepare_workers,
+        localizer_model=a.localizer_model, localizer_model_kwargs=a.localizer_model_kwargs,
+        localizer_size=a.localizer_size, localizer_epochs=a.localizer_epochs,
+        grader_model=a.model, grader_model_kwargs=a.model_kwargs, crop_px=a.image_size,
+        grader_epochs=a.grader_epochs, class_weights=a.class_weights,
+        condition_input=False if a.no_condition else None, augment=False if a.no_augment else None,
+        epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay, patience=a.patience,
+        device=a.device, amp=False if a.no_amp else None, seed=a.seed, loader_workers=a.workers)
+
+
+def slice_config_from_args(a):
+    """The TrainConfig that `train --index` options describe; SpinegradeError for a study-pipeline option."""
+    from .train.config import AugmentConfig, LoopConfig, TrainConfig
+
+    given = [f"--{k.replace('_', '-')}" for k in _STUDY_ONLY if getattr(a, k) is not None]
+    if given:
+        raise SpinegradeError(f"{', '.join(given)}: only for the study pipeline (--data), not a slice grader "
+                              f"(--index)")
+    d, dl = TrainConfig(), LoopConfig()
+
+    def pick(value, default):
+        return default if value is None else value
+
+    return TrainConfig(
+        index=str(a.index), model=a.model or d.model, model_kwargs=a.model_kwargs or {},
+        image_size=pick(a.image_size, d.image_size), condition_input=not a.no_condition,
+        folds=pick(a.folds, d.folds), val_fold=pick(a.val_fold, d.val_fold),
+        class_weights=pick(a.class_weights, d.class_weights),
+        loop=LoopConfig(epochs=pick(a.epochs, dl.epochs), batch_size=pick(a.batch_size, dl.batch_size),
+                        lr=pick(a.lr, dl.lr), weight_decay=pick(a.weight_decay, dl.weight_decay),
+                        patience=pick(a.patience, dl.patience), device=pick(a.device, dl.device),
+                        amp=not a.no_amp, seed=pick(a.seed, dl.seed), workers=pick(a.workers, dl.workers)),
+        augment=AugmentConfig(enabled=not a.no_augment),
+    )
 
 
 def _cmd_train(a) -> int:
     if a.data is not None:
-        return _cmd_train_study(a)
-    from .train.config import AugmentConfig, LoopConfig, TrainConfig
-    from .train.slices import train_slices
+        from .pipeline.study import train_study_pipeline
 
-    cfg = TrainConfig(
-        index=str(a.index), model=a.model or "seed-cnn", model_kwargs=a.model_kwargs or {}, image_size=a.image_size,
-        condition_input=not a.no_condition, folds=a.folds, val_fold=a.val_fold, class_weights=a.class_weights,
-        loop=LoopConfig(epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay,
-                        patience=a.patience, device=a.device, amp=not a.no_amp, seed=a.seed, workers=a.workers),
-        augment=AugmentConfig(enabled=not a.no_augment),
-    )
-    train_slices(cfg, a.out, resume=a.resume)
+        summary = train_study_pipeline(study_plan_from_args(a), a.out, resume=a.resume)
+        for stage, models in summary.items():
+            for name, r in models.items():
+                key = "val_err_mm" if stage == "localizer" else "val_wll"
+                print(f"{stage:<10} {name:<13} best epoch {r['best_epoch'] + 1:>3}  {key} {r[key]:.4f}")
+        print(f"run written to {a.out}")
+        return 0
+    from .pipeline.slices import train_slices
+
+    train_slices(slice_config_from_args(a), a.out, resume=a.resume)
     return 0
 
 

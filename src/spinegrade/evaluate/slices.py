@@ -125,13 +125,13 @@ def evaluate_slices(run: str | Path, index: str | Path, out: str | Path, fold: i
     from ..train.checkpoint import checkpoint_path, load_model
     from ..device import resolve_device
     from ..train.engine import ClassificationTask, predict
-    from ..train.slices import SPLITS, read_split
+    from ..data.splits import SPLITS, read_split
     from .plots import plot_confusion, plot_reliability
 
     dev = resolve_device(device)
     model, ckpt = load_model(run, dev)
-    if ckpt.get("task") != "slice-grader":
-        raise DataError(f"{run}: not a slice grader (task {ckpt.get('task')!r})")
+    if ckpt.get("kind") != "slice-grader":
+        raise DataError(f"{run}: not a slice grader (kind {ckpt.get('kind')!r})")
     if ckpt["labels"]["cond_layout"] != list(COND_LAYOUT):
         raise DataError(f"{run}: the model's condition input layout differs from this version's")
     run_dir = checkpoint_path(run).parent

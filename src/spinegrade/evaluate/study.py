@@ -1,7 +1,7 @@
 """Score a study-pipeline run on held-out studies: the challenge score and its terms, per condition and
 level, localisation error in mm, and the prior baseline beside every figure.
 
-Held-out means the run's validation studies (split.json) when the dataset is the one it trained on; on any
+Held-out means the run's validation studies (splits.csv) when the dataset is the one it trained on; on any
 other dataset every labelled study is scored.
 """
 
@@ -122,11 +122,12 @@ def evaluate_study_run(run: Path, data: Path, out: Path, cache: Path | None = No
     from ..data.rsna import RsnaDataset
     from ..predict import Predictor, submission_frame
     from ..results import write_predictions
-    from ..train.study import StudyTrainConfig, read_split
+    from ..data.splits import read_split, studies
+    from ..pipeline.plan import PipelinePlan
 
     run, out = Path(run), Path(out)
     split = read_split(run)
-    cfg = StudyTrainConfig.from_dict(json.loads((run / "config.json").read_text()))
+    cfg = PipelinePlan.load(run)
     ds = RsnaDataset(Path(data))
     if ds.labels is None:
         raise DataError(f"{data}: evaluation needs labels (train.csv)")
@@ -138,11 +139,11 @@ def evaluate_study_run(run: Path, data: Path, out: Path, cache: Path | None = No
     c = Cache(cache_dir)
     ids = [s for s in ds.study_ids if s in ds.labels.index and c.has_study(s)]
     if same_data and not all_studies:
-        held = set(split["val"])
+        held = {int(s) for s in studies(split, "val")}
         ids = [s for s in ids if s in held]
     if not ids:
         raise DataError(f"{data}: no labelled held-out study to evaluate")
-    train_ids = [s for s in split["train"] if s in ds.labels.index] if same_data else list(ds.labels.index)
+    train_ids = [int(s) for s in studies(split, "train") if int(s) in ds.labels.index] if same_data else list(ds.labels.index)
     priors = prior_table(ds.labels.loc[train_ids]) if same_data else prior_table(ds.labels)
 
     predictor = Predictor(run, device)

@@ -57,13 +57,17 @@ class Localizer:
     def _size(self, view: str) -> int:
         return int(self.models[view][1]["preprocessing"]["input_size"])
 
+    def _input(self, view: str, stack: np.ndarray, k: int) -> np.ndarray:
+        """Slice k and its neighbours, as many channels as this view's network was trained with."""
+        return neighbours(stack, k, int(self.models[view][1]["preprocessing"]["n_channels"]))
+
     # --- views -------------------------------------------------------------------------------------------
     def canal_points(self, t2: Series) -> list[Point]:
         """Five spinal canal points on the most confident of the central sagittal T2 slices."""
         inp = SeriesInput.from_series(t2, self._size(vocab.SAGITTAL_T2))
         mid = t2.n_slices // 2
         cands = sorted({int(np.clip(k, 0, t2.n_slices - 1)) for k in (mid - 1, mid, mid + 1)})
-        hms = self._heatmaps(vocab.SAGITTAL_T2, np.stack([neighbours(inp.stack, k) for k in cands]))
+        hms = self._heatmaps(vocab.SAGITTAL_T2, np.stack([self._input(vocab.SAGITTAL_T2, inp.stack, k) for k in cands]))
         decs = [decode_heatmaps(h) for h in hms]
         best = int(np.argmax([d[:, 2].sum() for d in decs]))
         k = cands[best]
@@ -100,7 +104,7 @@ class Localizer:
                 k = int(np.argmin(np.abs(off - target)))
                 wanted[(side, lv)] = sorted({int(np.clip(j, 0, t1.n_slices - 1)) for j in range(k - 2, k + 3)})
         slices = sorted({k for ks in wanted.values() for k in ks})
-        hms = dict(zip(slices, self._heatmaps(vocab.SAGITTAL_T1, np.stack([neighbours(inp.stack, k) for k in slices]))))
+        hms = dict(zip(slices, self._heatmaps(vocab.SAGITTAL_T1, np.stack([self._input(vocab.SAGITTAL_T1, inp.stack, k) for k in slices]))))
         size = hms[slices[0]].shape[-1]
         yy, xx = np.mgrid[0:size, 0:size]
         pts = []
@@ -162,7 +166,7 @@ class Localizer:
                 if s.series_id not in inputs:
                     inputs[s.series_id] = SeriesInput.from_series(s, self._size(vocab.AXIAL_T2))
                 inp = inputs[s.series_id]
-                dec = decode_heatmaps(self._heatmaps(vocab.AXIAL_T2, neighbours(inp.stack, k)[None])[0])
+                dec = decode_heatmaps(self._heatmaps(vocab.AXIAL_T2, self._input(vocab.AXIAL_T2, inp.stack, k)[None])[0])
                 for c, cond in enumerate(vocab.FAMILY_CONDITIONS[vocab.SUBARTICULAR]):
                     xo, yo = inp.to_original(*dec[c, :2])
                     pts.append(_point(cond, lv, s, k, xo, yo, "localizer"))
