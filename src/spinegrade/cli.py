@@ -228,18 +228,20 @@ def slice_config_from_args(a):
 
 def _cmd_train(a) -> int:
     if a.data is not None:
+        plan = study_plan_from_args(a)
         from .pipeline.study import train_study_pipeline
 
-        summary = train_study_pipeline(study_plan_from_args(a), a.out, resume=a.resume)
+        summary = train_study_pipeline(plan, a.out, resume=a.resume)
         for stage, models in summary.items():
             for name, r in models.items():
                 key = "val_err_mm" if stage == "localizer" else "val_wll"
                 print(f"{stage:<10} {name:<13} best epoch {r['best_epoch'] + 1:>3}  {key} {r[key]:.4f}")
         print(f"run written to {a.out}")
         return 0
+    cfg = slice_config_from_args(a)  # refuses study-pipeline options before anything heavy is imported
     from .pipeline.slices import train_slices
 
-    train_slices(slice_config_from_args(a), a.out, resume=a.resume)
+    train_slices(cfg, a.out, resume=a.resume)
     return 0
 
 

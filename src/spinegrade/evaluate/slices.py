@@ -126,7 +126,7 @@ def evaluate_slices(run: str | Path, index: str | Path, out: str | Path, fold: i
     from ..device import resolve_device
     from ..train.engine import ClassificationTask, predict
     from ..data.splits import SPLITS, read_split
-    from .plots import plot_confusion, plot_reliability
+    from ..plots import plot_confusion, plot_reliability
 
     dev = resolve_device(device)
     model, ckpt = load_model(run, dev)

@@ -98,7 +98,7 @@ def localisation_errors(results, study_coords: dict, cache) -> dict:
 def _confusions(lab: pd.DataFrame, sub: pd.DataFrame, out: Path) -> dict:
     from sklearn.metrics import confusion_matrix
 
-    from .plots import plot_confusion
+    from ..plots import plot_confusion
 
     m = lab.dropna(subset=["severity"]).merge(sub, on="row_id")
     fam = np.array([vocab.CONDITION_BY_KEY[vocab.parse_row_id(r)[1]].family for r in m["row_id"]])

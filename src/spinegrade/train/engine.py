@@ -182,7 +182,7 @@ def fit(model: torch.nn.Module, train_ds, val_ds, task: Task, loop: LoopConfig, 
     """
     from tqdm import tqdm
 
-    from ..evaluate.plots import plot_curves
+    from ..plots import plot_curves
 
     run_dir = Path(run_dir)
     device = ctx.device

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..files import atomic_path
+from .files import atomic_path
 
 
 def _save(fig, path: str | Path) -> Path:
