@@ -63,11 +63,10 @@ def localisation_errors(results, study_coords: dict, cache) -> dict:
             continue
         study = cache.load_study(res.study_id)
         for r in c.itertuples(index=False):
-            try:
-                s, k = study.locate(r.series_id, int(r.instance_number))
-            except KeyError:
+            loc = study.locate_row(r)
+            if loc is None:
                 continue
-            gt = s.geometry.pixel_to_patient(k, float(r.x), float(r.y))
+            s, gt = loc.series, loc.patient
             cands = [p for p in res.points if p.condition == r.condition and p.level == r.level and p.role == s.role]
             fam = vocab.CONDITION_BY_KEY[r.condition].family
             if not cands:

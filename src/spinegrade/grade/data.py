@@ -127,14 +127,12 @@ def training_items(cache, ds, study_ids, family: str) -> list[CropItem]:
             y = ds.labels.at[sid, vocab.target(r.condition, r.level)]
             if pd.isna(y):
                 continue
-            try:
-                s, k = study.locate(r.series_id, int(r.instance_number))
-            except KeyError:
+            loc = study.locate_row(r)
+            if loc is None:
                 continue
-            axial = None
-            if family == vocab.SPINAL and axials:
-                axial = _axial_for(s.geometry.pixel_to_patient(k, float(r.x), float(r.y)), axials)
-            items.append(CropItem(sid, r.condition, r.level, s, k, float(r.x), float(r.y), int(y), axial))
+            axial = _axial_for(loc.patient, axials) if family == vocab.SPINAL and axials else None
+            items.append(CropItem(sid, r.condition, r.level, loc.series, loc.slice_index, loc.x, loc.y, int(y),
+                                  axial))
     return items
 
 

@@ -116,12 +116,9 @@ def view_samples(cache, coords: pd.DataFrame, study_ids, view: str, training: bo
         study = cache.load_study(sid)
         by_part: dict[str, list[tuple]] = {}
         for r in c.itertuples(index=False):
-            try:
-                s, k = study.locate(r.series_id, int(r.instance_number))
-            except KeyError:
-                continue
-            if s.role == view:
-                by_part.setdefault(s.series_id, []).append((r, k))
+            loc = study.locate_row(r)
+            if loc is not None and loc.series.role == view:
+                by_part.setdefault(loc.series.series_id, []).append((r, loc.slice_index))
         for part, located in by_part.items():
             s = study.get(part)
             inp = SeriesInput.from_series(s, size)

@@ -71,14 +71,10 @@ def foramen_offsets(cache, coords: pd.DataFrame, study_ids) -> dict[str, dict[st
         for r in c[c["condition"].isin(vocab.FAMILY_CONDITIONS[vocab.FORAMINAL])].itertuples(index=False):
             if r.level not in canal:
                 continue
-            cr = canal[r.level]
-            try:
-                t1, k1 = study.locate(r.series_id, int(r.instance_number))
-                t2, k2 = study.locate(cr.series_id, int(cr.instance_number))
-            except KeyError:
+            foramen, canal_point = study.locate_row(r), study.locate_row(canal[r.level])
+            if foramen is None or canal_point is None:
                 continue
-            p_canal = t2.geometry.pixel_to_patient(k2, float(cr.x), float(cr.y))
-            p_foramen = t1.geometry.pixel_to_patient(k1, float(r.x), float(r.y))
+            t1, p_canal, p_foramen = foramen.series, canal_point.patient, foramen.patient
             # measured along the T1 slice normal, signed towards patient left (+x in LPS)
             sign = float(np.sign(t1.geometry.normal[0]) or 1.0)
             d = float((p_foramen - p_canal) @ t1.geometry.normal) * sign
