@@ -62,6 +62,7 @@ class GraderSpec:
 
     @property
     def in_channels(self) -> int:
+        """Input channels of this grader's network (see `crop_channels`)."""
         return crop_channels(self.family, self.crop)
 
 
