@@ -33,13 +33,13 @@ print(json.dumps({"load": load, **p.timings, "peak_mb": resource.getrusage(resou
 
 def _tiny_run(root: Path) -> Path:
     from spinegrade.data.synth import synthesize_cohort
-    from spinegrade.train.config import LoopConfig
-    from spinegrade.train.study import StudyTrainConfig, train_study_pipeline
+    from spinegrade.pipeline.plan import build_plan
+    from spinegrade.pipeline.study import train_study_pipeline
 
     synthesize_cohort(root / "data", n_studies=8, seed=3)
-    cfg = StudyTrainConfig(data=str(root / "data"), cache=str(root / "cache"), folds=4, workers=2,
-                           localizer_loop=LoopConfig(epochs=1, device="cpu"), grader_loop=LoopConfig(epochs=1, device="cpu"))
-    train_study_pipeline(cfg, root / "run", log=lambda *_: None)
+    plan = build_plan(str(root / "data"), cache=str(root / "cache"), folds=4, prepare_workers=2, epochs=1,
+                      batch_size=32, device="cpu")
+    train_study_pipeline(plan, root / "run", log=lambda *_: None)
     return root / "run"
 
 

@@ -23,7 +23,8 @@ from spinegrade.evaluate.metric import prior_probs, weighted_log_loss
 from spinegrade.evaluate.slices import evaluate_slices
 from spinegrade.train.config import LoopConfig, TrainConfig
 from spinegrade.train.engine import read_metrics
-from spinegrade.train.slices import read_split, train_slices
+from spinegrade.data.splits import read_split
+from spinegrade.pipeline.slices import train_slices
 
 INDEX = Path(__file__).resolve().parents[2] / "shared/realdata/rsna2024_sagT1_foramina_vbs2004/points.csv"
 # Small enough for a shared 2-core CPU: a narrower seed CNN, a quarter-width ResNet-10.

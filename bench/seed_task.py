@@ -30,7 +30,7 @@ def main() -> None:
     from spinegrade.data.synth import synthesize_cohort
     from spinegrade.evaluate.slices import evaluate_slices
     from spinegrade.train.config import LoopConfig, TrainConfig
-    from spinegrade.train.slices import train_slices
+    from spinegrade.pipeline.slices import train_slices
 
     with tempfile.TemporaryDirectory() as tmp:
         root = a.out or Path(tmp)

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from spinegrade import vocab
-from spinegrade.data.io_utils import atomic_write_text
+from spinegrade.files import atomic_write_text
 from spinegrade.foramina.model import BUNDLED_DIR, CALIBRATION, GRADER, LOCALIZER, PRIOR, SPLIT
 from spinegrade.foramina.pipeline import foramina_config, train_foramina
 
@@ -33,7 +33,7 @@ def target_prior(train_csv: Path, exclude) -> dict[str, list[float]]:
     """Weight-optimal constant per target (frequency x metric weight) from train.csv, `exclude` left out."""
     import pandas as pd
 
-    from spinegrade.evaluate.metric import prior_probs
+    from spinegrade.metric import prior_probs
 
     df = pd.read_csv(train_csv, dtype={"study_id": str})
     df = df[~df["study_id"].isin(set(exclude))]

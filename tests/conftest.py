@@ -101,13 +101,15 @@ def synth_cohort(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_run(synth_cohort, tmp_path_factory) -> Path:
     """A study-pipeline run trained for one epoch on the shared synthetic cohort: every stage present, so
-    predict/report/serve run their real code paths (its grades are not meant to be good)."""
-    from spinegrade.train.config import LoopConfig
-    from spinegrade.train.study import StudyTrainConfig, train_study_pipeline
+    predict/report/serve run their real code paths (its grades are not meant to be good). Its graders crop
+    32 px and its localisers see 48 px, not the defaults."""
+    from spinegrade.pipeline.plan import build_plan
+    from spinegrade.pipeline.study import train_study_pipeline
 
     root = tmp_path_factory.mktemp("tiny_run")
-    cfg = StudyTrainConfig(data=str(synth_cohort), cache=str(root / "cache"), folds=4, val_fold=0, workers=1,
-                           localizer_loop=LoopConfig(epochs=1, batch_size=8, device="cpu"),
-                           grader_loop=LoopConfig(epochs=1, batch_size=32, device="cpu"))
-    train_study_pipeline(cfg, root / "run", log=lambda *_: None)
+    # non-default crop and localiser sizes, so tests see that inference takes them from the run, not the code
+    plan = build_plan(str(synth_cohort), cache=str(root / "cache"), folds=4, val_fold=0, prepare_workers=1,
+                      epochs=1, device="cpu", crop_px=32, localizer_size=48)
+    plan.localizer_loop.batch_size, plan.grader_loop.batch_size = 8, 32
+    train_study_pipeline(plan, root / "run", log=lambda *_: None)
     return root / "run"

@@ -26,11 +26,12 @@ def _cmd_info(a) -> int:
 
     d = vocab.describe()
     try:
-        from .models.registry import list_models
+        from .models.registry import KINDS, list_models
 
         d["models"] = list_models()
+        d["models_by_kind"] = {k: list_models(k) for k in KINDS}
     except ImportError:  # torch missing: the vocabulary is still useful
-        d["models"] = []
+        d["models"], d["models_by_kind"] = [], {}
     if a.json:
         print(json.dumps(d, indent=2))
         return 0
@@ -43,7 +44,10 @@ def _cmd_info(a) -> int:
     print("series roles: " + ", ".join(f"{r['key']} ({r['description']})" for r in d["series_roles"]))
     print(f"row id: {d['row_id_format']}   ({len(d['targets'])} targets per study)")
     print("metric terms: " + ", ".join(d["metric"]["terms"]))
-    print("models: " + (", ".join(d["models"]) if d["models"] else "(none)"))
+    if not d["models_by_kind"]:
+        print("models: (none: torch is not installed)")
+    for kind, names in d["models_by_kind"].items():
+        print(f"models ({kind}): " + (", ".join(names) if names else "(none)"))
     return 0
 
 
@@ -134,17 +138,19 @@ def _add_train(sub) -> None:
                      help="point-labelled slice folder (slices.csv + points.csv + images): foramen localiser and "
                           "crop grader")
     p.add_argument("--out", type=Path, required=True, help="run folder to write")
-    g = p.add_argument_group("study pipeline (--data)")
+    g = p.add_argument_group("study pipeline only (--data)")
     g.add_argument("--cache", type=Path, default=None, help="prepare cache (default: RUN/cache)")
-    g.add_argument("--stage", choices=["localizer", "grader", "all"], default="all")
+    g.add_argument("--stage", choices=["localizer", "grader", "all"], default=None, help="models to train (all)")
     g.add_argument("--coordinates", type=Path, default=None,
                    help="a corrected coordinate table in the challenge's columns (e.g. hengck23's fix01b)")
-    g.add_argument("--localizer-model", default=None, help="heatmap network (unet-small | unet | keypoint-half); "
-                   "default unet-small (--data), keypoint-half (--slices)")
+    g.add_argument("--localizer-model", default=None, help="heatmap network of every view (unet-small; keypoint-half for --slices)")
+    g.add_argument("--localizer-model-kwargs", type=_json_object, default=None, metavar="JSON",
+                   help="heatmap network options as JSON, e.g. '{\"features\": [8, 16, 32, 32, 64, 8]}'")
     g.add_argument("--localizer-size", type=int, default=None, metavar="PX",
-                   help="localiser input size (default 64 for --data, 96 for --slices)")
-    g.add_argument("--localizer-epochs", type=int, default=None)
-    g.add_argument("--grader-epochs", type=int, default=None)
+                   help="input size of every localiser view (default 64; 96 for sagittal T1 and for --slices)")
+    g.add_argument("--localizer-epochs", type=int, default=None, help="epochs of the localisers (overrides --epochs)")
+    g.add_argument("--grader-epochs", type=int, default=None, help="epochs of the graders (overrides --epochs)")
+    g.add_argument("--prepare-workers", type=int, default=None, metavar="N", help="decoding processes (2)")
     f = p.add_argument_group("foramina (--slices)")
     f.add_argument("--all-folds", action="store_true", help="train one run per fold under RUN/fold<K> and a CV table")
     f.add_argument("--pretrained", action="store_true",
@@ -159,71 +165,105 @@ def _add_train(sub) -> None:
     p.add_argument("--model-kwargs", type=_json_object, default=None, metavar="JSON",
                    help='backbone options as JSON, e.g. \'{"widen_factor": 0.5}\'')
     p.add_argument("--image-size", type=int, default=None, metavar="PX",
-                   help="square input size (default 160 for --index; the crop size for --slices, default 64)")
-    p.add_argument("--epochs", type=int, default=None, help="epochs (default 10; for --slices: the grader's)")
-    p.add_argument("--batch-size", type=int, default=None, help="default 32 (--index)")
+                   help="square input size (--index: default 160); --data: the graders' crop size (48); --slices: the crop size (64)")
+    # Loop options default to None so that --data can tell "given" from "default": the study pipeline's
+    # two loops have their own defaults (see pipeline/plan.py), and a given value applies to both.
+    p.add_argument("--epochs", type=int, default=None, help="--index: default 10; --data: both stages")
+    p.add_argument("--batch-size", type=int, default=None, help="--index: default 32; --data: both stages")
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (AdamW, warm-up then cosine); "
-                   "default 1e-3 (--index)")
+                   "--index: default 1e-3; --data: both stages")
     p.add_argument("--weight-decay", type=float, default=None, help="default 1e-4")
     p.add_argument("--patience", type=int, default=None, help="stop after this many epochs without a better "
-                   "validation score (0: never); default 5 (--index), 0 (--slices)")
-    p.add_argument("--val-fold", type=int, default=0, metavar="K", help="fold to validate on")
-    p.add_argument("--folds", type=int, default=5, metavar="F", help="study-level folds")
-    p.add_argument("--class-weights", choices=["metric", "none"], default="metric",
-                   help="metric: weight the loss 1/2/4 like the challenge; none: plain cross-entropy")
+                   "validation score (0: never); --index: default 5; --data: both stages")
+    p.add_argument("--val-fold", type=int, default=None, metavar="K", help="fold to validate on (0)")
+    p.add_argument("--folds", type=int, default=None, metavar="F", help="study-level folds (5)")
+    p.add_argument("--class-weights", choices=["metric", "none"], default=None,
+                   help="metric (default): weight the loss 1/2/4 like the challenge; none: plain cross-entropy")
     p.add_argument("--no-condition", action="store_true",
                    help="do not give the model the level/side of the row it grades")
-    p.add_argument("--no-augment", action="store_true", help="train without augmentation")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--no-augment", action="store_true",
+                   help="train without augmentation (--data: no localiser augmentation, no grader jitter)")
+    p.add_argument("--device", default=None, help="auto (default) | cpu | cuda | cuda:N")
     p.add_argument("--no-amp", action="store_true", help="full precision on GPU")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--workers", type=int, default=0, help="data loader processes")
+    p.add_argument("--seed", type=int, default=None, help="random seed (0)")
+    p.add_argument("--workers", type=int, default=None, help="data loader processes (0)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
     p.set_defaults(func=_cmd_train)
 
 
-def _cmd_train_study(a) -> int:
-    from .train.study import StudyTrainConfig, train_study_pipeline
+# options that only the study pipeline reads: refused with --index rather than silently ignored
+_STUDY_ONLY = ("cache", "stage", "coordinates", "localizer_model", "localizer_model_kwargs", "localizer_size",
+               "localizer_epochs", "grader_epochs", "prepare_workers")
 
-    cfg = StudyTrainConfig(data=str(a.data), cache=str(a.cache) if a.cache else "", folds=a.folds,
-                           val_fold=a.val_fold, stage=a.stage, localizer_model=a.localizer_model or "unet-small",
-                           localizer_size=a.localizer_size or 64, class_weights=a.class_weights,
-                           coordinates=str(a.coordinates) if a.coordinates else None)
-    if a.model:
-        cfg.grader_model = a.model
-        cfg.grader_kwargs = a.model_kwargs or {}
-    elif a.model_kwargs is not None:
-        cfg.grader_kwargs = a.model_kwargs
-    for loop, epochs in ((cfg.localizer_loop, a.localizer_epochs), (cfg.grader_loop, a.grader_epochs)):
-        loop.device, loop.seed, loop.amp, loop.workers = a.device, a.seed, not a.no_amp, a.workers
-        if epochs:
-            loop.epochs = epochs
-    summary = train_study_pipeline(cfg, a.out, resume=a.resume)
-    for stage, models in summary.items():
-        for name, r in models.items():
-            key = "val_err_mm" if stage == "localizer" else "val_wll"
-            print(f"{stage:<10} {name:<13} best epoch {r['best_epoch'] + 1:>3}  {key} {r[key]:.4f}")
-    print(f"run written to {a.out}")
-    return 0
+
+def study_plan_from_args(a):
+    """The PipelinePlan that `train --data` options describe: defaults, then every option given."""
+    from .pipeline.plan import build_plan
+
+    return build_plan(
+        str(a.data), cache=str(a.cache) if a.cache else None, coordinates=str(a.coordinates) if a.coordinates else None,
+        folds=a.folds, val_fold=a.val_fold, stage=a.stage, prepare_workers=a.prepare_workers,
+        localizer_model=a.localizer_model, localizer_model_kwargs=a.localizer_model_kwargs,
+        localizer_size=a.localizer_size, localizer_epochs=a.localizer_epochs,
+        grader_model=a.model, grader_model_kwargs=a.model_kwargs, crop_px=a.image_size,
+        grader_epochs=a.grader_epochs, class_weights=a.class_weights,
+        condition_input=False if a.no_condition else None, augment=False if a.no_augment else None,
+        epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay, patience=a.patience,
+        device=a.device, amp=False if a.no_amp else None, seed=a.seed, loader_workers=a.workers)
+
+
+def slice_config_from_args(a):
+    """The TrainConfig that `train --index` options describe; SpinegradeError for a study-pipeline option."""
+    from .train.config import AugmentConfig, LoopConfig, TrainConfig
+
+    given = [f"--{k.replace('_', '-')}" for k in _STUDY_ONLY if getattr(a, k) is not None]
+    if given:
+        raise SpinegradeError(f"{', '.join(given)}: only for the study pipeline (--data), not a slice grader "
+                              f"(--index)")
+    d, dl = TrainConfig(), LoopConfig()
+
+    def pick(value, default):
+        return default if value is None else value
+
+    return TrainConfig(
+        index=str(a.index), model=a.model or d.model, model_kwargs=a.model_kwargs or {},
+        image_size=pick(a.image_size, d.image_size), condition_input=not a.no_condition,
+        folds=pick(a.folds, d.folds), val_fold=pick(a.val_fold, d.val_fold),
+        class_weights=pick(a.class_weights, d.class_weights),
+        loop=LoopConfig(epochs=pick(a.epochs, dl.epochs), batch_size=pick(a.batch_size, dl.batch_size),
+                        lr=pick(a.lr, dl.lr), weight_decay=pick(a.weight_decay, dl.weight_decay),
+                        patience=pick(a.patience, dl.patience), device=pick(a.device, dl.device),
+                        amp=not a.no_amp, seed=pick(a.seed, dl.seed), workers=pick(a.workers, dl.workers)),
+        augment=AugmentConfig(enabled=not a.no_augment),
+    )
+
+
+_FORAMINA_ONLY = ("all_folds", "pretrained", "crop_frac", "exclude_studies", "no_calibrate")
+
+
+def _refuse_foramina_options(a, source: str) -> None:
+    given = [f"--{k.replace('_', '-')}" for k in _FORAMINA_ONLY if getattr(a, k)]
+    if given:
+        raise SpinegradeError(f"{', '.join(given)}: only for the foramen models (--slices), not {source}")
 
 
 def _cmd_train_foramina(a) -> int:
     from .foramina.pipeline import foramina_config, train_all_folds, train_foramina
 
+    refused = [f"--{k.replace('_', '-')}" for k in ("cache", "coordinates", "stage", "prepare_workers")
+               if getattr(a, k) is not None] + (["--no-condition"] if a.no_condition else [])
+    if refused:
+        raise SpinegradeError(f"{', '.join(refused)}: not used by --slices (slices are not decoded from DICOM, and "
+                              f"the foramen grader is always told level and side)")
     cfg = foramina_config(
-        slices=a.slices, folds=a.folds, val_fold=a.val_fold, seed=a.seed, device=a.device, workers=a.workers,
-        amp=not a.no_amp, model=a.model, model_kwargs=a.model_kwargs, pretrained=a.pretrained,
-        crop_px=a.image_size, crop_frac=a.crop_frac, localizer_model=a.localizer_model,
+        slices=a.slices, folds=a.folds or 5, val_fold=0 if a.val_fold is None else a.val_fold,
+        seed=a.seed or 0, device=a.device or "auto", workers=a.workers or 0, amp=not a.no_amp, model=a.model,
+        model_kwargs=a.model_kwargs, pretrained=a.pretrained, crop_px=a.image_size, crop_frac=a.crop_frac,
+        localizer_model=a.localizer_model, localizer_model_kwargs=a.localizer_model_kwargs,
         localizer_size=a.localizer_size, localizer_epochs=a.localizer_epochs, grader_epochs=a.grader_epochs or a.epochs,
         batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay, patience=a.patience,
-        class_weights=a.class_weights, augment=not a.no_augment, calibrate=not a.no_calibrate,
+        class_weights=a.class_weights or "metric", augment=not a.no_augment, calibrate=not a.no_calibrate,
         exclude_studies=[s for s in a.exclude_studies.split(",") if s.strip()])
-    from .errors import DataError
-
-    refused = [flag for flag, given in (("--cache", a.cache), ("--coordinates", a.coordinates),
-                                        ("--no-condition", a.no_condition), ("--stage", a.stage != "all")) if given]
-    if refused:
-        raise DataError(f"{', '.join(refused)}: not used by --slices (the foramen grader is always told level and side)")
     if a.all_folds:
         s = train_all_folds(cfg, a.out, resume=a.resume)
         print(f"cross-validation table written to {a.out / 'cv.csv'}; mean held-out weighted log loss "
@@ -236,22 +276,23 @@ def _cmd_train_foramina(a) -> int:
 
 def _cmd_train(a) -> int:
     if a.data is not None:
-        return _cmd_train_study(a)
+        _refuse_foramina_options(a, "--data")
+        plan = study_plan_from_args(a)
+        from .pipeline.study import train_study_pipeline
+
+        summary = train_study_pipeline(plan, a.out, resume=a.resume)
+        for stage, models in summary.items():
+            for name, r in models.items():
+                key = "val_err_mm" if stage == "localizer" else "val_wll"
+                print(f"{stage:<10} {name:<13} best epoch {r['best_epoch'] + 1:>3}  {key} {r[key]:.4f}")
+        print(f"run written to {a.out}")
+        return 0
     if a.slices is not None:
         return _cmd_train_foramina(a)
-    from .train.config import AugmentConfig, LoopConfig, TrainConfig
-    from .train.slices import train_slices
+    _refuse_foramina_options(a, "--data" if a.data is not None else "--index")
+    cfg = slice_config_from_args(a)  # refuses study-pipeline options before anything heavy is imported
+    from .pipeline.slices import train_slices
 
-    cfg = TrainConfig(
-        index=str(a.index), model=a.model or "seed-cnn", model_kwargs=a.model_kwargs or {},
-        image_size=a.image_size or 160, condition_input=not a.no_condition, folds=a.folds, val_fold=a.val_fold,
-        class_weights=a.class_weights,
-        loop=LoopConfig(epochs=a.epochs or 10, batch_size=a.batch_size or 32, lr=a.lr or 1e-3,
-                        weight_decay=1e-4 if a.weight_decay is None else a.weight_decay,
-                        patience=5 if a.patience is None else a.patience, device=a.device, amp=not a.no_amp,
-                        seed=a.seed, workers=a.workers),
-        augment=AugmentConfig(enabled=not a.no_augment),
-    )
     train_slices(cfg, a.out, resume=a.resume)
     return 0
 

@@ -4,7 +4,6 @@ studies, predict one study and write its report. Sized to finish in about a quar
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -17,7 +16,9 @@ def run_demo(out: Path, studies: int = 80, seed: int = 2024, device: str = "auto
     from .data.synth import synthesize_cohort
     from .evaluate.study import evaluate_study_run
     from .predict import predict
-    from .train.study import StudyTrainConfig, train_study_pipeline
+    from .data.splits import read_split, studies as split_studies
+    from .pipeline.plan import build_plan
+    from .pipeline.study import train_study_pipeline
 
     out = Path(out)
     t0 = time.time()
@@ -27,18 +28,13 @@ def run_demo(out: Path, studies: int = 80, seed: int = 2024, device: str = "auto
         synthesize_cohort(data, n_studies=studies, seed=seed, workers=workers)
     else:
         log(f"[1/5] using the cohort already in {data}")
-    cfg = StudyTrainConfig(data=str(data), cache=str(out / "cache"), workers=workers)
-    for loop in (cfg.localizer_loop, cfg.grader_loop):
-        loop.device = device
-        loop.seed = seed
-        if epochs:
-            loop.epochs = epochs
+    plan = build_plan(str(data), cache=str(out / "cache"), prepare_workers=workers, device=device, seed=seed,
+                      epochs=epochs or None)
     log("[2/5] preparing the cache and [3/5] training the localisers and graders")
-    train_study_pipeline(cfg, run, resume=(run / "config.json").exists(), log=log)
+    train_study_pipeline(plan, run, resume=(run / "config.json").exists(), log=log)
     log(f"[4/5] evaluating on the held-out studies -> {ev}")
     metrics = evaluate_study_run(run, data, ev, cache=out / "cache", device=device, log=log)
-    split = json.loads((run / "split.json").read_text())
-    one = data / "train_images" / str(split["val"][0])
+    one = data / "train_images" / split_studies(read_split(run), "val")[0]
     log(f"[5/5] predicting one held-out study ({one.name}) -> {pred}")
     summary = predict(one, run, pred, device=device, report=True, log=log)
     where = {

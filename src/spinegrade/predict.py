@@ -87,7 +87,7 @@ class Predictor:
     def __post_init__(self) -> None:
         from .grade.grader import Grader
         from .localize.localizer import Localizer
-        from .train.distributed import resolve_device
+        from .device import resolve_device
 
         dev = resolve_device(self.device)
         self.foramina_model = None
@@ -201,7 +201,7 @@ def predict(input_path: Path, model: Path, out: Path, device: str = "cpu", stric
     """
     from tqdm import tqdm
 
-    from .data.io_utils import atomic_write_text, write_csv_atomic
+    from .files import atomic_write_text, write_csv_atomic
 
     jobs = find_studies(Path(input_path))
     out = Path(out)

@@ -106,7 +106,7 @@ class StudyResult:
 
 def write_predictions(path: Path, studies: list[StudyResult], model: dict, failed: list[dict]) -> None:
     """Write predictions.json (atomically)."""
-    from .data.io_utils import atomic_write_text
+    from .files import atomic_write_text
 
     doc = {
         "format": FORMAT,
@@ -146,11 +146,10 @@ def study_result_from_labels(study, coords, labels: dict[str, int | None]) -> St
     """
     points: list[Point] = []
     for r in coords.itertuples(index=False):
-        found = _locate_instance(study, str(r.series_id), int(r.instance_number))
-        if found is None:
+        loc = study.locate_row(r)
+        if loc is None:
             continue
-        s, k = found
-        xyz = s.geometry.pixel_to_patient(k, float(r.x), float(r.y))
+        s, k, xyz = loc.series, loc.slice_index, loc.patient
         points.append(Point(condition=vocab.parse_condition(r.condition), level=vocab.parse_level(r.level),
                             series_id=s.series_id, role=s.role, instance_number=int(r.instance_number),
                             slice_index=k, x=float(r.x), y=float(r.y), patient=[float(v) for v in xyz],
@@ -165,18 +164,3 @@ def study_result_from_labels(study, coords, labels: dict[str, int | None]) -> St
     series = [SeriesUse(s.series_id, s.role, s.role_reason, s.n_slices) for s in study.series]
     return StudyResult(study_id=study.study_id, path=study.path, series=series, points=points,
                        findings=findings)
-
-
-def _locate_instance(study, series_id: str, instance_number: int):
-    """(series, slice index) of a labelled instance, or None.
-
-    Labels name the source series folder; the reader may have split that folder into several stacks
-    (an axial series acquired as one angled block per disc), each with its own series id.
-    """
-    for s in study.series:
-        if series_id in (s.series_id, s.source_series_id):
-            try:
-                return s, s.slice_of_instance(instance_number)
-            except KeyError:
-                continue
-    return None

@@ -14,7 +14,8 @@ from spinegrade.data.slices import read_index, write_synthetic_index
 from spinegrade.evaluate.metric import prior_probs, weighted_log_loss
 from spinegrade.evaluate.slices import calibration_bins, classification_metrics, evaluate_slices
 from spinegrade.train.config import LoopConfig, TrainConfig
-from spinegrade.train.slices import read_split, train_slices
+from spinegrade.data.splits import read_split
+from spinegrade.pipeline.slices import train_slices
 
 QUIET = {"log": lambda s: None}
 

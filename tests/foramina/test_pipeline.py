@@ -141,6 +141,8 @@ def test_a_folder_of_runs_is_an_ensemble(run, folder, tmp_path):
     ("--localizer-epochs", "5", lambda c: c.localizer_loop.epochs == 5),
     ("--localizer-size", "160", lambda c: c.localizer.input_size == 160),
     ("--localizer-model", "unet-small", lambda c: c.localizer.network == "unet-small"),
+    ("--localizer-model-kwargs", '{"widths": [8, 8, 16, 16, 32]}',
+     lambda c: dict(c.localizer.network_kwargs) == {"widths": [8, 8, 16, 16, 32]}),
     ("--image-size", "48", lambda c: c.grader.crop_px == 48),
     ("--crop-frac", "0.2", lambda c: c.grader.crop_frac == 0.2),
     ("--model", "seed-cnn", lambda c: c.grader.network == "seed-cnn" and c.grader.network_kwargs == ()),

@@ -10,18 +10,45 @@ import torch
 from spinegrade.cli import main
 from spinegrade.data.slices import COND_DIM
 from spinegrade.errors import SpinegradeError
-from spinegrade.models import create_model, list_models, register_model
+from spinegrade.models import BACKBONE, HEATMAP, create_model, list_models, model_kind, register_model
 from spinegrade.models import registry
 
-EXPECTED = {"seed-cnn", "efficientnet-b0", "efficientnet-lite0", "resnet10", "resnet18", "densenet121"}
 
+def test_every_module_of_the_package_registers_itself():
+    """Discovery walks the package: each family module contributes names without a hand-kept list."""
+    import pkgutil
 
-def test_list_models_names_every_family():
-    assert EXPECTED <= set(list_models())
+    import spinegrade.models as pkg
+
+    modules = {m.name for m in pkgutil.iter_modules(pkg.__path__)} - {"registry"}
+    by_module = {registry._FACTORIES[n].__module__.rsplit(".", 1)[-1] for n in list_models(None)}
+    assert modules == by_module
     assert list_models() == sorted(list_models())
+    assert set(list_models(None)) == set(list_models(BACKBONE)) | set(list_models(HEATMAP))
+    assert list_models(HEATMAP) and list_models(BACKBONE)
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED))
+@pytest.mark.parametrize("name", list_models(None))
+def test_every_registered_model_forwards_and_backpropagates(name):
+    """Read from the registry, so a new file is tested the moment it registers a name."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 32, 32)
+    if model_kind(name) == HEATMAP:
+        model = create_model(name, in_channels=3, num_outputs=4)
+        out = model(x)
+        s = 32 // getattr(model, "out_stride", 1)  # a net may answer at a fraction of the input size
+        assert out.shape == (2, 4, s, s)
+    else:
+        model = create_model(name, in_channels=3, num_outputs=6, cond_dim=COND_DIM)
+        out = model(x, torch.eye(COND_DIM)[:2])
+        assert out.shape == (2, 6)
+    assert torch.isfinite(out).all()
+    out.square().mean().backward()
+    first = next(p for p in model.parameters() if p.ndim == 4)  # the first convolution
+    assert first.grad is not None and first.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("name", list_models(BACKBONE))
 def test_forward_backward_25d_with_condition(name):
     torch.manual_seed(0)
     model = create_model(name, in_channels=3, num_outputs=6, cond_dim=COND_DIM)
@@ -73,7 +100,9 @@ def test_unknown_name_lists_the_registered_ones():
 
 
 def test_register_a_new_backbone(monkeypatch):
+    list_models()  # discover first, so the copies below hold every family
     monkeypatch.setattr(registry, "_FACTORIES", dict(registry._FACTORIES))
+    monkeypatch.setattr(registry, "_KINDS", dict(registry._KINDS))
 
     class Tiny(torch.nn.Module):
         num_features = 5
@@ -92,6 +121,23 @@ def test_register_a_new_backbone(monkeypatch):
         register_model("tiny-test")(lambda in_channels: None)
 
 
-def test_info_lists_the_models(capsys):
+def test_a_heatmap_name_builds_a_dense_net_and_kinds_do_not_mix():
+    from spinegrade.models.heatmap import create_heatmap_model
+
+    assert model_kind("unet-small") == HEATMAP and model_kind("seed-cnn") == BACKBONE
+    net = create_heatmap_model("unet-small", 3, 5)
+    assert net(torch.zeros(1, 3, 32, 32)).shape == (1, 5, 32, 32)
+    with pytest.raises(SpinegradeError, match="unknown heatmap model 'seed-cnn'"):
+        create_heatmap_model("seed-cnn", 3, 5)
+    with pytest.raises(ValueError, match="model kind"):
+        register_model("x", kind="detector")
+
+
+def test_info_lists_the_models_of_every_kind(capsys):
     assert main(["info", "--json"]) == 0
-    assert EXPECTED <= set(json.loads(capsys.readouterr().out)["models"])
+    d = json.loads(capsys.readouterr().out)
+    assert d["models"] == list_models()
+    assert d["models_by_kind"] == {BACKBONE: list_models(BACKBONE), HEATMAP: list_models(HEATMAP)}
+    assert main(["info"]) == 0
+    text = capsys.readouterr().out
+    assert f"models (heatmap): {', '.join(list_models(HEATMAP))}" in text

@@ -17,7 +17,8 @@ from spinegrade.train.checkpoint import load_model
 from spinegrade.train.config import AugmentConfig, LoopConfig, TrainConfig
 from spinegrade.train.distributed import setup
 from spinegrade.train.engine import ClassificationTask, fit, predict, read_metrics
-from spinegrade.train.slices import read_split, train_slices
+from spinegrade.data.splits import read_split
+from spinegrade.pipeline.slices import train_slices
 
 
 def tiny_config(index, **loop) -> TrainConfig:

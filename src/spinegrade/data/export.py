@@ -17,7 +17,7 @@ import pandas as pd
 
 from .. import vocab
 from ..geometry import nearest_slice_among
-from .io_utils import atomic_path, write_csv_atomic
+from ..files import atomic_path, write_csv_atomic
 
 PNG_SIZE = 256
 INDEX_COLUMNS = ["path", "study_id", "series_id", "instance_number", "condition", "level", "severity"]
@@ -96,12 +96,10 @@ def seed_axial_slices(ds, study) -> dict[str, tuple]:
             out[level] = (s, int(round(float(np.mean(ks)))), "coordinates")
             continue
         for r in (c[c["condition"] == "spinal_canal_stenosis"].itertuples(index=False) if len(c) else []):
-            try:
-                src, k_src = study.locate(r.series_id, int(r.instance_number))
-            except KeyError:
+            loc = study.locate_row(r)
+            if loc is None:
                 continue
-            best = nearest_slice_among(src.geometry.pixel_to_patient(k_src, float(r.x), float(r.y)),
-                                       [a.geometry for a in axials])
+            best = nearest_slice_among(loc.patient, [a.geometry for a in axials])
             if best is not None:
                 out[level] = (axials[best[0]], best[1], "projection")
             break

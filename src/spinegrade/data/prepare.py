@@ -22,7 +22,7 @@ from .. import __version__
 from ..errors import DataError, SpinegradeError
 from ..geometry import SeriesGeometry
 from ..io.types import Series, SkippedFile, Study
-from .io_utils import atomic_path, atomic_write_text
+from ..files import atomic_path, atomic_write_text
 
 CACHE_FORMAT = 1
 _STUDY_MARKER = "_study.json"

@@ -22,16 +22,12 @@ import pandas as pd
 
 from .. import vocab
 from ..errors import DataError
+from ..inputs import COND_DIM, COND_LAYOUT, condition_vector  # noqa: F401  (re-exported for existing callers)
 
 if TYPE_CHECKING:
     import torch
 
 INDEX_COLUMNS: tuple[str, ...] = ("path", "study_id", "condition", "level", "severity")
-# Condition vector layout: level one-hot, side one-hot (zeros for central), family one-hot.
-COND_LAYOUT: tuple[str, ...] = (tuple(f"level={lv}" for lv in vocab.LEVELS)
-                                + tuple(f"side={s}" for s in vocab.SIDES)
-                                + tuple(f"family={f}" for f in vocab.FAMILIES))
-COND_DIM = len(COND_LAYOUT)
 NORMALISATION = "per-image z-score after resizing"
 
 Source = Callable[[Mapping[str, str]], np.ndarray]
@@ -125,17 +121,6 @@ def png_source(root: str | Path) -> Source:
             raise DataError(f"{path}: cannot read the image: {e}") from None
 
     return read
-
-
-def condition_vector(condition: str, level: str) -> np.ndarray:
-    """The model's condition input for a row (see COND_LAYOUT)."""
-    c = vocab.CONDITION_BY_KEY[condition]
-    v = np.zeros(COND_DIM, dtype=np.float32)
-    v[vocab.LEVELS.index(level)] = 1
-    if c.side is not None:
-        v[len(vocab.LEVELS) + vocab.SIDES.index(c.side)] = 1
-    v[len(vocab.LEVELS) + len(vocab.SIDES) + vocab.FAMILIES.index(c.family)] = 1
-    return v
 
 
 class SliceDataset:
@@ -232,7 +217,7 @@ def write_synthetic_index(folder: str | Path, n_studies: int = 8, rows_per_study
     """
     from PIL import Image
 
-    from .io_utils import write_csv_atomic
+    from ..files import write_csv_atomic
 
     folder = Path(folder)
     rng = np.random.default_rng(seed)

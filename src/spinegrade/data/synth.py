@@ -37,7 +37,7 @@ from .. import __version__
 from ..vocab import (AXIAL_T2, CONDITION_BY_KEY, CONDITION_NAMES, CONDITIONS, FAMILIES, FORAMINAL, LEVEL_NAMES,
                      LEVELS, ROLE_DESCRIPTIONS, SAGITTAL_T1, SAGITTAL_T2, SEVERITIES, SIDES, SPINAL, SUBARTICULAR,
                      SUBMISSION_TARGETS, TARGETS, condition_at, parse_target, row_id, target)
-from .io_utils import atomic_write_text, write_csv_atomic
+from ..files import atomic_write_text, write_csv_atomic
 
 GENERATOR = "spinegrade.data.synth"
 GENERATOR_VERSION = 1  # bump when the same seed would produce different files

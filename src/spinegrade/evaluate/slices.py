@@ -15,9 +15,9 @@ import numpy as np
 import pandas as pd
 
 from .. import vocab
-from ..data.io_utils import atomic_write_text, write_csv_atomic
+from ..files import atomic_write_text, write_csv_atomic
 from ..errors import DataError
-from .metric import TERMS, weighted_log_loss
+from ..metric import TERMS, weighted_log_loss
 
 N_BINS = 10
 _FAMILY_TERMS = dict(zip(vocab.FAMILIES, TERMS))
@@ -120,17 +120,18 @@ def evaluate_slices(run: str | Path, index: str | Path, out: str | Path, fold: i
     """
     import torch
 
-    from ..data.slices import COND_LAYOUT, SliceDataset, png_source, read_index
+    from ..inputs import COND_LAYOUT
+    from ..data.slices import SliceDataset, png_source, read_index
     from ..train.checkpoint import checkpoint_path, load_model
-    from ..train.distributed import resolve_device
+    from ..device import resolve_device
     from ..train.engine import ClassificationTask, predict
-    from ..train.slices import SPLITS, read_split
-    from .plots import plot_confusion, plot_reliability
+    from ..data.splits import SPLITS, read_split
+    from ..plots import plot_confusion, plot_reliability
 
     dev = resolve_device(device)
     model, ckpt = load_model(run, dev)
-    if ckpt.get("task") != "slice-grader":
-        raise DataError(f"{run}: not a slice grader (task {ckpt.get('task')!r})")
+    if ckpt.get("kind") != "slice-grader":
+        raise DataError(f"{run}: not a slice grader (kind {ckpt.get('kind')!r})")
     if ckpt["labels"]["cond_layout"] != list(COND_LAYOUT):
         raise DataError(f"{run}: the model's condition input layout differs from this version's")
     run_dir = checkpoint_path(run).parent

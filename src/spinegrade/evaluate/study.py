@@ -1,7 +1,7 @@
 """Score a study-pipeline run on held-out studies: the challenge score and its terms, per condition and
 level, localisation error in mm, and the prior baseline beside every figure.
 
-Held-out means the run's validation studies (split.json) when the dataset is the one it trained on; on any
+Held-out means the run's validation studies (splits.csv) when the dataset is the one it trained on; on any
 other dataset every labelled study is scored.
 """
 
@@ -15,12 +15,12 @@ import pandas as pd
 
 from .. import DISCLAIMER, vocab
 from ..errors import DataError
-from .metric import TERMS, challenge_score, weighted_log_loss
+from ..metric import TERMS, challenge_score, weighted_log_loss
 
 
 def prior_table(labels: pd.DataFrame) -> dict[str, list[float]]:
     """The weight-optimal constant per target (class frequency x metric weight, normalised), smoothed."""
-    from .metric import prior_probs
+    from ..metric import prior_probs
 
     return {t: prior_probs(labels[t].to_numpy(dtype="float64", na_value=np.nan), weighted=True).tolist()
             for t in vocab.TARGETS}
@@ -63,11 +63,10 @@ def localisation_errors(results, study_coords: dict, cache) -> dict:
             continue
         study = cache.load_study(res.study_id)
         for r in c.itertuples(index=False):
-            try:
-                s, k = study.locate(r.series_id, int(r.instance_number))
-            except KeyError:
+            loc = study.locate_row(r)
+            if loc is None:
                 continue
-            gt = s.geometry.pixel_to_patient(k, float(r.x), float(r.y))
+            s, gt = loc.series, loc.patient
             cands = [p for p in res.points if p.condition == r.condition and p.level == r.level and p.role == s.role]
             fam = vocab.CONDITION_BY_KEY[r.condition].family
             if not cands:
@@ -98,7 +97,7 @@ def localisation_errors(results, study_coords: dict, cache) -> dict:
 def _confusions(lab: pd.DataFrame, sub: pd.DataFrame, out: Path) -> dict:
     from sklearn.metrics import confusion_matrix
 
-    from .plots import plot_confusion
+    from ..plots import plot_confusion
 
     m = lab.dropna(subset=["severity"]).merge(sub, on="row_id")
     fam = np.array([vocab.CONDITION_BY_KEY[vocab.parse_row_id(r)[1]].family for r in m["row_id"]])
@@ -117,16 +116,17 @@ def evaluate_study_run(run: Path, data: Path, out: Path, cache: Path | None = No
                        all_studies: bool = False, log=print) -> dict:
     """Predict the held-out studies of `data` with the run and write metrics.json, submission.csv,
     predictions.json and confusion matrices into `out`; returns the metrics."""
-    from ..data.io_utils import atomic_write_text, write_csv_atomic
+    from ..files import atomic_write_text, write_csv_atomic
     from ..data.prepare import Cache, prepare_dataset
     from ..data.rsna import RsnaDataset
     from ..predict import Predictor, submission_frame
     from ..results import write_predictions
-    from ..train.study import StudyTrainConfig, read_split
+    from ..data.splits import read_split, studies
+    from ..pipeline.plan import PipelinePlan
 
     run, out = Path(run), Path(out)
     split = read_split(run)
-    cfg = StudyTrainConfig.from_dict(json.loads((run / "config.json").read_text()))
+    cfg = PipelinePlan.load(run)
     ds = RsnaDataset(Path(data))
     if ds.labels is None:
         raise DataError(f"{data}: evaluation needs labels (train.csv)")
@@ -138,11 +138,11 @@ def evaluate_study_run(run: Path, data: Path, out: Path, cache: Path | None = No
     c = Cache(cache_dir)
     ids = [s for s in ds.study_ids if s in ds.labels.index and c.has_study(s)]
     if same_data and not all_studies:
-        held = set(split["val"])
+        held = {int(s) for s in studies(split, "val")}
         ids = [s for s in ids if s in held]
     if not ids:
         raise DataError(f"{data}: no labelled held-out study to evaluate")
-    train_ids = [s for s in split["train"] if s in ds.labels.index] if same_data else list(ds.labels.index)
+    train_ids = [int(s) for s in studies(split, "train") if int(s) in ds.labels.index] if same_data else list(ds.labels.index)
     priors = prior_table(ds.labels.loc[train_ids]) if same_data else prior_table(ds.labels)
 
     predictor = Predictor(run, device)

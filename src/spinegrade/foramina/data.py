@@ -267,7 +267,7 @@ def write_synthetic_point_slices(folder: str | Path, n_studies: int = 12, slices
     """
     from PIL import Image
 
-    from ..data.io_utils import write_csv_atomic
+    from ..files import write_csv_atomic
 
     folder = Path(folder)
     rng = np.random.default_rng(seed)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..data.slices import condition_vector
+from ..inputs import condition_vector
 from .data import Frame, PointSlices, SpecDict, normalise_intensity
 from .warp import crop_affine, warp, zscore
 

@@ -55,22 +55,12 @@ def is_member(path: Path) -> bool:
 
 
 def _load_net(path: Path, kind: str, device):
-    from ..train.checkpoint import load_checkpoint
+    from ..train.checkpoint import load_checkpoint, load_model
 
-    ckpt = load_checkpoint(path)
-    if ckpt.get("kind") != kind:
-        raise DataError(f"{path}: a {ckpt.get('kind', 'different')!r} checkpoint, expected {kind!r}")
-    spec = ckpt["model"]
-    if kind == "foramina-localizer":
-        from ..models.heatmap import create_heatmap_model
-
-        net = create_heatmap_model(spec["name"], spec["in_channels"], spec["num_outputs"], **spec.get("kwargs", {}))
-    else:
-        from ..models import create_model
-
-        net = create_model(spec["name"], spec["in_channels"], spec["num_outputs"], **spec.get("kwargs", {}))
-    net.load_state_dict(ckpt.pop("state_dict"))
-    return net.to(device).eval(), ckpt
+    got = load_checkpoint(path).get("kind")
+    if got != kind:
+        raise DataError(f"{path}: a {got or 'different'!r} checkpoint, expected {kind!r}")
+    return load_model(path, device)
 
 
 @dataclass
@@ -158,7 +148,7 @@ class ForaminaModel:
     def grade(self, img: np.ndarray, rows: int, cols: int, asks: list[tuple[str, str, float, float]],
               tta: bool = True) -> np.ndarray:
         """(N, 3) probabilities for N (condition, level, x, y) asks on one slice, x, y in `img` pixels."""
-        from ..data.slices import condition_vector
+        from ..inputs import condition_vector
 
         if not asks:
             return np.zeros((0, vocab.N_CLASSES))

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from .. import vocab
-from ..data.io_utils import atomic_write_text, write_csv_atomic
+from ..files import atomic_write_text, write_csv_atomic
 from ..errors import DataError
 from ..train.config import LoopConfig
 from .data import PointSlices, load_images, read_point_slices, study_folds
@@ -94,7 +94,8 @@ class ForaminaConfig:
 def foramina_config(slices, *, folds: int = 5, val_fold: int | None = 0, seed: int = 0, device: str = "auto",
                     workers: int = 0, amp: bool = True, model: str | None = None, model_kwargs: dict | None = None,
                     pretrained: bool = False, crop_px: int | None = None, crop_frac: float | None = None,
-                    localizer_model: str | None = None, localizer_size: int | None = None,
+                    localizer_model: str | None = None, localizer_model_kwargs: dict | None = None,
+                    localizer_size: int | None = None,
                     localizer_epochs: int | None = None, grader_epochs: int | None = None,
                     batch_size: int | None = None, lr: float | None = None, weight_decay: float | None = None,
                     patience: int | None = None, class_weights: str = "metric", augment: bool = True,
@@ -105,6 +106,8 @@ def foramina_config(slices, *, folds: int = 5, val_fold: int | None = 0, seed: i
     gchange: dict = {"class_weights": class_weights, "pretrained": pretrained}
     if localizer_model:
         lchange.update(network=localizer_model, network_kwargs=())
+    if localizer_model_kwargs is not None:
+        lchange["network_kwargs"] = tuple(sorted(localizer_model_kwargs.items()))
     if localizer_size:
         lchange["input_size"] = localizer_size
     if model:
@@ -176,9 +179,9 @@ def make_split(ps: PointSlices, cfg: ForaminaConfig) -> pd.DataFrame:
 
 
 def _describe(kind: str, name: str, in_ch: int, out_ch: int, kwargs: dict, spec: dict, cfg: ForaminaConfig) -> dict:
-    from ..data.slices import COND_LAYOUT
+    from ..inputs import COND_LAYOUT
 
-    return {"kind": kind, "schema": 1, "model": {"name": name, "in_channels": in_ch, "num_outputs": out_ch,
+    return {"kind": kind, "model": {"name": name, "in_channels": in_ch, "num_outputs": out_ch,
                                                  "kwargs": kwargs},
             "spec": spec, "labels": {"classes": list(vocab.SEVERITY_KEYS), "levels": list(vocab.LEVELS),
                                      "cond_layout": list(COND_LAYOUT)},
@@ -204,7 +207,7 @@ def _train_localizer(cfg, train_ps, val_ps, images, out: Path, ctx, resume: bool
 
 
 def _train_grader(cfg, train_ps, val_ps, images, out: Path, ctx, resume: bool, log) -> None:
-    from ..data.slices import COND_DIM
+    from ..inputs import COND_DIM
     from ..models import create_model
     from ..train.engine import ClassificationTask, fit, seed_everything
     from .grader import CropDataset
@@ -226,7 +229,7 @@ def _train_grader(cfg, train_ps, val_ps, images, out: Path, ctx, resume: bool, l
 
 def fit_temperature(y: np.ndarray, probs_t1: np.ndarray) -> float:
     """The temperature T minimising the weighted log loss of softmax(log p / T) (a 1-D search)."""
-    from ..evaluate.metric import weighted_log_loss
+    from ..metric import weighted_log_loss
 
     logp = np.log(np.clip(probs_t1, 1e-12, 1))
     grid = np.exp(np.linspace(np.log(0.4), np.log(3.0), 61))
@@ -274,7 +277,7 @@ def score_rows(ps: PointSlices, pred: pd.DataFrame, train_ps: PointSlices | None
     """Weighted log loss (+ yardsticks) and localisation errors of predictions against the truth in `ps`."""
     from sklearn.metrics import balanced_accuracy_score
 
-    from ..evaluate.metric import prior_probs, weighted_log_loss
+    from ..metric import prior_probs, weighted_log_loss
 
     out: dict = {"n_rows": len(ps), "n_studies": int(ps.points["study_id"].nunique())}
     if ps.has_truth:
@@ -426,7 +429,7 @@ def evaluate_foramina(run: str | Path, slices: str | Path, out: str | Path, all_
     severity, x and y, where present, only score. Rows of studies the model trained on are left out unless
     `all_rows`. Writes predictions.csv and metrics.json into `out`.
     """
-    from ..train.distributed import resolve_device
+    from ..device import resolve_device
 
     model = ForaminaModel.load(run, resolve_device(device))
     ps = read_point_slices(slices)
@@ -444,7 +447,7 @@ def evaluate_foramina(run: str | Path, slices: str | Path, out: str | Path, all_
     write_csv_atomic(pred, out / PREDICTIONS)
     metrics = {"model": model.name, "members": len(model.members), "tta": tta, **score_rows(ps, pred)}
     if ps.has_truth:
-        from ..evaluate.metric import prior_probs, weighted_log_loss
+        from ..metric import prior_probs, weighted_log_loss
 
         y = ps.labels
         metrics["class_prior_wll_of_this_set"] = weighted_log_loss(y, np.tile(prior_probs(y, weighted=True), (len(y), 1)))

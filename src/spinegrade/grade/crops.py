@@ -8,39 +8,12 @@ Right-side crops are mirrored to look like left ones (see `mirror_for`), so one 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 from scipy.ndimage import map_coordinates
 
 from .. import vocab
-
-
-@dataclass(frozen=True)
-class CropSpec:
-    """How a condition family is cropped."""
-
-    role: str  # the series role it is read on
-    size_mm: float = 40.0
-    out_px: int = 48
-    n_slices: int = 3
-    slice_step: int = 1  # slices between the channels
-
-
-DEFAULT_SPECS: dict[str, CropSpec] = {
-    vocab.SPINAL: CropSpec(vocab.SAGITTAL_T2, size_mm=40.0),
-    vocab.FORAMINAL: CropSpec(vocab.SAGITTAL_T1, size_mm=32.0),
-    vocab.SUBARTICULAR: CropSpec(vocab.AXIAL_T2, size_mm=32.0),
-}
-
-
-def series_intensity_range(pixels: np.ndarray) -> tuple[float, float]:
-    """1st and 99.5th percentile of a series (sub-sampled: cheap on big stacks)."""
-    p = np.asarray(pixels)
-    step = max(1, p.size // 2_000_000)
-    flat = p.reshape(-1)[::step]
-    lo, hi = np.percentile(flat, [1.0, 99.5])
-    return float(lo), float(hi if hi > lo else lo + 1.0)
+from ..inputs import series_intensity_range  # noqa: F401  (re-exported)
+from .spec import DEFAULT_SPECS, CropSpec  # noqa: F401  (re-exported)
 
 
 def extract_crop(pixels: np.ndarray, pixel_spacing: tuple[float, float], slice_index: float, x: float, y: float,

@@ -13,16 +13,17 @@ import numpy as np
 import pandas as pd
 
 from .. import vocab
-from ..data.slices import condition_vector
 from ..errors import DataError
 from ..geometry import nearest_slice_among
+from ..inputs import condition_vector, series_intensity_range
 from ..io.types import Series
-from .crops import DEFAULT_SPECS, CropSpec, extract_crop, mirror_for, series_intensity_range
+from .crops import extract_crop, mirror_for
+from .spec import DEFAULT_SPECS, CropSpec, Jitter, crop_channels
 
 
-def in_channels(family: str) -> int:
-    spec = DEFAULT_SPECS[family]
-    return spec.n_slices * (2 if family == vocab.SPINAL else 1)
+def in_channels(family: str, crop: CropSpec | None = None) -> int:
+    """Input channels of a family's grader for `crop` (default: the family's default crop)."""
+    return crop_channels(family, crop or DEFAULT_SPECS[family])
 
 
 @dataclass
@@ -40,23 +41,16 @@ class CropItem:
     axial: tuple | None = None  # (series, slice, x, y) of the axial crop for the spinal canal
 
 
-@dataclass
-class Jitter:
-    """Simulated localiser error and appearance change, drawn per item and epoch."""
-
-    shift_mm: float = 2.0  # standard deviation of the in-plane shift, each axis
-    slice_prob: float = 0.15  # chance of moving one slice off
-    rotate_deg: float = 10.0
-    scale: float = 0.1
-    intensity: float = 0.1
-
-
 class CropDataset:
-    """Torch-style dataset of crops for one condition family."""
+    """Torch-style dataset of crops for one condition family, cropped as `crop` says.
 
-    def __init__(self, items: list[CropItem], family: str, jitter: Jitter | None = None, seed: int = 0):
+    `crop` comes from the plan in training and from the checkpoint at inference, so both cut alike.
+    """
+
+    def __init__(self, items: list[CropItem], family: str, crop: CropSpec, jitter: Jitter | None = None,
+                 seed: int = 0):
         self.items, self.family, self.jitter, self.seed = items, family, jitter, seed
-        self.spec: CropSpec = DEFAULT_SPECS[family]
+        self.spec: CropSpec = crop
         self.epoch = 0
         self._ranges: dict[int, tuple[float, float]] = {}
 
@@ -133,14 +127,12 @@ def training_items(cache, ds, study_ids, family: str) -> list[CropItem]:
             y = ds.labels.at[sid, vocab.target(r.condition, r.level)]
             if pd.isna(y):
                 continue
-            try:
-                s, k = study.locate(r.series_id, int(r.instance_number))
-            except KeyError:
+            loc = study.locate_row(r)
+            if loc is None:
                 continue
-            axial = None
-            if family == vocab.SPINAL and axials:
-                axial = _axial_for(s.geometry.pixel_to_patient(k, float(r.x), float(r.y)), axials)
-            items.append(CropItem(sid, r.condition, r.level, s, k, float(r.x), float(r.y), int(y), axial))
+            axial = _axial_for(loc.patient, axials) if family == vocab.SPINAL and axials else None
+            items.append(CropItem(sid, r.condition, r.level, loc.series, loc.slice_index, loc.x, loc.y, int(y),
+                                  axial))
     return items
 
 

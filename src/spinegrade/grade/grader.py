@@ -10,6 +10,7 @@ import torch
 from .. import vocab
 from ..results import Finding, Point
 from .data import CropDataset, inference_items
+from .spec import CropSpec
 
 GRADER_DIR = "grader"
 
@@ -28,9 +29,14 @@ class Grader:
                 self.models[fam] = load_model(p, self.device)
 
     def prior(self, family: str) -> list[float]:
+        """The class prior of a family's training rows (uniform where no grader was trained)."""
         if family in self.models:
-            return list(self.models[family][1]["prior"])
+            return list(self.models[family][1]["prior"]["class_prior"])
         return [1 / 3] * 3
+
+    def crop(self, family: str) -> CropSpec:
+        """The crop this family's grader was trained on, as its checkpoint records it."""
+        return CropSpec(**self.models[family][1]["preprocessing"]["crop"])
 
     def grade(self, study, points: list[Point]) -> list[Finding]:
         """25 findings; a (condition, level) without a point (series missing, level not found) gets the prior."""
@@ -39,7 +45,7 @@ class Grader:
             items = inference_items(study, points, fam)
             if not items:
                 continue
-            ds = CropDataset(items, fam)
+            ds = CropDataset(items, fam, self.crop(fam))
             batch = [ds[i] for i in range(len(ds))]
             with torch.inference_mode():
                 x = torch.stack([b["image"] for b in batch]).to(self.device)

@@ -7,43 +7,52 @@ from pathlib import Path
 import numpy as np
 
 from .. import vocab
-from ..data.slices import COND_DIM
-from ..evaluate.metric import prior_probs
-from .crops import DEFAULT_SPECS
-from .data import CropDataset, Jitter, in_channels, training_items
+from ..inputs import COND_DIM
+from .data import CropDataset, training_items
+from .spec import GraderSpec
 
 
-def train_family(family: str, cache, ds, train_ids, val_ids, out_dir: Path, loop, ctx, model_name: str = "seed-cnn",
-                 model_kwargs: dict | None = None, class_weights: str = "metric", resume: bool = False,
-                 log=print) -> dict:
-    """Train one family's grader into `out_dir`; returns its best validation figures."""
+def train_family(spec: GraderSpec, cache, ds, train_ids, val_ids, out_dir: Path, loop, ctx, resume: bool = False,
+                 log=print, extra: dict | None = None) -> dict:
+    """Train one family's grader as `spec` says into `out_dir`; returns its best validation figures.
+
+    `extra` goes into every checkpoint (the run's plan as `config`).
+    """
     from dataclasses import asdict
 
-    from ..models import create_model
+    from ..errors import DataError
+    from ..models import BACKBONE, create_model, model_kind
+    from ..train.checkpoint import label_schema, prior_record
     from ..train.engine import ClassificationTask, fit, seed_everything
 
+    family = spec.family
+    if model_kind(spec.network) != BACKBONE:
+        raise DataError(f"grader {family}: {spec.network!r} is not a grading backbone (see `spinegrade info`)")
     seed_everything(loop.seed)
     train = training_items(cache, ds, train_ids, family)
     val = training_items(cache, ds, val_ids, family)
     if not train:
         raise ValueError(f"no labelled {family} points to train on")
-    kwargs = dict(model_kwargs or {})
-    model = create_model(model_name, in_channels(family), vocab.N_CLASSES, cond_dim=COND_DIM, **kwargs)
-    prior = prior_probs([it.label for it in train])
+    kwargs = {"cond_dim": COND_DIM if spec.condition_input else 0, **spec.network_kwargs}
+    model = create_model(spec.network, spec.in_channels, vocab.N_CLASSES, **kwargs)
+    labels = [it.label for it in train]
     describe = {
         "kind": "grader",
         "family": family,
-        "model": {"name": model_name, "in_channels": in_channels(family), "num_outputs": vocab.N_CLASSES,
-                  "kwargs": {"cond_dim": COND_DIM, **kwargs}},
-        "labels": {"severities": list(vocab.SEVERITIES), "keys": list(vocab.SEVERITY_KEYS)},
-        "preprocessing": {"crop": asdict(DEFAULT_SPECS[family]), "axial_channels": family == vocab.SPINAL,
+        "model": {"name": spec.network, "in_channels": spec.in_channels, "num_outputs": vocab.N_CLASSES,
+                  "kwargs": kwargs},
+        "spec": asdict(spec),
+        "labels": label_schema(),
+        "preprocessing": {"crop": asdict(spec.crop), "axial_channels": family == vocab.SPINAL,
                           "intensity": "series 1-99.5 pct"},
-        "prior": [float(v) for v in prior],
+        "prior": prior_record(labels),
+        **(extra or {}),
     }
-    counts = np.bincount([it.label for it in train], minlength=vocab.N_CLASSES).tolist()
+    counts = np.bincount(labels, minlength=vocab.N_CLASSES).tolist()
     log(f"grader {family}: {len(train)} training crops {counts}, {len(val)} validation crops")
-    task = ClassificationTask(class_weights=vocab.SEVERITY_WEIGHTS if class_weights == "metric" else None)
-    res = fit(model, CropDataset(train, family, Jitter(), seed=loop.seed), CropDataset(val, family), task, loop,
-              out_dir, ctx, describe, resume=resume, log=log)
+    task = ClassificationTask(class_weights=vocab.SEVERITY_WEIGHTS if spec.class_weights == "metric" else None)
+    jitter = spec.jitter if spec.augment else None
+    res = fit(model, CropDataset(train, family, spec.crop, jitter, seed=loop.seed), CropDataset(val, family, spec.crop),
+              task, loop, out_dir, ctx, describe, resume=resume, log=log)
     return {"family": family, "best_epoch": res.best_epoch, "val_wll": res.best_score, "n_train": len(train),
             "n_val": len(val)}

@@ -97,7 +97,7 @@ def load_study(path, descriptions=None, load_pixels: bool = True) -> Study:
         series, skipped = _read_plain(root, study_id, load_pixels)
     if not series:
         raise DataError(_nothing_readable(root, skipped))
-    assign_roles(series, descriptions=descriptions, study_id=study_id)
+    assign_roles(series, descriptions=descriptions, study_id=study_id, read_slice=read_slice)
     return Study(study_id=study_id, path=str(root), series=series, skipped=skipped)
 
 
@@ -115,7 +115,7 @@ def load_series(folder, study_id=None, series_id=None, load_pixels: bool = True)
     series, skipped = _read_folder(root, stid, sid, load_pixels)
     if not series:
         raise DataError(_nothing_readable(root, skipped))
-    assign_roles(series)
+    assign_roles(series, read_slice=read_slice)
     return series
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import csv
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -41,11 +41,14 @@ STIR_TI_RANGE = (80.0, 300.0)
 CONTRAST_MIN_RATIO = 1.2
 
 
-def assign_roles(series: list[Series], descriptions=None, study_id=None) -> None:
+def assign_roles(series: list[Series], descriptions=None, study_id=None,
+                 read_slice: Callable[[str], np.ndarray] | None = None) -> None:
     """Set `role` and `role_reason` on every series of one study (in place).
 
     `descriptions`: None, a path to a `*_series_descriptions.csv` (study_id, series_id, series_description),
     or a mapping series_id -> description. Series it does not list are inferred from the images.
+    `read_slice(path) -> 2D array` reads a slice of a series loaded without pixels (the DICOM reader passes
+    its own, so this module does not import it back); without it such a series is not compared by contrast.
     """
     table, source = _description_table(descriptions, study_id)
     for s in series:
@@ -62,7 +65,7 @@ def assign_roles(series: list[Series], descriptions=None, study_id=None) -> None
         s.role, s.role_reason = infer_role(s)
         if table is not None:
             s.role_reason = f"not in {source}; {s.role_reason}"
-    _settle_sagittals(series)
+    _settle_sagittals(series, read_slice)
 
 
 def infer_role(s: Series) -> tuple[str, str]:
@@ -181,7 +184,7 @@ def _timing_text(te, tr, ti) -> str:
 
 
 # --- the study as a whole ----------------------------------------------------------------------------------
-def _settle_sagittals(series: list[Series]) -> None:
+def _settle_sagittals(series: list[Series], read_slice=None) -> None:
     """Two sagittal series with one undecided: it takes the complementary role; both undecided: contrast."""
     sag = [s for s in series if s.geometry_known and plane_of(s.orientation) == "sagittal"]
     if len(sag) != 2:
@@ -197,7 +200,7 @@ def _settle_sagittals(series: list[Series]) -> None:
             s.role_reason += (f"; the other sagittal series ({other.series_id}) is {other.role}, "
                               f"so this one is {s.role}")
     elif len(undecided) == 2:
-        ca, cb = _series_contrast(a), _series_contrast(b)
+        ca, cb = _series_contrast(a, read_slice), _series_contrast(b, read_slice)
         if not (np.isfinite(ca) and np.isfinite(cb)) or max(ca, cb) < CONTRAST_MIN_RATIO * min(ca, cb):
             return
         t2, t1 = (a, b) if ca > cb else (b, a)
@@ -209,15 +212,15 @@ def _settle_sagittals(series: list[Series]) -> None:
                            f"{t2.series_id}), as on T1")
 
 
-def _series_contrast(s: Series) -> float:
+def _series_contrast(s: Series, read_slice=None) -> float:
     """fluid_contrast of the three middle slices (read from disk when the series was loaded without pixels)."""
     n = s.n_slices
     idx = list(range(max(0, n // 2 - 1), min(n, n // 2 + 2)))
     if s.pixels is not None:
         planes = np.asarray(s.pixels)[idx]
+    elif read_slice is None:
+        return float("nan")
     else:
-        from .dicom import read_slice  # imported here: dicom imports this module
-
         try:
             planes = np.stack([read_slice(s.files[i]) for i in idx])
         except (DataError, IndexError, ValueError):

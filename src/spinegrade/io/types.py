@@ -70,6 +70,21 @@ class Series:
         return int(hits[0])
 
 
+@dataclass(frozen=True)
+class LocatedPoint:
+    """A labelled point found in a study: the series part and slice holding it, its pixel position."""
+
+    series: Series
+    slice_index: int
+    x: float
+    y: float
+
+    @property
+    def patient(self) -> np.ndarray:
+        """Patient coordinates (LPS, mm) of the point."""
+        return self.series.geometry.pixel_to_patient(self.slice_index, self.x, self.y)
+
+
 @dataclass
 class Study:
     """A study folder: its series (possibly several per role) and what could not be read."""
@@ -98,6 +113,19 @@ class Study:
             if int(instance_number) in s.instance_numbers:
                 return s, s.slice_of_instance(int(instance_number))
         raise KeyError(f"study {self.study_id}: no instance {instance_number} in series {series_id}")
+
+    def locate_point(self, series_id, instance_number: int, x: float, y: float) -> LocatedPoint | None:
+        """Where a labelled point (source series id, instance number, pixel x, y) lies in this study: its series
+        part, slice and patient coordinates; None when the study does not hold that instance."""
+        try:
+            s, k = self.locate(series_id, instance_number)
+        except KeyError:
+            return None
+        return LocatedPoint(s, int(k), float(x), float(y))
+
+    def locate_row(self, row) -> LocatedPoint | None:
+        """`locate_point` for a coordinate-table row (attributes series_id, instance_number, x, y)."""
+        return self.locate_point(row.series_id, int(row.instance_number), row.x, row.y)
 
     def get(self, series_id: str) -> Series:
         for s in self.series:

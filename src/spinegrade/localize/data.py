@@ -16,13 +16,10 @@ import numpy as np
 import pandas as pd
 
 from .. import vocab
-from ..grade.crops import series_intensity_range
+from ..inputs import series_intensity_range
 from .heatmap import gaussian_heatmaps
+from .spec import INPUT_SIZE, N_CHANNELS, SIGMA, SLICE_SIGMA
 
-INPUT_SIZE = 64
-N_CHANNELS = 3  # the slice and its two neighbours
-SIGMA = 3.0  # heatmap blob size in input pixels (a broad blob gives the early steps a gradient to follow)
-SLICE_SIGMA = 0.6  # fall-off of the target amplitude per slice of distance (sagittal T1)
 
 VIEWS = (vocab.SAGITTAL_T2, vocab.SAGITTAL_T1, vocab.AXIAL_T2)
 VIEW_CHANNELS: dict[str, list[tuple[str, str]]] = {
@@ -75,7 +72,7 @@ class SeriesInput:
         return (x + 0.5) * self.scale_x - 0.5, (y + 0.5) * self.scale_y - 0.5
 
 
-def _points_on(located: list[tuple], view: str, inp: SeriesInput, k: int) -> np.ndarray:
+def _points_on(located: list[tuple], view: str, inp: SeriesInput, k: int, slice_sigma: float = SLICE_SIGMA) -> np.ndarray:
     """(K, 3) target rows (x, y, amplitude) in input pixels for slice k, from (coordinate row, slice) pairs.
 
     On sagittal T1 the amplitude falls off with the distance in slices from the labelled slice, so the
@@ -90,7 +87,7 @@ def _points_on(located: list[tuple], view: str, inp: SeriesInput, k: int) -> np.
             amp = 1.0
             ch = vocab.LEVELS.index(r.level)
         else:
-            amp = float(np.exp(-((ks - k) ** 2) / (2 * SLICE_SIGMA**2)))
+            amp = float(np.exp(-((ks - k) ** 2) / (2 * slice_sigma**2)))
             ch = vocab.LEVELS.index(r.level)
             if amp < 0.05 or (np.isfinite(pts[ch, 2]) and pts[ch, 2] >= amp):
                 continue
@@ -105,7 +102,7 @@ _VIEW_CONDITIONS = {vocab.SAGITTAL_T2: ("spinal_canal_stenosis",),
 
 
 def view_samples(cache, coords: pd.DataFrame, study_ids, view: str, training: bool,
-                 size: int = INPUT_SIZE) -> list[dict]:
+                 size: int = INPUT_SIZE, n_channels: int = N_CHANNELS, slice_sigma: float = SLICE_SIGMA) -> list[dict]:
     """Samples {image (C,S,S), points (K,3), mm (2,), study_id} for one localiser view.
 
     sagittal_t2: the labelled slice; sagittal_t1: the labelled slices, and in training their neighbours
@@ -119,12 +116,9 @@ def view_samples(cache, coords: pd.DataFrame, study_ids, view: str, training: bo
         study = cache.load_study(sid)
         by_part: dict[str, list[tuple]] = {}
         for r in c.itertuples(index=False):
-            try:
-                s, k = study.locate(r.series_id, int(r.instance_number))
-            except KeyError:
-                continue
-            if s.role == view:
-                by_part.setdefault(s.series_id, []).append((r, k))
+            loc = study.locate_row(r)
+            if loc is not None and loc.series.role == view:
+                by_part.setdefault(loc.series.series_id, []).append((r, loc.slice_index))
         for part, located in by_part.items():
             s = study.get(part)
             inp = SeriesInput.from_series(s, size)
@@ -147,8 +141,8 @@ def view_samples(cache, coords: pd.DataFrame, study_ids, view: str, training: bo
                 # 30 mm instead of 1 mm after 14 epochs on 96 synthetic studies)
                 todo = [(max(labelled, key=lambda j: sum(k == j for _, k in located)), located)]
             for k, rows in todo:
-                pts = _points_on(rows, view, inp, k)
-                out.append({"image": neighbours(inp.stack, k), "points": pts.astype(np.float32),
+                pts = _points_on(rows, view, inp, k, slice_sigma)
+                out.append({"image": neighbours(inp.stack, k, n_channels), "points": pts.astype(np.float32),
                             "mm": np.asarray(inp.mm_per_px, dtype=np.float32), "study_id": int(sid)})
     return out
 
@@ -156,8 +150,9 @@ def view_samples(cache, coords: pd.DataFrame, study_ids, view: str, training: bo
 class HeatmapDataset:
     """Torch-style dataset over samples; draws shift and intensity augmentation when `augment`."""
 
-    def __init__(self, samples: list[dict], size: int = INPUT_SIZE, augment: bool = False, seed: int = 0):
-        self.samples, self.size, self.augment, self.seed = samples, size, augment, seed
+    def __init__(self, samples: list[dict], size: int = INPUT_SIZE, augment: bool = False, seed: int = 0,
+                 sigma: float = SIGMA):
+        self.samples, self.size, self.augment, self.seed, self.sigma = samples, size, augment, seed, sigma
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -179,7 +174,7 @@ class HeatmapDataset:
             pts[:, 1] += dy
             img = img * rng.uniform(0.8, 1.25) + rng.uniform(-0.1, 0.1)
             img = np.sign(img) * np.abs(img) ** rng.uniform(0.8, 1.25)
-        target = gaussian_heatmaps(pts, self.size, SIGMA)
+        target = gaussian_heatmaps(pts, self.size, self.sigma)
         return {"image": torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32)),
                 "target": torch.from_numpy(target), "points": torch.from_numpy(pts),
                 "mm": torch.from_numpy(s["mm"])}

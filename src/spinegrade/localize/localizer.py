@@ -23,17 +23,6 @@ from .heatmap import decode_heatmaps, refine_peak
 LOCALIZER_DIR = "localizer"
 
 
-def _load_heatmap(path: Path, device):
-    from ..models.heatmap import create_heatmap_model
-    from ..train.checkpoint import load_checkpoint
-
-    ckpt = load_checkpoint(path)
-    spec = ckpt["model"]
-    model = create_heatmap_model(spec["name"], spec["in_channels"], spec["num_outputs"], **spec.get("kwargs", {}))
-    model.load_state_dict(ckpt.pop("state_dict"))
-    return model.to(device).eval(), ckpt
-
-
 def _point(cond: str, level: str, s: Series, k: int, x: float, y: float, source: str) -> Point:
     xyz = s.geometry.pixel_to_patient(k, x, y)
     return Point(condition=cond, level=level, series_id=s.series_id, role=s.role,
@@ -46,13 +35,15 @@ class Localizer:
     """The three view networks of a run, ready to place points on a study."""
 
     def __init__(self, run_dir: Path, device: str | torch.device = "cpu"):
+        from ..train.checkpoint import load_model
+
         self.device = torch.device(device)
         self.models: dict[str, tuple[torch.nn.Module, dict]] = {}
         root = Path(run_dir) / LOCALIZER_DIR
         for view in (vocab.SAGITTAL_T2, vocab.SAGITTAL_T1, vocab.AXIAL_T2):
             p = root / view / "best.pt"
             if p.exists():
-                self.models[view] = _load_heatmap(p, self.device)
+                self.models[view] = load_model(p, self.device)
         t1 = self.models.get(vocab.SAGITTAL_T1)
         self.offsets = (t1[1].get("foramen_offsets") if t1 else None) or {
             "left": {lv: 15.0 for lv in vocab.LEVELS}, "right": {lv: -15.0 for lv in vocab.LEVELS}}
@@ -66,13 +57,17 @@ class Localizer:
     def _size(self, view: str) -> int:
         return int(self.models[view][1]["preprocessing"]["input_size"])
 
+    def _input(self, view: str, stack: np.ndarray, k: int) -> np.ndarray:
+        """Slice k and its neighbours, as many channels as this view's network was trained with."""
+        return neighbours(stack, k, int(self.models[view][1]["preprocessing"]["n_channels"]))
+
     # --- views -------------------------------------------------------------------------------------------
     def canal_points(self, t2: Series) -> list[Point]:
         """Five spinal canal points on the most confident of the central sagittal T2 slices."""
         inp = SeriesInput.from_series(t2, self._size(vocab.SAGITTAL_T2))
         mid = t2.n_slices // 2
         cands = sorted({int(np.clip(k, 0, t2.n_slices - 1)) for k in (mid - 1, mid, mid + 1)})
-        hms = self._heatmaps(vocab.SAGITTAL_T2, np.stack([neighbours(inp.stack, k) for k in cands]))
+        hms = self._heatmaps(vocab.SAGITTAL_T2, np.stack([self._input(vocab.SAGITTAL_T2, inp.stack, k) for k in cands]))
         decs = [decode_heatmaps(h) for h in hms]
         best = int(np.argmax([d[:, 2].sum() for d in decs]))
         k = cands[best]
@@ -109,7 +104,7 @@ class Localizer:
                 k = int(np.argmin(np.abs(off - target)))
                 wanted[(side, lv)] = sorted({int(np.clip(j, 0, t1.n_slices - 1)) for j in range(k - 2, k + 3)})
         slices = sorted({k for ks in wanted.values() for k in ks})
-        hms = dict(zip(slices, self._heatmaps(vocab.SAGITTAL_T1, np.stack([neighbours(inp.stack, k) for k in slices]))))
+        hms = dict(zip(slices, self._heatmaps(vocab.SAGITTAL_T1, np.stack([self._input(vocab.SAGITTAL_T1, inp.stack, k) for k in slices]))))
         size = hms[slices[0]].shape[-1]
         yy, xx = np.mgrid[0:size, 0:size]
         pts = []
@@ -171,7 +166,7 @@ class Localizer:
                 if s.series_id not in inputs:
                     inputs[s.series_id] = SeriesInput.from_series(s, self._size(vocab.AXIAL_T2))
                 inp = inputs[s.series_id]
-                dec = decode_heatmaps(self._heatmaps(vocab.AXIAL_T2, neighbours(inp.stack, k)[None])[0])
+                dec = decode_heatmaps(self._heatmaps(vocab.AXIAL_T2, self._input(vocab.AXIAL_T2, inp.stack, k)[None])[0])
                 for c, cond in enumerate(vocab.FAMILY_CONDITIONS[vocab.SUBARTICULAR]):
                     xo, yo = inp.to_original(*dec[c, :2])
                     pts.append(_point(cond, lv, s, k, xo, yo, "localizer"))

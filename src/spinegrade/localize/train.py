@@ -11,8 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from .. import vocab
-from .data import INPUT_SIZE, N_CHANNELS, VIEW_CHANNELS, HeatmapDataset, view_samples
+from .data import VIEW_CHANNELS, HeatmapDataset, view_samples
 from .heatmap import decode_heatmaps
+from .spec import LocalizerSpec
 
 
 @dataclass
@@ -70,14 +71,10 @@ def foramen_offsets(cache, coords: pd.DataFrame, study_ids) -> dict[str, dict[st
         for r in c[c["condition"].isin(vocab.FAMILY_CONDITIONS[vocab.FORAMINAL])].itertuples(index=False):
             if r.level not in canal:
                 continue
-            cr = canal[r.level]
-            try:
-                t1, k1 = study.locate(r.series_id, int(r.instance_number))
-                t2, k2 = study.locate(cr.series_id, int(cr.instance_number))
-            except KeyError:
+            foramen, canal_point = study.locate_row(r), study.locate_row(canal[r.level])
+            if foramen is None or canal_point is None:
                 continue
-            p_canal = t2.geometry.pixel_to_patient(k2, float(cr.x), float(cr.y))
-            p_foramen = t1.geometry.pixel_to_patient(k1, float(r.x), float(r.y))
+            t1, p_canal, p_foramen = foramen.series, canal_point.patient, foramen.patient
             # measured along the T1 slice normal, signed towards patient left (+x in LPS)
             sign = float(np.sign(t1.geometry.normal[0]) or 1.0)
             d = float((p_foramen - p_canal) @ t1.geometry.normal) * sign
@@ -91,34 +88,46 @@ def foramen_offsets(cache, coords: pd.DataFrame, study_ids) -> dict[str, dict[st
     return out
 
 
-def train_view(view: str, cache, coords: pd.DataFrame, train_ids, val_ids, out_dir: Path, loop, ctx,
-               model_name: str = "unet-small", size: int = INPUT_SIZE, resume: bool = False, log=print,
-               extra: dict | None = None, min_samples_per_epoch: int = 400) -> dict:
-    """Train one view's heatmap network into `out_dir` (best.pt, last.pt, metrics.jsonl, curves.png)."""
-    from ..models.heatmap import create_heatmap_model
+def train_view(spec: LocalizerSpec, cache, coords: pd.DataFrame, train_ids, val_ids, out_dir: Path, loop, ctx,
+               resume: bool = False, log=print, extra: dict | None = None, min_samples_per_epoch: int = 400) -> dict:
+    """Train one view's heatmap network as `spec` says into `out_dir` (best.pt, last.pt, metrics.jsonl, curves.png).
+
+    `extra` goes into every checkpoint (the run's plan as `config`, the foramen offsets for sagittal T1).
+    """
+    from dataclasses import asdict
+
+    from ..models import HEATMAP, create_model, model_kind
+    from ..errors import DataError
     from ..train.engine import fit, seed_everything
 
+    view, size = spec.view, spec.input_size
+    if model_kind(spec.network) != HEATMAP:
+        raise DataError(f"localiser {view}: {spec.network!r} is not a heatmap network (see `spinegrade info`)")
     seed_everything(loop.seed)
-    train = view_samples(cache, coords, train_ids, view, training=True, size=size)
-    val = view_samples(cache, coords, val_ids, view, training=False, size=size)
+    train = view_samples(cache, coords, train_ids, view, training=True, size=size, n_channels=spec.n_channels,
+                         slice_sigma=spec.slice_sigma)
+    val = view_samples(cache, coords, val_ids, view, training=False, size=size, n_channels=spec.n_channels,
+                       slice_sigma=spec.slice_sigma)
     if not train:
         raise ValueError(f"no training samples for the {view} localiser (no coordinates for that view?)")
     # A view with few samples per study (one mid-sagittal T2 slice) would get only a handful of optimiser
     # steps per epoch; repeating its (augmented) samples keeps every view's epoch a similar amount of work.
     train = train * max(1, -(-min_samples_per_epoch // len(train)))
     k = len(VIEW_CHANNELS[view])
-    model = create_heatmap_model(model_name, N_CHANNELS, k)
+    model = create_model(spec.network, spec.n_channels, k, **spec.network_kwargs)
     describe = {
         "kind": "heatmap",
-        "model": {"name": model_name, "in_channels": N_CHANNELS, "num_outputs": k, "kwargs": {}},
+        "model": {"name": spec.network, "in_channels": spec.n_channels, "num_outputs": k,
+                  "kwargs": dict(spec.network_kwargs)},
         "view": view,
+        "spec": asdict(spec),
         "channels": [list(c) for c in VIEW_CHANNELS[view]],
-        "preprocessing": {"input_size": size, "n_channels": N_CHANNELS, "intensity": "series 1-99.5 pct"},
+        "preprocessing": {"input_size": size, "n_channels": spec.n_channels, "intensity": "series 1-99.5 pct"},
         **(extra or {}),
     }
     log(f"localiser {view}: {len(train)} training samples per epoch, {len(val)} validation samples")
-    res = fit(model, HeatmapDataset(train, size, augment=True, seed=loop.seed), HeatmapDataset(val, size), HeatmapTask(),
-              loop, out_dir, ctx, describe, resume=resume, log=log)
+    res = fit(model, HeatmapDataset(train, size, augment=spec.augment, seed=loop.seed, sigma=spec.sigma),
+              HeatmapDataset(val, size, sigma=spec.sigma), HeatmapTask(), loop, out_dir, ctx, describe, resume=resume,
+              log=log)
     return {"view": view, "best_epoch": res.best_epoch, "val_err_mm": res.best_score,
             "n_train": len(train), "n_val": len(val)}
-

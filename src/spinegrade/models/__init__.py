@@ -1,5 +1,5 @@
-"""Networks by name: `create_model(name, in_channels, num_outputs)`; `list_models()` gives the names."""
+"""Networks by name: `create_model(name, in_channels, num_outputs)`; `list_models(kind)` gives the names."""
 
-from .registry import GradingNet, create_model, list_models, register_model
+from .registry import BACKBONE, HEATMAP, GradingNet, create_model, list_models, model_kind, register_model
 
-__all__ = ["GradingNet", "create_model", "list_models", "register_model"]
+__all__ = ["BACKBONE", "HEATMAP", "GradingNet", "create_model", "list_models", "model_kind", "register_model"]

@@ -1,40 +1,33 @@
 """Dense networks that map a (2.5D) slice to one heatmap per landmark: the stage-1 localisers.
 
-Registered apart from the grading backbones because they end in a full-resolution map, not pooled
-features; `create_heatmap_model(name, in_channels, num_outputs)` builds one by name.
+They sit in the one model registry as kind `heatmap` (they end in a full-resolution map, not pooled
+features, so `create_model` returns them without a grading head).
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from ..errors import SpinegradeError
-
-_HEATMAP_FACTORIES: dict[str, Callable[..., nn.Module]] = {}
+from .registry import HEATMAP, create_model, list_models, register_model
 
 
 def register_heatmap_model(name: str):
-    def deco(factory):
-        _HEATMAP_FACTORIES[name] = factory
-        return factory
-
-    return deco
+    """`register_model(name, kind=HEATMAP)`."""
+    return register_model(name, kind=HEATMAP)
 
 
 def list_heatmap_models() -> list[str]:
-    return sorted(_HEATMAP_FACTORIES)
+    """Registered heatmap network names, sorted."""
+    return list_models(HEATMAP)
 
 
 def create_heatmap_model(name: str, in_channels: int, num_outputs: int, **kwargs) -> nn.Module:
     """Build a registered heatmap network: (B, in_channels, H, W) -> (B, num_outputs, H, W) logits."""
-    try:
-        factory = _HEATMAP_FACTORIES[name]
-    except KeyError:
-        raise SpinegradeError(f"unknown heatmap model {name!r}; registered: {', '.join(list_heatmap_models())}") from None
-    return factory(in_channels, num_outputs, **kwargs)
+    if name not in list_heatmap_models():
+        raise SpinegradeError(f"unknown heatmap model {name!r}; registered: {', '.join(list_heatmap_models())}")
+    return create_model(name, in_channels, num_outputs, **kwargs)
 
 
 class WithCoordinates(nn.Module):
@@ -64,19 +57,15 @@ def _basic_unet(in_channels: int, num_outputs: int, features, coordinates: bool,
     return WithCoordinates(net) if coordinates else net
 
 
-@register_heatmap_model("unet-small")
+@register_model("unet-small", kind=HEATMAP)
 def unet_small(in_channels: int, num_outputs: int, features=(8, 16, 32, 32, 64, 8), coordinates: bool = True,
                **kwargs) -> nn.Module:
     """MONAI BasicUNet with narrow layers (+ coordinate channels): five landmarks on a 64 px slice, quick on a CPU."""
     return _basic_unet(in_channels, num_outputs, features, coordinates, **kwargs)
 
 
-@register_heatmap_model("unet")
+@register_model("unet", kind=HEATMAP)
 def unet(in_channels: int, num_outputs: int, features=(32, 32, 64, 128, 256, 32), coordinates: bool = True,
          **kwargs) -> nn.Module:
     """MONAI BasicUNet at its usual width (+ coordinate channels), for GPU runs."""
     return _basic_unet(in_channels, num_outputs, features, coordinates, **kwargs)
-
-
-# Other heatmap families register themselves on import (after the names above exist).
-from . import keypoint_net  # noqa: E402,F401

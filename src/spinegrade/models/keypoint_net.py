@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .heatmap import WithCoordinates, register_heatmap_model
+from .heatmap import WithCoordinates
+from .registry import HEATMAP, register_model
 
 
 def _block(cin: int, cout: int) -> nn.Sequential:
@@ -47,9 +48,11 @@ class HalfResUNet(nn.Module):
         return self.out(x)
 
 
-@register_heatmap_model("keypoint-half")
+@register_model("keypoint-half", kind=HEATMAP)
 def keypoint_half(in_channels: int, num_outputs: int, widths=(16, 24, 32, 64, 96), coordinates: bool = True
                   ) -> nn.Module:
     """HalfResUNet (+ coordinate channels): one heatmap per landmark at half the input resolution."""
     net = HalfResUNet(in_channels + (2 if coordinates else 0), num_outputs, widths)
-    return WithCoordinates(net) if coordinates else net
+    net = WithCoordinates(net) if coordinates else net
+    net.out_stride = 2  # its heatmaps are half the input size
+    return net

@@ -1,15 +1,21 @@
-"""Models by name: every network is a feature backbone under one shared grading head.
+"""Every network by name, in one registry: grading backbones and heatmap (localiser) networks.
 
-A family module registers backbone factories with `@register_model(name)`; a factory takes
-`(in_channels, **kwargs)` and returns a module that maps `(B, in_channels, H, W)` to pooled features
-`(B, num_features)` and has a `num_features` attribute. `create_model` puts `GradingHead` on top, which
-is where an optional condition vector (level, side, family one-hot) joins the image features, so
-conditioning works the same for every backbone and a new backbone is one new factory.
+A module of this package registers factories with `@register_model(name)` (a grading backbone) or
+`@register_model(name, kind=HEATMAP)`; every module here is imported when a name is first looked up, so
+adding a network is adding one file (see CONTRIBUTING.md).
+
+- A **backbone** factory takes `(in_channels, **kwargs)` and returns a module that maps
+  `(B, in_channels, H, W)` to pooled features `(B, num_features)` and has a `num_features` attribute.
+  `create_model` puts `GradingHead` on top, which is where an optional condition vector (level, side,
+  family one-hot) joins the image features, so conditioning works the same for every backbone.
+- A **heatmap** factory takes `(in_channels, num_outputs, **kwargs)` and returns a dense network
+  `(B, in_channels, H, W) -> (B, num_outputs, H, W)` logits.
 """
 
 from __future__ import annotations
 
 import importlib
+import pkgutil
 from collections.abc import Callable
 
 import torch
@@ -17,32 +23,54 @@ from torch import nn
 
 from ..errors import SpinegradeError
 
-# Modules that register models when imported: adding a family is adding a file and its name here.
-_FAMILIES: tuple[str, ...] = ("seed_cnn", "monai_nets", "efficientnet_lite")
+BACKBONE = "backbone"
+HEATMAP = "heatmap"
+KINDS = (BACKBONE, HEATMAP)
+
 _FACTORIES: dict[str, Callable[..., nn.Module]] = {}
+_KINDS: dict[str, str] = {}
+_discovered = False
 
 
-def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Decorator: register a backbone factory `f(in_channels, **kwargs) -> module with num_features`."""
+def register_model(name: str, kind: str = BACKBONE) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator: register a factory under `name` (see the module doc for what each kind's factory takes)."""
+    if kind not in KINDS:
+        raise ValueError(f"model kind {kind!r}: expected one of {', '.join(KINDS)}")
 
     def deco(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         if name in _FACTORIES and _FACTORIES[name] is not factory:
             raise ValueError(f"model name {name!r} is already registered")
         _FACTORIES[name] = factory
+        _KINDS[name] = kind
         return factory
 
     return deco
 
 
-def _load_families() -> None:
-    for fam in _FAMILIES:
-        importlib.import_module(f"{__package__}.{fam}")
+def _discover() -> None:
+    """Import every module of this package once, so their decorators run (no hand-kept list to forget)."""
+    global _discovered
+    if _discovered:
+        return
+    package = importlib.import_module(__package__)
+    for m in pkgutil.iter_modules(package.__path__):
+        if m.name != "registry" and not m.name.startswith("_"):
+            importlib.import_module(f"{__package__}.{m.name}")
+    _discovered = True
 
 
-def list_models() -> list[str]:
-    """Names accepted by `create_model`, sorted."""
-    _load_families()
-    return sorted(_FACTORIES)
+def list_models(kind: str | None = BACKBONE) -> list[str]:
+    """Registered names of one kind (default: the grading backbones), or of every kind with `kind=None`; sorted."""
+    _discover()
+    return sorted(n for n in _FACTORIES if kind is None or _KINDS[n] == kind)
+
+
+def model_kind(name: str) -> str:
+    """`backbone` or `heatmap`; SpinegradeError for a name nobody registered."""
+    _discover()
+    if name not in _FACTORIES:
+        raise SpinegradeError(f"unknown model {name!r}; registered: {', '.join(sorted(_FACTORIES))}")
+    return _KINDS[name]
 
 
 class GradingHead(nn.Module):
@@ -90,20 +118,23 @@ class GradingNet(nn.Module):
         return self.head(self.backbone(image), cond)
 
 
-def create_model(name: str, in_channels: int, num_outputs: int, *, cond_dim: int = 0, head_hidden: int = 256,
-                 head_dropout: float = 0.3, **kwargs) -> GradingNet:
-    """Build a registered model: `in_channels` slices in (2.5D = adjacent slices), `num_outputs` logits out.
+def create_model(name: str, in_channels: int, num_outputs: int, **kwargs) -> nn.Module:
+    """Build any registered model: `in_channels` slices in (2.5D = adjacent slices), `num_outputs` out.
 
-    cond_dim > 0 makes the model take a condition vector of that size as its second input. num_outputs
-    may be 3 x n_targets for a multi-output head. Other keyword arguments go to the backbone factory.
+    A backbone becomes a `GradingNet` (`num_outputs` logits); its keyword arguments `cond_dim` (> 0: the
+    model takes a condition vector of that size as its second input), `head_hidden` and `head_dropout`
+    shape the head, the others go to the backbone factory. A heatmap network gets every keyword argument
+    and returns `num_outputs` maps. This is what `train.checkpoint.load_model` calls, for every kind.
     """
-    _load_families()
+    kind = model_kind(name)
+    factory = _FACTORIES[name]
+    head = {k: kwargs.pop(k) for k in ("cond_dim", "head_hidden", "head_dropout") if k in kwargs} \
+        if kind == BACKBONE else {}
     try:
-        factory = _FACTORIES[name]
-    except KeyError:
-        raise SpinegradeError(f"unknown model {name!r}; registered: {', '.join(sorted(_FACTORIES))}") from None
-    try:
-        backbone = factory(in_channels, **kwargs)
-    except TypeError as e:  # an option the backbone does not take
+        net = factory(in_channels, **kwargs) if kind == BACKBONE else factory(in_channels, num_outputs, **kwargs)
+    except TypeError as e:  # an option the factory does not take
         raise SpinegradeError(f"model {name!r}: {e}") from None
-    return GradingNet(backbone, num_outputs, cond_dim, head_hidden, head_dropout)
+    if kind == HEATMAP:
+        return net
+    return GradingNet(net, num_outputs, head.get("cond_dim", 0), head.get("head_hidden", 256),
+                      head.get("head_dropout", 0.3))

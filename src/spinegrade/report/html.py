@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from .. import DISCLAIMER, __version__, vocab
-from ..data.io_utils import atomic_write_text
+from ..files import atomic_write_text
 from ..errors import SpinegradeError
 from ..results import StudyResult, read_predictions
 from .overlays import SEVERITY_RGB, KeyImage, key_images

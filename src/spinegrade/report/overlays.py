@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from .. import DISCLAIMER, vocab
-from ..data.io_utils import atomic_write_bytes
+from ..files import atomic_write_bytes
 from ..results import Finding, Point, StudyResult
 
 SEVERITY_RGB: tuple[tuple[int, int, int], ...] = ((40, 190, 60), (255, 205, 0), (235, 40, 40))

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import DISCLAIMER, __version__, vocab
-from ..data.io_utils import atomic_path
+from ..files import atomic_path
 from ..errors import DataError
 from ..results import Finding, Point, StudyResult
 

@@ -1,5 +1,5 @@
-"""Training: the shared engine (loop, checkpoints, resume, distributed) and the slice-grader run.
+"""The training engine, below every stage: the loop (`engine.fit`), run configuration (`config`),
+self-describing checkpoints (`checkpoint.load_model` rebuilds any trained network), resume and DDP.
 
-`engine.fit` trains any model given a task; `slices.train_slices` is `spinegrade train`;
-`checkpoint.load_model` rebuilds a trained network from its run folder.
+What is trained, and on which data, is decided above it (`spinegrade.pipeline`); nothing here imports a stage.
 """

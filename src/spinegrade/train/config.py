@@ -1,19 +1,129 @@
 """A training run's configuration: one typed object, written to `<run>/config.json` and read back.
 
-`LoopConfig` is what the engine needs and is shared by every model that trains on it; `TrainConfig` adds
-what the slice grader reads (data, model, augmentation). No torch here.
+Every run configuration is a `RunConfig`: a nested dataclass with a `kind` (which trainer wrote it) and a
+schema `version`, saved as JSON, read back with a clear error on an unknown kind, version or field, and
+compared field by field when a run is resumed. `LoopConfig` is what the engine needs and is shared by every
+model that trains on it; `TrainConfig` is a slice-grader run; the study pipeline's `PipelinePlan`
+(`spinegrade.pipeline.plan`) is the other kind. No torch here.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 from ..errors import DataError
 
 CLASS_WEIGHTS = ("metric", "none")
+CONFIG = "config.json"
+# Fields that may differ when a run is resumed: where and how fast it runs, not what it computes.
+RESUMABLE_FIELDS = frozenset({"device", "workers"})
+
+
+def _build(tp, value, where: str):
+    """`value` (plain JSON data) as type `tp`: dataclasses and dicts/lists of them are rebuilt recursively."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return None if value is None else _build(args[0], value, where) if len(args) == 1 else value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise DataError(f"{where}: expected an object, got {value!r}")
+        hints = typing.get_type_hints(tp)
+        names = {f.name for f in dataclasses.fields(tp) if f.init}
+        unknown = sorted(set(value) - names)
+        if unknown:
+            raise DataError(f"{where}: unknown field(s) {', '.join(unknown)} (written by another spinegrade version?)")
+        return tp(**{k: _build(hints[k], v, f"{where}.{k}") for k, v in value.items()})
+    if origin is dict and isinstance(value, dict):
+        _, vt = typing.get_args(tp) or (None, None)
+        return {k: _build(vt, v, f"{where}.{k}") if vt is not None else v for k, v in value.items()}
+    if origin is tuple and isinstance(value, (list, tuple)):
+        return tuple(value)
+    return value
+
+
+def config_changes(old: dict, new: dict, prefix: tuple = (), opaque: frozenset = frozenset({"model_kwargs"}),
+                   allowed: frozenset = RESUMABLE_FIELDS) -> list[str]:
+    """'a.b: old -> new' for every field that differs, except those named in `allowed` (compared as JSON).
+
+    Fields named in `opaque` (free-form options) are compared whole rather than key by key.
+    """
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict) and k not in opaque:
+            out += config_changes(a, b, prefix + (k,), opaque, allowed)
+        elif a != b and k not in allowed:
+            out.append(f"{'.'.join(prefix + (k,))}: {a!r} -> {b!r}")
+    return out
+
+
+@dataclass
+class RunConfig:
+    """Base of every run configuration: JSON in and out with its kind and schema version, field diffs."""
+
+    KIND: ClassVar[str] = ""
+    VERSION: ClassVar[int] = 1
+    RESUMABLE: ClassVar[frozenset] = RESUMABLE_FIELDS
+
+    def to_dict(self) -> dict:
+        """Plain JSON data, tagged with the kind and version (tuples become lists, as JSON has them)."""
+        d = json.loads(json.dumps(dataclasses.asdict(self)))
+        return {"kind": self.KIND, "version": self.VERSION, **d}
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "configuration"):
+        """Rebuild from `to_dict` output; DataError on another kind, a newer version or an unknown field."""
+        d = dict(d)
+        kind, version = d.pop("kind", cls.KIND), d.pop("version", 1)
+        if kind != cls.KIND:
+            raise DataError(f"{where}: a {kind!r} configuration, not {cls.KIND!r}")
+        if not isinstance(version, int) or version > cls.VERSION:
+            raise DataError(f"{where}: configuration version {version!r}; this spinegrade reads up to "
+                            f"{cls.VERSION} (update spinegrade)")
+        return _build(cls, cls.upgrade(d, version), where)
+
+    @classmethod
+    def upgrade(cls, d: dict, version: int) -> dict:
+        """Bring an older version's fields up to date (the first version needs nothing)."""
+        return d
+
+    @classmethod
+    def load(cls, path: str | Path):
+        """Read `path` (a config.json, or a run folder holding one)."""
+        p = Path(path)
+        p = p / CONFIG if p.is_dir() else p
+        try:
+            d = json.loads(p.read_text())
+        except (OSError, ValueError) as e:
+            raise DataError(f"{p}: not a readable run configuration: {e}") from None
+        if not isinstance(d, dict):
+            raise DataError(f"{p}: not a run configuration (expected a JSON object)")
+        return cls.from_dict(d, where=str(p))
+
+    def save(self, path: str | Path) -> Path:
+        """Write atomically as indented JSON."""
+        from ..files import atomic_write_text
+
+        return atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=2) + "\n")
+
+    def changes_from(self, old: RunConfig) -> list[str]:
+        """Fields that differ from `old` and may not change on --resume (see RESUMABLE)."""
+        return config_changes(old.to_dict(), self.to_dict(), allowed=self.RESUMABLE)
+
+    def check_resume(self, run_dir: str | Path) -> None:
+        """DataError naming every differing field when `run_dir` holds a different configuration."""
+        p = Path(run_dir) / CONFIG
+        if p.exists():
+            changes = self.changes_from(type(self).load(p))
+            if changes:
+                raise DataError(f"{run_dir}: --resume with a different configuration: {'; '.join(changes)}")
 
 
 @dataclass
@@ -45,8 +155,10 @@ class AugmentConfig:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(RunConfig):
     """A slice-grader run: which rows, which split, which model, how to train."""
+
+    KIND: ClassVar[str] = "slice-grader"
 
     index: str | None = None  # slice index CSV
     model: str = "seed-cnn"
@@ -72,20 +184,3 @@ class TrainConfig:
         if self.loop.epochs < 1 or self.loop.batch_size < 1:
             raise DataError("--epochs and --batch-size must be >= 1")
         return self
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> TrainConfig:
-        d = dict(d)
-        loop = LoopConfig(**d.pop("loop", {}))
-        augment = AugmentConfig(**d.pop("augment", {}))
-        return cls(**d, loop=loop, augment=augment)
-
-    @classmethod
-    def load(cls, path: str | Path) -> TrainConfig:
-        try:
-            return cls.from_dict(json.loads(Path(path).read_text()))
-        except (OSError, ValueError, TypeError) as e:
-            raise DataError(f"{path}: not a readable run configuration: {e}") from None

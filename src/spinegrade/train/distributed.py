@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from ..errors import DataError
+from ..device import resolve_device
 
 
 @dataclass(frozen=True)
@@ -29,21 +29,6 @@ class DistContext:
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
-
-
-def resolve_device(spec: str, local_rank: int = 0) -> torch.device:
-    """'auto' -> this process's GPU if there is one, else CPU; 'cuda' -> the process's GPU; 'cuda:N' as given."""
-    spec = (spec or "auto").strip().lower()
-    if spec == "auto":
-        spec = "cuda" if torch.cuda.is_available() else "cpu"
-    if spec == "cpu":
-        return torch.device("cpu")
-    if spec.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise DataError(f"--device {spec}: no CUDA GPU is available to this torch build")
-        dev = torch.device(spec)
-        return torch.device("cuda", local_rank if dev.index is None else dev.index)
-    raise DataError(f"--device {spec!r}: expected auto, cpu, cuda or cuda:N")
 
 
 def setup(device: str = "auto") -> DistContext:

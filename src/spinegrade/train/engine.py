@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
-from ..evaluate.metric import weighted_log_loss
+from ..metric import weighted_log_loss
 from .checkpoint import BEST, LAST, load_checkpoint, save_checkpoint, versions
 from .config import LoopConfig
 from .distributed import DistContext, barrier, gather_objects, mean_across, sync_buffers
@@ -163,7 +163,7 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
 
 def _keep_metrics_before(run_dir: Path, epoch: int) -> None:
     """Drop records of epochs that will run (again): an interruption may fall between record and last.pt."""
-    from ..data.io_utils import atomic_write_text
+    from ..files import atomic_write_text
 
     kept = [r for r in read_metrics(run_dir) if r["epoch"] < epoch]
     atomic_write_text(run_dir / METRICS, "".join(json.dumps(r) + "\n" for r in kept))
@@ -183,7 +183,7 @@ def fit(model: torch.nn.Module, train_ds, val_ds, task: Task, loop: LoopConfig, 
     """
     from tqdm import tqdm
 
-    from ..evaluate.plots import plot_curves
+    from ..plots import plot_curves
 
     run_dir = Path(run_dir)
     device = ctx.device

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.io_utils import atomic_path
+from .files import atomic_path
 
 
 def _save(fig, path: str | Path) -> Path:
