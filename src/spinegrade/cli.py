@@ -319,6 +319,8 @@ def _cmd_predict(a) -> int:
     for sid, w in r["warnings"].items():
         for line in w:
             print(f"  study {sid}: {line}")
+    for sid, files in r["skipped_files"].items():
+        print(f"  study {sid}: {len(files)} file(s) skipped (named in report.json and predictions.json)")
     return 0
 
 
@@ -359,16 +361,38 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# Arguments naming what a command writes: checked before any work, so that a bad path is one line, not a
+# traceback after minutes of work. `report --out` names a file; the others name folders.
+_OUTPUT_FOLDERS = ("out", "cache", "export_png")
+
+
+def _check_outputs(a) -> None:
+    from .data.io_utils import check_output_file, check_output_folder
+
+    for name in _OUTPUT_FOLDERS:
+        path = getattr(a, name, None)
+        if path is not None:
+            (check_output_file if a.command == "report" and name == "out" else check_output_folder)(path)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Exit codes: 0 done; 2 an error explained in one line (bad input or arguments, an
+    output that cannot be written, nothing usable came out, or --strict and a study failed); 130
+    interrupted; 1 an unexpected internal error (a bug: the traceback is printed)."""
     parser = build_parser()
     a = parser.parse_args(argv)
     if not getattr(a, "func", None):
         parser.print_help()
         return 2
     try:
+        _check_outputs(a)
         return int(a.func(a) or 0)
     except SpinegradeError as e:
         print(f"spinegrade {a.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a disk that fills or a folder that changes mid-run: the file and the cause suffice
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"spinegrade {a.command}: error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"spinegrade {a.command}: interrupted", file=sys.stderr)

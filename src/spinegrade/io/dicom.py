@@ -374,7 +374,8 @@ def _drop_damaged(ds: Dataset) -> list[str]:
         except Exception as e:  # noqa: BLE001 - pydicom's value converters raise many types
             del ds[tag]
             text = str(e).strip()
-            problems.append(f"damaged header element {tag} ignored ({text.splitlines()[0] if text else type(e).__name__})")
+            why = text.splitlines()[0] if text else type(e).__name__
+            problems.append(f"damaged header element {tag} ignored ({why})")
     return problems
 
 
