@@ -276,6 +276,8 @@ def _add_serve(sub) -> None:
                      help="show ground truth instead: an RSNA-layout dataset folder holding the studies' labels")
     p.add_argument("--studies-dir", type=Path, default=None, help="folder of study folders to offer on the page")
     p.add_argument("--max-upload-mb", type=float, default=500, help="largest zip accepted")
+    p.add_argument("--max-disk-mb", type=float, default=10240,
+                   help="most disk the server holds (uploads, results); finished jobs are removed to make room")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (with --model)")
     p.set_defaults(func=_cmd_serve)
 
@@ -289,7 +291,8 @@ def _cmd_serve(a) -> int:
         predictor, info = label_predictor(a.labels), {"name": "ground-truth labels", "version": a.labels.name}
     print(f"spinegrade viewer on http://{a.host}:{a.port}/  (Ctrl-C to stop)")
     serve(predictor, host=a.host, port=a.port, studies_dir=a.studies_dir,
-          max_upload_bytes=int(a.max_upload_mb * 2**20), model_info=info)
+          max_upload_bytes=int(a.max_upload_mb * 2**20), max_disk_bytes=int(a.max_disk_mb * 2**20),
+          model_info=info)
     return 0
 
 
