@@ -66,7 +66,8 @@ _MAX_EXPANSION = {
 
 @dataclass
 class _Slice:
-    """One readable image file: its header (no pixel data) and what grouping and sorting need from it."""
+    """One readable image (a file, or one frame of a multi-frame file): its header (no pixel data) and what
+    grouping, sorting and decoding need from it."""
 
     path: Path
     ds: Dataset
@@ -80,6 +81,8 @@ class _Slice:
     instance: int | None
     series_uid: str
     problems: list[str] = field(default_factory=list)  # unreadable optional tags, said in the series notes
+    frame: int | None = None  # index of the frame in a multi-frame file; None for a single-frame file
+    rescale: tuple[float, float] | None = None  # (slope, intercept) when given
 
     @property
     def has_geometry(self) -> bool:
@@ -151,6 +154,8 @@ def read_slice(path, max_pixels: int | None = None) -> np.ndarray:
     header = _read_header(p, max_pixels or max_pixels_default())
     if isinstance(header, SkippedFile):
         raise DataError(f"{p}: {header.reason}")
+    if isinstance(header, list):
+        raise DataError(f"{p}: a multi-frame file ({len(header)} frames): read it with load_series")
     pixels = _decode(header)
     if isinstance(pixels, SkippedFile):
         raise DataError(f"{p}: {pixels.reason}")
@@ -301,13 +306,19 @@ def _read_headers(paths: list[Path], max_pixels: int) -> tuple[list[_Slice], lis
     slices, skipped = [], []
     for p in paths:
         r = _read_header(p, max_pixels)
-        (skipped if isinstance(r, SkippedFile) else slices).append(r)
+        if isinstance(r, SkippedFile):
+            skipped.append(r)
+        elif isinstance(r, list):  # the frames of a multi-frame file
+            slices += r
+        else:
+            slices.append(r)
     return slices, skipped
 
 
-def _read_header(path: Path, max_pixels: int) -> _Slice | SkippedFile:
+def _read_header(path: Path, max_pixels: int) -> _Slice | list[_Slice] | SkippedFile:
     """Parse a file's header only, every element of it, and check that its pixel data is present, complete
-    and of a plausible size (nothing is decoded)."""
+    and of a plausible size (nothing is decoded). A multi-frame file (Enhanced MR) gives one slice per
+    frame, each with its own position, orientation and spacing from the functional groups."""
     try:
         size = path.stat().st_size
         if size == 0:
@@ -339,8 +350,9 @@ def _read_header(path: Path, max_pixels: int) -> _Slice | SkippedFile:
     if problem:
         return SkippedFile(str(path), problem)
     frames = _int(ds.get("NumberOfFrames")) or 1
-    if frames > 1:
-        return SkippedFile(str(path), f"multi-frame file ({frames} frames): not supported")
+    if frames > 1 and not _frames_placed(ds, frames):
+        return SkippedFile(str(path), f"multi-frame file ({frames} frames) without a position for each frame "
+                                      "(PerFrameFunctionalGroupsSequence): its slices cannot be placed")
     samples = _int(ds.get("SamplesPerPixel")) or 1
     if samples != 1:
         return SkippedFile(str(path), f"colour image (SamplesPerPixel {samples}): not supported")
@@ -355,9 +367,23 @@ def _read_header(path: Path, max_pixels: int) -> _Slice | SkippedFile:
             available = False
         if not available:
             return SkippedFile(str(path), f"no decoder installed for transfer syntax {ts.name} ({ts})")
+    if frames > 1:
+        out = [_slice_from_header(path, ds, k) for k in range(frames)]
+        for s in out:
+            s.problems += damaged
+        return out
     s = _slice_from_header(path, ds)
     s.problems += damaged
     return s
+
+
+def _frames_placed(ds: Dataset, frames: int) -> bool:
+    """Whether every frame of a multi-frame file has its own ImagePositionPatient."""
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    if per_frame is None or len(per_frame) != frames:
+        return False
+    return all(_floats(_in_group(item, "PlanePositionSequence", "ImagePositionPatient"), 3) is not None
+               for item in per_frame)
 
 
 def _drop_damaged(ds: Dataset) -> list[str]:
@@ -483,40 +509,59 @@ def _floats(v, n: int) -> np.ndarray | None:
     return a if a.size == n and np.all(np.isfinite(a)) else None
 
 
-def _find(ds: Dataset, keyword: str, group: str):
-    """A tag at the top level, else in the enhanced-MR functional groups (shared, then first frame)."""
-    if keyword in ds:
+def _in_group(item: Dataset, group: str, keyword: str):
+    """keyword inside the first item of a functional group sequence of `item`, or None."""
+    try:
+        return getattr(item, group)[0].get(keyword)
+    except (AttributeError, IndexError, KeyError):
+        return None
+
+
+def _find(ds: Dataset, keyword: str, group: str, frame: int | None = None):
+    """A tag of one frame: in that frame's functional groups, then the shared ones (enhanced MR); for a
+    single-frame file at the top level first, then shared, then the first frame's groups."""
+    if frame is None and keyword in ds:
         return ds.get(keyword)
-    for fg in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
-        try:
-            return getattr(getattr(ds, fg)[0], group)[0].get(keyword)
-        except (AttributeError, IndexError, KeyError):
-            continue
-    return None
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
+    shared = ds.get("SharedFunctionalGroupsSequence") or []
+    order = ([per_frame[frame]] if frame is not None and frame < len(per_frame) else []) + list(shared[:1])
+    if frame is None:
+        order += list(per_frame[:1])
+    for item in order:
+        v = _in_group(item, group, keyword)
+        if v is not None:
+            return v
+    return ds.get(keyword) if frame is not None else None
 
 
-def _slice_from_header(path: Path, ds: Dataset) -> _Slice:
+def _slice_from_header(path: Path, ds: Dataset, frame: int | None = None) -> _Slice:
     problems = []
-    raw_iop = _find(ds, "ImageOrientationPatient", "PlaneOrientationSequence")
+    raw_iop = _find(ds, "ImageOrientationPatient", "PlaneOrientationSequence", frame)
     orientation = _unit_orientation(_floats(raw_iop, 6))
     if raw_iop is not None and orientation is None:
         problems.append("ImageOrientationPatient unreadable")
-    raw_ipp = _find(ds, "ImagePositionPatient", "PlanePositionSequence")
+    raw_ipp = _find(ds, "ImagePositionPatient", "PlanePositionSequence", frame)
     position = _floats(raw_ipp, 3)
     if raw_ipp is not None and position is None:
         problems.append("ImagePositionPatient unreadable")
     spacing, source = None, "default"
     for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
-        sp = _floats(_find(ds, keyword, "PixelMeasuresSequence"), 2)
+        sp = _floats(_find(ds, keyword, "PixelMeasuresSequence", frame), 2)
         if sp is not None and np.all(sp > 0):
             spacing, source = (float(sp[0]), float(sp[1])), keyword
             break
+    slope = _floats(_find(ds, "RescaleSlope", "PixelValueTransformationSequence", frame), 1)
+    intercept = _floats(_find(ds, "RescaleIntercept", "PixelValueTransformationSequence", frame), 1)
+    rescale = (float(slope[0]) if slope is not None else 1.0, float(intercept[0]) if intercept is not None
+               else 0.0) if slope is not None or intercept is not None else None
     ts = _transfer_syntax(ds)
+    # Frames of one file share its InstanceNumber; they are numbered 1..n in file order, as viewers do.
+    instance = frame + 1 if frame is not None else _int(ds.get("InstanceNumber"))
     return _Slice(
         path=path, ds=ds, transfer_syntax=str(ts) if ts else "", rows=int(ds.Rows), cols=int(ds.Columns),
         orientation=orientation, position=position, spacing=spacing or (1.0, 1.0), spacing_source=source,
-        instance=_int(ds.get("InstanceNumber")), series_uid=str(ds.get("SeriesInstanceUID", "")),
-        problems=problems,
+        instance=instance, series_uid=str(ds.get("SeriesInstanceUID", "")), problems=problems, frame=frame,
+        rescale=rescale,
     )
 
 
@@ -531,12 +576,33 @@ def _unit_orientation(iop: np.ndarray | None) -> np.ndarray | None:
 
 
 # --- pixels ------------------------------------------------------------------------------------------------
-def _decode(s: _Slice) -> np.ndarray | SkippedFile:
-    """Full read and decode of one file -> float32 (rows, cols) in MONOCHROME2 sense, rescale applied.
+def _decode(s: _Slice, cache: dict | None = None) -> np.ndarray | SkippedFile:
+    """Full read and decode of one file (or one frame) -> float32 (rows, cols) in MONOCHROME2 sense, rescale
+    applied. `cache` keeps a multi-frame file's decoded frames (or its failure) for its other frames.
 
     The pixel attributes come from the header already checked (`s.ds`); the file's size claims were checked
     against the pixel budget there, before this allocates anything.
     """
+    key = str(s.path)
+    if cache is not None and key in cache:
+        arr = cache[key]
+    else:
+        arr = _decode_file(s)
+        if cache is not None and s.frame is not None:
+            cache[key] = arr
+    if isinstance(arr, SkippedFile):
+        return arr
+    if s.frame is not None:
+        if arr.ndim != 3 or s.frame >= arr.shape[0]:
+            return SkippedFile(key, f"pixel data has shape {arr.shape}, header says {s.ds.get('NumberOfFrames')} "
+                                    f"frames of {s.rows}x{s.cols}")
+        arr = arr[s.frame]
+    if arr.shape != (s.rows, s.cols):
+        return SkippedFile(key, f"pixel data has shape {arr.shape}, header says {s.rows}x{s.cols}")
+    return _to_float(arr, s.ds, s.rescale)
+
+
+def _decode_file(s: _Slice) -> np.ndarray | SkippedFile:
     ts = UID(s.transfer_syntax) if s.transfer_syntax else None
     what = ts.name if ts else "unknown transfer syntax"
     try:
@@ -544,17 +610,14 @@ def _decode(s: _Slice) -> np.ndarray | SkippedFile:
             warnings.simplefilter("ignore")  # damaged-but-decodable files warn; the result is checked below
             ds = pydicom.dcmread(s.path)
             _drop_damaged(ds)
-            arr = ds.pixel_array
+            return ds.pixel_array
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException as e:  # plugins raise anything; pylibjpeg-rle even panics (a BaseException)
         return SkippedFile(str(s.path), f"could not decode pixel data ({what}): {_first_line(e)}")
-    if arr.shape != (s.rows, s.cols):
-        return SkippedFile(str(s.path), f"pixel data has shape {arr.shape}, header says {s.rows}x{s.cols}")
-    return _to_float(arr, s.ds)
 
 
-def _to_float(arr: np.ndarray, header: Dataset) -> np.ndarray:
+def _to_float(arr: np.ndarray, header: Dataset, rescale: tuple[float, float] | None) -> np.ndarray:
     """Stored values -> float32 in MONOCHROME2 sense with the rescale applied."""
     out = arr.astype(np.float32)
     if str(header.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1":
@@ -562,12 +625,10 @@ def _to_float(arr: np.ndarray, header: Dataset) -> np.ndarray:
         lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if _int(header.get("PixelRepresentation")) == 1 \
             else (0, 2 ** bits - 1)
         out = np.float32(lo + hi) - out
-    slope = _floats(header.get("RescaleSlope"), 1)
-    intercept = _floats(header.get("RescaleIntercept"), 1)
-    if slope is not None and slope[0] != 1.0:
-        out *= np.float32(slope[0])
-    if intercept is not None and intercept[0] != 0.0:
-        out += np.float32(intercept[0])
+    if rescale is not None and rescale[0] != 1.0:
+        out *= np.float32(rescale[0])
+    if rescale is not None and rescale[1] != 0.0:
+        out += np.float32(rescale[1])
     return out
 
 
@@ -637,13 +698,14 @@ def _order(g: _Group) -> None:
     g.slices = kept
 
 
-def _load_pixels(g: _Group) -> None:
+def _load_pixels(g: _Group, cache: dict) -> None:
     """Decode every slice; files that fail are skipped with the decoder's reason."""
     planes, kept = [], []
     for s in g.slices:
-        r = _decode(s)
+        r = _decode(s, cache)
         if isinstance(r, SkippedFile):
-            g.skipped.append(r)
+            if r not in g.skipped:  # the frames of one undecodable file: said once
+                g.skipped.append(r)
         else:
             planes.append(r)
             kept.append(s)
@@ -660,10 +722,12 @@ def _assemble(slices: list[_Slice], study_id: str, series_id: str, load_pixels: 
     they differ from it.
     """
     groups = _split(slices)
+    cache: dict = {}  # a multi-frame file is decoded once for all its frames, whatever group they fall in
     for g in groups:
         _order(g)
         if load_pixels:
-            _load_pixels(g)
+            _load_pixels(g, cache)
+    cache.clear()
     dead = [k for g in groups if not g.slices for k in g.skipped]
     groups = [g for g in groups if g.slices]
     groups.sort(key=lambda g: (-len(g.slices), min((s.instance or 0) for s in g.slices)))
@@ -735,11 +799,27 @@ def _to_series(g: _Group, study_id: str, series_id: str, source_id: str) -> Seri
     )
 
 
+# Where an enhanced MR file keeps the acquisition tags that a classic file has at the top level.
+_ENHANCED_TAGS = {
+    "EchoTime": ("MREchoSequence", "EffectiveEchoTime"),
+    "RepetitionTime": ("MRTimingAndRelatedParametersSequence", "RepetitionTime"),
+    "FlipAngle": ("MRTimingAndRelatedParametersSequence", "FlipAngle"),
+    "InversionTime": ("MRModifierSequence", "InversionTimes"),
+    "SliceThickness": ("PixelMeasuresSequence", "SliceThickness"),
+    "SpacingBetweenSlices": ("PixelMeasuresSequence", "SpacingBetweenSlices"),
+}
+
+
 def _plain_tags(ds: Dataset) -> dict:
     """The acquisition tags present, as JSON-ready values (numbers as float/int, multi-values as lists)."""
     out = {}
     for kw in _TAG_KEYWORDS:
         v = ds.get(kw)
+        if v is None and kw in _ENHANCED_TAGS:
+            group, inner = _ENHANCED_TAGS[kw]
+            v = _find(ds, inner, group)
+            if isinstance(v, pydicom.multival.MultiValue):
+                v = v[0] if len(v) else None
         if v is None or v == "":
             continue
         if isinstance(v, float):
