@@ -146,3 +146,36 @@ def test_a_read_only_parent_is_one_line(study, tiny_run, tmp_path, capsys):
         assert len(err) == 1 and "permission denied" in err[0]
     finally:
         ro.chmod(0o700)
+
+
+def _batch(synth_cohort, tmp_path):
+    folder = tmp_path / "batch"
+    for s in sorted((synth_cohort / "train_images").iterdir()):
+        shutil.copytree(s, folder / s.name)
+    return folder
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGKILL"])
+def test_an_interrupted_batch_leaves_outputs_complete_or_absent(sig, synth_cohort, tiny_run, tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "pred"
+    proc = subprocess.Popen([sys.executable, "-m", "spinegrade", "predict", str(_batch(synth_cohort, tmp_path)),
+                             "--model", str(tiny_run), "--out", str(out), "--device", "cpu"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    end = time.monotonic() + 120
+    while not out.exists() and time.monotonic() < end and proc.poll() is None:
+        time.sleep(0.05)  # the folder appears once the model has loaded: the batch is under way
+    proc.send_signal(getattr(signal, sig))
+    _, err = proc.communicate(timeout=120)
+    if sig == "SIGINT" and proc.returncode != 0:  # it may have finished first on a fast machine
+        assert proc.returncode == 130 and err.strip().splitlines()[-1] == "spinegrade predict: interrupted"
+    visible = sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) if out.exists() else []
+    assert visible in ([], ["predictions.json", "report.json", "submission.csv"]), visible
+    if visible:
+        assert _rows(out, "x")[1] == 8 * 25
+        json.loads((out / "predictions.json").read_text())
+    if sig == "SIGINT":
+        assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]  # cleaned up on the way out

@@ -162,6 +162,25 @@ def read_slice(path, max_pixels: int | None = None) -> np.ndarray:
     return pixels
 
 
+def read_header(path) -> Dataset:
+    """A file's header (no pixel data) with every element decoded; elements that cannot be decoded (a damaged
+    VR) are dropped, so later reads of it cannot raise. Raises DataError naming the file when it is unreadable."""
+    p = Path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(p, stop_before_pixels=True)
+            _drop_damaged(getattr(ds, "file_meta", Dataset()))
+            _drop_damaged(ds)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except OSError as e:
+        raise DataError(f"{p}: cannot read: {e.strerror or e}") from None
+    except Exception as e:  # noqa: BLE001 - damaged files make pydicom raise many types
+        raise DataError(f"{p}: unreadable DICOM: {_first_line(e)}") from None
+    return ds
+
+
 # --- folders -----------------------------------------------------------------------------------------------
 def _check_folder(path) -> Path:
     root = Path(path)
