@@ -384,6 +384,8 @@ def _add_serve(sub) -> None:
                      help="show ground truth instead: an RSNA-layout dataset folder holding the studies' labels")
     p.add_argument("--studies-dir", type=Path, default=None, help="folder of study folders to offer on the page")
     p.add_argument("--max-upload-mb", type=float, default=500, help="largest zip accepted")
+    p.add_argument("--max-disk-mb", type=float, default=10240,
+                   help="most disk the server holds (uploads, results); finished jobs are removed to make room")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (with --model)")
     p.add_argument("--foramina-model", default=None, metavar="NAME|RUN",
                    help="grade the foraminal targets with this foramen model (see `spinegrade predict --help`)")
@@ -400,7 +402,8 @@ def _cmd_serve(a) -> int:
         predictor, info = label_predictor(a.labels), {"name": "ground-truth labels", "version": a.labels.name}
     print(f"spinegrade viewer on http://{a.host}:{a.port}/  (Ctrl-C to stop)")
     serve(predictor, host=a.host, port=a.port, studies_dir=a.studies_dir,
-          max_upload_bytes=int(a.max_upload_mb * 2**20), model_info=info)
+          max_upload_bytes=int(a.max_upload_mb * 2**20), max_disk_bytes=int(a.max_disk_mb * 2**20),
+          model_info=info)
     return 0
 
 
@@ -435,6 +438,8 @@ def _cmd_predict(a) -> int:
     for sid, w in r["warnings"].items():
         for line in w:
             print(f"  study {sid}: {line}")
+    for sid, files in r["skipped_files"].items():
+        print(f"  study {sid}: {len(files)} file(s) skipped (named in report.json and predictions.json)")
     return 0
 
 
@@ -475,16 +480,38 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+# Arguments naming what a command writes: checked before any work, so that a bad path is one line, not a
+# traceback after minutes of work. `report --out` names a file; the others name folders.
+_OUTPUT_FOLDERS = ("out", "cache", "export_png")
+
+
+def _check_outputs(a) -> None:
+    from .data.io_utils import check_output_file, check_output_folder
+
+    for name in _OUTPUT_FOLDERS:
+        path = getattr(a, name, None)
+        if path is not None:
+            (check_output_file if a.command == "report" and name == "out" else check_output_folder)(path)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Exit codes: 0 done; 2 an error explained in one line (bad input or arguments, an
+    output that cannot be written, nothing usable came out, or --strict and a study failed); 130
+    interrupted; 1 an unexpected internal error (a bug: the traceback is printed)."""
     parser = build_parser()
     a = parser.parse_args(argv)
     if not getattr(a, "func", None):
         parser.print_help()
         return 2
     try:
+        _check_outputs(a)
         return int(a.func(a) or 0)
     except SpinegradeError as e:
         print(f"spinegrade {a.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a disk that fills or a folder that changes mid-run: the file and the cause suffice
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"spinegrade {a.command}: error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"spinegrade {a.command}: interrupted", file=sys.stderr)

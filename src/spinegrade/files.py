@@ -68,3 +68,48 @@ def write_csv_atomic(df: pd.DataFrame, path: str | os.PathLike, *, index: bool =
     with atomic_path(path) as tmp:
         df.to_csv(tmp, index=index, **to_csv)
     return path
+
+
+def _nearest_existing(path: Path) -> Path:
+    for p in (path, *path.parents):
+        if os.path.lexists(p):
+            return p
+    return Path(".")
+
+
+def check_output_folder(path: str | os.PathLike) -> None:
+    """Raise DataError, in one line naming the path, when `path` cannot become an output folder: it is a
+    file, or the nearest folder that exists cannot be written. Creates nothing."""
+    from ..errors import DataError
+
+    p = Path(path)
+    there = _nearest_existing(p)
+    if there == p and not p.is_dir():
+        raise DataError(f"{p}: exists and is not a folder (give a new or existing folder for the outputs)")
+    if not there.is_dir():
+        raise DataError(f"{p}: cannot be created, {there} is a file")
+    if not os.access(there, os.W_OK | os.X_OK):
+        raise DataError(f"{p}: cannot write in {there} (permission denied)")
+
+
+def check_output_file(path: str | os.PathLike) -> None:
+    """Like `check_output_folder` for a file to write: not a folder, and its folder writable or creatable."""
+    from ..errors import DataError
+
+    p = Path(path)
+    if p.is_dir():
+        raise DataError(f"{p}: is a folder (give a file name to write)")
+    check_output_folder(p.parent)
+
+
+def make_output_folder(path: str | os.PathLike) -> Path:
+    """Create an output folder (and its parents); an OS refusal becomes one DataError line naming it."""
+    from ..errors import DataError
+
+    p = Path(path)
+    check_output_folder(p)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"{p}: cannot create the output folder ({e.strerror or e})") from None
+    return p

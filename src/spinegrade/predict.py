@@ -28,7 +28,12 @@ class StudyJob:
 
 
 def find_studies(input_path: Path) -> list[StudyJob]:
-    """The studies under INPUT (see module doc), sorted by id."""
+    """The studies under INPUT (see module doc), sorted by id.
+
+    Symbolic links are followed only where a folder lists studies (a link per study is a common way to
+    pick a subset), never when they loop back to the folder or above it; inside a study they are not
+    followed at all (the reader reports them).
+    """
     p = Path(input_path)
     if not p.exists():
         raise DataError(f"{p}: no such file or folder")
@@ -42,17 +47,42 @@ def find_studies(input_path: Path) -> list[StudyJob]:
             desc_csv = p / f"{split}_series_descriptions.csv"
             desc = read_series_descriptions(desc_csv) if desc_csv.exists() else None
             jobs = []
-            for d in sorted(x for x in images.iterdir() if x.is_dir()):
+            for d in _study_folders(images):
                 dd = None
                 if desc is not None and d.name.isdigit():
                     rows = desc[desc["study_id"] == int(d.name)]
                     dd = {str(r.series_id): r.role for r in rows.itertuples(index=False)} or None
                 jobs.append(StudyJob(d.name, d, dd))
             return jobs
-    subdirs = sorted(x for x in p.iterdir() if x.is_dir())
-    if any(any(y.is_dir() for y in d.iterdir()) for d in subdirs):
-        return [StudyJob(d.name, d) for d in subdirs]
+    # A folder of studies has studies with series folders in them; a study has only series folders (or
+    # files). Only real folders decide, so that `loop -> .` inside a study does not make it a folder of studies.
+    real = [x for x in p.iterdir() if _real_dir(x)]
+    if any(any(_real_dir(y) for y in d.iterdir()) for d in real):
+        return [StudyJob(d.name, d) for d in _study_folders(p)]
     return [StudyJob(p.name, p)]
+
+
+def _real_dir(p: Path) -> bool:
+    return p.is_dir() and not p.is_symlink()
+
+
+def _study_folders(parent: Path) -> list[Path]:
+    """The subfolders of a folder of studies, sorted: real ones, and links to folders that are neither the
+    folder itself nor above it (those would loop)."""
+    here = parent.resolve()
+    out = []
+    for x in parent.iterdir():
+        if x.name.startswith(".") or not x.is_dir():
+            continue
+        if x.is_symlink():
+            try:
+                target = x.resolve(strict=True)
+            except (OSError, RuntimeError):
+                continue
+            if target == here or target in here.parents:
+                continue
+        out.append(x)
+    return sorted(out)
 
 
 FORAMINA_IN_RUN = "foramina"  # a study run may carry a slice-trained foramen model in this subfolder
@@ -163,9 +193,11 @@ class Predictor:
         series = [SeriesUse(s.series_id, s.role, s.role_reason, s.n_slices, sorted(used.get(s.series_id, ())))
                   for s in study.series]
         n_prior = sum(f.source == "prior" for f in findings)
+        skipped = [{"path": _relative(k.path, study.path), "reason": k.reason}
+                   for k in [*study.skipped, *(k for s in study.series for k in s.skipped)]]
         if n_prior:
             warnings.append(f"{n_prior} of 25 grades are the training prior (no point to grade them at)")
-        return StudyResult(study.study_id, study.path, series, points, findings, warnings)
+        return StudyResult(study.study_id, study.path, series, points, findings, warnings, skipped)
 
     def read(self, path: Path, descriptions: dict | None = None, study_id: str | None = None) -> Study:
         """Read a study folder (timed as `read`)."""
@@ -180,6 +212,14 @@ class Predictor:
 
     def predict_path(self, path: Path, descriptions: dict | None = None, study_id: str | None = None) -> StudyResult:
         return self.predict_loaded(self.read(path, descriptions, study_id))
+
+
+def _relative(path: str, root: str) -> str:
+    """A skipped file's path inside its study folder (server and user folders stay out of the outputs)."""
+    try:
+        return Path(path).relative_to(root).as_posix()
+    except ValueError:
+        return Path(path).name
 
 
 def predict_study(study_path: Path, run_dir: Path, device: str = "cpu", descriptions: dict | None = None,
@@ -197,16 +237,19 @@ def predict(input_path: Path, model: Path, out: Path, device: str = "cpu", stric
             report: bool = False, dicom_sr: bool = False, log=print, foramina: Path | str | None = None) -> dict:
     """Predict every study under INPUT; write submission.csv, predictions.json, report.json into `out`.
 
-    Returns {"studies": n ok, "failed": [{study_id, error}], "timings": {...}}. strict: raise if any failed.
+    Returns {"studies": n ok, "failed": [{study_id, error}], "skipped_files": {study_id: [{path, reason}]},
+    "timings": {...}}. Raises DataError when no study could be graded (only report.json is written then,
+    saying why), and with `strict` when any study failed.
     """
     from tqdm import tqdm
 
-    from .files import atomic_write_text, write_csv_atomic
+    from .files import atomic_write_text, check_output_folder, make_output_folder, write_csv_atomic
 
     jobs = find_studies(Path(input_path))
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    predictor = Predictor(model, device, foramina)
+    check_output_folder(out)
+    predictor = Predictor(model, device, foramina)  # before the folder is made: a bad model leaves nothing behind
+    make_output_folder(out)
     results: list[StudyResult] = []
     failed: list[dict] = []
     studies: dict[str, Study] = {}  # kept for the report and SR, so they draw on the pixels just read
@@ -222,18 +265,23 @@ def predict(input_path: Path, model: Path, out: Path, device: str = "cpu", stric
         except Exception as e:  # one bad study must not end a batch
             failed.append({"study_id": job.study_id, "error": f"{type(e).__name__}: {e}"})
             log(f"skipped study {job.study_id}: {type(e).__name__}: {e}")
-    write_csv_atomic(submission_frame(results), out / "submission.csv")
-    write_predictions(out / "predictions.json", results, predictor.describe(), failed)
     summary = {"studies": len(results), "failed": failed, "timings": dict(predictor.timings),
-               "warnings": {r.study_id: r.warnings for r in results if r.warnings}}
+               "warnings": {r.study_id: r.warnings for r in results if r.warnings},
+               "skipped_files": {r.study_id: r.skipped for r in results if r.skipped}}
     import json
 
+    if results:  # an empty submission.csv would pass for a result; report.json alone says what went wrong
+        write_csv_atomic(submission_frame(results), out / "submission.csv")
+        write_predictions(out / "predictions.json", results, predictor.describe(), failed)
     atomic_write_text(out / "report.json", json.dumps(summary, indent=1))
-    if report and results:
+    if not results:
+        raise DataError(f"no study could be graded ({len(failed)} of {len(jobs)} failed; "
+                        f"see {out / 'report.json'})")
+    if report:
         from .report.html import write_report
 
         write_report(out, out / "report.html", studies=studies)
-    if dicom_sr and results:
+    if dicom_sr:
         from .report.sr import write_sr
 
         for res in results:

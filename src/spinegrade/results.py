@@ -71,6 +71,7 @@ class StudyResult:
     points: list[Point]
     findings: list[Finding]
     warnings: list[str] = field(default_factory=list)
+    skipped: list[dict] = field(default_factory=list)  # files not used: {"path" (in the study), "reason"}
 
     def finding(self, condition: str, level: str) -> Finding:
         for f in self.findings:
@@ -101,7 +102,8 @@ class StudyResult:
                    series=[SeriesUse(**s) for s in d.get("series", [])],
                    points=[Point(**p) for p in d.get("points", [])],
                    findings=[Finding(**f) for f in d.get("findings", [])],
-                   warnings=list(d.get("warnings", [])))
+                   warnings=list(d.get("warnings", [])),
+                   skipped=[dict(k) for k in d.get("skipped", [])])
 
 
 def write_predictions(path: Path, studies: list[StudyResult], model: dict, failed: list[dict]) -> None:

@@ -168,3 +168,67 @@ def write_series(folder, n: int = 5, *, orientation=AXIAL, origin=(0.0, 0.0, 0.0
         write_dicom(folder / names[k], ds, transfer_syntax)
         out.append(px)
     return out
+
+
+# Per-slice tags of a classic file, which an enhanced MR file keeps in its functional groups instead.
+_PER_FRAME_KEYWORDS = ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing", "SliceThickness",
+                       "SpacingBetweenSlices", "RescaleSlope", "RescaleIntercept", "RescaleType", "EchoTime",
+                       "RepetitionTime", "FlipAngle", "InversionTime", "InstanceNumber", "SliceLocation")
+
+
+def _item(**kw) -> Dataset:
+    d = Dataset()
+    for k, v in kw.items():
+        setattr(d, k, v)
+    return d
+
+
+def to_enhanced_mr(files, out_path) -> Path:
+    """Convert classic single-frame MR files (one series) into one Enhanced MR multi-frame file, as scanners
+    export it: frames in InstanceNumber order, native pixels, position, orientation, spacing and rescale in
+    the per-frame functional groups, MR timing in the shared ones."""
+    import copy
+
+    import pydicom
+    from pydicom.uid import EnhancedMRImageStorage
+
+    dss = sorted((pydicom.dcmread(f) for f in files), key=lambda d: int(d.get("InstanceNumber", 0)))
+    first = dss[0]
+    frames = np.stack([d.pixel_array for d in dss])
+    base = copy.deepcopy(first)
+    del base.PixelData
+    for kw in _PER_FRAME_KEYWORDS:
+        if kw in base:
+            delattr(base, kw)
+    base.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    base.SOPClassUID = base.file_meta.MediaStorageSOPClassUID = EnhancedMRImageStorage
+    base.SOPInstanceUID = base.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    base.InstanceNumber = 1
+    base.NumberOfFrames = len(dss)
+    measures = _item(PixelSpacing=first.PixelSpacing, **({"SliceThickness": first.SliceThickness}
+                                                         if "SliceThickness" in first else {}))
+    shared = _item(PixelMeasuresSequence=[measures])
+    if "EchoTime" in first:
+        shared.MREchoSequence = [_item(EffectiveEchoTime=first.EchoTime)]
+    timing = {kw: first.get(kw) for kw in ("RepetitionTime", "FlipAngle") if kw in first}
+    if timing:
+        shared.MRTimingAndRelatedParametersSequence = [_item(**timing)]
+    if "InversionTime" in first:
+        shared.MRModifierSequence = [_item(InversionTimes=[first.InversionTime])]
+    base.SharedFunctionalGroupsSequence = [shared]
+    per_frame = []
+    for d in dss:
+        item = _item(PlanePositionSequence=[_item(ImagePositionPatient=d.ImagePositionPatient)],
+                     PlaneOrientationSequence=[_item(ImageOrientationPatient=d.ImageOrientationPatient)])
+        if "RescaleSlope" in d or "RescaleIntercept" in d:
+            item.PixelValueTransformationSequence = [_item(RescaleSlope=d.get("RescaleSlope", "1"),
+                                                           RescaleIntercept=d.get("RescaleIntercept", "0"))]
+        per_frame.append(item)
+    base.PerFrameFunctionalGroupsSequence = per_frame
+    base.PixelData = frames.tobytes()
+    base["PixelData"].VR = "OW"
+    base["PixelData"].is_undefined_length = False
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    base.save_as(out_path, enforce_file_format=True)
+    return out_path

@@ -275,7 +275,7 @@ def test_geometry_inside_enhanced_functional_groups_is_found(tmp_path):
     np.testing.assert_allclose(s.positions[0], [1, 2, 3])
 
 
-def test_multiframe_files_are_skipped_with_a_reason(tmp_path):
+def test_multiframe_files_without_per_frame_positions_are_skipped_with_a_reason(tmp_path):
     write_series(tmp_path / "s", 2)
     px = np.stack([slice_pixels(), slice_pixels(value=9)])
     ds = make_dataset(px[0], position=(0, 0, 50))
@@ -284,7 +284,8 @@ def test_multiframe_files_are_skipped_with_a_reason(tmp_path):
     write_dicom(tmp_path / "s" / "multi.dcm", ds)
     (s,) = load_series(tmp_path / "s")
     assert s.n_slices == 2
-    assert [k.reason for k in s.skipped] == ["multi-frame file (2 frames): not supported"]
+    assert [k.reason for k in s.skipped] == ["multi-frame file (2 frames) without a position for each frame "
+                                             "(PerFrameFunctionalGroupsSequence): its slices cannot be placed"]
 
 
 # --- study layouts -------------------------------------------------------------------------------------------

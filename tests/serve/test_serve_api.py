@@ -96,10 +96,19 @@ def test_upload_size_limits(make_app, synth_zip):
         assert _upload(client, b"").status_code == 400
 
 
-def test_a_study_that_cannot_be_read_gets_a_clear_message(make_app, tmp_path, wait_for_job):
+def test_a_study_that_cannot_be_read_gets_a_clear_message(make_app, tmp_path, wait_for_job, synth_study):
     data = _zip_with(tmp_path, [("123/series/1.dcm", b"not dicom at all")])
     with TestClient(make_app()) as client:
-        r = _upload(client, data, "123.zip")
+        r = _upload(client, data, "123.zip")  # no usable image: refused before it is queued
+        assert r.status_code == 400
+        assert r.json()["detail"] == "123: no readable DICOM image found among 2 files (not a DICOM file: 2)"
+        assert not client.app.state.viewer.jobs and not list((tmp_path / "work").iterdir())
+        # readable images, but the study cannot be graded (no labels for a folder named "abc")
+        zpath = tmp_path / "abc.zip"
+        with zipfile.ZipFile(zpath, "w") as zf:
+            for f in sorted(synth_study.rglob("*.dcm"))[:3]:
+                zf.write(f, f"abc/{f.parent.name}/{f.name}")
+        r = _upload(client, zpath.read_bytes(), "abc.zip")
         assert r.status_code == 202
         done = wait_for_job(client, r.json()["job"])
         assert done["status"] == "error"
@@ -107,6 +116,7 @@ def test_a_study_that_cannot_be_read_gets_a_clear_message(make_app, tmp_path, wa
         assert str(tmp_path) not in done["message"]  # no server paths shown
         page = client.get(r.json()["url"]).text
         assert 'id="error"' in page and "Could not read this study" in page
+        assert not list((tmp_path / "work").iterdir())  # the failed job keeps its message, not its files
 
 
 def test_logs_name_jobs_not_patients(make_app, synth_study, tmp_path, caplog, wait_for_job):

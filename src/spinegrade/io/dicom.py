@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 import struct
 import warnings
 from collections import Counter
@@ -49,11 +50,24 @@ _TAG_KEYWORDS = (
 # The end marker of encapsulated (compressed) pixel data: Sequence Delimitation Item, length 0.
 _SEQ_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
 _PIXEL_DATA_TAG = 0x7FE00010
+# The most pixels (rows x columns x frames) one file may claim before anything is decoded: a header is a few
+# bytes, and a forged one (65535 x 65535) would make the decoder allocate gigabytes. 2**27 is a 512 x 512
+# enhanced MR of 512 frames, more than any lumbar spine series. SPINEGRADE_MAX_PIXELS overrides it.
+DEFAULT_MAX_PIXELS = 2**27
+# How many decoded bytes one byte of compressed data can at most become, where the codec bounds it: an RLE
+# replicate run turns 2 bytes into at most 128, a JPEG Huffman code is at least 1 bit per sample (lossless) or
+# 2 bits per 8 x 8 block (DCT). JPEG-LS run mode and JPEG 2000 have no useful bound; the pixel budget holds.
+_MAX_EXPANSION = {
+    "1.2.840.10008.1.2.5": 64,  # RLE Lossless
+    "1.2.840.10008.1.2.4.57": 32, "1.2.840.10008.1.2.4.70": 32,  # JPEG Lossless (16, with a margin)
+    "1.2.840.10008.1.2.4.50": 1024, "1.2.840.10008.1.2.4.51": 1024,  # JPEG baseline / extended (512, margin)
+}
 
 
 @dataclass
 class _Slice:
-    """One readable image file: its header (no pixel data) and what grouping and sorting need from it."""
+    """One readable image (a file, or one frame of a multi-frame file): its header (no pixel data) and what
+    grouping, sorting and decoding need from it."""
 
     path: Path
     ds: Dataset
@@ -67,41 +81,54 @@ class _Slice:
     instance: int | None
     series_uid: str
     problems: list[str] = field(default_factory=list)  # unreadable optional tags, said in the series notes
+    frame: int | None = None  # index of the frame in a multi-frame file; None for a single-frame file
+    rescale: tuple[float, float] | None = None  # (slope, intercept) when given
 
     @property
     def has_geometry(self) -> bool:
         return self.orientation is not None and self.position is not None
 
 
+def max_pixels_default() -> int:
+    """The per-file pixel budget: SPINEGRADE_MAX_PIXELS when set to a positive integer, else DEFAULT_MAX_PIXELS."""
+    v = os.environ.get("SPINEGRADE_MAX_PIXELS", "").strip()
+    return int(v) if v.isdigit() and int(v) > 0 else DEFAULT_MAX_PIXELS
+
+
 # --- public API --------------------------------------------------------------------------------------------
-def load_study(path, descriptions=None, load_pixels: bool = True) -> Study:
+def load_study(path, descriptions=None, load_pixels: bool = True, max_pixels: int | None = None) -> Study:
     """Read a study folder (RSNA layout or any folder of DICOM files) and name the role of each series.
 
     `descriptions` (a `*_series_descriptions.csv` path or a dict series_id -> description) fixes the roles;
-    without it they are inferred from the images. `load_pixels=False` reads headers only (fast).
+    without it they are inferred from the images. `load_pixels=False` reads headers only (fast). A file
+    claiming more than `max_pixels` pixels (default `max_pixels_default()`) is skipped before decoding.
     Raises DataError when the folder holds no readable DICOM image.
     """
     from .roles import assign_roles
 
     root = _check_folder(path)
     study_id = root.absolute().name
+    budget = max_pixels or max_pixels_default()
     series: list[Series] = []
     skipped: list[SkippedFile] = []
+    tree = root.resolve()
     if _is_rsna_layout(root):
-        for sub in sorted((p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")),
+        skipped += _links_at_top(root)
+        for sub in sorted((p for p in root.iterdir() if _is_real_dir(p) and not p.name.startswith(".")),
                           key=_natural_key):
-            found, lost = _read_folder(sub, study_id, sub.name, load_pixels)
+            found, lost = _read_folder(sub, study_id, sub.name, load_pixels, budget, tree)
             series += found
             skipped += lost
     else:
-        series, skipped = _read_plain(root, study_id, load_pixels)
+        series, skipped = _read_plain(root, study_id, load_pixels, budget, tree)
     if not series:
         raise DataError(_nothing_readable(root, skipped))
     assign_roles(series, descriptions=descriptions, study_id=study_id, read_slice=read_slice)
     return Study(study_id=study_id, path=str(root), series=series, skipped=skipped)
 
 
-def load_series(folder, study_id=None, series_id=None, load_pixels: bool = True) -> list[Series]:
+def load_series(folder, study_id=None, series_id=None, load_pixels: bool = True,
+                max_pixels: int | None = None) -> list[Series]:
     """Read one series folder; a list because a folder that mixes stacks is split (see module doc).
 
     Ids default to the folder's name (series) and its parent's (study). Raises DataError when the folder
@@ -112,24 +139,46 @@ def load_series(folder, study_id=None, series_id=None, load_pixels: bool = True)
     root = _check_folder(folder)
     sid = str(series_id) if series_id is not None else root.absolute().name
     stid = str(study_id) if study_id is not None else root.absolute().parent.name
-    series, skipped = _read_folder(root, stid, sid, load_pixels)
+    series, skipped = _read_folder(root, stid, sid, load_pixels, max_pixels or max_pixels_default(),
+                                   root.resolve())
     if not series:
         raise DataError(_nothing_readable(root, skipped))
     assign_roles(series, read_slice=read_slice)
     return series
 
 
-def read_slice(path) -> np.ndarray:
+def read_slice(path, max_pixels: int | None = None) -> np.ndarray:
     """Pixels of one single-frame DICOM file as the loader returns them: float32 (rows, cols), rescale
     applied, MONOCHROME1 inverted. Raises DataError naming the file when it cannot be used."""
     p = Path(path)
-    header = _read_header(p)
+    header = _read_header(p, max_pixels or max_pixels_default())
     if isinstance(header, SkippedFile):
         raise DataError(f"{p}: {header.reason}")
+    if isinstance(header, list):
+        raise DataError(f"{p}: a multi-frame file ({len(header)} frames): read it with load_series")
     pixels = _decode(header)
     if isinstance(pixels, SkippedFile):
         raise DataError(f"{p}: {pixels.reason}")
     return pixels
+
+
+def read_header(path) -> Dataset:
+    """A file's header (no pixel data) with every element decoded; elements that cannot be decoded (a damaged
+    VR) are dropped, so later reads of it cannot raise. Raises DataError naming the file when it is unreadable."""
+    p = Path(path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = pydicom.dcmread(p, stop_before_pixels=True)
+            _drop_damaged(getattr(ds, "file_meta", Dataset()))
+            _drop_damaged(ds)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except OSError as e:
+        raise DataError(f"{p}: cannot read: {e.strerror or e}") from None
+    except Exception as e:  # noqa: BLE001 - damaged files make pydicom raise many types
+        raise DataError(f"{p}: unreadable DICOM: {_first_line(e)}") from None
+    return ds
 
 
 # --- folders -----------------------------------------------------------------------------------------------
@@ -142,22 +191,62 @@ def _check_folder(path) -> Path:
     return root
 
 
+def _is_real_dir(p: Path) -> bool:
+    """A folder that is not a symbolic link: links are never followed inside a study tree, as a link can
+    loop back (`loop -> .`) or lead out of the study."""
+    return not p.is_symlink() and p.is_dir()
+
+
 def _is_rsna_layout(root: Path) -> bool:
-    """`<study>/<series>/files`: only subfolders at the top, and no deeper folders inside them."""
-    entries = [p for p in root.iterdir() if not p.name.startswith(".")]
+    """`<study>/<series>/files`: only subfolders at the top, and no deeper folders inside them (symbolic
+    links are not data and do not count)."""
+    entries = [p for p in root.iterdir() if not p.name.startswith(".") and not p.is_symlink()]
     subs = [p for p in entries if p.is_dir()]
     if not subs or len(subs) != len(entries):
         return False
-    return not any(q.is_dir() for s in subs for q in s.iterdir() if not q.name.startswith("."))
+    return not any(_is_real_dir(q) for s in subs for q in s.iterdir() if not q.name.startswith("."))
 
 
-def _list_files(root: Path) -> list[Path]:
-    """Every regular file under root, sorted; hidden files and folders (.DS_Store, .git) are not data."""
-    out = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        out += [Path(dirpath) / f for f in sorted(filenames, key=_natural_key) if not f.startswith(".")]
-    return out
+def _links_at_top(root: Path) -> list[SkippedFile]:
+    return [SkippedFile(str(p), _LINK_TO_FOLDER) for p in sorted(root.iterdir(), key=_natural_key)
+            if p.is_symlink() and not p.name.startswith(".")]
+
+
+_LINK_TO_FOLDER = "symbolic link to a folder: not followed"
+
+
+def _list_files(root: Path, tree: Path) -> tuple[list[Path], list[SkippedFile]]:
+    """Every regular file under root, sorted, and the entries that are not read: links to folders, links
+    leading outside `tree` (the resolved study folder), anything that is not a regular file (a FIFO would
+    block the reader). Hidden files and folders (.DS_Store, .git) are not data."""
+    out, skipped = [], []
+    for dirpath, dirnames, filenames in os.walk(root):  # followlinks=False: links to folders are not entered
+        here = Path(dirpath)
+        skipped += [SkippedFile(str(here / d), _LINK_TO_FOLDER) for d in sorted(dirnames, key=_natural_key)
+                    if not d.startswith(".") and (here / d).is_symlink()]
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and not (here / d).is_symlink())
+        for f in sorted((f for f in filenames if not f.startswith(".")), key=_natural_key):
+            why = _file_problem(here / f, tree)
+            if why:
+                skipped.append(SkippedFile(str(here / f), why))
+            else:
+                out.append(here / f)
+    return out, skipped
+
+
+def _file_problem(path: Path, tree: Path) -> str | None:
+    """Why a directory entry is not read as a file of the study, or None."""
+    try:
+        if path.is_symlink():
+            target = path.resolve(strict=True)
+            if target != tree and tree not in target.parents:
+                return "symbolic link to a file outside the study folder: not followed"
+        mode = path.stat().st_mode
+    except (OSError, RuntimeError):  # a dangling link or a loop of links
+        return "symbolic link that leads nowhere (dangling or a loop)"
+    if not stat.S_ISREG(mode):
+        return "not a regular file (a device, pipe or socket)"
+    return None
 
 
 def _natural_key(p) -> list:
@@ -178,10 +267,12 @@ def _short_reason(reason: str) -> str:
     return reason.split(":")[0].split(" (")[0]
 
 
-def _read_folder(folder: Path, study_id: str, series_id: str, load_pixels: bool
+def _read_folder(folder: Path, study_id: str, series_id: str, load_pixels: bool, max_pixels: int, tree: Path
                  ) -> tuple[list[Series], list[SkippedFile]]:
     """One series folder -> its series (split when needed) and the files that no series could take."""
-    slices, skipped = _read_headers(_list_files(folder))
+    paths, not_files = _list_files(folder, tree)
+    slices, skipped = _read_headers(paths, max_pixels)
+    skipped = not_files + skipped
     series, lost = _assemble(slices, study_id, series_id, load_pixels)
     if not series:
         return [], skipped + lost
@@ -189,9 +280,12 @@ def _read_folder(folder: Path, study_id: str, series_id: str, load_pixels: bool
     return series, []
 
 
-def _read_plain(root: Path, study_id: str, load_pixels: bool) -> tuple[list[Series], list[SkippedFile]]:
+def _read_plain(root: Path, study_id: str, load_pixels: bool, max_pixels: int, tree: Path
+                ) -> tuple[list[Series], list[SkippedFile]]:
     """A folder of DICOM files in no particular layout: group by SeriesInstanceUID."""
-    slices, skipped = _read_headers(_list_files(root))
+    paths, not_files = _list_files(root, tree)
+    slices, skipped = _read_headers(paths, max_pixels)
+    skipped = not_files + skipped
     by_uid: dict[str, list[_Slice]] = {}
     for s in slices:
         by_uid.setdefault(s.series_uid, []).append(s)
@@ -227,16 +321,23 @@ def _series_ids(by_uid: dict[str, list[_Slice]]) -> dict[str, str]:
 
 
 # --- headers -----------------------------------------------------------------------------------------------
-def _read_headers(paths: list[Path]) -> tuple[list[_Slice], list[SkippedFile]]:
+def _read_headers(paths: list[Path], max_pixels: int) -> tuple[list[_Slice], list[SkippedFile]]:
     slices, skipped = [], []
     for p in paths:
-        r = _read_header(p)
-        (skipped if isinstance(r, SkippedFile) else slices).append(r)
+        r = _read_header(p, max_pixels)
+        if isinstance(r, SkippedFile):
+            skipped.append(r)
+        elif isinstance(r, list):  # the frames of a multi-frame file
+            slices += r
+        else:
+            slices.append(r)
     return slices, skipped
 
 
-def _read_header(path: Path) -> _Slice | SkippedFile:
-    """Parse a file's header only and check that its pixel data is present and complete (not decoded)."""
+def _read_header(path: Path, max_pixels: int) -> _Slice | list[_Slice] | SkippedFile:
+    """Parse a file's header only, every element of it, and check that its pixel data is present, complete
+    and of a plausible size (nothing is decoded). A multi-frame file (Enhanced MR) gives one slice per
+    frame, each with its own position, orientation and spacing from the functional groups."""
     try:
         size = path.stat().st_size
         if size == 0:
@@ -244,7 +345,11 @@ def _read_header(path: Path) -> _Slice | SkippedFile:
         with open(path, "rb") as fp, warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             ds = pydicom.dcmread(fp, stop_before_pixels=True)
-            problem = _pixel_data_problem(fp, ds, size)
+            cut = _header_cut(ds, size)
+            # pydicom decodes element values on first access; do it here, inside this file's guarded step,
+            # so that a damaged element (an unknown VR from a bit flip) costs that element, not the study.
+            damaged = _drop_damaged(getattr(ds, "file_meta", Dataset())) + _drop_damaged(ds)
+            problem, data_length = _pixel_data_problem(fp, ds, size)
     except InvalidDicomError:
         return SkippedFile(str(path), "not a DICOM file (no 'DICM' marker after the 128-byte preamble)")
     except OSError as e:
@@ -253,8 +358,10 @@ def _read_header(path: Path) -> _Slice | SkippedFile:
         raise
     except BaseException as e:  # damaged files make pydicom raise many types; the reason must name the problem
         return SkippedFile(str(path), f"unreadable DICOM: {_first_line(e)}")
-    if any("end of file" in str(w.message).lower() for w in caught) or _header_cut(ds, size):
+    if any("end of file" in str(w.message).lower() for w in caught) or cut:
         return SkippedFile(str(path), f"truncated: the file ends inside its header ({size} bytes)")
+    if ("Rows" not in ds or "Columns" not in ds) and damaged:
+        return SkippedFile(str(path), f"damaged header: {'; '.join(damaged)}")
     if "Rows" not in ds or "Columns" not in ds:
         sop = ds.get("SOPClassUID") or ds.get("file_meta", Dataset()).get("MediaStorageSOPClassUID")
         kind = f"; SOP class {UID(str(sop)).name}" if sop else ""
@@ -262,12 +369,16 @@ def _read_header(path: Path) -> _Slice | SkippedFile:
     if problem:
         return SkippedFile(str(path), problem)
     frames = _int(ds.get("NumberOfFrames")) or 1
-    if frames > 1:
-        return SkippedFile(str(path), f"multi-frame file ({frames} frames): not supported")
+    if frames > 1 and not _frames_placed(ds, frames):
+        return SkippedFile(str(path), f"multi-frame file ({frames} frames) without a position for each frame "
+                                      "(PerFrameFunctionalGroupsSequence): its slices cannot be placed")
     samples = _int(ds.get("SamplesPerPixel")) or 1
     if samples != 1:
         return SkippedFile(str(path), f"colour image (SamplesPerPixel {samples}): not supported")
     ts = _transfer_syntax(ds)
+    too_big = _size_problem(ds, ts, data_length, max_pixels)
+    if too_big:
+        return SkippedFile(str(path), too_big)
     if ts and ts.is_compressed:
         try:
             available = pydicom.pixels.get_decoder(ts).is_available
@@ -275,7 +386,63 @@ def _read_header(path: Path) -> _Slice | SkippedFile:
             available = False
         if not available:
             return SkippedFile(str(path), f"no decoder installed for transfer syntax {ts.name} ({ts})")
-    return _slice_from_header(path, ds)
+    if frames > 1:
+        out = [_slice_from_header(path, ds, k) for k in range(frames)]
+        for s in out:
+            s.problems += damaged
+        return out
+    s = _slice_from_header(path, ds)
+    s.problems += damaged
+    return s
+
+
+def _frames_placed(ds: Dataset, frames: int) -> bool:
+    """Whether every frame of a multi-frame file has its own ImagePositionPatient."""
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence")
+    if per_frame is None or len(per_frame) != frames:
+        return False
+    return all(_floats(_in_group(item, "PlanePositionSequence", "ImagePositionPatient"), 3) is not None
+               for item in per_frame)
+
+
+def _drop_damaged(ds: Dataset) -> list[str]:
+    """Decode every element (sequences included); remove those that cannot be decoded and say which."""
+    problems = []
+    for tag in list(ds.keys()):
+        try:
+            elem = ds[tag]
+            if elem.VR == "SQ":
+                for item in elem.value:
+                    problems += _drop_damaged(item)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as e:  # noqa: BLE001 - pydicom's value converters raise many types
+            del ds[tag]
+            text = str(e).strip()
+            why = text.splitlines()[0] if text else type(e).__name__
+            problems.append(f"damaged header element {tag} ignored ({why})")
+    return problems
+
+
+def _size_problem(ds: Dataset, ts: UID | None, data_length: int | None, max_pixels: int) -> str | None:
+    """Why the pixel data the header claims must not be decoded (too many pixels for the budget, or more
+    bytes than the compressed data can hold), or None."""
+    rows, cols = _int(ds.get("Rows")) or 0, _int(ds.get("Columns")) or 0
+    frames = _int(ds.get("NumberOfFrames")) or 1
+    if rows <= 0 or cols <= 0:
+        return f"no pixels: the header says {rows} x {cols}"
+    pixels = rows * cols * frames
+    frame_text = f" x {frames} frames" if frames > 1 else ""
+    if pixels > max_pixels:
+        return (f"image too large: the header claims {rows} x {cols}{frame_text} = {pixels:,} pixels, over the "
+                f"reader's budget of {max_pixels:,} (SPINEGRADE_MAX_PIXELS)")
+    bound = _MAX_EXPANSION.get(str(ts)) if ts is not None else None
+    if bound and data_length:
+        claimed = (pixels * (_int(ds.get("SamplesPerPixel")) or 1) * (_int(ds.get("BitsAllocated")) or 16) + 7) // 8
+        if claimed > bound * data_length:
+            return (f"implausible header: {rows} x {cols}{frame_text} pixels ({claimed:,} bytes) cannot come from "
+                    f"{data_length:,} bytes of {ts.name} data")
+    return None
 
 
 def _first_line(e: Exception) -> str:
@@ -301,44 +468,45 @@ def _header_cut(ds: Dataset, size: int) -> bool:
     return False
 
 
-def _pixel_data_problem(fp, ds: Dataset, size: int) -> str | None:
-    """Check the Pixel Data element that `stop_before_pixels` left the file positioned on.
+def _pixel_data_problem(fp, ds: Dataset, size: int) -> tuple[str | None, int | None]:
+    """Check the Pixel Data element that `stop_before_pixels` left the file positioned on: (problem or None,
+    bytes of pixel data or None when unknown).
 
     Only its element header and the file size are read: native data must have all its bytes, compressed
     data must end with the sequence delimiter. This finds truncated files without decoding anything.
     """
     ts = _transfer_syntax(ds)
     if ts is None or ts.is_deflated:
-        return None  # positions inside a deflated stream say nothing about the file; decoding will tell
+        return None, None  # positions inside a deflated stream say nothing about the file; decoding will tell
     start = fp.tell()
     head = fp.read(12)
     endian = "<" if ts.is_little_endian else ">"
     if len(head) < 8:
-        return "no pixel data" if len(head) == 0 else "truncated: the file ends inside the pixel data header"
+        return ("no pixel data" if len(head) == 0 else "truncated: the file ends inside the pixel data header"), None
     group, elem = struct.unpack(endian + "HH", head[:4])
     if (group << 16 | elem) != _PIXEL_DATA_TAG:
-        return "no integer pixel data (Float/Double Float Pixel Data is not supported)"
+        return "no integer pixel data (Float/Double Float Pixel Data is not supported)", None
     if ts.is_implicit_VR:
         hdr, length = 8, struct.unpack(endian + "I", head[4:8])[0]
     else:
         if len(head) < 12:
-            return "truncated: the file ends inside the pixel data header"
+            return "truncated: the file ends inside the pixel data header", None
         hdr, length = 12, struct.unpack(endian + "I", head[8:12])[0]
     if length == 0xFFFFFFFF:
         fp.seek(max(start, size - 4096))
         if _SEQ_DELIMITER not in fp.read():
-            return f"truncated: compressed pixel data has no end marker ({size} bytes)"
-        return None
+            return f"truncated: compressed pixel data has no end marker ({size} bytes)", None
+        return None, size - start - hdr
     have = size - start - hdr
     if have < length:
-        return f"truncated: pixel data has {have} of {length} bytes"
+        return f"truncated: pixel data has {have} of {length} bytes", None
     if ts.is_compressed:
-        return None
+        return None, length
     need = ((_int(ds.get("Rows")) or 0) * (_int(ds.get("Columns")) or 0) * (_int(ds.get("SamplesPerPixel")) or 1)
             * (_int(ds.get("NumberOfFrames")) or 1) * (_int(ds.get("BitsAllocated")) or 16) + 7) // 8
     if length < need:
-        return f"pixel data too short: {length} bytes for {need} expected"
-    return None
+        return f"pixel data too short: {length} bytes for {need} expected", None
+    return None, length
 
 
 def _int(v) -> int | None:
@@ -360,40 +528,59 @@ def _floats(v, n: int) -> np.ndarray | None:
     return a if a.size == n and np.all(np.isfinite(a)) else None
 
 
-def _find(ds: Dataset, keyword: str, group: str):
-    """A tag at the top level, else in the enhanced-MR functional groups (shared, then first frame)."""
-    if keyword in ds:
+def _in_group(item: Dataset, group: str, keyword: str):
+    """keyword inside the first item of a functional group sequence of `item`, or None."""
+    try:
+        return getattr(item, group)[0].get(keyword)
+    except (AttributeError, IndexError, KeyError):
+        return None
+
+
+def _find(ds: Dataset, keyword: str, group: str, frame: int | None = None):
+    """A tag of one frame: in that frame's functional groups, then the shared ones (enhanced MR); for a
+    single-frame file at the top level first, then shared, then the first frame's groups."""
+    if frame is None and keyword in ds:
         return ds.get(keyword)
-    for fg in ("SharedFunctionalGroupsSequence", "PerFrameFunctionalGroupsSequence"):
-        try:
-            return getattr(getattr(ds, fg)[0], group)[0].get(keyword)
-        except (AttributeError, IndexError, KeyError):
-            continue
-    return None
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence") or []
+    shared = ds.get("SharedFunctionalGroupsSequence") or []
+    order = ([per_frame[frame]] if frame is not None and frame < len(per_frame) else []) + list(shared[:1])
+    if frame is None:
+        order += list(per_frame[:1])
+    for item in order:
+        v = _in_group(item, group, keyword)
+        if v is not None:
+            return v
+    return ds.get(keyword) if frame is not None else None
 
 
-def _slice_from_header(path: Path, ds: Dataset) -> _Slice:
+def _slice_from_header(path: Path, ds: Dataset, frame: int | None = None) -> _Slice:
     problems = []
-    raw_iop = _find(ds, "ImageOrientationPatient", "PlaneOrientationSequence")
+    raw_iop = _find(ds, "ImageOrientationPatient", "PlaneOrientationSequence", frame)
     orientation = _unit_orientation(_floats(raw_iop, 6))
     if raw_iop is not None and orientation is None:
         problems.append("ImageOrientationPatient unreadable")
-    raw_ipp = _find(ds, "ImagePositionPatient", "PlanePositionSequence")
+    raw_ipp = _find(ds, "ImagePositionPatient", "PlanePositionSequence", frame)
     position = _floats(raw_ipp, 3)
     if raw_ipp is not None and position is None:
         problems.append("ImagePositionPatient unreadable")
     spacing, source = None, "default"
     for keyword in ("PixelSpacing", "ImagerPixelSpacing"):
-        sp = _floats(_find(ds, keyword, "PixelMeasuresSequence"), 2)
+        sp = _floats(_find(ds, keyword, "PixelMeasuresSequence", frame), 2)
         if sp is not None and np.all(sp > 0):
             spacing, source = (float(sp[0]), float(sp[1])), keyword
             break
+    slope = _floats(_find(ds, "RescaleSlope", "PixelValueTransformationSequence", frame), 1)
+    intercept = _floats(_find(ds, "RescaleIntercept", "PixelValueTransformationSequence", frame), 1)
+    rescale = (float(slope[0]) if slope is not None else 1.0, float(intercept[0]) if intercept is not None
+               else 0.0) if slope is not None or intercept is not None else None
     ts = _transfer_syntax(ds)
+    # Frames of one file share its InstanceNumber; they are numbered 1..n in file order, as viewers do.
+    instance = frame + 1 if frame is not None else _int(ds.get("InstanceNumber"))
     return _Slice(
         path=path, ds=ds, transfer_syntax=str(ts) if ts else "", rows=int(ds.Rows), cols=int(ds.Columns),
         orientation=orientation, position=position, spacing=spacing or (1.0, 1.0), spacing_source=source,
-        instance=_int(ds.get("InstanceNumber")), series_uid=str(ds.get("SeriesInstanceUID", "")),
-        problems=problems,
+        instance=instance, series_uid=str(ds.get("SeriesInstanceUID", "")), problems=problems, frame=frame,
+        rescale=rescale,
     )
 
 
@@ -408,33 +595,59 @@ def _unit_orientation(iop: np.ndarray | None) -> np.ndarray | None:
 
 
 # --- pixels ------------------------------------------------------------------------------------------------
-def _decode(s: _Slice) -> np.ndarray | SkippedFile:
-    """Full read and decode of one file -> float32 (rows, cols) in MONOCHROME2 sense, rescale applied."""
+def _decode(s: _Slice, cache: dict | None = None) -> np.ndarray | SkippedFile:
+    """Full read and decode of one file (or one frame) -> float32 (rows, cols) in MONOCHROME2 sense, rescale
+    applied. `cache` keeps a multi-frame file's decoded frames (or its failure) for its other frames.
+
+    The pixel attributes come from the header already checked (`s.ds`); the file's size claims were checked
+    against the pixel budget there, before this allocates anything.
+    """
+    key = str(s.path)
+    if cache is not None and key in cache:
+        arr = cache[key]
+    else:
+        arr = _decode_file(s)
+        if cache is not None and s.frame is not None:
+            cache[key] = arr
+    if isinstance(arr, SkippedFile):
+        return arr
+    if s.frame is not None:
+        if arr.ndim != 3 or s.frame >= arr.shape[0]:
+            return SkippedFile(key, f"pixel data has shape {arr.shape}, header says {s.ds.get('NumberOfFrames')} "
+                                    f"frames of {s.rows}x{s.cols}")
+        arr = arr[s.frame]
+    if arr.shape != (s.rows, s.cols):
+        return SkippedFile(key, f"pixel data has shape {arr.shape}, header says {s.rows}x{s.cols}")
+    return _to_float(arr, s.ds, s.rescale)
+
+
+def _decode_file(s: _Slice) -> np.ndarray | SkippedFile:
     ts = UID(s.transfer_syntax) if s.transfer_syntax else None
     what = ts.name if ts else "unknown transfer syntax"
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # damaged-but-decodable files warn; the result is checked below
             ds = pydicom.dcmread(s.path)
-            arr = ds.pixel_array
+            _drop_damaged(ds)
+            return ds.pixel_array
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException as e:  # plugins raise anything; pylibjpeg-rle even panics (a BaseException)
         return SkippedFile(str(s.path), f"could not decode pixel data ({what}): {_first_line(e)}")
-    if arr.shape != (s.rows, s.cols):
-        return SkippedFile(str(s.path), f"pixel data has shape {arr.shape}, header says {s.rows}x{s.cols}")
+
+
+def _to_float(arr: np.ndarray, header: Dataset, rescale: tuple[float, float] | None) -> np.ndarray:
+    """Stored values -> float32 in MONOCHROME2 sense with the rescale applied."""
     out = arr.astype(np.float32)
-    if str(ds.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1":
-        bits = _int(ds.get("BitsStored")) or arr.dtype.itemsize * 8
-        lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if _int(ds.get("PixelRepresentation")) == 1 \
+    if str(header.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1":
+        bits = _int(header.get("BitsStored")) or arr.dtype.itemsize * 8
+        lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if _int(header.get("PixelRepresentation")) == 1 \
             else (0, 2 ** bits - 1)
         out = np.float32(lo + hi) - out
-    slope = _floats(ds.get("RescaleSlope"), 1)
-    intercept = _floats(ds.get("RescaleIntercept"), 1)
-    if slope is not None and slope[0] != 1.0:
-        out *= np.float32(slope[0])
-    if intercept is not None and intercept[0] != 0.0:
-        out += np.float32(intercept[0])
+    if rescale is not None and rescale[0] != 1.0:
+        out *= np.float32(rescale[0])
+    if rescale is not None and rescale[1] != 0.0:
+        out += np.float32(rescale[1])
     return out
 
 
@@ -504,13 +717,14 @@ def _order(g: _Group) -> None:
     g.slices = kept
 
 
-def _load_pixels(g: _Group) -> None:
+def _load_pixels(g: _Group, cache: dict) -> None:
     """Decode every slice; files that fail are skipped with the decoder's reason."""
     planes, kept = [], []
     for s in g.slices:
-        r = _decode(s)
+        r = _decode(s, cache)
         if isinstance(r, SkippedFile):
-            g.skipped.append(r)
+            if r not in g.skipped:  # the frames of one undecodable file: said once
+                g.skipped.append(r)
         else:
             planes.append(r)
             kept.append(s)
@@ -527,10 +741,12 @@ def _assemble(slices: list[_Slice], study_id: str, series_id: str, load_pixels: 
     they differ from it.
     """
     groups = _split(slices)
+    cache: dict = {}  # a multi-frame file is decoded once for all its frames, whatever group they fall in
     for g in groups:
         _order(g)
         if load_pixels:
-            _load_pixels(g)
+            _load_pixels(g, cache)
+    cache.clear()
     dead = [k for g in groups if not g.slices for k in g.skipped]
     groups = [g for g in groups if g.slices]
     groups.sort(key=lambda g: (-len(g.slices), min((s.instance or 0) for s in g.slices)))
@@ -602,11 +818,27 @@ def _to_series(g: _Group, study_id: str, series_id: str, source_id: str) -> Seri
     )
 
 
+# Where an enhanced MR file keeps the acquisition tags that a classic file has at the top level.
+_ENHANCED_TAGS = {
+    "EchoTime": ("MREchoSequence", "EffectiveEchoTime"),
+    "RepetitionTime": ("MRTimingAndRelatedParametersSequence", "RepetitionTime"),
+    "FlipAngle": ("MRTimingAndRelatedParametersSequence", "FlipAngle"),
+    "InversionTime": ("MRModifierSequence", "InversionTimes"),
+    "SliceThickness": ("PixelMeasuresSequence", "SliceThickness"),
+    "SpacingBetweenSlices": ("PixelMeasuresSequence", "SpacingBetweenSlices"),
+}
+
+
 def _plain_tags(ds: Dataset) -> dict:
     """The acquisition tags present, as JSON-ready values (numbers as float/int, multi-values as lists)."""
     out = {}
     for kw in _TAG_KEYWORDS:
         v = ds.get(kw)
+        if v is None and kw in _ENHANCED_TAGS:
+            group, inner = _ENHANCED_TAGS[kw]
+            v = _find(ds, inner, group)
+            if isinstance(v, pydicom.multival.MultiValue):
+                v = v[0] if len(v) else None
         if v is None or v == "":
             continue
         if isinstance(v, float):

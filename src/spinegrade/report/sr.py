@@ -142,9 +142,9 @@ def _point_for(result: StudyResult, condition: str, level: str) -> Point | None:
 
 
 def _header(path: str):
-    import pydicom
+    from ..io.dicom import read_header
 
-    return pydicom.dcmread(path, stop_before_pixels=True)
+    return read_header(path)  # damaged elements dropped: the source's header was read the same way for grading
 
 
 def _evidence_item(ds, fallback_uid: str = ""):

@@ -5,7 +5,12 @@ Design:
   so that access logs do not show it), streamed to disk while counting, so the size limit holds before the
   whole body is in memory (a multipart form is parsed in full first).
 - A zip is checked entry by entry before anything is written: absolute paths, `..`, symbolic links and
-  more unpacked bytes than allowed reject the whole upload with a message naming the entry.
+  more unpacked bytes than allowed reject the whole upload with a message naming the entry; a damaged zip
+  (bad CRC, sizes that lie, an unknown method, a password) is refused the same way. The unpacked study's
+  headers are read before it is queued, so a zip with no usable image (a forged size, garbage) is refused
+  at once. Every refusal removes the upload and what was unpacked, and the job is not kept.
+- The server holds at most `max_disk_bytes` on disk: finished jobs are removed, oldest first, to make room
+  for an upload; a failed job keeps its message and no files.
 - Grading runs in one background thread (one study at a time: the model and the study share the memory);
   the page polls `/api/jobs/<id>` and shows the stage.
 - Logs name job ids and study folder names only, never a patient name or id from the files.
@@ -26,6 +31,7 @@ import threading
 import time
 import uuid
 import zipfile
+import zlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -48,6 +54,7 @@ log = logging.getLogger("spinegrade.serve")
 
 Predictor = Callable[[Path], StudyResult]
 DEFAULT_MAX_UPLOAD = 500 * 2**20
+DEFAULT_MAX_DISK = 10 * 2**30  # everything the server keeps (uploads, unpacked studies, results)
 _UNPACK_FACTOR = 4  # a zip of DICOMs (already compressed pixels) unpacks to a few times its size at most
 _CHUNK = 1 << 20
 # the condition switch of the result page: view name -> (label, conditions drawn)
@@ -169,13 +176,19 @@ def safe_extract(zip_path: Path, dest: Path, max_bytes: int) -> None:
                 target.mkdir(parents=True, exist_ok=True)
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
-            with zf.open(info) as src, open(target, "wb") as out:
-                while chunk := src.read(_CHUNK):
-                    written += len(chunk)  # the sizes in the directory can lie; count what comes out
-                    if written > max_bytes:
-                        raise UploadRejected(f"the zip unpacks to more than {max_bytes / 2**20:.0f} MB: "
-                                             "upload rejected")
-                    out.write(chunk)
+            try:
+                with zf.open(info) as src, open(target, "wb") as out:
+                    while chunk := src.read(_CHUNK):
+                        written += len(chunk)  # the sizes in the directory can lie; count what comes out
+                        if written > max_bytes:
+                            raise UploadRejected(f"the zip unpacks to more than {max_bytes / 2**20:.0f} MB: "
+                                                 "upload rejected")
+                        out.write(chunk)
+            except (zipfile.BadZipFile, zlib.error, EOFError) as e:  # bad CRC, cut or lying data
+                raise UploadRejected(f"zip entry {info.filename!r} is damaged ({e}): upload rejected") from None
+            except (NotImplementedError, RuntimeError) as e:  # an unknown compression method, a password
+                raise UploadRejected(f"zip entry {info.filename!r} cannot be unpacked ({e}): upload rejected") \
+                    from None
 
 
 def _study_root(folder: Path) -> Path:
@@ -184,6 +197,17 @@ def _study_root(folder: Path) -> Path:
     if len(entries) == 1 and entries[0].is_dir():
         return entries[0]
     return folder
+
+
+def _check_study(root: Path) -> None:
+    """Read the unpacked study's headers (quick, nothing decoded): UploadRejected when no file is a usable
+    image, with the reasons and without the server's paths."""
+    from ..io.dicom import load_study
+
+    try:
+        load_study(root, load_pixels=False)
+    except DataError as e:
+        raise UploadRejected(str(e).replace(str(root), root.name)) from None
 
 
 def _safe_name(filename: str) -> str:
@@ -198,7 +222,8 @@ class Viewer:
     """Jobs and their worker: what the routes share."""
 
     def __init__(self, predictor: Predictor, work_dir: Path, studies_dir: Path | None, max_upload: int,
-                 model_info: dict):
+                 model_info: dict, max_disk: int = DEFAULT_MAX_DISK):
+        self.max_disk = max_disk
         self.predictor = predictor
         self.work_dir = work_dir
         self.studies_dir = studies_dir
@@ -216,6 +241,28 @@ class Viewer:
         with self._lock:
             self.jobs[jid] = job
         return job
+
+    def drop(self, job: Job) -> None:
+        """Forget a job and remove its files."""
+        with self._lock:
+            self.jobs.pop(job.id, None)
+        shutil.rmtree(job.folder, ignore_errors=True)
+
+    def disk_used(self) -> int:
+        return sum(f.stat().st_size for f in self.work_dir.rglob("*") if f.is_file() and not f.is_symlink())
+
+    def make_room(self, need: int) -> bool:
+        """Remove finished jobs, oldest first, until `need` more bytes fit under the disk bound."""
+        used = self.disk_used()
+        with self._lock:
+            finished = [j for j in self.jobs.values() if j.status in ("done", "error")]
+        for job in finished:  # dicts keep insertion order: oldest first
+            if used + need <= self.max_disk:
+                break
+            self.drop(job)
+            log.info("job %s: removed to make room for an upload", job.id)
+            used = self.disk_used()
+        return used + need <= self.max_disk
 
     def start(self, job: Job, study_path: Path) -> None:
         job.study_path = study_path
@@ -269,22 +316,25 @@ class Viewer:
             job.status, job.stage = "error", "failed"
             job.message = "Could not read this study: " + str(e).replace(str(job.folder) + "/", "")
             log.warning("job %s: study folder %r could not be read (%s)", job.id, job.name, type(e).__name__)
+            shutil.rmtree(job.folder, ignore_errors=True)  # the message stays; the upload is of no further use
         except Exception:  # noqa: BLE001 - a bug must end the job with a message, not hang the page
             job.status, job.stage = "error", "failed"
             job.message = "Internal error while grading this study (see the server log)."
             log.exception("job %s: study folder %r failed", job.id, job.name)
+            shutil.rmtree(job.folder, ignore_errors=True)
 
 
 def create_app(predictor: Predictor, *, studies_dir: str | Path | None = None, work_dir: str | Path | None = None,
                max_upload_bytes: int = DEFAULT_MAX_UPLOAD, max_unpacked_bytes: int | None = None,
-               model_info: dict | None = None):
+               max_disk_bytes: int = DEFAULT_MAX_DISK, model_info: dict | None = None):
     """The FastAPI app. `work_dir` holds uploads and results (a temporary folder, removed at shutdown,
-    when not given); `max_unpacked_bytes` defaults to a few times the upload limit."""
+    when not given); `max_unpacked_bytes` defaults to a few times the upload limit; `max_disk_bytes` bounds
+    all the server keeps in `work_dir`."""
     tmp = None if work_dir is not None else tempfile.TemporaryDirectory(prefix="spinegrade-serve-")
     work = Path(work_dir if work_dir is not None else tmp.name).resolve()
     work.mkdir(parents=True, exist_ok=True)
     viewer = Viewer(predictor, work, Path(studies_dir).resolve() if studies_dir else None, int(max_upload_bytes),
-                    dict(model_info or {}))
+                    dict(model_info or {}), int(max_disk_bytes))
     max_unpacked = int(max_unpacked_bytes or _UNPACK_FACTOR * max_upload_bytes)
 
     @asynccontextmanager
@@ -314,6 +364,10 @@ def create_app(predictor: Predictor, *, studies_dir: str | Path | None = None, w
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > viewer.max_upload:
             raise HTTPException(413, _too_large(viewer.max_upload))
+        expected = int(declared) if declared and declared.isdigit() else viewer.max_upload
+        if not await run_in_threadpool(viewer.make_room, expected + min(max_unpacked, _UNPACK_FACTOR * expected)):
+            raise HTTPException(503, "the server has no room for another study now: try again when the studies "
+                                     "being graded are done")
         job = viewer.new_job(_safe_name(filename))
         zip_path = job.folder / "upload.zip"
         size = 0
@@ -328,15 +382,17 @@ def create_app(predictor: Predictor, *, studies_dir: str | Path | None = None, w
                 raise UploadRejected("the upload is empty")
             dest = job.folder / "upload" / job.name
             await run_in_threadpool(safe_extract, zip_path, dest, max_unpacked)
-        except (HTTPException, UploadRejected) as e:
-            viewer.jobs.pop(job.id, None)
-            shutil.rmtree(job.folder, ignore_errors=True)
-            log.info("upload refused (%s)", "too large" if isinstance(e, HTTPException) else "bad zip")
+            zip_path.unlink()
+            root = _study_root(dest)
+            await run_in_threadpool(_check_study, root)
+        except BaseException as e:  # every way out of here but success leaves no files and no job
+            viewer.drop(job)
+            log.info("upload refused (%s)", type(e).__name__)
             if isinstance(e, UploadRejected):
                 raise HTTPException(400, str(e)) from None
+            if isinstance(e, OSError):
+                raise HTTPException(507, "the server could not store this upload") from None
             raise
-        zip_path.unlink()
-        root = _study_root(dest)
         job.name = root.name
         log.info("job %s: received %.1f MB for study folder %r", job.id, size / 2**20, job.name)
         viewer.start(job, root)

@@ -1,0 +1,228 @@
+"""Hostile and broken input at the reader: forged sizes, damaged headers, links, odd files. A generated,
+deterministic corpus; each case asserts what is read and the exact reason for what is not."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, RLELossless
+
+from dicom_factory import make_dataset, slice_pixels, write_dicom, write_series
+from spinegrade.cli import main
+from spinegrade.errors import DataError
+from spinegrade.io.dicom import load_series, load_study, read_slice
+from spinegrade.io.inspect import inspect_study
+
+
+def forge_size(src, dst, rows: int, cols: int) -> None:
+    """A copy of a DICOM file whose header claims another image size (the pixel data unchanged)."""
+    ds = pydicom.dcmread(src)
+    ds.Rows, ds.Columns = rows, cols
+    ds.save_as(dst)
+
+
+def flip_vr(path, keyword_tag: bytes, vr: bytes) -> None:
+    """Overwrite the explicit VR of the first element with this tag (group, element little endian bytes)."""
+    b = bytearray(path.read_bytes())
+    i = b.find(keyword_tag)
+    assert i > 0
+    b[i + 4:i + 6] = vr
+    path.write_bytes(bytes(b))
+
+
+def _reasons(skipped):
+    return {os.path.basename(k.path): k.reason for k in skipped}
+
+
+# --- forged sizes (decompression bombs) --------------------------------------------------------------------
+def test_a_forged_huge_image_is_skipped_before_decoding(tmp_path):
+    write_series(tmp_path / "s", 3, transfer_syntax=RLELossless)
+    forge_size(tmp_path / "s" / "1.dcm", tmp_path / "s" / "bomb.dcm", 65535, 65535)
+    (s,) = load_series(tmp_path / "s")
+    assert s.n_slices == 3
+    reason = _reasons(s.skipped)["bomb.dcm"]
+    assert reason.startswith("image too large: the header claims 65535 x 65535 = 4,294,836,225 pixels")
+    assert "SPINEGRADE_MAX_PIXELS" in reason
+    with pytest.raises(DataError, match=r"bomb\.dcm: image too large"):
+        read_slice(tmp_path / "s" / "bomb.dcm")
+
+
+def test_claims_beyond_what_the_compressed_data_can_hold_are_skipped(tmp_path):
+    write_series(tmp_path / "s", 2, transfer_syntax=RLELossless)
+    forge_size(tmp_path / "s" / "1.dcm", tmp_path / "s" / "liar.dcm", 4000, 4000)  # 16 Mpx: within the budget
+    (s,) = load_series(tmp_path / "s")
+    reason = _reasons(s.skipped)["liar.dcm"]
+    assert reason.startswith("implausible header: 4000 x 4000 pixels (32,000,000 bytes) cannot come from ")
+    assert reason.endswith("bytes of RLE Lossless data")
+
+
+def test_the_pixel_budget_is_configurable(tmp_path, monkeypatch):
+    write_series(tmp_path / "s", 2)  # 32 x 40 = 1280 pixels per file
+    assert load_series(tmp_path / "s", max_pixels=1280)[0].n_slices == 2
+    with pytest.raises(DataError, match="image too large: 2"):
+        load_series(tmp_path / "s", max_pixels=1279)
+    monkeypatch.setenv("SPINEGRADE_MAX_PIXELS", "1000")
+    with pytest.raises(DataError, match="no readable DICOM image found among 2 files"):
+        load_series(tmp_path / "s")
+
+
+def test_zero_rows_is_skipped_not_decoded(tmp_path):
+    write_series(tmp_path / "s", 2)
+    forge_size(tmp_path / "s" / "1.dcm", tmp_path / "s" / "zero.dcm", 0, 40)
+    (s,) = load_series(tmp_path / "s")
+    assert _reasons(s.skipped)["zero.dcm"] == "no pixels: the header says 0 x 40"
+
+
+_BOMB_UNDER_2GB = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+from spinegrade.io.dicom import load_series
+(s,) = load_series(sys.argv[1])
+print(s.n_slices, [k.reason.split(":")[0] for k in s.skipped])
+"""
+
+
+def test_bomb_under_a_2gb_address_space_limit(tmp_path):
+    """A regression (decoding the claimed size) fails here instead of taking the machine's memory."""
+    write_series(tmp_path / "s", 2, transfer_syntax=RLELossless)
+    forge_size(tmp_path / "s" / "1.dcm", tmp_path / "s" / "bomb.dcm", 65535, 65535)
+    r = subprocess.run([sys.executable, "-c", _BOMB_UNDER_2GB, str(tmp_path / "s")], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "2 ['image too large']"
+
+
+# --- damaged headers ---------------------------------------------------------------------------------------
+def test_unknown_vrs_cost_the_element_not_the_file_or_the_study(tmp_path, capsys):
+    write_series(tmp_path / "study" / "7", 5)
+    flip_vr(tmp_path / "study" / "7" / "2.dcm", b"\x08\x00\x3e\x10", b"QQ")  # SeriesDescription
+    flip_vr(tmp_path / "study" / "7" / "4.dcm", b"\x18\x00\x50\x00", b"ZZ")  # SliceThickness
+    flip_vr(tmp_path / "study" / "7" / "5.dcm", b"\x28\x00\x10\x00", b"QQ")  # Rows: the file is unusable
+    study = load_study(tmp_path / "study")
+    (s,) = study.series
+    assert s.n_slices == 4 and s.pixels.shape == (4, 32, 40)
+    assert any(n.startswith("damaged header element (0008,103E) ignored") for n in s.notes)
+    assert any(n.startswith("damaged header element (0018,0050) ignored") for n in s.notes)
+    assert _reasons(s.skipped) == {"5.dcm": "damaged header: damaged header element (0028,0010) ignored "
+                                            "(Unknown Value Representation 'QQ' in tag (0028,0010))"}
+    assert main(["inspect", str(tmp_path / "study")]) == 0
+    out = capsys.readouterr()
+    assert "Traceback" not in out.err and "damaged header element (0008,103E)" in out.out
+
+
+# --- links and odd directory entries -----------------------------------------------------------------------
+def test_a_link_loop_inside_a_study_is_not_followed(tmp_path):
+    write_series(tmp_path / "123" / "7", 3)
+    write_series(tmp_path / "123" / "8", 3, series_uid="1.2.3.8")
+    (tmp_path / "123" / "loop").symlink_to(".")
+    (tmp_path / "123" / "7" / "up").symlink_to("..")
+    study = load_study(tmp_path / "123")
+    assert [s.series_id for s in study.series] == ["7", "8"]
+    assert [s.n_slices for s in study.series] == [3, 3]
+    links = {k.path: k.reason for k in study.skipped + study.series[0].skipped}
+    assert links == {str(tmp_path / "123" / "loop"): "symbolic link to a folder: not followed",
+                     str(tmp_path / "123" / "7" / "up"): "symbolic link to a folder: not followed"}
+
+
+def test_links_out_of_the_study_dangling_links_and_fifos_are_not_read(tmp_path):
+    write_series(tmp_path / "s", 3)
+    write_series(tmp_path / "elsewhere", 1, origin=(0, 0, 50))
+    (tmp_path / "s" / "out.dcm").symlink_to(tmp_path / "elsewhere" / "1.dcm")
+    (tmp_path / "s" / "dangling.dcm").symlink_to(tmp_path / "nowhere.dcm")
+    (tmp_path / "s" / "inside.dcm").symlink_to(tmp_path / "s" / "1.dcm")  # inside the tree: a duplicate
+    os.mkfifo(tmp_path / "s" / "fifo.dcm")  # opening it would block the reader forever
+    (s,) = load_series(tmp_path / "s")
+    assert s.n_slices == 3
+    assert _reasons(s.skipped) == {
+        "out.dcm": "symbolic link to a file outside the study folder: not followed",
+        "dangling.dcm": "symbolic link that leads nowhere (dangling or a loop)",
+        "inside.dcm": "duplicate: same slice position as 1.dcm",
+        "fifo.dcm": "not a regular file (a device, pipe or socket)",
+    }
+
+
+# --- the classes that were already handled, kept honest --------------------------------------------------
+def test_corpus_of_files_that_are_named_and_skipped(tmp_path):
+    folder = tmp_path / "s"
+    write_series(folder, 3)
+    good = (folder / "1.dcm").read_bytes()
+    rng = np.random.default_rng(0)
+    (folder / "zero.dcm").write_bytes(b"")
+    (folder / "cut.dcm").write_bytes(good[:200])
+    (folder / "noise.dcm").write_bytes(rng.integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    (folder / "preamble_only.dcm").write_bytes(b"\0" * 128 + b"DICM")
+    (folder / "readme.txt").write_text("not DICOM\n")
+    rgb = make_dataset(np.zeros((32, 40), np.uint8), position=(0, 0, 30), photometric="RGB")
+    rgb.SamplesPerPixel, rgb.PlanarConfiguration = 3, 0
+    rgb.PixelData = np.zeros((32, 40, 3), np.uint8).tobytes()
+    write_dicom(folder / "rgb.dcm", rgb)
+    locked = folder / "locked.dcm"
+    locked.write_bytes(good)
+    locked.chmod(0)
+    (s,) = load_series(folder)
+    reasons = _reasons(s.skipped)
+    assert s.n_slices == 3
+    assert reasons["zero.dcm"] == "empty file (0 bytes)"
+    assert reasons["cut.dcm"].startswith("truncated")
+    assert reasons["noise.dcm"].startswith("not a DICOM file")
+    assert reasons["readme.txt"].startswith("not a DICOM file")
+    assert reasons["preamble_only.dcm"].startswith(("no pixel data", "unreadable DICOM", "truncated"))
+    assert reasons["rgb.dcm"].startswith("colour image (SamplesPerPixel 3)")
+    if os.geteuid() != 0:  # root reads anything
+        assert reasons["locked.dcm"] == "cannot read: Permission denied"
+
+
+def _ramp(value: int, dtype=np.uint16):
+    return slice_pixels(value=value, bits=12).astype(dtype)
+
+
+@pytest.mark.parametrize("kind", ["monochrome1", "signed", "big_endian", "deflate"])
+def test_pixel_variants_read_to_the_same_values(tmp_path, kind):
+    px = _ramp(9)
+    if kind == "monochrome1":
+        write_dicom(tmp_path / "a.dcm", make_dataset(px, photometric="MONOCHROME1"))
+        want = 4095.0 - px
+    elif kind == "signed":
+        px = px.astype(np.int16) - 1000
+        write_dicom(tmp_path / "a.dcm", make_dataset(px, signed=True, bits_stored=16))
+        want = px
+    elif kind == "big_endian":
+        ds = make_dataset(px)
+        ds.PixelData = px.astype(">u2").tobytes()
+        write_dicom(tmp_path / "a.dcm", ds, ExplicitVRBigEndian)
+        want = px
+    else:
+        write_dicom(tmp_path / "a.dcm", make_dataset(px), DeflatedExplicitVRLittleEndian)
+        want = px
+    np.testing.assert_array_equal(read_slice(tmp_path / "a.dcm"), np.asarray(want, np.float32))
+
+
+def test_unicode_paths_mixed_series_duplicate_uids_and_missing_geometry(tmp_path):
+    root = tmp_path / "étude 研究"
+    write_series(root / "série", 3)
+    write_series(root / "série", 2, series_uid="1.2.3.99", names=["x1.dcm", "x2.dcm"], orientation=(
+        0.0, 1.0, 0.0, 0.0, 0.0, -1.0))  # a second series mixed into the folder
+    dup = pydicom.dcmread(root / "série" / "1.dcm")
+    dup.save_as(root / "série" / "1_copy.dcm")  # same SOPInstanceUID, same position
+    write_dicom(root / "série" / "nogeo.dcm", make_dataset(_ramp(1), omit=("ImageOrientationPatient",
+                                                                           "ImagePositionPatient")))
+    study = load_study(root)
+    sizes = sorted((s.series_id, s.n_slices, s.geometry_known) for s in study.series)
+    assert sizes == [("série", 3, True), ("série.2", 2, True), ("série.3", 1, False)]
+    main_series = study.get("série")
+    assert _reasons(main_series.skipped) == {"1_copy.dcm": "duplicate: same slice position as 1.dcm"}
+    info = inspect_study(root)
+    assert info["study_id"] == "étude 研究" and info["n_series"] == 3
+
+
+def test_empty_study_folder_is_one_clear_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no readable DICOM image found \\(the folder has no files\\)"):
+        load_study(tmp_path / "empty")
+    shutil.rmtree(tmp_path / "empty")

@@ -1,0 +1,181 @@
+"""predict on hostile and broken input: a bomb under a memory limit, link loops, damaged headers, honest exit
+codes, bad output paths, and the files skipped named in the outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pandas as pd
+import pydicom
+import pytest
+from pydicom.uid import RLELossless
+
+from spinegrade.cli import main
+
+
+@pytest.fixture
+def study(synth_cohort, tmp_path):
+    """A private copy of one synthetic study (RSNA layout: <study>/<series>/*.dcm)."""
+    src = sorted((synth_cohort / "train_images").iterdir())[0]
+    return shutil.copytree(src, tmp_path / src.name)
+
+
+def _rows(out, study_id):
+    sub = pd.read_csv(out / "submission.csv", dtype={"row_id": str})
+    return int(sub["row_id"].str.startswith(f"{study_id}_").sum()), len(sub)
+
+
+def _bomb(series_dir):
+    """An RLE file of this series whose header claims 65535 x 65535 pixels (8 GB decoded)."""
+    ds = pydicom.dcmread(sorted(series_dir.glob("*.dcm"))[0])
+    ds.compress(RLELossless)
+    ds.Rows = ds.Columns = 65535
+    ds.save_as(series_dir / "bomb.dcm")
+    return series_dir / "bomb.dcm"
+
+
+_PREDICT_UNDER_2GB = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+from spinegrade.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_bomb_study_is_graded_under_2gb_and_the_file_named(study, tiny_run, tmp_path):
+    series = sorted(p for p in study.iterdir())[0]
+    bomb = _bomb(series)
+    assert bomb.stat().st_size < 300_000
+    out = tmp_path / "pred"
+    r = subprocess.run([sys.executable, "-c", _PREDICT_UNDER_2GB, "predict", str(study), "--model", str(tiny_run),
+                        "--out", str(out), "--device", "cpu"], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert _rows(out, study.name) == (25, 25)
+    assert f"study {study.name}: 1 file(s) skipped" in r.stdout
+    want = {"path": f"{series.name}/bomb.dcm"}
+    for doc in (json.loads((out / "report.json").read_text())["skipped_files"][study.name],
+                json.loads((out / "predictions.json").read_text())["studies"][0]["skipped"]):
+        (entry,) = doc
+        assert entry["path"] == want["path"] and entry["reason"].startswith("image too large: the header claims "
+                                                                            "65535 x 65535")
+
+
+def test_a_link_loop_in_a_study_does_not_make_it_a_folder_of_studies(study, tiny_run, tmp_path):
+    (study / "loop").symlink_to(".")
+    out = tmp_path / "pred"
+    assert main(["predict", str(study), "--model", str(tiny_run), "--out", str(out), "--device", "cpu"]) == 0
+    assert _rows(out, study.name) == (25, 25)
+    skipped = json.loads((out / "report.json").read_text())["skipped_files"][study.name]
+    assert skipped == [{"path": "loop", "reason": "symbolic link to a folder: not followed"}]
+
+
+def test_damaged_headers_lose_elements_not_the_study(study, tiny_run, tmp_path, capsys):
+    for series in sorted(study.iterdir()):
+        f = sorted(series.glob("*.dcm"))[1]
+        b = bytearray(f.read_bytes())
+        i = b.find(b"\x20\x00\x0e\x00UI")  # SeriesInstanceUID: read by every later step
+        b[i + 4:i + 6] = b"QX"
+        f.write_bytes(bytes(b))
+    out = tmp_path / "pred"
+    assert main(["predict", str(study), "--model", str(tiny_run), "--out", str(out), "--device", "cpu"]) == 0
+    assert _rows(out, study.name) == (25, 25)
+    assert main(["inspect", str(study)]) == 0
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err and "damaged header element (0020,000E) ignored" in captured.out
+
+
+def test_nothing_usable_fails_and_writes_only_the_report(tmp_path, tiny_run, capsys):
+    garbage = tmp_path / "555" / "1"
+    garbage.mkdir(parents=True)
+    (garbage / "a.dcm").write_bytes(b"\0" * 300)
+    (garbage / "b.dcm").write_text("no")
+    (tmp_path / "556").mkdir()  # an empty study folder
+    for target in (tmp_path / "555", tmp_path / "556"):
+        out = tmp_path / f"pred_{target.name}"
+        assert main(["predict", str(target), "--model", str(tiny_run), "--out", str(out), "--device", "cpu"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1].startswith("spinegrade predict: error: no study could be graded (1 of 1 failed")
+        assert "Traceback" not in "\n".join(err)
+        assert sorted(p.name for p in out.iterdir()) == ["report.json"]
+        assert json.loads((out / "report.json").read_text())["failed"][0]["study_id"] == target.name
+
+
+def test_a_model_that_does_not_load_leaves_no_output_folder(study, tmp_path, capsys):
+    out = tmp_path / "new" / "pred"
+    assert main(["predict", str(study), "--model", str(tmp_path / "nope"), "--out", str(out)]) == 2
+    assert not (tmp_path / "new").exists()
+    (tmp_path / "empty_run").mkdir()
+    assert main(["predict", str(study), "--model", str(tmp_path / "empty_run"), "--out", str(out)]) == 2
+    assert not (tmp_path / "new").exists()
+    assert len(capsys.readouterr().err.strip().splitlines()) == 2
+
+
+@pytest.mark.parametrize("argv", [
+    ["predict", "{study}", "--model", "{run}", "--out", "{file}"],
+    ["predict", "{study}", "--model", "{run}", "--out", "{file}/sub"],
+    ["synth", "--out", "{file}", "--studies", "1"],
+    ["prepare", "--data", "{study}", "--cache", "{file}/cache"],
+    ["evaluate", "--run", "{run}", "--data", "{study}", "--out", "{file}"],
+    ["report", "--predictions", "{study}", "--out", "{dir}"],
+    ["demo", "--out", "{file}"],
+], ids=lambda a: a[0] + "-" + a[-1].split("/")[-1].strip("{}"))
+def test_a_bad_out_is_one_line_for_every_command_that_writes(argv, study, tiny_run, tmp_path, capsys):
+    file = tmp_path / "taken.txt"
+    file.write_text("keep me")
+    args = [a.format(study=study, run=tiny_run, file=file, dir=tmp_path) for a in argv]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"spinegrade {argv[0]}: error: "), err
+    assert "exists and is not a folder" in err[0] or "is a file" in err[0] or "is a folder" in err[0]
+    assert file.read_text() == "keep me"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_parent_is_one_line(study, tiny_run, tmp_path, capsys):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        assert main(["predict", str(study), "--model", str(tiny_run), "--out", str(ro / "out")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "permission denied" in err[0]
+    finally:
+        ro.chmod(0o700)
+
+
+def _batch(synth_cohort, tmp_path):
+    folder = tmp_path / "batch"
+    for s in sorted((synth_cohort / "train_images").iterdir()):
+        shutil.copytree(s, folder / s.name)
+    return folder
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGKILL"])
+def test_an_interrupted_batch_leaves_outputs_complete_or_absent(sig, synth_cohort, tiny_run, tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "pred"
+    proc = subprocess.Popen([sys.executable, "-m", "spinegrade", "predict", str(_batch(synth_cohort, tmp_path)),
+                             "--model", str(tiny_run), "--out", str(out), "--device", "cpu"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    end = time.monotonic() + 120
+    while not out.exists() and time.monotonic() < end and proc.poll() is None:
+        time.sleep(0.05)  # the folder appears once the model has loaded: the batch is under way
+    proc.send_signal(getattr(signal, sig))
+    _, err = proc.communicate(timeout=120)
+    if sig == "SIGINT" and proc.returncode != 0:  # it may have finished first on a fast machine
+        assert proc.returncode == 130 and err.strip().splitlines()[-1] == "spinegrade predict: interrupted"
+    visible = sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) if out.exists() else []
+    assert visible in ([], ["predictions.json", "report.json", "submission.csv"]), visible
+    if visible:
+        assert _rows(out, "x")[1] == 8 * 25
+        json.loads((out / "predictions.json").read_text())
+    if sig == "SIGINT":
+        assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]  # cleaned up on the way out
