@@ -486,7 +486,7 @@ _OUTPUT_FOLDERS = ("out", "cache", "export_png")
 
 
 def _check_outputs(a) -> None:
-    from .data.io_utils import check_output_file, check_output_folder
+    from .files import check_output_file, check_output_folder
 
     for name in _OUTPUT_FOLDERS:
         path = getattr(a, name, None)

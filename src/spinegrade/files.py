@@ -80,7 +80,7 @@ def _nearest_existing(path: Path) -> Path:
 def check_output_folder(path: str | os.PathLike) -> None:
     """Raise DataError, in one line naming the path, when `path` cannot become an output folder: it is a
     file, or the nearest folder that exists cannot be written. Creates nothing."""
-    from ..errors import DataError
+    from .errors import DataError
 
     p = Path(path)
     there = _nearest_existing(p)
@@ -94,7 +94,7 @@ def check_output_folder(path: str | os.PathLike) -> None:
 
 def check_output_file(path: str | os.PathLike) -> None:
     """Like `check_output_folder` for a file to write: not a folder, and its folder writable or creatable."""
-    from ..errors import DataError
+    from .errors import DataError
 
     p = Path(path)
     if p.is_dir():
@@ -104,7 +104,7 @@ def check_output_file(path: str | os.PathLike) -> None:
 
 def make_output_folder(path: str | os.PathLike) -> Path:
     """Create an output folder (and its parents); an OS refusal becomes one DataError line naming it."""
-    from ..errors import DataError
+    from .errors import DataError
 
     p = Path(path)
     check_output_folder(p)

@@ -18,6 +18,7 @@ def canal_run(tmp_path_factory):
     from spinegrade.data.rsna import RsnaDataset
     from spinegrade.data.synth import synthesize_cohort
     from spinegrade.localize.localizer import LOCALIZER_DIR
+    from spinegrade.localize.spec import default_localizer
     from spinegrade.localize.train import train_view
     from spinegrade.train.config import LoopConfig
     from spinegrade.train.distributed import setup
@@ -28,7 +29,7 @@ def canal_run(tmp_path_factory):
     ds = RsnaDataset(root / "data")
     ids = ds.study_ids
     loop = LoopConfig(epochs=16, batch_size=16, lr=3e-3, patience=0, device="cpu", seed=0)
-    r = train_view(vocab.SAGITTAL_T2, Cache(root / "cache"), ds.coords, ids[:56], ids[56:],
+    r = train_view(default_localizer(vocab.SAGITTAL_T2), Cache(root / "cache"), ds.coords, ids[:56], ids[56:],
                    root / "run" / LOCALIZER_DIR / vocab.SAGITTAL_T2, loop, setup("cpu"), log=lambda *_: None)
     assert r["val_err_mm"] < 10, r  # it learned the synthetic canal at all
     return root / "run"
