@@ -43,15 +43,15 @@ def predictor(tiny_run):
 
 
 @pytest.fixture(scope="module")
-def node(orthanc, predictor, node_port, tmp_path_factory):
+def node(orthanc, tiny_run, node_port, tmp_path_factory):
     """A node graded with the one-epoch run, sending its SRs to the Orthanc fixture."""
     from spinegrade.node.listen import Node, NodeConfig
     from spinegrade.node.send import Destination
 
     logging.getLogger("spinegrade.node").setLevel(logging.INFO)
-    cfg = NodeConfig(model=predictor.run_dir, destination=Destination(orthanc.ae_title, "127.0.0.1", orthanc.dicom_port),
-                     store=tmp_path_factory.mktemp("node_store"), port=node_port, quiet_seconds=1.0)
-    n = Node(cfg, predictor)
+    dest = Destination(orthanc.ae_title, "127.0.0.1", orthanc.dicom_port)
+    cfg = NodeConfig(model=tiny_run, destination=dest, store=tmp_path_factory.mktemp("node_store"), port=node_port, quiet_seconds=1.0)
+    n = Node(cfg)
     n.start()
     yield n
     n.stop()

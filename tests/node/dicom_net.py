@@ -43,6 +43,7 @@ def send_direct(datasets, port: int, ae_title: str = "SPINEGRADE", calling: str 
     from pynetdicom import AE
 
     ae = AE(ae_title=calling)
+    ae.dimse_timeout = ae.network_timeout = ae.acse_timeout = 300  # a busy test machine answers slowly
     for cls, ts in sorted({(str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)) for ds in datasets}):
         ae.add_requested_context(cls, [ts])  # one context per syntax: each dataset goes as it is encoded
     assoc = ae.associate("127.0.0.1", port, ae_title=ae_title)
@@ -51,3 +52,22 @@ def send_direct(datasets, port: int, ae_title: str = "SPINEGRADE", calling: str 
     if release:
         assoc.release()
     return statuses, assoc
+
+
+def synthetic_studies(cohort: Path, n: int) -> list[list]:
+    """`n` studies as lists of datasets: the cohort's studies, then copies of them under new UIDs (a copy is
+    a different study to a PACS), so that a few synthetic studies make any number."""
+    from pydicom.uid import generate_uid
+
+    folders = sorted((Path(cohort) / "train_images").iterdir())
+    out = []
+    for i in range(n):
+        datasets = [pydicom.dcmread(f) for f in sorted(folders[i % len(folders)].rglob("*.dcm"))]
+        if i >= len(folders):
+            study, series = generate_uid(), {}
+            for ds in datasets:
+                ds.StudyInstanceUID = study
+                ds.SeriesInstanceUID = series.setdefault(ds.SeriesInstanceUID, generate_uid())
+                ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+        out.append(datasets)
+    return out

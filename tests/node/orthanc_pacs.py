@@ -52,6 +52,7 @@ def orthanc_config(storage: Path, dicom_port: int, http_port: int, node_port: in
         "Plugins": [str(DICOMWEB_PLUGIN)],
         "DicomWeb": {"Enable": True, "Root": "/dicom-web/"},
         "ConcurrentJobs": 4,
+        "DicomScuTimeout": 120,  # a busy test machine answers slowly; the default is 10 s
         "StableAge": 1,
     }
 
@@ -111,6 +112,17 @@ class Orthanc:
         """Upload DICOM files; their Orthanc instance ids."""
         return [self.post("/instances", data=Path(f).read_bytes())["ID"] for f in files]
 
+    def upload_datasets(self, datasets) -> list[str]:
+        """Upload pydicom datasets (written to memory as DICOM files); their Orthanc instance ids."""
+        from io import BytesIO
+
+        ids = []
+        for ds in datasets:
+            buf = BytesIO()
+            ds.save_as(buf, enforce_file_format=True)
+            ids.append(self.post("/instances", data=buf.getvalue())["ID"])
+        return ids
+
     def add_modality(self, name: str, ae_title: str, port: int, host: str = "127.0.0.1") -> None:
         r = requests.put(f"{self.url}/modalities/{name}", json={"AET": ae_title, "Host": host, "Port": port},
                          timeout=30)
@@ -124,7 +136,7 @@ class Orthanc:
     def send_study(self, study_uid: str, modality: str = NODE_NAME, asynchronous: bool = False):
         """Have Orthanc C-STORE a whole study to a modality (REST /modalities/<name>/store)."""
         return self.post(f"/modalities/{modality}/store",
-                         {"Resources": [self.study_id(study_uid)], "Synchronous": not asynchronous})
+                         {"Resources": [self.study_id(study_uid)], "Asynchronous": asynchronous})
 
     def instances(self, study_uid: str) -> list[dict]:
         """[{SOPInstanceUID, Modality, SeriesInstanceUID, ID}] of a study as Orthanc holds it."""

@@ -44,7 +44,7 @@ def fetch_study(url: str, study_uid: str, folder: Path) -> int:
     except requests.RequestException as e:
         raise NodeError(f"{url}: DICOMweb server not reachable ({type(e).__name__})") from None
     if not n:
-        raise DataError(f"{url}: study {study_uid} has no instances")
+        raise DataError(f"{url}: no study {study_uid} on this DICOMweb server (no instances retrieved)")
     return n
 
 
