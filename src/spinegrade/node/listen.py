@@ -204,7 +204,10 @@ class Node:
                 log.warning("store full (%.0f MB): refused an instance of study %s", self.cfg.max_store_mb,
                             study_uid)
                 return STATUS_OUT_OF_RESOURCES
-            st = self._states.get(key) or self.spool.load(key) or sp.StudyState(study_uid=study_uid)
+            st = self._states.get(key) or self.spool.load(key)
+            if st is None:
+                st = sp.StudyState(study_uid=study_uid, state="new")
+                log.info("study %s: first instance", study_uid)
             self._states[key] = st
             if st.state != sp.RECEIVING:
                 if st.state in (sp.GRADED, sp.FAILED):
@@ -378,7 +381,7 @@ class Node:
                                       str(self.cfg.model)).result()
         except BrokenProcessPool:
             with self._pool_lock:
-                if self._pool is not None and getattr(self._pool, "_broken", False):
+                if self._pool is not None and getattr(self._pool, "_broken", False) and not self._stop.is_set():
                     self._pool.shutdown(wait=False)
                     self._start_pool()
             raise SpinegradeError("the grader process died on this study (it was replaced)") from None
@@ -430,7 +433,11 @@ _WORKER: dict = {}
 
 
 def _worker_init(model: str, device: str) -> None:
+    import signal
+
     from ..predict import Predictor
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the node stops its workers
 
     try:
         _WORKER["predictor"] = Predictor(Path(model), device)
