@@ -5,4 +5,5 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
 bash scripts/browser.sh || echo "warning: headless chromium not available; browser tests will skip"
+bash scripts/orthanc.sh || echo "warning: Orthanc (Debian orthanc, orthanc-dicomweb) not available; PACS tests will skip"
 exec python -m pytest -q "$@"

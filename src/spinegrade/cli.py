@@ -407,11 +407,50 @@ def _cmd_serve(a) -> int:
     return 0
 
 
+# --- listen --------------------------------------------------------------------------------------------
+def _add_listen(sub) -> None:
+    p = sub.add_parser("listen", help="DICOM node: receive studies from a PACS (C-STORE), grade each once, send "
+                                      "the DICOM SR to a destination AE")
+    p.add_argument("--model", type=Path, required=True, help="a run folder from `spinegrade train --data`")
+    p.add_argument("--port", type=int, required=True, help="DICOM port to listen on")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
+    p.add_argument("--ae-title", default="SPINEGRADE", help="this node's AE title (default SPINEGRADE)")
+    p.add_argument("--destination", required=True, metavar="AET@HOST:PORT",
+                   help="where the SRs go (usually the PACS that sends the studies)")
+    p.add_argument("--quiet-seconds", type=float, default=30.0,
+                   help="a study is complete when nothing of it arrived for this long (default 30)")
+    p.add_argument("--store", type=Path, default=Path("spinegrade_node"),
+                   help="spool folder for received studies and results (default ./spinegrade_node)")
+    p.add_argument("--jobs", type=int, default=1, help="studies graded at once (default 1)")
+    p.add_argument("--max-store-mb", type=float, default=20_000,
+                   help="disk the spool may use; beyond it graded images are dropped, then instances refused")
+    p.add_argument("--discard-after", type=float, default=24 * 3600, metavar="S",
+                   help="seconds a study whose sending broke off waits to be sent again (default one day)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
+    p.set_defaults(func=_cmd_listen)
+
+
+def _cmd_listen(a) -> int:
+    import logging
+
+    from .node.listen import NodeConfig, listen
+    from .node.send import parse_destination
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for chatty in ("pynetdicom", "highdicom"):  # their INFO lines name dataset UIDs per copy step
+        logging.getLogger(chatty).setLevel(logging.WARNING)
+    cfg = NodeConfig(model=a.model, destination=parse_destination(a.destination), store=a.store, port=a.port,
+                     host=a.host, ae_title=a.ae_title, quiet_seconds=a.quiet_seconds, jobs=a.jobs,
+                     max_store_mb=a.max_store_mb, discard_after=a.discard_after, device=a.device)
+    return listen(cfg)
+
+
 # --- predict -------------------------------------------------------------------------------------------
 def _add_predict(sub) -> None:
     p = sub.add_parser("predict", help="grade 25 targets per study; write submission.csv, predictions.json, a report")
-    p.add_argument("input", type=Path,
-                   help="an RSNA dataset root, a folder of <study_id>/<series_id>/*.dcm, or one study folder")
+    p.add_argument("input", type=Path, nargs="?",
+                   help="an RSNA dataset root, a folder of <study_id>/<series_id>/*.dcm, or one study folder "
+                        "(or none with --dicomweb)")
     p.add_argument("--model", type=Path, required=True,
                    help="a run folder from `spinegrade train --data`; or a foramen model alone (a `train --slices` "
                         "run, a folder of them, or a bundled model's name such as foramina-sagt1-v1): its ten "
@@ -423,6 +462,12 @@ def _add_predict(sub) -> None:
     p.add_argument("--strict", action="store_true", help="exit non-zero when any study could not be read")
     p.add_argument("--report", action="store_true", help="also write report.html (key images, table)")
     p.add_argument("--dicom-sr", action="store_true", help="also write a DICOM Comprehensive 3D SR per study")
+    w = p.add_argument_group("DICOMweb (instead of INPUT)")
+    w.add_argument("--dicomweb", metavar="URL", default=None,
+                   help="pull the study by WADO-RS from this DICOMweb root (e.g. http://pacs:8042/dicom-web)")
+    w.add_argument("--study", metavar="STUDY_UID", default=None, help="the Study Instance UID to pull (--dicomweb)")
+    w.add_argument("--stow", metavar="URL", default=None,
+                   help="store the DICOM SR back by STOW-RS to this DICOMweb root (implies --dicom-sr)")
     p.set_defaults(func=_cmd_predict)
 
 
@@ -432,6 +477,20 @@ def _cmd_predict(a) -> int:
     def log(msg):
         print(msg, file=sys.stderr)
 
+    if (a.input is None) == (a.dicomweb is None):
+        raise SpinegradeError("give either INPUT or --dicomweb URL --study STUDY_UID")
+    if a.dicomweb:
+        from .node.dicomweb import predict_dicomweb
+
+        if not a.study:
+            raise SpinegradeError("--dicomweb needs --study STUDY_UID")
+        r = predict_dicomweb(a.dicomweb, a.study, a.model, a.out, stow_url=a.stow, device=a.device,
+                             report=a.report, dicom_sr=a.dicom_sr, log=log, foramina=a.foramina_model)
+        print(f"predicted study {a.study} ({r['instances']} instances) -> {a.out / 'submission.csv'}"
+              + (f"; SR stored on {a.stow}" if r["stowed"] else ""))
+        return 0
+    if a.stow or a.study:
+        raise SpinegradeError("--study and --stow go with --dicomweb")
     r = predict(a.input, a.model, a.out, device=a.device, strict=a.strict, report=a.report, dicom_sr=a.dicom_sr,
                 log=log, foramina=a.foramina_model)
     print(f"predicted {r['studies']} studies ({len(r['failed'])} skipped) -> {a.out / 'submission.csv'}")
@@ -464,7 +523,7 @@ def _cmd_demo(a) -> int:
 
 # --- main ----------------------------------------------------------------------------------------------
 _ADDERS = [_add_info, _add_inspect, _add_synth, _add_prepare, _add_train, _add_evaluate, _add_predict, _add_report,
-           _add_serve, _add_demo]
+           _add_serve, _add_listen, _add_demo]
 
 
 def build_parser() -> argparse.ArgumentParser:
