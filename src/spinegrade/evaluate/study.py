@@ -66,7 +66,7 @@ def localisation_errors(results, study_coords: dict, cache) -> dict:
             loc = study.locate_row(r)
             if loc is None:
                 continue
-            s, gt = loc.series, loc.patient
+            s, gt, k = loc.series, loc.patient, loc.slice_index
             cands = [p for p in res.points if p.condition == r.condition and p.level == r.level and p.role == s.role]
             fam = vocab.CONDITION_BY_KEY[r.condition].family
             if not cands:
