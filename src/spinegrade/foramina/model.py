@@ -55,12 +55,12 @@ def is_member(path: Path) -> bool:
 
 
 def _load_net(path: Path, kind: str, device):
-    from ..train.checkpoint import load_checkpoint, load_model
+    from ..train.checkpoint import load_model
 
-    got = load_checkpoint(path).get("kind")
-    if got != kind:
-        raise DataError(f"{path}: a {got or 'different'!r} checkpoint, expected {kind!r}")
-    return load_model(path, device)
+    net, ckpt = load_model(path, device)  # one read: the checkpoint says what it is
+    if ckpt.get("kind") != kind:
+        raise DataError(f"{path}: a {ckpt.get('kind') or 'different'!r} checkpoint, expected {kind!r}")
+    return net, ckpt
 
 
 @dataclass
