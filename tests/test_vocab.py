@@ -51,3 +51,27 @@ def test_info_json(capsys):
     assert [c["key"] for c in d["conditions"]] == list(vocab.CONDITIONS)
     assert d["severities"][2] == {"name": "Severe", "key": "severe", "weight": 4.0}
     assert len(d["targets"]) == 25
+
+
+def test_no_module_but_vocab_spells_a_condition_key():
+    """The task's words live in vocab.py: a condition key written out elsewhere drifts the day one changes."""
+    import ast
+    from pathlib import Path
+
+    import spinegrade
+
+    words = set(vocab.CONDITIONS) | set(vocab.FAMILY_TERMS.values())
+    root = Path(spinegrade.__file__).parent
+    found = []
+    for path in root.rglob("*.py"):
+        if path.name == "vocab.py":
+            continue
+        tree = ast.parse(path.read_text(), str(path))
+        docstrings = {id(n.body[0].value) for n in ast.walk(tree)
+                      if isinstance(n, (ast.Module, ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef))
+                      and n.body and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+                if node.value in words:
+                    found.append(f"{path.relative_to(root)}:{node.lineno} {node.value!r}")
+    assert not found, "spelled outside vocab.py: " + "; ".join(found)

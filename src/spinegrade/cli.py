@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .errors import SpinegradeError
+from .errors import DataError, SpinegradeError
 
 
 # --- info ----------------------------------------------------------------------------------------------
@@ -149,6 +149,9 @@ def _add_train(sub) -> None:
     g.add_argument("--localizer-size", type=int, default=None, metavar="PX",
                    help="input size of every localiser view (default 64; 96 for sagittal T1 and for --slices)")
     g.add_argument("--localizer-epochs", type=int, default=None, help="epochs of the localisers (overrides --epochs)")
+    g.add_argument("--spatial-loss", type=float, default=None, metavar="W",
+                   help="weight of the localisers' spatial cross-entropy beside the per-pixel loss (0.1; 0: per-pixel "
+                        "only, which learns which level is which late or not at all)")
     g.add_argument("--grader-epochs", type=int, default=None, help="epochs of the graders (overrides --epochs)")
     g.add_argument("--prepare-workers", type=int, default=None, metavar="N", help="decoding processes (2)")
     f = p.add_argument_group("foramina (--slices)")
@@ -188,12 +191,15 @@ def _add_train(sub) -> None:
     p.add_argument("--seed", type=int, default=None, help="random seed (0)")
     p.add_argument("--workers", type=int, default=None, help="data loader processes (0)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    p.add_argument("--strict", action="store_true", help="--data: exit non-zero (2) when a trained model fails its "
+                   "check (a localiser no better than a fixed template or with wrong-level points, a grader no "
+                   "better than its prior); the checks are always printed and written to summary.json")
     p.set_defaults(func=_cmd_train)
 
 
 # options that only the study pipeline reads: refused with --index rather than silently ignored
 _STUDY_ONLY = ("cache", "stage", "coordinates", "localizer_model", "localizer_model_kwargs", "localizer_size",
-               "localizer_epochs", "grader_epochs", "prepare_workers")
+               "localizer_epochs", "grader_epochs", "prepare_workers", "spatial_loss")
 
 
 def study_plan_from_args(a):
@@ -204,7 +210,7 @@ def study_plan_from_args(a):
         str(a.data), cache=str(a.cache) if a.cache else None, coordinates=str(a.coordinates) if a.coordinates else None,
         folds=a.folds, val_fold=a.val_fold, stage=a.stage, prepare_workers=a.prepare_workers,
         localizer_model=a.localizer_model, localizer_model_kwargs=a.localizer_model_kwargs,
-        localizer_size=a.localizer_size, localizer_epochs=a.localizer_epochs,
+        localizer_size=a.localizer_size, localizer_epochs=a.localizer_epochs, localizer_spatial_weight=a.spatial_loss,
         grader_model=a.model, grader_model_kwargs=a.model_kwargs, crop_px=a.image_size,
         grader_epochs=a.grader_epochs, class_weights=a.class_weights,
         condition_input=False if a.no_condition else None, augment=False if a.no_augment else None,
@@ -250,7 +256,7 @@ def _refuse_foramina_options(a, source: str) -> None:
 def _cmd_train_foramina(a) -> int:
     from .foramina.pipeline import foramina_config, train_all_folds, train_foramina
 
-    refused = [f"--{k.replace('_', '-')}" for k in ("cache", "coordinates", "stage", "prepare_workers")
+    refused = [f"--{k.replace('_', '-')}" for k in ("cache", "coordinates", "stage", "prepare_workers", "spatial_loss")
                if getattr(a, k) is not None] + (["--no-condition"] if a.no_condition else [])
     if refused:
         raise SpinegradeError(f"{', '.join(refused)}: not used by --slices (slices are not decoded from DICOM, and "
@@ -275,17 +281,24 @@ def _cmd_train_foramina(a) -> int:
 
 
 def _cmd_train(a) -> int:
+    if a.strict and a.data is None:
+        raise DataError("--strict: only for the study pipeline (--data), whose models are checked after training")
     if a.data is not None:
         _refuse_foramina_options(a, "--data")
         plan = study_plan_from_args(a)
         from .pipeline.study import train_study_pipeline
 
         summary = train_study_pipeline(plan, a.out, resume=a.resume)
-        for stage, models in summary.items():
-            for name, r in models.items():
+        for stage in ("localizer", "grader"):
+            for name, r in summary.get(stage, {}).items():
                 key = "val_err_mm" if stage == "localizer" else "val_wll"
                 print(f"{stage:<10} {name:<13} best epoch {r['best_epoch'] + 1:>3}  {key} {r[key]:.4f}")
         print(f"run written to {a.out}")
+        failed = [c for c in summary.get("checks", []) if not c["passed"]]
+        if failed and a.strict:
+            print(f"spinegrade train: error: {len(failed)} check(s) failed (--strict): "
+                  + "; ".join(c["message"] for c in failed), file=sys.stderr)
+            return 2
         return 0
     if a.slices is not None:
         return _cmd_train_foramina(a)

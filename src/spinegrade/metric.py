@@ -15,7 +15,7 @@ import pandas as pd
 from . import vocab
 
 EPS = 1e-15
-TERMS: tuple[str, ...] = ("spinal_canal_stenosis", "neural_foraminal_narrowing", "subarticular_stenosis",
+TERMS: tuple[str, ...] = (*(vocab.FAMILY_TERMS[f] for f in (vocab.SPINAL, vocab.FORAMINAL, vocab.SUBARTICULAR)),
                           "any_severe_spinal")
 _FAMILY_TERM = {vocab.SPINAL: TERMS[0], vocab.FORAMINAL: TERMS[1], vocab.SUBARTICULAR: TERMS[2]}
 

@@ -58,6 +58,12 @@ FAMILY_CONDITIONS: dict[str, tuple[str, ...]] = {
     f: tuple(c.key for c in CONDITION_LIST if c.family == f) for f in FAMILIES
 }
 FAMILY_VIEW: dict[str, str] = {SPINAL: SAGITTAL_T2, FORAMINAL: SAGITTAL_T1, SUBARTICULAR: AXIAL_T2}
+CANAL: str = CONDITIONS[0]  # the one central condition, "spinal_canal_stenosis"
+# a family's name without its side ("neural_foraminal_narrowing"): the metric's terms, a localiser channel
+FAMILY_TERMS: dict[str, str] = {SPINAL: CANAL, FORAMINAL: "neural_foraminal_narrowing",
+                                SUBARTICULAR: "subarticular_stenosis"}
+SHORT_LABELS: dict[str, str] = {CANAL: "Canal", CONDITIONS[1]: "L foramen", CONDITIONS[2]: "R foramen",
+                                CONDITIONS[3]: "L subart.", CONDITIONS[4]: "R subart."}  # image annotations
 
 # --- severities ----------------------------------------------------------------------------------------
 SEVERITIES: tuple[str, ...] = ("Normal/Mild", "Moderate", "Severe")  # challenge spelling, class index order

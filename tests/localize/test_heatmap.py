@@ -10,3 +10,23 @@ def test_decode_recovers_subpixel_points():
     dec = decode_heatmaps(hm)
     assert np.allclose(dec[:2, :2], pts[:2, :2], atol=0.15)
     assert dec[0, 2] > 0.9 and 0.3 < dec[1, 2] < 0.45
+
+
+def test_the_spatial_loss_prefers_the_right_landmark_over_a_look_alike():
+    """Two channels, two identical-looking blobs: the per-pixel loss barely tells a swapped prediction from
+    the right one; the spatial cross-entropy does, and only counts channels whose landmark is on the slice."""
+    import torch
+
+    from spinegrade.localize.train import HeatmapTask
+
+    size = 32
+    target = torch.from_numpy(gaussian_heatmaps(np.array([[8, 8, 1.0], [24, 24, 1.0]]), size, 2.0))[None]
+    right = (target * 12 - 6).clone()
+    swapped = right.flip(1)  # each channel peaks at the other landmark
+    batch = {"target": target}
+    plain, spatial = HeatmapTask(spatial_weight=0.0), HeatmapTask(spatial_weight=0.1)
+    gap_plain = plain.loss(swapped, batch) - plain.loss(right, batch)
+    gap_spatial = spatial.loss(swapped, batch) - spatial.loss(right, batch)
+    assert gap_spatial > gap_plain + 0.1 * 5  # the swap costs each channel several nats of cross-entropy
+    off = {"target": torch.zeros_like(target)}  # no landmark on the slice: the spatial term adds nothing
+    assert torch.isclose(spatial.loss(right, off), plain.loss(right, off))

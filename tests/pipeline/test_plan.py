@@ -39,6 +39,7 @@ FLAG_EFFECTS = {
     "--grader-epochs": (["--grader-epochs", "4"], lambda p: p.grader_loop.epochs == 4
                         and p.localizer_loop.epochs == PipelinePlan().localizer_loop.epochs),
     "--prepare-workers": (["--prepare-workers", "5"], lambda p: p.workers == 5),
+    "--spatial-loss": (["--spatial-loss", "0"], lambda p: {s.spatial_weight for s in p.localizers.values()} == {0.0}),
     "--model": (["--model", "resnet10"],
                 lambda p: all(g.network == "resnet10" and g.network_kwargs == {} for g in p.graders.values())),
     "--model-kwargs": (["--model-kwargs", '{"pool": 1}'],
@@ -62,7 +63,7 @@ FLAG_EFFECTS = {
     "--workers": (["--workers", "3"], lambda p: all(lp.workers == 3 for lp in _loops(p))),
 }
 # not plan fields: what to train from, where to write, whether to continue
-NOT_IN_PLAN = {"--data", "--index", "--slices", "--out", "--resume", "--help"}
+NOT_IN_PLAN = {"--data", "--index", "--slices", "--out", "--resume", "--strict", "--help"}
 # the foramen models' own options (tests/foramina/test_pipeline.py checks them): refused with --data
 FORAMINA_ONLY = {"--all-folds": [], "--pretrained": [], "--crop-frac": ["0.2"], "--exclude-studies": ["1"],
                  "--no-calibrate": []}
@@ -131,7 +132,7 @@ def test_plan_round_trips_through_json(tmp_path):
 
 def test_unknown_version_kind_or_field_is_refused():
     d = PipelinePlan().to_dict()
-    with pytest.raises(DataError, match="version 99; this spinegrade reads up to 2"):
+    with pytest.raises(DataError, match="version 99; this spinegrade reads up to 3"):
         PipelinePlan.from_dict({**d, "version": 99})
     with pytest.raises(DataError, match="'slice-grader' configuration, not 'study-pipeline'"):
         PipelinePlan.from_dict({**d, "kind": "slice-grader"})
@@ -180,3 +181,13 @@ def test_resume_with_another_plan_names_the_differing_fields(tmp_path):
         train_study_pipeline(_plan("--device", "cpu", "--stage", "grader", "--workers", "1"), run, resume=True,
                              log=lambda *_: None)
     assert "different configuration" not in str(e.value)
+
+
+def test_a_version_2_plan_keeps_its_localisers_without_the_spatial_loss():
+    d = PipelinePlan().to_dict()
+    d["version"] = 2
+    for s in d["localizers"].values():
+        del s["spatial_weight"]
+    p = PipelinePlan.from_dict(d)
+    assert {s.spatial_weight for s in p.localizers.values()} == {0.0}
+    assert {s.spatial_weight for s in PipelinePlan().localizers.values()} == {0.1}

@@ -95,7 +95,7 @@ def seed_axial_slices(ds, study) -> dict[str, tuple]:
             ks = [k for t, k in located if t is s]
             out[level] = (s, int(round(float(np.mean(ks)))), "coordinates")
             continue
-        for r in (c[c["condition"] == "spinal_canal_stenosis"].itertuples(index=False) if len(c) else []):
+        for r in (c[c["condition"] == vocab.CANAL].itertuples(index=False) if len(c) else []):
             loc = study.locate_row(r)
             if loc is None:
                 continue
@@ -119,8 +119,8 @@ def _seed_axial_rows(ds, cache, out: Path) -> list[dict]:
             if not (out / rel).exists():
                 save_png(np.asarray(s.pixels[k]), out / rel)
             rows.append({"path": rel.as_posix(), "study_id": int(study_id), "series_id": int(sid),
-                         "instance_number": inst, "condition": "spinal_canal_stenosis", "level": level,
-                         "severity": _severity(ds, int(study_id), "spinal_canal_stenosis", level),
+                         "instance_number": inst, "condition": vocab.CANAL, "level": level,
+                         "severity": _severity(ds, int(study_id), vocab.CANAL, level),
                          "source": source})
     return rows
 

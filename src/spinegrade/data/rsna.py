@@ -575,7 +575,7 @@ def _strata(labels: pd.DataFrame, n_folds: int) -> np.ndarray:
     if missing:
         raise ValueError(f"labels lack target column(s) {', '.join(missing[:3])}; use read_labels")
     v = labels[list(vocab.TARGETS)].astype("float64").fillna(0).to_numpy()
-    spinal = v[:, [vocab.TARGETS.index(vocab.target("spinal_canal_stenosis", lv)) for lv in vocab.LEVELS]]
+    spinal = v[:, [vocab.TARGETS.index(vocab.target(vocab.CANAL, lv)) for lv in vocab.LEVELS]]
     worst = spinal.max(axis=1).astype(int)
     severe = (v == 2).any(axis=1).astype(int)
     bucket = np.digitize((v >= 1).sum(axis=1), _MOD_SEVERE_BUCKETS)

@@ -221,8 +221,7 @@ def write_synthetic_index(folder: str | Path, n_studies: int = 8, rows_per_study
 
     folder = Path(folder)
     rng = np.random.default_rng(seed)
-    conditions = ("left_neural_foraminal_narrowing", "right_neural_foraminal_narrowing",
-                  "left_subarticular_stenosis", "right_subarticular_stenosis")
+    conditions = vocab.FAMILY_CONDITIONS[vocab.FORAMINAL] + vocab.FAMILY_CONDITIONS[vocab.SUBARTICULAR]
     yy, xx = np.mgrid[:size, :size]
     rows = []
     n = n_studies * rows_per_study

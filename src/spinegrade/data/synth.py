@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
-from ..vocab import (AXIAL_T2, CONDITION_BY_KEY, CONDITION_NAMES, CONDITIONS, FAMILIES, FORAMINAL, LEVEL_NAMES,
+from ..vocab import (AXIAL_T2, CANAL, CONDITION_BY_KEY, CONDITION_NAMES, CONDITIONS, FAMILIES, FORAMINAL, LEVEL_NAMES,
                      LEVELS, ROLE_DESCRIPTIONS, SAGITTAL_T1, SAGITTAL_T2, SEVERITIES, SIDES, SPINAL, SUBARTICULAR,
                      SUBMISSION_TARGETS, TARGETS, condition_at, parse_target, row_id, target)
 from ..files import atomic_write_text, write_csv_atomic
@@ -236,12 +236,12 @@ class Phantom:
             k = _LUMBAR0 + i
             s, h = self.disc_s[k], self.disc_half[k]
             front, back, _ = self.sac(k, 0.0)
-            out[("spinal_canal_stenosis", lv)] = self.to_patient(s, (front + back) / 2, 0.0)
+            out[(CANAL, lv)] = self.to_patient(s, (front + back) / 2, 0.0)
             for j, side in enumerate(SIDES):
                 sign = 1.0 if side == "left" else -1.0
-                out[(f"{side}_neural_foraminal_narrowing", lv)] = self.to_patient(
+                out[(condition_at(FORAMINAL, side), lv)] = self.to_patient(
                     s + h + 4.0, 5.5, sign * self.foramen_w)
-                out[(f"{side}_subarticular_stenosis", lv)] = self.to_patient(
+                out[(condition_at(SUBARTICULAR, side), lv)] = self.to_patient(
                     s, self.sac_front + 5.0, sign * (self.sac_half_width + 0.5))
         return out
 
@@ -387,10 +387,10 @@ def _make_phantom(study_id: int, rng: np.random.Generator) -> Phantom:
     for i, lv in enumerate(LEVELS):
         k = _LUMBAR0 + i
         degeneration[k] = deg[i]
-        canal[k] = _in_range(rng, _CANAL_C, grades[target("spinal_canal_stenosis", lv)])
+        canal[k] = _in_range(rng, _CANAL_C, grades[target(CANAL, lv)])
         for j, side in enumerate(SIDES):
-            foramen[k, j] = _in_range(rng, _FAT_FRACTION, grades[target(f"{side}_neural_foraminal_narrowing", lv)])
-            recess[k, j] = _in_range(rng, _FAT_FRACTION, grades[target(f"{side}_subarticular_stenosis", lv)])
+            foramen[k, j] = _in_range(rng, _FAT_FRACTION, grades[target(condition_at(FORAMINAL, side), lv)])
+            recess[k, j] = _in_range(rng, _FAT_FRACTION, grades[target(condition_at(SUBARTICULAR, side), lv)])
     # heights: thoracic discs thin, lumbar discs thicker, degenerate discs collapse
     disc_h = np.r_[rng.uniform(5, 6.5, 2), rng.uniform(8.5, 11.5, 5)] * (1 - 0.35 * degeneration)
     body_h = rng.uniform(24, 29, _N_DISCS)  # body above each disc: T11, T12, L1 .. L5
@@ -893,7 +893,7 @@ def measure_canal_area(dataset: Path, study_id: int, level: str, radius_mm: floa
     dataset = Path(dataset)
     coords = pd.read_csv(dataset / "train_label_coordinates.csv")
     series = pd.read_csv(dataset / "train_series_descriptions.csv")
-    hit = coords[(coords.study_id == study_id) & (coords.condition == CONDITION_NAMES["spinal_canal_stenosis"])
+    hit = coords[(coords.study_id == study_id) & (coords.condition == CONDITION_NAMES[CANAL])
                  & (coords.level == LEVEL_NAMES[level])]
     axial = series[(series.study_id == study_id) & (series.series_description == ROLE_DESCRIPTIONS[AXIAL_T2])]
     if hit.empty or axial.empty:

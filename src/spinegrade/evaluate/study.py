@@ -16,6 +16,7 @@ import pandas as pd
 from .. import DISCLAIMER, vocab
 from ..errors import DataError
 from ..metric import TERMS, challenge_score, weighted_log_loss
+from ..pipeline.checks import MAX_WRONG_LANDMARK, Check, format_checks, run_checks
 
 
 def prior_table(labels: pd.DataFrame) -> dict[str, list[float]]:
@@ -55,39 +56,45 @@ def _per_target(lab: pd.DataFrame, sub: pd.DataFrame) -> dict:
 
 def localisation_errors(results, study_coords: dict, cache) -> dict:
     """Distance (mm, patient space) between each labelled point and the prediction for the same condition,
-    level and view; summarised per family and per level."""
+    level and view; summarised per family and per level, with the share of predictions on the wrong level
+    (nearer another level's labelled point of the same condition than their own)."""
     rows = []
     for res in results:
         c = study_coords.get(int(res.study_id))
         if c is None or c.empty:
             continue
         study = cache.load_study(res.study_id)
-        for r in c.itertuples(index=False):
-            loc = study.locate_row(r)
-            if loc is None:
-                continue
+        located = [(r, study.locate_row(r)) for r in c.itertuples(index=False)]
+        located = [(r, loc) for r, loc in located if loc is not None]
+        for r, loc in located:
             s, gt, k = loc.series, loc.patient, loc.slice_index
             cands = [p for p in res.points if p.condition == r.condition and p.level == r.level and p.role == s.role]
             fam = vocab.CONDITION_BY_KEY[r.condition].family
             if not cands:
                 rows.append({"family": fam, "level": r.level, "error_mm": np.nan, "in_plane_mm": np.nan,
-                             "slice_off": np.nan})
+                             "slice_off": np.nan, "wrong_level": np.nan})
                 continue
             p = cands[0]
             d = np.asarray(p.patient) - gt
             off_plane = float(d @ s.geometry.normal)
+            others = [float(np.linalg.norm(np.asarray(p.patient) - o.patient)) for r2, o in located
+                      if r2.condition == r.condition and r2.level != r.level and o.series.role == s.role]
             rows.append({"family": fam, "level": r.level, "error_mm": float(np.linalg.norm(d)),
                          "in_plane_mm": float(np.sqrt(max(0.0, d @ d - off_plane**2))),
-                         "slice_off": abs(p.slice_index - k) if p.series_id == s.series_id else np.nan})
-    df = pd.DataFrame(rows, columns=["family", "level", "error_mm", "in_plane_mm", "slice_off"])
+                         "slice_off": abs(p.slice_index - k) if p.series_id == s.series_id else np.nan,
+                         "wrong_level": float(bool(others) and min(others) < float(np.linalg.norm(d)))})
+    df = pd.DataFrame(rows, columns=["family", "level", "error_mm", "in_plane_mm", "slice_off", "wrong_level"])
 
     def summ(d: pd.DataFrame) -> dict:
         e = d["error_mm"]
+        found = e.notna().any()
         return {"n": int(len(d)), "found": int(e.notna().sum()),
-                "median_mm": float(e.median()) if e.notna().any() else float("nan"),
-                "mean_mm": float(e.mean()) if e.notna().any() else float("nan"),
+                "median_mm": float(e.median()) if found else float("nan"),
+                "mean_mm": float(e.mean()) if found else float("nan"),
+                "p90_mm": float(e.quantile(0.9)) if found else float("nan"),
                 "within_5mm": float((e < 5).mean()) if len(e) else float("nan"),
-                "in_plane_median_mm": float(d["in_plane_mm"].median()) if e.notna().any() else float("nan"),
+                "wrong_level": float(d["wrong_level"].mean()) if found else float("nan"),
+                "in_plane_median_mm": float(d["in_plane_mm"].median()) if found else float("nan"),
                 "same_slice": float((d["slice_off"] == 0).mean()) if len(d) else float("nan")}
 
     return {"all": summ(df), "family": {f: summ(g) for f, g in df.groupby("family")},
@@ -173,11 +180,29 @@ def evaluate_study_run(run: Path, data: Path, out: Path, cache: Path | None = No
         "prior_sources": int(sum(f.source == "prior" for res in results for f in res.findings)),
         "failed": failed,
     }
+    metrics["checks"] = [c.to_dict() for c in held_out_checks(run, metrics)]
     write_csv_atomic(sub, out / "submission.csv")
     write_predictions(out / "predictions.json", results, {"run": str(run)}, failed)
     atomic_write_text(out / "metrics.json", json.dumps(metrics, indent=1, default=float))
     log(format_study_metrics(metrics))
     return metrics
+
+
+def held_out_checks(run: Path, metrics: dict) -> list[Check]:
+    """The run's own training checks (from its summary.json) and two on the evaluated studies: the model
+    beats the prior's challenge score, and few localised points sit on the wrong level."""
+    summary = Path(run) / "summary.json"
+    checks = run_checks(json.loads(summary.read_text())) if summary.exists() else []
+    ratio = metrics["score_over_prior"]
+    checks.append(Check("evaluate", "score", bool(np.isfinite(ratio) and ratio < 1.0),
+                        f"held-out challenge score {metrics['score']['score']:.4f} vs the prior's "
+                        f"{metrics['prior']['score']:.4f} (ratio {ratio:.3f}; must be below 1)"))
+    wrong = metrics["localization"]["all"]["wrong_level"]
+    if np.isfinite(wrong):
+        checks.append(Check("evaluate", "localisation", bool(wrong <= MAX_WRONG_LANDMARK),
+                            f"{wrong:.1%} of the evaluated points on the wrong level (at most "
+                            f"{MAX_WRONG_LANDMARK:.0%})"))
+    return checks
 
 
 def format_study_metrics(m: dict) -> str:
@@ -187,11 +212,15 @@ def format_study_metrics(m: dict) -> str:
         lines.append(f"  {t:<26}{m['score'][t]:>9.4f}{m['prior'][t]:>9.4f}")
     lines.append(f"  score / prior = {m['score_over_prior']:.3f}")
     loc = m["localization"]
-    lines.append(f"  localisation error: median {loc['all']['median_mm']:.2f} mm, mean {loc['all']['mean_mm']:.2f} mm "
-                 f"({loc['all']['found']}/{loc['all']['n']} points found)")
+    a = loc["all"]
+    lines.append(f"  localisation error: median {a['median_mm']:.2f} mm, mean {a['mean_mm']:.2f} mm, 90th percentile "
+                 f"{a['p90_mm']:.2f} mm, wrong level {a['wrong_level']:.1%} ({a['found']}/{a['n']} points found)")
     for f, v in loc["family"].items():
         lines.append(f"    {f:<14} median {v['median_mm']:.2f} mm (in-plane {v['in_plane_median_mm']:.2f} mm)  "
-                     f"within 5 mm {v['within_5mm']:.0%}  on the labelled slice {v['same_slice']:.0%}")
+                     f"within 5 mm {v['within_5mm']:.0%}  on the labelled slice {v['same_slice']:.0%}  "
+                     f"wrong level {v['wrong_level']:.1%}")
+    if m.get("checks"):
+        lines.append(format_checks([Check(**c) for c in m["checks"]]))
     lines.append(DISCLAIMER)
     return "\n".join(lines)
 

@@ -140,7 +140,7 @@ def inference_items(study, points, family: str) -> list[CropItem]:
     """Crop items at the localiser's points of one study (label -1)."""
     by_id = {s.series_id: s for s in study.series}
     view = vocab.FAMILY_VIEW[family]
-    axial_canal = {p.level: p for p in points if p.condition == "spinal_canal_stenosis" and p.role == vocab.AXIAL_T2}
+    axial_canal = {p.level: p for p in points if p.condition == vocab.CANAL and p.role == vocab.AXIAL_T2}
     items = []
     for p in points:
         if vocab.CONDITION_BY_KEY[p.condition].family != family or p.role != view:

@@ -23,6 +23,7 @@ def train_family(spec: GraderSpec, cache, ds, train_ids, val_ids, out_dir: Path,
     from ..errors import DataError
     from ..models import BACKBONE, create_model, model_kind
     from ..train.checkpoint import label_schema, prior_record
+    from ..metric import weighted_log_loss
     from ..train.engine import ClassificationTask, fit, seed_everything
 
     family = spec.family
@@ -54,5 +55,8 @@ def train_family(spec: GraderSpec, cache, ds, train_ids, val_ids, out_dir: Path,
     jitter = spec.jitter if spec.augment else None
     res = fit(model, CropDataset(train, family, spec.crop, jitter, seed=loop.seed), CropDataset(val, family, spec.crop),
               task, loop, out_dir, ctx, describe, resume=resume, log=log)
-    return {"family": family, "best_epoch": res.best_epoch, "val_wll": res.best_score, "n_train": len(train),
-            "n_val": len(val)}
+    val_labels = np.array([it.label for it in val], dtype=np.int64)
+    prior = np.asarray(describe["prior"]["weighted_prior"])
+    return {"family": family, "best_epoch": res.best_epoch, "val_wll": res.best_score,
+            "prior_val_wll": weighted_log_loss(val_labels, np.tile(prior, (len(val_labels), 1))) if len(val) else
+            float("nan"), "n_train": len(train), "n_val": len(val)}

@@ -24,9 +24,9 @@ from .spec import INPUT_SIZE, N_CHANNELS, SIGMA, SLICE_SIGMA
 VIEWS = (vocab.SAGITTAL_T2, vocab.SAGITTAL_T1, vocab.AXIAL_T2)
 VIEW_CHANNELS: dict[str, list[tuple[str, str]]] = {
     # (condition, level) per output channel; foraminal channels hold left and right (different slices)
-    vocab.SAGITTAL_T2: [("spinal_canal_stenosis", lv) for lv in vocab.LEVELS],
-    vocab.SAGITTAL_T1: [("neural_foraminal_narrowing", lv) for lv in vocab.LEVELS],
-    vocab.AXIAL_T2: [("left_subarticular_stenosis", ""), ("right_subarticular_stenosis", "")],
+    vocab.SAGITTAL_T2: [(vocab.CANAL, lv) for lv in vocab.LEVELS],
+    vocab.SAGITTAL_T1: [(vocab.FAMILY_TERMS[vocab.FORAMINAL], lv) for lv in vocab.LEVELS],
+    vocab.AXIAL_T2: [(c, "") for c in vocab.FAMILY_CONDITIONS[vocab.SUBARTICULAR]],
 }
 
 
@@ -96,7 +96,7 @@ def _points_on(located: list[tuple], view: str, inp: SeriesInput, k: int, slice_
     return pts
 
 
-_VIEW_CONDITIONS = {vocab.SAGITTAL_T2: ("spinal_canal_stenosis",),
+_VIEW_CONDITIONS = {vocab.SAGITTAL_T2: (vocab.CANAL,),
                     vocab.SAGITTAL_T1: vocab.FAMILY_CONDITIONS[vocab.FORAMINAL],
                     vocab.AXIAL_T2: vocab.FAMILY_CONDITIONS[vocab.SUBARTICULAR]}
 

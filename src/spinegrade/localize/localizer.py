@@ -74,7 +74,7 @@ class Localizer:
         pts = []
         for c, lv in enumerate(vocab.LEVELS):
             x, y = inp.to_original(*decs[best][c, :2])
-            pts.append(_point("spinal_canal_stenosis", lv, t2, k, x, y, "localizer"))
+            pts.append(_point(vocab.CANAL, lv, t2, k, x, y, "localizer"))
         return pts
 
     def foramen_points(self, t1: Series, canal: list[Point]) -> list[Point]:
@@ -161,7 +161,7 @@ class Localizer:
             if best is None:
                 continue
             s, (_, k, x, y, _) = axials[best[0]], best
-            pts.append(_point("spinal_canal_stenosis", lv, s, k, x, y, "projection"))
+            pts.append(_point(vocab.CANAL, lv, s, k, x, y, "projection"))
             if vocab.AXIAL_T2 in self.models:
                 if s.series_id not in inputs:
                     inputs[s.series_id] = SeriesInput.from_series(s, self._size(vocab.AXIAL_T2))
@@ -193,7 +193,7 @@ class Localizer:
             warnings.append("no Sagittal T1 series: foramina not localised")
         if canal and foramina:
             canal = self.centre_canal(t2, canal, foramina)
-            points = [p for p in points if not (p.condition == "spinal_canal_stenosis" and p.role == t2.role)] + canal
+            points = [p for p in points if not (p.condition == vocab.CANAL and p.role == t2.role)] + canal
         centres = {p.level: np.asarray(p.patient) for p in canal}
         if not centres and foramina:  # no T2: the level centre is midway between the two foramina
             for lv in vocab.LEVELS:

@@ -30,6 +30,11 @@ class LocalizerSpec:
     n_channels: int = N_CHANNELS
     sigma: float = SIGMA  # target blob, input pixels
     slice_sigma: float = SLICE_SIGMA  # target amplitude fall-off per slice (sagittal T1)
+    # weight of the spatial cross-entropy beside the per-pixel loss (see localize/train.HeatmapTask): without it
+    # the sagittal T1 localiser sat at one level's spacing of error for most of a run (120 synthetic studies,
+    # fold 0, one thread: best mean error 12.3 mm with 25 % of points on the wrong level, against 3.1 mm and
+    # 2 % with it)
+    spatial_weight: float = 0.1
     augment: bool = True  # shift and intensity changes in training
 
 

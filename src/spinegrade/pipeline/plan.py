@@ -34,7 +34,7 @@ class PipelinePlan(RunConfig):
     """One study-pipeline run. Defaults train a 120-synthetic-study cohort on 2 CPU cores in ~half an hour."""
 
     KIND: ClassVar[str] = "study-pipeline"
-    VERSION: ClassVar[int] = 2
+    VERSION: ClassVar[int] = 3
     # `stage` says which models to train now, not what they compute: a run trained stage by stage resumes
     RESUMABLE: ClassVar[frozenset] = RESUMABLE_FIELDS | {"stage"}
 
@@ -60,6 +60,8 @@ class PipelinePlan(RunConfig):
             raise DataError(f"a plan needs a localiser for each of {', '.join(VIEWS)} and a grader for each of "
                             f"{', '.join(vocab.FAMILIES)}")
         for v, s in self.localizers.items():
+            if not s.spatial_weight >= 0:
+                raise DataError(f"localiser {v}: --spatial-loss {s.spatial_weight} must be >= 0")
             if s.view != v or s.input_size < 16 or s.input_size % 16 or s.n_channels < 1:
                 raise DataError(f"localiser {v}: input size {s.input_size} must be a multiple of 16 (>= 16), "
                                 f"channels >= 1")
@@ -70,21 +72,28 @@ class PipelinePlan(RunConfig):
             if g.class_weights not in CLASS_WEIGHTS:
                 raise DataError(f"--class-weights {g.class_weights!r}: expected one of {', '.join(CLASS_WEIGHTS)}")
         for name, loop in (("localiser", self.localizer_loop), ("grader", self.grader_loop)):
-            if loop.epochs < 1 or loop.batch_size < 1 or loop.lr <= 0:
-                raise DataError(f"{name} loop: epochs and batch size must be >= 1 and the learning rate > 0")
+            # a learning rate of 0 trains nothing, but it is a legitimate way to see the checks catch a broken run
+            if loop.epochs < 1 or loop.batch_size < 1 or not loop.lr >= 0:
+                raise DataError(f"{name} loop: epochs and batch size must be >= 1 and the learning rate >= 0")
         return self
 
     @classmethod
     def upgrade(cls, d: dict, version: int) -> dict:
-        """Version 1 was the flat StudyTrainConfig (one localiser model and size, one grader model)."""
-        if version >= 2:
+        """Version 1 was the flat StudyTrainConfig (one localiser model and size, one grader model); version 2
+        localisers trained without the spatial cross-entropy."""
+        if version >= 3:
+            return d
+        if version == 2:
+            d = dict(d)
+            d["localizers"] = {v: {"spatial_weight": 0.0, **s} for v, s in d.get("localizers", {}).items()}
             return d
         d = dict(d)
         model, size = d.pop("localizer_model", "unet-small"), d.pop("localizer_size", 64)
         sizes = d.pop("localizer_view_sizes", {})
         gmodel, gkwargs = d.pop("grader_model", "seed-cnn"), d.pop("grader_kwargs", None)
         weights = d.pop("class_weights", "metric")
-        d["localizers"] = {v: {"view": v, "network": model, "input_size": sizes.get(v, size)} for v in VIEWS}
+        d["localizers"] = {v: {"view": v, "network": model, "input_size": sizes.get(v, size), "spatial_weight": 0.0}
+                           for v in VIEWS}
         d["graders"] = {}
         for f in vocab.FAMILIES:
             g = default_grader(f)
@@ -99,6 +108,7 @@ def build_plan(data: str, *, base: PipelinePlan | None = None, cache: str | None
                stage: str | None = None, prepare_workers: int | None = None,
                localizer_model: str | None = None, localizer_model_kwargs: dict | None = None,
                localizer_size: int | None = None, localizer_epochs: int | None = None,
+               localizer_spatial_weight: float | None = None,
                grader_model: str | None = None, grader_model_kwargs: dict | None = None,
                crop_px: int | None = None, grader_epochs: int | None = None, class_weights: str | None = None,
                condition_input: bool | None = None, augment: bool | None = None,
@@ -126,6 +136,7 @@ def build_plan(data: str, *, base: PipelinePlan | None = None, cache: str | None
         put(spec, "network", localizer_model)
         put(spec, "network_kwargs", localizer_model_kwargs)
         put(spec, "input_size", localizer_size)
+        put(spec, "spatial_weight", localizer_spatial_weight)
         put(spec, "augment", augment)
     for spec in plan.graders.values():
         if grader_model is not None and grader_model != spec.network:

@@ -6,7 +6,7 @@ RUN/config.json                      the PipelinePlan (also inside every checkpo
 RUN/splits.csv                       every study's fold and role (train | val): study-level folds
 RUN/localizer/<view>/best.pt ...     one heatmap network per view (sagittal_t2, sagittal_t1, axial_t2)
 RUN/grader/<family>/best.pt ...      one crop classifier per condition family
-RUN/summary.json                     best validation figures per model
+RUN/summary.json                     best validation figures per model, and the checks (`pipeline/checks.py`)
 ```
 Each model folder is a run of the shared engine (metrics.jsonl, curves.png, last.pt for --resume).
 """
@@ -19,6 +19,7 @@ from pathlib import Path
 from .. import vocab
 from ..errors import DataError
 from ..train.config import CONFIG
+from .checks import check_grader, check_localizer, format_checks, run_checks
 from .plan import VIEWS, PipelinePlan
 
 
@@ -73,16 +74,26 @@ def train_study_pipeline(plan: PipelinePlan, out: Path, resume: bool = False, lo
             summary["localizer"][view] = train_view(
                 plan.localizers[view], cache, coords, train_ids, val_ids, out / LOCALIZER_DIR / view,
                 plan.localizer_loop, ctx, resume=resume, log=log, extra=extra)
+            if ctx.is_main:
+                log(format_checks([check_localizer(view, summary["localizer"][view])]))
     if plan.stage in ("grader", "all"):
         for fam in vocab.FAMILIES:
             summary["grader"][fam] = train_family(
                 plan.graders[fam], cache, ds, train_ids, val_ids, out / GRADER_DIR / fam, plan.grader_loop, ctx,
                 resume=resume, log=log, extra=described)
+            if ctx.is_main:
+                log(format_checks([check_grader(fam, summary["grader"][fam])]))
     if ctx.is_main:
         old = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
         for k in ("localizer", "grader"):
             old.setdefault(k, {}).update(summary[k])
+        checks = run_checks(old)
+        old["checks"] = [c.to_dict() for c in checks]
         atomic_write_text(out / "summary.json", json.dumps(old, indent=1))
         summary = old
+        failed = [c for c in checks if not c.passed]
+        log(("\n" + "!" * 100 + "\n" if failed else "") + format_checks(checks)
+            + (f"\n{len(failed)} of {len(checks)} checks FAILED: this run's models are not to be trusted\n" + "!" * 100
+               if failed else f"\nall {len(checks)} checks passed"))
     teardown(ctx)
     return summary

@@ -27,13 +27,7 @@ from ..results import Finding, Point, StudyResult
 SEVERITY_RGB: tuple[tuple[int, int, int], ...] = ((40, 190, 60), (255, 205, 0), (235, 40, 40))
 UNKNOWN_RGB = (170, 170, 170)  # a point whose grade is unknown (no label)
 
-_SHORT_NAMES = {  # what fits beside a mark on an axial slice, where the level is in the title
-    "spinal_canal_stenosis": "Canal",
-    "left_neural_foraminal_narrowing": "L foramen",
-    "right_neural_foraminal_narrowing": "R foramen",
-    "left_subarticular_stenosis": "L subart.",
-    "right_subarticular_stenosis": "R subart.",
-}
+_SHORT_NAMES = vocab.SHORT_LABELS  # what fits beside a mark on an axial slice, where the level is in the title
 # Patient axes in DICOM LPS: +x is the patient's left, +y posterior, +z superior (head).
 _AXIS_LETTERS = (("R", "L"), ("A", "P"), ("I", "S"))
 
@@ -99,7 +93,7 @@ def key_images(study, result: StudyResult, conditions: tuple[str, ...] | None = 
     grades = {(f.condition, f.level): f for f in result.findings}
     out: list[KeyImage] = []
 
-    canal = [p for p in pts if p.condition == "spinal_canal_stenosis" and p.role == vocab.SAGITTAL_T2]
+    canal = [p for p in pts if p.condition == vocab.CANAL and p.role == vocab.SAGITTAL_T2]
     if canal:
         out.append(_render_view(study, "sagittal_t2", "spinal canal", canal, grades, side, _sagittal_box))
     for sd in vocab.SIDES:
@@ -193,7 +187,7 @@ def _axial_view(study, result: StudyResult, level: str, wanted: set[str], grades
                 side: int) -> KeyImage | None:
     at_level = [p for p in result.points if p.level == level and p.condition in wanted]
     axial = [p for p in at_level if p.role == vocab.AXIAL_T2]
-    others = [p for p in at_level if p.role != vocab.AXIAL_T2 and p.condition == "spinal_canal_stenosis"]
+    others = [p for p in at_level if p.role != vocab.AXIAL_T2 and p.condition == vocab.CANAL]
     if axial:
         series = study.get(_modal(axial, "series_id"))
         k = _modal([p for p in axial if p.series_id == series.series_id], "slice_index")
@@ -203,7 +197,7 @@ def _axial_view(study, result: StudyResult, level: str, wanted: set[str], grades
             return None
         series, k = found
     placed = []
-    has_axial_canal = any(p.condition == "spinal_canal_stenosis" for p in axial)
+    has_axial_canal = any(p.condition == vocab.CANAL for p in axial)
     for p in axial + ([] if has_axial_canal else others):
         pos = _place_on_slice(study, series, k, p)
         if pos is not None:
