@@ -37,10 +37,14 @@ def _cohort(work: Path, seed: int, n: int, threads: int) -> Path:
     return out
 
 
+def run_name(train_seed: int, test_seed: int, seed: int, threads: int, tag: str = "") -> str:
+    return f"train{train_seed}_test{test_seed}_seed{seed}_t{threads}" + (f"_{tag}" if tag else "")
+
+
 def one_run(work: Path, train_seed: int, test_seed: int, seed: int, studies: int, test_studies: int,
-            threads: int, extra: list[str]) -> dict:
+            threads: int, extra: list[str], tag: str = "") -> dict:
     """Train and evaluate one (cohort, test cohort, seed); returns its row (cached in the run folder)."""
-    name = f"train{train_seed}_test{test_seed}_seed{seed}_t{threads}"
+    name = run_name(train_seed, test_seed, seed, threads, tag)
     run, ev = work / name / "run", work / name / "eval"
     row_file = work / name / "row.json"
     if row_file.exists():
@@ -96,6 +100,7 @@ def main() -> None:
     ap.add_argument("--studies", type=int, default=120)
     ap.add_argument("--test-studies", type=int, default=30)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--tag", default="", help="suffix of the run folders (runs with other train options)")
     ap.add_argument("--table-only", action="store_true", help="print the rows already finished, train nothing")
     ap.add_argument("extra", nargs="*", help="more `train` options after --, e.g. -- --localizer-epochs 8")
     a = ap.parse_args()
@@ -104,11 +109,11 @@ def main() -> None:
     for spec in a.runs:
         t, e, s = (int(v) for v in spec.split(":"))
         if a.table_only:
-            f = a.work / f"train{t}_test{e}_seed{s}_t{a.threads}" / "row.json"
+            f = a.work / run_name(t, e, s, a.threads, a.tag) / "row.json"
             if f.exists():
                 rows.append(json.loads(f.read_text()))
             continue
-        rows.append(one_run(a.work, t, e, s, a.studies, a.test_studies, a.threads, a.extra))
+        rows.append(one_run(a.work, t, e, s, a.studies, a.test_studies, a.threads, a.extra, a.tag))
         print(json.dumps(rows[-1]), flush=True)
     print(f"{a.studies}-study training cohorts (fold 0 of 5), {a.test_studies}-study test cohorts, "
           f"{a.threads} thread(s)")

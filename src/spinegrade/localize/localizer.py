@@ -31,6 +31,18 @@ def _point(cond: str, level: str, s: Series, k: int, x: float, y: float, source:
                  sop_instance_uid=s.sop_instance_uids[k] if k < len(s.sop_instance_uids) else "", source=source)
 
 
+def _climb(h: np.ndarray, px: int, py: int) -> tuple[int, int]:
+    """From pixel (px, py), step to the highest of the 8 neighbours until none is higher: the local peak."""
+    rows, cols = h.shape
+    while True:
+        y0, y1, x0, x1 = max(py - 1, 0), min(py + 2, rows), max(px - 1, 0), min(px + 2, cols)
+        dy, dx = divmod(int(np.argmax(h[y0:y1, x0:x1])), x1 - x0)
+        ny, nx = y0 + dy, x0 + dx
+        if h[ny, nx] <= h[py, px]:
+            return px, py
+        px, py = nx, ny
+
+
 class Localizer:
     """The three view networks of a run, ready to place points on a study."""
 
@@ -120,9 +132,13 @@ class Localizer:
                     dy = (yy - iy) * inp.mm_per_px[0]
                     dx = (xx - ix) * inp.mm_per_px[1]
                     weighted = h * np.exp(-(dy**2) / (2 * 8.0**2) - dx**2 / (2 * 20.0**2))
-                # the window only picks which peak; its position and height come from the unweighted map
+                # the window only picks which peak; its position and height come from the unweighted map: the
+                # window's slope moves the weighted maximum off the peak towards the canal, by a pixel or two
+                # (3 mm each at 96 px), so climb from there to the peak itself
                 py, px = divmod(int(np.argmax(weighted)), size)
-                dec = (*refine_peak(h, px, py)[:2], float(weighted[py, px]))
+                score = float(weighted[py, px])
+                px, py = _climb(h, px, py)
+                dec = (*refine_peak(h, px, py)[:2], score)
                 if best is None or dec[2] > best[1][2]:
                     best = (j, dec)
             k, dec = best
