@@ -128,7 +128,7 @@ def _basic_unet(in_channels: int, num_outputs: int, features, coordinates: bool,
 @register_model("unet-small", kind=HEATMAP)
 def unet_small(in_channels: int, num_outputs: int, features=(8, 16, 32, 32, 64, 8), coordinates: bool = True,
                **kwargs) -> nn.Module:
-    """BasicUNet (MONAI's layout) with narrow layers (+ coordinate channels): five landmarks on a 64 px slice, quick on a CPU."""
+    """BasicUNet (MONAI's layout), narrow (+ coordinate channels): five landmarks on a 64 px slice, quick on a CPU."""
     return _basic_unet(in_channels, num_outputs, features, coordinates, **kwargs)
 
 
