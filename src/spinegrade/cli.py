@@ -25,13 +25,11 @@ def _cmd_info(a) -> int:
     from . import vocab
 
     d = vocab.describe()
-    try:
-        from .models.registry import KINDS, list_models
+    from .models.registry import KINDS, describe_models, list_models  # reads the model files, imports no torch
 
-        d["models"] = list_models()
-        d["models_by_kind"] = {k: list_models(k) for k in KINDS}
-    except ImportError:  # torch missing: the vocabulary is still useful
-        d["models"], d["models_by_kind"] = [], {}
+    d["models"] = list_models()
+    d["models_by_kind"] = {k: list_models(k) for k in KINDS}
+    d["model_descriptions"] = {n: m["description"] for n, m in describe_models().items()}
     if a.json:
         print(json.dumps(d, indent=2))
         return 0
@@ -44,10 +42,10 @@ def _cmd_info(a) -> int:
     print("series roles: " + ", ".join(f"{r['key']} ({r['description']})" for r in d["series_roles"]))
     print(f"row id: {d['row_id_format']}   ({len(d['targets'])} targets per study)")
     print("metric terms: " + ", ".join(d["metric"]["terms"]))
-    if not d["models_by_kind"]:
-        print("models: (none: torch is not installed)")
     for kind, names in d["models_by_kind"].items():
         print(f"models ({kind}): " + (", ".join(names) if names else "(none)"))
+        for n in names:
+            print(f"  {n:<18} {d['model_descriptions'][n]}")
     return 0
 
 

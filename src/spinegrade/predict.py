@@ -115,8 +115,6 @@ class Predictor:
     timings: dict = field(default_factory=lambda: {"read": 0.0, "localize": 0.0, "grade": 0.0})
 
     def __post_init__(self) -> None:
-        from .grade.grader import Grader
-        from .localize.localizer import Localizer
         from .device import resolve_device
 
         dev = resolve_device(self.device)
@@ -143,6 +141,9 @@ class Predictor:
         if not self.run_dir.is_dir():
             raise DataError(f"{self.run_dir}: no such run folder nor bundled model (train one with "
                             f"`spinegrade train --data` or `--slices`)")
+        from .grade.grader import Grader  # here, not above: a foramen model alone needs neither (nor scipy)
+        from .localize.localizer import Localizer
+
         self.localizer = Localizer(self.run_dir, dev)
         self.grader = Grader(self.run_dir, dev)
         if not self.localizer.models and not self.grader.models:
@@ -241,9 +242,8 @@ def predict(input_path: Path, model: Path, out: Path, device: str = "cpu", stric
     "timings": {...}}. Raises DataError when no study could be graded (only report.json is written then,
     saying why), and with `strict` when any study failed.
     """
-    from tqdm import tqdm
-
     from .files import atomic_write_text, check_output_folder, make_output_folder, write_csv_atomic
+    from .progress import bar as progress_bar
 
     jobs = find_studies(Path(input_path))
     out = Path(out)
@@ -253,7 +253,7 @@ def predict(input_path: Path, model: Path, out: Path, device: str = "cpu", stric
     results: list[StudyResult] = []
     failed: list[dict] = []
     studies: dict[str, Study] = {}  # kept for the report and SR, so they draw on the pixels just read
-    for job in tqdm(jobs, desc="predict", unit="study", disable=len(jobs) < 2):
+    for job in progress_bar(jobs, desc="predict", unit="studies", disable=len(jobs) < 2, log=log):
         try:
             study = predictor.read(job.path, job.descriptions, job.study_id)
             results.append(predictor.predict_loaded(study))

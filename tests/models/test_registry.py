@@ -15,17 +15,53 @@ from spinegrade.models import registry
 
 
 def test_every_module_of_the_package_registers_itself():
-    """Discovery walks the package: each family module contributes names without a hand-kept list."""
+    """Discovery walks the package: each family module contributes names without a hand-kept list, and what
+    a module's source declares (read without importing it) is what it registers when imported."""
+    import importlib
     import pkgutil
 
     import spinegrade.models as pkg
 
     modules = {m.name for m in pkgutil.iter_modules(pkg.__path__)} - {"registry"}
-    by_module = {registry._FACTORIES[n].__module__.rsplit(".", 1)[-1] for n in list_models(None)}
-    assert modules == by_module
+    modules = {m for m in modules if not m.startswith("_")}  # private plumbing (the grading head) declares none
+    declared = registry._declarations()
+    assert {d.module.rsplit(".", 1)[-1] for d in declared.values()} == modules
+    for m in modules:
+        importlib.import_module(f"spinegrade.models.{m}")
+    by_module = {n: registry._FACTORIES[n].__module__ for n in list_models(None)}
+    assert by_module == {n: d.module for n, d in declared.items()}
+    assert {n: registry._KINDS[n] for n in declared} == {n: d.kind for n, d in declared.items()}
     assert list_models() == sorted(list_models())
     assert set(list_models(None)) == set(list_models(BACKBONE)) | set(list_models(HEATMAP))
     assert list_models(HEATMAP) and list_models(BACKBONE)
+    assert all(d.description for d in declared.values())  # the factory's docstring, shown by `info`
+
+
+def test_declarations_are_read_from_the_decorators():
+    src = '''
+@register_model("a-net")
+def a(in_channels):
+    """First line of the doc
+    goes on here.
+
+    Not this paragraph."""
+
+@registry.register_model("b-net", kind=HEATMAP)
+class B: pass
+
+@register_model(name="c-net", kind="heatmap")
+def c(in_channels, num_outputs): pass
+
+@something_else("d")
+def d(): pass
+'''
+    got = {d.name: (d.kind, d.description) for d in registry._declarations_in(src, "m", "m.py")}
+    assert got == {"a-net": (BACKBONE, "First line of the doc goes on here."), "b-net": (HEATMAP, ""),
+                   "c-net": (HEATMAP, "")}
+    with pytest.raises(SpinegradeError, match="m.py:1: register_model needs the model's name as a string literal"):
+        registry._declarations_in("@register_model(NAME)\ndef f(): pass\n", "m", "m.py")
+    with pytest.raises(SpinegradeError, match="m.py:1: register_model's kind"):
+        registry._declarations_in("@register_model('x', kind=k)\ndef f(): pass\n", "m", "m.py")
 
 
 @pytest.mark.parametrize("name", list_models(None))
@@ -100,7 +136,6 @@ def test_unknown_name_lists_the_registered_ones():
 
 
 def test_register_a_new_backbone(monkeypatch):
-    list_models()  # discover first, so the copies below hold every family
     monkeypatch.setattr(registry, "_FACTORIES", dict(registry._FACTORIES))
     monkeypatch.setattr(registry, "_KINDS", dict(registry._KINDS))
 

@@ -175,8 +175,7 @@ def prepare_dataset(data: Path, cache: Path, workers: int = 1, export_png: Path 
 
     Returns counts: decoded (series), skipped_existing (series), failed [{study_id, error}], and png_rows.
     """
-    from tqdm import tqdm
-
+    from ..progress import bar as progress_bar
     from .rsna import RsnaDataset
 
     ds = RsnaDataset(Path(data), split=_split_from_images(images))
@@ -186,7 +185,7 @@ def prepare_dataset(data: Path, cache: Path, workers: int = 1, export_png: Path 
     jobs = [(str(ds.study_dir(s)), str(cache), str(ds.images_dir), _desc(ds, s)) for s in ids
             if ds.study_dir(s).is_dir()]
     result = {"decoded": 0, "skipped_existing": 0, "failed": [], "studies": len(jobs)}
-    bar = tqdm(total=len(jobs), desc="prepare", unit="study", disable=not progress)
+    bar = progress_bar(total=len(jobs), desc="prepare", unit="studies", disable=not progress)
 
     def collect(r: dict) -> None:
         if "error" in r:

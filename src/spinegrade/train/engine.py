@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -181,8 +180,7 @@ def fit(model: torch.nn.Module, train_ds, val_ds, task: Task, loop: LoopConfig, 
     preprocessing, ...). resume: continue from `run_dir/last.pt` if there is one. Datasets may have
     `set_epoch(epoch)` to draw their augmentation per epoch.
     """
-    from tqdm import tqdm
-
+    from .. import progress
     from ..plots import plot_curves
 
     run_dir = Path(run_dir)
@@ -203,6 +201,8 @@ def fit(model: torch.nn.Module, train_ds, val_ds, task: Task, loop: LoopConfig, 
     if ctx.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         _keep_metrics_before(run_dir, start)
+    # epochs done before this process (resume) or never to run (finished, early stop) end the command sooner
+    progress.advance(loop.epochs if state["done"] else start, skipped=True)
     if state["done"]:
         return FitResult(state["best_epoch"], state["best"], 0, False)
 
@@ -234,9 +234,9 @@ def fit(model: torch.nn.Module, train_ds, val_ds, task: Task, loop: LoopConfig, 
             train_ds.set_epoch(epoch)
         net.train()
         total, count = 0.0, 0
-        # Bars only on a terminal: in a log file they are carriage-return noise; the epoch line says it all.
-        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{loop.epochs}", leave=False, dynamic_ncols=True,
-                   disable=not ctx.is_main or not sys.stderr.isatty())
+        # a bar on a terminal only; in a log the epoch line below says it all
+        bar = progress.bar(train_loader, desc=f"epoch {epoch + 1}/{loop.epochs}", leave=False, log=None,
+                           disable=not ctx.is_main)
         for batch in bar:
             batch = _to(batch, device)
             with torch.autocast(device.type, enabled=amp):
@@ -264,6 +264,9 @@ def fit(model: torch.nn.Module, train_ds, val_ds, task: Task, loop: LoopConfig, 
         stop = bool(loop.patience) and state["bad_epochs"] >= loop.patience
         state["done"] = stop or epoch == loop.epochs - 1
         trained += 1
+        if stop:  # the epochs it will not run are work the command no longer has
+            progress.advance(loop.epochs - epoch - 1, skipped=True)
+        eta = progress.advance(1)
         record = {"epoch": epoch, "train_loss": train_loss, **val, "lr": scheduler.get_last_lr()[0],
                   "best": improved, "seconds": round(time.time() - t0, 3)}
 
@@ -280,7 +283,7 @@ def fit(model: torch.nn.Module, train_ds, val_ds, task: Task, loop: LoopConfig, 
                                              "early_stop": dict(state)})
             log(f"epoch {epoch + 1}/{loop.epochs}  train_loss {train_loss:.4f}  "
                 + "  ".join(f"{k} {v:.4f}" for k, v in val.items()) + ("  *" if improved else "")
-                + f"  ({record['seconds']:.1f}s)")
+                + f"  ({record['seconds']:.1f}s)" + eta)
         barrier(ctx)
         if stop:
             if ctx.is_main:

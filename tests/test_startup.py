@@ -1,0 +1,70 @@
+"""Cheap commands stay cheap: `info`, `--help` and `inspect` import neither torch nor MONAI (each run in a
+fresh interpreter, the way a user starts them), and `info` still names every registered model and its kind."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import spinegrade
+from spinegrade.models import list_models, model_kind
+
+SRC = Path(spinegrade.__file__).resolve().parents[1]
+HEAVY = ("torch", "monai")
+# run the command as `python -m spinegrade` does, then report which heavy packages it imported
+_WRAPPER = """
+import json, sys
+from spinegrade.cli import main
+try:
+    rc = main(sys.argv[1:])
+except SystemExit as e:  # --help exits through argparse
+    rc = e.code
+sys.stdout.flush()
+print(json.dumps({"rc": rc, "heavy": sorted({m.split('.')[0] for m in sys.modules} & set(%r))}), file=sys.stderr)
+""" % (HEAVY,)
+
+
+def _run(*args: str) -> tuple[dict, str]:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]))
+    p = subprocess.run([sys.executable, "-c", _WRAPPER, *args], capture_output=True, text=True, env=env, timeout=120)
+    return json.loads(p.stderr.strip().splitlines()[-1]), p.stdout
+
+
+@pytest.mark.parametrize("args", [["info"], ["--help"]])
+def test_cheap_commands_import_no_torch(args):
+    got, out = _run(*args)
+    assert got == {"rc": 0, "heavy": []}, f"spinegrade {' '.join(args)}"
+    assert out.strip()
+
+
+def test_info_names_every_model_with_its_kind_without_torch():
+    got, out = _run("info", "--json")
+    d = json.loads(out)
+    assert got["heavy"] == []
+    names = list_models(None)
+    assert len(names) >= 8 and d["models"] == list_models()
+    assert {n: k for k, ns in d["models_by_kind"].items() for n in ns} == {n: model_kind(n) for n in names}
+    assert set(d["model_descriptions"]) == set(names) and all(d["model_descriptions"].values())
+
+
+def test_every_subcommand_help_imports_no_torch():
+    from spinegrade.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    for name in sub.choices:
+        got, out = _run(name, "--help")
+        assert got == {"rc": 0, "heavy": []}, name
+        assert f"usage: spinegrade {name}" in out
+
+
+def test_inspect_of_a_real_study_imports_no_torch(two_studies):
+    study = next(p for p in sorted((two_studies / "train_images").iterdir()) if p.is_dir())
+    got, out = _run("inspect", str(study), "--json")
+    assert got == {"rc": 0, "heavy": []}
+    info = json.loads(out)
+    assert len(info["series"]) >= 3
