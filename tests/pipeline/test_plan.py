@@ -97,7 +97,7 @@ def test_defaults_are_the_pipeline_defaults():
     assert p.to_dict() == build_plan("D").to_dict()
     assert p.localizers[vocab.SAGITTAL_T1].input_size == 96 and p.localizers[vocab.SAGITTAL_T2].input_size == 64
     assert p.graders[vocab.FORAMINAL].crop == DEFAULT_SPECS[vocab.FORAMINAL]
-    assert (p.localizer_loop.epochs, p.grader_loop.epochs) == (14, 12)
+    assert (p.localizer_loop.epochs, p.grader_loop.epochs) == (14, 20)
 
 
 @pytest.mark.parametrize("argv, message", [
