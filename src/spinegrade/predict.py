@@ -282,6 +282,7 @@ def predict(input_path: Path, model: Path, out: Path, device: str = "cpu", stric
         ctx = setup(device, backend="gloo", timeout_hours=72.0)  # the group only carries the final barrier
         device = str(ctx.device)
     predictor = Predictor(model, device, foramina)  # before the folder is made: a bad model leaves nothing behind
+    load_s = time.perf_counter() - t_start
     make_output_folder(out)
     mine = shard.take(jobs)
     folder = out if shard.count == 1 else out / "shards" / shard.folder_name
@@ -349,8 +350,8 @@ def predict(input_path: Path, model: Path, out: Path, device: str = "cpu", stric
         journal.close()
     wall = time.perf_counter() - t_start
     run = {"readers": n_readers, "shard": f"{shard.folder_name}", "graded_now": len(todo),
-           "resumed": len(mine) - len(todo), "seconds": round(wall, 3),
-           "studies_per_s": round(len(todo) / wall, 4) if wall > 0 else None}
+           "resumed": len(mine) - len(todo), "seconds": round(wall, 3), "load_seconds": round(load_s, 3),
+           "studies_per_s": round(len(todo) / (wall - load_s), 4) if wall > load_s else None}
     if shard.count > 1:
         from .batch import collect
 

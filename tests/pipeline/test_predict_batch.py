@@ -88,10 +88,11 @@ def test_kill_9_then_resume_gives_the_uninterrupted_submission(batch_folder, tin
 
 def test_resume_refuses_another_model(batch_folder, tiny_run, tmp_path):
     out = tmp_path / "pred"
-    predict(batch_folder, tiny_run, out, device="cpu", readers=0, shard=Shard(0, 2), **QUIET)
-    with pytest.raises(DataError, match="foramina-sagt1-v1"):
+    predict(batch_folder, tiny_run, out, device="cpu", readers=0, shard=Shard(0, 4), **QUIET)  # the broken one
+    assert json.loads((out / "shards" / "0-of-4" / JOURNAL).read_text().splitlines()[1])["study_id"] == "1000"
+    with pytest.raises(DataError, match="model was .* and is now .*foramina-sagt1-v1"):
         predict(batch_folder, "foramina-sagt1-v1", out, device="cpu", readers=0, resume=True,
-                shard=Shard(0, 2), **QUIET)
+                shard=Shard(0, 4), **QUIET)
 
 
 def test_shards_merge_into_the_single_process_submission(batch_folder, tiny_run, uninterrupted, tmp_path, capsys):
@@ -108,11 +109,6 @@ def test_shards_merge_into_the_single_process_submission(batch_folder, tiny_run,
     assert (out / "submission.csv").read_bytes() == (uninterrupted / "submission.csv").read_bytes()
     _same_predictions(out, uninterrupted)
 
-
-def test_a_shard_with_studies_left_is_not_merged(batch_folder, tiny_run, tmp_path):
-    out = tmp_path / "pred"
-    for i in (0, 1):
-        predict(batch_folder, tiny_run, out, device="cpu", readers=0, shard=Shard(i, 2), **QUIET)
     journal = out / "shards" / "1-of-2" / JOURNAL
     journal.write_text("".join(journal.read_text().splitlines(keepends=True)[:-1]))  # its last study undone
     with pytest.raises(DataError, match="1 of 2 studies not done"):
@@ -145,3 +141,17 @@ def test_torchrun_ranks_shard_and_rank_0_merges(batch_folder, tiny_run, uninterr
     assert [p.name for p in shard_folders(out)] == ["0-of-2", "1-of-2"]
     assert (out / "submission.csv").read_bytes() == (uninterrupted / "submission.csv").read_bytes()
     _same_predictions(out, uninterrupted)
+
+
+def test_studies_graded_together_give_the_same_grades(batch_folder, tiny_run, uninterrupted, tmp_path):
+    """What a GPU does by default (crops of several studies in one forward pass), checked on the CPU."""
+    import numpy as np
+    import pandas as pd
+
+    out = tmp_path / "pred"
+    predict(batch_folder, tiny_run, out, device="cpu", readers=0, batch_studies=4, **QUIET)
+    a, b = (pd.read_csv(p / "submission.csv", dtype={"row_id": str}) for p in (out, uninterrupted))
+    assert list(a.row_id) == list(b.row_id)
+    assert np.allclose(a.iloc[:, 1:].to_numpy(), b.iloc[:, 1:].to_numpy(), atol=1e-6)
+    doc = json.loads((out / "predictions.json").read_text())  # the graders ran, not only the prior
+    assert all(any(f["source"] == "model" for f in st["findings"]) for st in doc["studies"])
