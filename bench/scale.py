@@ -224,11 +224,13 @@ def main() -> None:
     root = Path(a.keep or tmp.name)
     root.mkdir(parents=True, exist_ok=True)
     try:
-        cohort = root / "cohort"
-        t = time.perf_counter()
-        synthesize_cohort(cohort, n_studies=max(sizes), seed=a.seed, workers=a.workers)
-        print(f"synthesised {max(sizes)} studies in {time.perf_counter() - t:.0f} s", file=sys.stderr)
-        all_ids = sorted(p.name for p in (cohort / "train_images").iterdir())
+        cohort = root / f"cohort-seed{a.seed}"
+        images = cohort / "train_images"
+        if not (images.is_dir() and len(list(images.iterdir())) >= max(sizes)):  # a kept one is reused
+            t = time.perf_counter()
+            synthesize_cohort(cohort, n_studies=max(sizes), seed=a.seed, workers=a.workers)
+            print(f"synthesised {max(sizes)} studies in {time.perf_counter() - t:.0f} s", file=sys.stderr)
+        all_ids = sorted(p.name for p in images.iterdir())
         run = a.model
         if run is None:
             from bench_predict import _tiny_run
@@ -239,6 +241,8 @@ def main() -> None:
         rows = []
         for n in sizes:
             ids = all_ids[:n]
+            shutil.rmtree(root / f"studies-{n}", ignore_errors=True)
+            shutil.rmtree(root / f"cache-{n}", ignore_errors=True)
             folder = _subset(cohort, ids, root / f"studies-{n}")
             files, source = _tree_bytes(folder)
             r = {"n": n, "files": files, "source_bytes": source}

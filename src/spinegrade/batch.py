@@ -105,15 +105,15 @@ def read_ahead(jobs: list, readers: int) -> Iterator[tuple[object, object, float
 
     With `readers` > 0, that many processes read the next studies while the caller works on the current one;
     at most `readers + 2` studies wait in memory. A reader that dies (a decoder crash, the kernel's
-    out-of-memory killer) takes the pool down: it is rebuilt and the studies in flight are tried again; a study
-    in flight at two such deaths is reported as failed.
+    out-of-memory killer) takes the pool down: it is rebuilt, the studies in flight are read again, and one that
+    kills a reader of its own is reported as failed.
     """
     if readers <= 0:
         for job in jobs:
             try:
                 study, secs = _read_job(str(job.path), job.descriptions, job.study_id)
                 yield job, study, secs
-            except Exception as e:  # one bad study must not end a batch
+            except Exception as e:  # noqa: BLE001 - one bad study must not end a batch
                 yield job, e, 0.0
         return
     import multiprocessing
@@ -122,40 +122,37 @@ def read_ahead(jobs: list, readers: int) -> Iterator[tuple[object, object, float
 
     # spawn, not fork: the parent holds torch's thread pools, which a forked child can deadlock on
     ctx = multiprocessing.get_context("spawn")
-    window = readers + 2
-    deaths: dict[int, int] = {}
+
+    def submit(pool, i: int):
+        return pool.submit(_read_job, str(jobs[i].path), jobs[i].descriptions, jobs[i].study_id)
+
     pending: dict[int, object] = {}
     pool = ProcessPoolExecutor(readers, mp_context=ctx)
     nxt = 0
     try:
         for k, job in enumerate(jobs):
-            while nxt < len(jobs) and nxt < k + window:
-                j = jobs[nxt]
-                pending[nxt] = pool.submit(_read_job, str(j.path), j.descriptions, j.study_id)
+            while nxt < len(jobs) and nxt < k + readers + 2:
+                pending[nxt] = submit(pool, nxt)
                 nxt += 1
             try:
                 study, secs = pending.pop(k).result()
                 yield job, study, secs
             except BrokenProcessPool:
+                # Some study in flight killed its reader, and the pool with it. This one is read again alone, so
+                # that if it is the one, it fails by itself; the others go to a new pool.
                 pool.shutdown(wait=False, cancel_futures=True)
                 pool = ProcessPoolExecutor(readers, mp_context=ctx)
-                for i in [k, *pending]:
-                    deaths[i] = deaths.get(i, 0) + 1
-                again = {i: pool.submit(_read_job, str(jobs[i].path), jobs[i].descriptions, jobs[i].study_id)
-                         for i in pending}
-                pending = again
-                if deaths[k] >= 2:
-                    yield job, DataError(READER_DIED), 0.0
-                    continue
-                try:  # this study alone first, so that a second death is its own
+                pending = {i: f if f.done() and f.exception() is None else submit(pool, i)
+                           for i, f in pending.items()}
+                try:
                     with ProcessPoolExecutor(1, mp_context=ctx) as solo:
-                        study, secs = solo.submit(_read_job, str(job.path), job.descriptions, job.study_id).result()
+                        study, secs = submit(solo, k).result()
                     yield job, study, secs
                 except BrokenProcessPool:
                     yield job, DataError(READER_DIED), 0.0
-                except Exception as e:
+                except Exception as e:  # noqa: BLE001 - the reader's error, whatever its type, is the study's
                     yield job, e, 0.0
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 - the reader's error, whatever its type, is the study's
                 yield job, e, 0.0
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
@@ -208,13 +205,13 @@ class Journal:
             from .files import atomic_write_text
 
             atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in [header, *self.done.values()]))
-            self._fh = open(self.path, "a", encoding="utf-8")
+            self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 - open for the batch, see close()
             self.header = header
         else:
             if self.path.exists():
                 log(f"{self.path}: an earlier batch's journal is replaced (pass --resume to continue it)")
             self.header = header
-            self._fh = open(self.path, "w", encoding="utf-8")
+            self._fh = open(self.path, "w", encoding="utf-8")  # noqa: SIM115 - open for the batch, see close()
             self._write(header)
         self._rewrite_partial()
 
@@ -226,14 +223,13 @@ class Journal:
     def _rewrite_partial(self) -> None:
         from .files import atomic_path
 
-        with atomic_path(self.partial) as tmp:
-            with open(tmp, "w", newline="", encoding="utf-8") as fh:
-                w = csv.writer(fh)
-                w.writerow(vocab.SUBMISSION_COLUMNS)
-                for rec in self.done.values():
-                    if "result" in rec:
-                        w.writerows(_rows(rec))
-        self._csv = open(self.partial, "a", newline="", encoding="utf-8")
+        with atomic_path(self.partial) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+            w = csv.writer(fh)
+            w.writerow(vocab.SUBMISSION_COLUMNS)
+            for rec in self.done.values():
+                if "result" in rec:
+                    w.writerows(_rows(rec))
+        self._csv = open(self.partial, "a", newline="", encoding="utf-8")  # noqa: SIM115 - see close()
 
     def add(self, index: int, study_id: str, result: dict | None = None, error: str | None = None,
             seconds: dict | None = None) -> None:

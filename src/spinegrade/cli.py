@@ -62,7 +62,7 @@ def _add_inspect(sub) -> None:
 
 
 def _cmd_inspect(a) -> int:
-    from .io.inspect import inspect_study, format_inspection
+    from .io.inspect import format_inspection, inspect_study
 
     info = inspect_study(a.study, descriptions=a.descriptions)
     print(json.dumps(info, indent=2) if a.json else format_inspection(info))

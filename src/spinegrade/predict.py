@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 
 from . import __version__, vocab
-from .errors import DataError, SpinegradeError
 from .batch import Shard
+from .errors import DataError, SpinegradeError
 from .io.types import Study
 from .results import SeriesUse, StudyResult
 
@@ -116,9 +116,9 @@ class Predictor:
     timings: dict = field(default_factory=lambda: {"read": 0.0, "localize": 0.0, "grade": 0.0})
 
     def __post_init__(self) -> None:
+        from .device import resolve_device
         from .grade.grader import Grader
         from .localize.localizer import Localizer
-        from .device import resolve_device
 
         dev = resolve_device(self.device)
         self.device_type = dev.type
@@ -320,7 +320,7 @@ def predict(input_path: Path, model: Path, out: Path, device: str = "cpu", stric
             results = predictor.predict_many([st for _, st, _ in batch])
             if dicom_sr:
                 _write_srs(results, [st for _, st, _ in batch], out)
-        except Exception as e:  # one bad study must not end a batch
+        except Exception as e:  # noqa: BLE001 - one bad study must not end a batch
             if len(batch) > 1:
                 for one in batch:
                     grade([one])

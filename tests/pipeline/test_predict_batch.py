@@ -11,6 +11,7 @@ import sys
 import time
 
 import pytest
+from launch import torchrun
 
 from spinegrade.batch import JOURNAL, PARTIAL, Shard, parse_shard, shard_folders
 from spinegrade.cli import main
@@ -125,18 +126,9 @@ def test_parse_shard():
 @pytest.mark.slow
 def test_torchrun_ranks_shard_and_rank_0_merges(batch_folder, tiny_run, uninterrupted, tmp_path):
     out = tmp_path / "pred"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "spinegrade", "predict", str(batch_folder), "--model", str(tiny_run), "--out", str(out),
-           "--device", "cpu", "--readers", "0"]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        stdout, stderr = proc.communicate(timeout=300)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        stdout, stderr = proc.communicate()
-    assert proc.returncode == 0, stdout[-2000:] + stderr[-4000:]
+    rc, stdout, stderr = torchrun(["predict", str(batch_folder), "--model", str(tiny_run), "--out", str(out),
+                                   "--device", "cpu", "--readers", "0"])
+    assert rc == 0, stdout[-2000:] + stderr[-4000:]
     assert stdout.count("predicted 3 studies (1 skipped)") == 1  # rank 0 merged; rank 1 reported its shard
     assert [p.name for p in shard_folders(out)] == ["0-of-2", "1-of-2"]
     assert (out / "submission.csv").read_bytes() == (uninterrupted / "submission.csv").read_bytes()
