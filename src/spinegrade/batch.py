@@ -120,11 +120,19 @@ def read_ahead(jobs: list, readers: int) -> Iterator[tuple[object, object, float
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
 
-    # spawn, not fork: the parent holds torch's thread pools, which a forked child can deadlock on
-    ctx = multiprocessing.get_context("spawn")
+    # fork where there is one, as torch's DataLoader does: spawn would re-run the caller's script in each reader
+    # (a script without a `__main__` guard then kills its readers), and starts slower. The readers never touch torch.
+    ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
 
     def submit(pool, i: int):
-        return pool.submit(_read_job, str(jobs[i].path), jobs[i].descriptions, jobs[i].study_id)
+        try:
+            return pool.submit(_read_job, str(jobs[i].path), jobs[i].descriptions, jobs[i].study_id)
+        except BrokenProcessPool as e:  # the pool broke since the last result: that result's handler rebuilds it
+            from concurrent.futures import Future
+
+            f = Future()
+            f.set_exception(e)
+            return f
 
     pending: dict[int, object] = {}
     pool = ProcessPoolExecutor(readers, mp_context=ctx)
