@@ -60,7 +60,7 @@ def _add_inspect(sub) -> None:
 
 
 def _cmd_inspect(a) -> int:
-    from .io.inspect import inspect_study, format_inspection
+    from .io.inspect import format_inspection, inspect_study
 
     info = inspect_study(a.study, descriptions=a.descriptions)
     print(json.dumps(info, indent=2) if a.json else format_inspection(info))
@@ -422,7 +422,7 @@ def _cmd_serve(a) -> int:
 def _add_listen(sub) -> None:
     p = sub.add_parser("listen", help="DICOM node: receive studies from a PACS (C-STORE), grade each once, send "
                                       "the DICOM SR to a destination AE")
-    p.add_argument("--model", type=Path, required=True, help="a run folder from `spinegrade train --data`")
+    p.add_argument("--model", type=Path, default=None, help="a run folder from `spinegrade train --data`")
     p.add_argument("--port", type=int, required=True, help="DICOM port to listen on")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
     p.add_argument("--ae-title", default="SPINEGRADE", help="this node's AE title (default SPINEGRADE)")
@@ -462,7 +462,7 @@ def _add_predict(sub) -> None:
     p.add_argument("input", type=Path, nargs="?",
                    help="an RSNA dataset root, a folder of <study_id>/<series_id>/*.dcm, or one study folder "
                         "(or none with --dicomweb)")
-    p.add_argument("--model", type=Path, required=True,
+    p.add_argument("--model", type=Path, default=None,
                    help="a run folder from `spinegrade train --data`; or a foramen model alone (a `train --slices` "
                         "run, a folder of them, or a bundled model's name such as foramina-sagt1-v1): its ten "
                         "foraminal grades, the prior for the rest")
@@ -473,6 +473,17 @@ def _add_predict(sub) -> None:
     p.add_argument("--strict", action="store_true", help="exit non-zero when any study could not be read")
     p.add_argument("--report", action="store_true", help="also write report.html (key images, table)")
     p.add_argument("--dicom-sr", action="store_true", help="also write a DICOM Comprehensive 3D SR per study")
+    b = p.add_argument_group("many studies")
+    b.add_argument("--readers", type=int, default=None, metavar="N",
+                   help="processes that read the next studies while the models grade (default: one per spare "
+                        "core, at most 8; 0 reads in the main process)")
+    b.add_argument("--resume", action="store_true",
+                   help="continue an interrupted batch in --out: studies it finished are not graded again")
+    b.add_argument("--shard", default=None, metavar="I/N",
+                   help="grade only every N-th study from the I-th (0-based) into OUT/shards/I-of-N; merge the "
+                        "N shards with --merge (under torchrun the ranks shard and merge by themselves)")
+    b.add_argument("--merge", action="store_true",
+                   help="merge the shards in --out into one submission.csv (no INPUT, no --model)")
     w = p.add_argument_group("DICOMweb (instead of INPUT)")
     w.add_argument("--dicomweb", metavar="URL", default=None,
                    help="pull the study by WADO-RS from this DICOMweb root (e.g. http://pacs:8042/dicom-web)")
@@ -488,6 +499,17 @@ def _cmd_predict(a) -> int:
     def log(msg):
         print(msg, file=sys.stderr)
 
+    if a.merge:
+        from .predict import merge_shards
+
+        if a.input is not None or a.dicomweb or a.shard or a.model:
+            raise SpinegradeError("--merge takes only --out (and --strict, --report): it merges the shards there")
+        r = merge_shards(a.out, strict=a.strict, report=a.report, log=log)
+        print(f"merged {r['batch']['shards']} shards: {r['studies']} studies ({len(r['failed'])} skipped) -> "
+              f"{a.out / 'submission.csv'}")
+        return 0
+    if a.model is None:
+        raise SpinegradeError("--model is required (a run folder or a bundled model's name)")
     if (a.input is None) == (a.dicomweb is None):
         raise SpinegradeError("give either INPUT or --dicomweb URL --study STUDY_UID")
     if a.dicomweb:
@@ -502,8 +524,15 @@ def _cmd_predict(a) -> int:
         return 0
     if a.stow or a.study:
         raise SpinegradeError("--study and --stow go with --dicomweb")
+    from .batch import parse_shard
+
     r = predict(a.input, a.model, a.out, device=a.device, strict=a.strict, report=a.report, dicom_sr=a.dicom_sr,
-                log=log, foramina=a.foramina_model)
+                log=log, foramina=a.foramina_model, readers=a.readers, resume=a.resume,
+                shard=parse_shard(a.shard) if a.shard else None)
+    b = r.get("batch", {})
+    if "-of-1" not in b.get("shard", "-of-1") and "shards" not in b:
+        print(f"shard {b['shard']}: {r['studies']} studies ({len(r['failed'])} skipped) -> {a.out / 'shards'}")
+        return 0
     print(f"predicted {r['studies']} studies ({len(r['failed'])} skipped) -> {a.out / 'submission.csv'}")
     for sid, w in r["warnings"].items():
         for line in w:

@@ -15,9 +15,10 @@ import numpy as np
 import pandas as pd
 
 from . import __version__, vocab
+from .batch import Shard
 from .errors import DataError, SpinegradeError
 from .io.types import Study
-from .results import SeriesUse, StudyResult, write_predictions
+from .results import SeriesUse, StudyResult
 
 
 @dataclass
@@ -118,6 +119,7 @@ class Predictor:
         from .device import resolve_device
 
         dev = resolve_device(self.device)
+        self.device_type = dev.type
         self.foramina_model = None
         fpath = _foramina_model_path(self.foramina) if self.foramina is not None else None
         if self.foramina is not None and fpath is None:
@@ -169,10 +171,23 @@ class Predictor:
                 for c in vocab.CONDITIONS for lv in vocab.LEVELS]
 
     def predict_loaded(self, study: Study) -> StudyResult:
+        return self.predict_many([study])[0]
+
+    def predict_many(self, studies: list[Study]) -> list[StudyResult]:
+        """Grade several loaded studies; their crops go through each grader together (see `Grader.grade_many`)."""
         t0 = time.perf_counter()
-        points, warnings = self.localizer.localize(study) if self.localizer else ([], [])
+        located = [self.localizer.localize(s) if self.localizer else ([], []) for s in studies]
         t1 = time.perf_counter()
-        findings = self.grader.grade(study, points) if self.grader else self._prior_findings()
+        graded = (self.grader.grade_many([(s, pts) for s, (pts, _) in zip(studies, located)]) if self.grader
+                  else [self._prior_findings() for _ in studies])
+        out = [self._finish(s, pts, warn, f) for s, (pts, warn), f in zip(studies, located, graded)]
+        t2 = time.perf_counter()
+        self.timings["localize"] += t1 - t0
+        self.timings["grade"] += t2 - t1
+        return out
+
+    def _finish(self, study: Study, points: list, warnings: list[str], findings: list) -> StudyResult:
+        """The foramen model's grades (if any) over the grader's, and the study's result."""
         if self.foramina_model is not None:
             from .foramina.dicom import grade_foramina
 
@@ -185,9 +200,6 @@ class Predictor:
             findings = [got.get((f.condition, f.level), f) for f in findings]
             points = [p for p in points if vocab.CONDITION_BY_KEY[p.condition].family != vocab.FORAMINAL
                       or (p.condition, p.level) not in got] + fpoints
-        t2 = time.perf_counter()
-        self.timings["localize"] += t1 - t0
-        self.timings["grade"] += t2 - t1
         used: dict[str, set] = {}
         for p in points:
             used.setdefault(p.series_id, set()).add(vocab.CONDITION_BY_KEY[p.condition].family)
@@ -234,58 +246,167 @@ def submission_frame(results: list[StudyResult]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=list(vocab.SUBMISSION_COLUMNS))
 
 
+KEEP_FOR_REPORT = 20  # studies whose pixels a batch keeps in memory for its report
+
+
 def predict(input_path: Path, model: Path, out: Path, device: str = "cpu", strict: bool = False,
-            report: bool = False, dicom_sr: bool = False, log=print, foramina: Path | str | None = None) -> dict:
+            report: bool = False, dicom_sr: bool = False, log=print, foramina: Path | str | None = None,
+            readers: int | None = None, resume: bool = False, shard: Shard | None = None,
+            batch_studies: int | None = None) -> dict:
     """Predict every study under INPUT; write submission.csv, predictions.json, report.json into `out`.
 
+    `readers` processes read the next studies while the models grade the current one (None: one per spare
+    core; 0: read in this process). Each finished study is journalled at once (see `spinegrade.batch`), so
+    `resume` continues a batch that was interrupted, skipping the studies it finished (a study that failed is
+    tried again); the final files equal an uninterrupted run's. `batch_studies` studies are graded together,
+    their crops in one forward pass per grader (default 8 on a GPU; 1 on the CPU, where batching gains nothing
+    and one study at a time keeps each result independent of its neighbours). `shard` (default: torchrun's
+    RANK / WORLD_SIZE) grades one slice of the studies into OUT/shards/; under torchrun rank 0 then merges
+    them (`merge_shards`).
+
     Returns {"studies": n ok, "failed": [{study_id, error}], "skipped_files": {study_id: [{path, reason}]},
-    "timings": {...}}. Raises DataError when no study could be graded (only report.json is written then,
-    saying why), and with `strict` when any study failed.
+    "timings": {...}, "batch": {...}}. Raises DataError when no study could be graded (only report.json is
+    written then, saying why), and with `strict` when any study failed.
     """
-    from .files import atomic_write_text, check_output_folder, make_output_folder, write_csv_atomic
+    from .batch import Journal, default_readers, read_ahead, shard_from_env
+    from .files import check_output_folder, make_output_folder
     from .progress import bar as progress_bar
 
+    t_start = time.perf_counter()
     jobs = find_studies(Path(input_path))
     out = Path(out)
     check_output_folder(out)
-    predictor = Predictor(model, device, foramina)  # before the folder is made: a bad model leaves nothing behind
-    make_output_folder(out)
-    results: list[StudyResult] = []
-    failed: list[dict] = []
-    studies: dict[str, Study] = {}  # kept for the report and SR, so they draw on the pixels just read
-    for job in progress_bar(jobs, desc="predict", unit="studies", disable=len(jobs) < 2, log=log):
-        try:
-            study = predictor.read(job.path, job.descriptions, job.study_id)
-            results.append(predictor.predict_loaded(study))
-            if dicom_sr or report:
-                studies[study.study_id] = study
-        except SpinegradeError as e:
-            failed.append({"study_id": job.study_id, "error": str(e)})
-            log(f"skipped study {job.study_id}: {e}")
-        except Exception as e:  # one bad study must not end a batch
-            failed.append({"study_id": job.study_id, "error": f"{type(e).__name__}: {e}"})
-            log(f"skipped study {job.study_id}: {type(e).__name__}: {e}")
-    summary = {"studies": len(results), "failed": failed, "timings": dict(predictor.timings),
-               "warnings": {r.study_id: r.warnings for r in results if r.warnings},
-               "skipped_files": {r.study_id: r.skipped for r in results if r.skipped}}
-    import json
+    shard = shard or shard_from_env()
+    ctx = None
+    if shard.torchrun:
+        from .train.distributed import setup
 
-    if results:  # an empty submission.csv would pass for a result; report.json alone says what went wrong
-        write_csv_atomic(submission_frame(results), out / "submission.csv")
-        write_predictions(out / "predictions.json", results, predictor.describe(), failed)
-    atomic_write_text(out / "report.json", json.dumps(summary, indent=1))
-    if not results:
-        raise DataError(f"no study could be graded ({len(failed)} of {len(jobs)} failed; "
+        ctx = setup(device, backend="gloo", timeout_hours=72.0)  # the group only carries the final barrier
+        device = str(ctx.device)
+    predictor = Predictor(model, device, foramina)  # before the folder is made: a bad model leaves nothing behind
+    load_s = time.perf_counter() - t_start
+    make_output_folder(out)
+    mine = shard.take(jobs)
+    folder = out if shard.count == 1 else out / "shards" / shard.folder_name
+    header = {"model": predictor.describe(), "input": str(Path(input_path).resolve()),
+              "shard": [shard.index, shard.count], "studies": [j.study_id for _, j in mine]}
+    journal = Journal(folder, header, resume, log)
+    todo = [(i, j) for i, j in mine if "result" not in journal.done.get(j.study_id, {})]
+    if resume and journal.done:
+        log(f"resuming: {len(mine) - len(todo)} of {len(mine)} studies already done")
+    n_readers = default_readers(len(todo)) if readers is None else max(0, int(readers))
+    index = {id(j): i for i, j in todo}
+    # kept for the report, so it draws on the pixels just read; a large batch's report reads them again instead
+    studies: dict[str, Study] = {}
+    keep = report and len(todo) <= KEEP_FOR_REPORT
+    group = max(1, batch_studies or (8 if predictor.device_type == "cuda" else 1))
+
+    def record(job, got, secs: dict) -> None:
+        """Journal one study's result (an exception: its failure); write its SR; keep it for the report."""
+        if isinstance(got, Exception):
+            msg = str(got) if isinstance(got, SpinegradeError) else f"{type(got).__name__}: {got}"
+            journal.add(index[id(job)], job.study_id, error=msg, seconds=secs)
+            log(f"skipped study {job.study_id}: {msg}")
+            return
+        res, study = got
+        journal.add(index[id(job)], job.study_id, result=res.to_dict(), seconds=secs)
+        if keep:
+            studies[res.study_id] = study
+
+    def grade(batch: list) -> None:
+        """Grade a group of read studies together; a failure there is retried study by study."""
+        before = dict(predictor.timings)
+        try:
+            results = predictor.predict_many([st for _, st, _ in batch])
+            if dicom_sr:
+                _write_srs(results, [st for _, st, _ in batch], out)
+        except Exception as e:  # noqa: BLE001 - one bad study must not end a batch
+            if len(batch) > 1:
+                for one in batch:
+                    grade([one])
+                return
+            record(batch[0][0], e, {"read": batch[0][2]})
+            return
+        share = {k: (predictor.timings[k] - before[k]) / len(batch) for k in ("localize", "grade")}
+        for (job, st, read_s), res in zip(batch, results):
+            record(job, (res, st), {"read": read_s, **share})
+
+    bar = progress_bar(total=len(todo), desc="predict", unit="studies", disable=len(todo) < 2, log=log)
+    waiting: list = []
+    try:
+        for job, got, read_s in read_ahead([j for _, j in todo], n_readers):
+            if isinstance(got, Exception):
+                record(job, got, {"read": read_s})
+            else:
+                waiting.append((job, got, read_s))
+            if len(waiting) >= group:
+                grade(waiting)
+                waiting = []
+            bar.update()
+        if waiting:
+            grade(waiting)
+    finally:
+        bar.close()
+        journal.close()
+    wall = time.perf_counter() - t_start
+    run = {"readers": n_readers, "shard": f"{shard.folder_name}", "graded_now": len(todo),
+           "resumed": len(mine) - len(todo), "seconds": round(wall, 3), "load_seconds": round(load_s, 3),
+           "studies_per_s": round(len(todo) / (wall - load_s), 4) if wall > load_s else None}
+    if shard.count > 1:
+        from .batch import collect
+
+        _, records = collect([folder])
+        mine_summary = {"studies": sum("result" in r for r in records),
+                        "failed": [{"study_id": r["study_id"], "error": r["error"]} for r in records if "error" in r],
+                        "timings": dict(predictor.timings), "warnings": {}, "skipped_files": {}, "batch": run}
+        if not shard.torchrun:
+            log(f"shard {shard.folder_name} done in {folder}; merge with `spinegrade predict --merge {out}`")
+            return mine_summary
+        from .train.distributed import barrier, teardown
+
+        barrier(ctx)  # every shard's journal is complete before rank 0 reads them
+        teardown(ctx)
+        if not ctx.is_main:
+            return mine_summary
+        return merge_shards(out, strict=strict, report=report, log=log, batch=run, studies=studies)
+    return _finish(out, [folder], strict, report, log, {"batch": run}, studies, n_jobs=len(jobs))
+
+
+def _write_srs(results: list[StudyResult], studies: list[Study], out: Path) -> None:
+    from .report.sr import write_sr
+
+    for res, st in zip(results, studies):
+        write_sr(res, st, out / f"{res.study_id}_sr.dcm")
+
+
+def merge_shards(out: Path, strict: bool = False, report: bool = False, log=print, batch: dict | None = None,
+                 studies: dict | None = None) -> dict:
+    """Merge the shards of a sharded batch in OUT (`predict --shard` or torchrun) into one submission.csv,
+    predictions.json and report.json in OUT; DataError when a shard is missing or unfinished."""
+    from .batch import shard_folders
+
+    folders = shard_folders(Path(out))
+    return _finish(Path(out), folders, strict, report, log, {"batch": {**(batch or {}), "shards": len(folders)}},
+                   studies or {})
+
+
+def _finish(out: Path, folders: list[Path], strict: bool, report: bool, log, extra: dict, studies: dict,
+            n_jobs: int | None = None) -> dict:
+    from .batch import JOURNAL, PARTIAL, collect, write_outputs
+
+    header, records = collect(folders)
+    summary = write_outputs(out, header, records, extra)
+    if len(folders) == 1 and folders[0] == out:  # the final files hold everything the journal did
+        for name in (JOURNAL, PARTIAL):
+            (out / name).unlink(missing_ok=True)
+    n = n_jobs if n_jobs is not None else len(records)
+    if not summary["studies"]:
+        raise DataError(f"no study could be graded ({len(summary['failed'])} of {n} failed; "
                         f"see {out / 'report.json'})")
     if report:
         from .report.html import write_report
 
         write_report(out, out / "report.html", studies=studies)
-    if dicom_sr:
-        from .report.sr import write_sr
-
-        for res in results:
-            write_sr(res, studies[res.study_id], out / f"{res.study_id}_sr.dcm")
-    if strict and failed:
-        raise DataError(f"{len(failed)} of {len(jobs)} studies could not be read (see {out / 'report.json'})")
+    if strict and summary["failed"]:
+        raise DataError(f"{len(summary['failed'])} of {n} studies could not be read (see {out / 'report.json'})")
     return summary

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 
 import pytest
 import torch
+from launch import torchrun
 
 from spinegrade.data.slices import write_synthetic_index
 from spinegrade.evaluate.slices import evaluate_slices
@@ -20,20 +17,10 @@ from spinegrade.train.engine import read_metrics
 def test_two_process_ddp_run_gives_a_checkpoint_evaluate_reads(tmp_path):
     index = write_synthetic_index(tmp_path / "data", n_studies=10, rows_per_study=6, size=40)
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           "-m", "spinegrade", "train", "--index", str(index), "--out", str(out), "--image-size", "32",
-           "--epochs", "2", "--batch-size", "4", "--folds", "4", "--device", "cpu",
-           "--model-kwargs", '{"widths": [8, 8, 16, 16, 16]}']
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    # Own process group: on a hang, the workers are killed with the launcher instead of lingering.
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        stdout, stderr = proc.communicate(timeout=180)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        stdout, stderr = proc.communicate()
-    assert proc.returncode == 0, stdout[-2000:] + stderr[-4000:]
+    rc, stdout, stderr = torchrun(["train", "--index", str(index), "--out", str(out), "--image-size", "32",
+                                   "--epochs", "2", "--batch-size", "4", "--folds", "4", "--device", "cpu",
+                                   "--model-kwargs", '{"widths": [8, 8, 16, 16, 16]}'], timeout=180)
+    assert rc == 0, stdout[-2000:] + stderr[-4000:]
     assert "x 2 processes" in stdout
     assert stdout.count("best epoch") == 1  # one writer
     assert [m["epoch"] for m in read_metrics(out)] == [0, 1]

@@ -40,19 +40,33 @@ class Grader:
 
     def grade(self, study, points: list[Point]) -> list[Finding]:
         """25 findings; a (condition, level) without a point (series missing, level not found) gets the prior."""
-        probs: dict[tuple[str, str], list[float]] = {}
+        return self.grade_many([(study, points)])[0]
+
+    def grade_many(self, cases: list[tuple[object, list[Point]]], max_batch: int = 512) -> list[list[Finding]]:
+        """`grade` for several (study, points) at once: each family's crops of all of them go through its
+        network together (in batches of at most `max_batch`), which is what fills a GPU."""
+        probs: list[dict[tuple[str, str], list[float]]] = [{} for _ in cases]
         for fam, (model, _) in self.models.items():
-            items = inference_items(study, points, fam)
+            items, owner = [], []
+            for i, (study, points) in enumerate(cases):
+                got = inference_items(study, points, fam)
+                items += got
+                owner += [i] * len(got)
             if not items:
                 continue
             ds = CropDataset(items, fam, self.crop(fam))
-            batch = [ds[i] for i in range(len(ds))]
-            with torch.inference_mode():
-                x = torch.stack([b["image"] for b in batch]).to(self.device)
-                c = torch.stack([b["cond"] for b in batch]).to(self.device)
-                p = torch.softmax(model(x, c).float(), dim=1).cpu().numpy().astype(np.float64)
-            for it, row in zip(items, p):
-                probs[(it.condition, it.level)] = (row / row.sum()).tolist()
+            out = []
+            for lo in range(0, len(items), max_batch):
+                batch = [ds[i] for i in range(lo, min(lo + max_batch, len(items)))]
+                with torch.inference_mode():
+                    x = torch.stack([b["image"] for b in batch]).to(self.device)
+                    c = torch.stack([b["cond"] for b in batch]).to(self.device)
+                    out.append(torch.softmax(model(x, c).float(), dim=1).cpu().numpy().astype(np.float64))
+            for it, o, row in zip(items, owner, np.concatenate(out)):
+                probs[o][(it.condition, it.level)] = (row / row.sum()).tolist()
+        return [self._findings(p) for p in probs]
+
+    def _findings(self, probs: dict[tuple[str, str], list[float]]) -> list[Finding]:
         out = []
         for cond in vocab.CONDITIONS:
             fam = vocab.CONDITION_BY_KEY[cond].family

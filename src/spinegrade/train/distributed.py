@@ -31,8 +31,12 @@ class DistContext:
         return self.world_size > 1
 
 
-def setup(device: str = "auto") -> DistContext:
-    """Join the process group when launched by torchrun (idempotent); pick the device."""
+def setup(device: str = "auto", backend: str | None = None, timeout_hours: float | None = None) -> DistContext:
+    """Join the process group when launched by torchrun (idempotent); pick the device.
+
+    backend: default nccl on GPU, gloo on CPU. timeout_hours: how long a collective (a barrier) may wait for
+    the slowest rank (torch's default, minutes, suits training steps, not ranks grading different studies).
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -40,7 +44,10 @@ def setup(device: str = "auto") -> DistContext:
     if world > 1 and not dist.is_initialized():
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        from datetime import timedelta
+
+        kw = {"timeout": timedelta(hours=timeout_hours)} if timeout_hours else {}
+        dist.init_process_group(backend or ("nccl" if dev.type == "cuda" else "gloo"), **kw)
     return DistContext(rank, world, local_rank, dev)
 
 
