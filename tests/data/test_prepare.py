@@ -142,26 +142,6 @@ def test_real_studies_cache_reads_back_exactly_at_the_size_of_16_bit_pixels(real
         assert _cache_bytes(cache / sid) <= 1.2 * px16
 
 
-def test_monochrome1_and_per_slice_rescale_read_back_exactly(tmp_path):
-    from dicom_factory import write_series as write_dicom_series
-
-    from spinegrade.data.prepare import write_series
-
-    study = tmp_path / "study"
-    write_dicom_series(study / "1", 3, photometric="MONOCHROME1", rescale=(2.5, -100.0), bits=12)
-    write_dicom_series(study / "1", 2, photometric="MONOCHROME1", rescale=(0.75, 3.0), bits=12, origin=(0, 0, 12),
-                       names=["x1.dcm", "x2.dcm"], instances=[4, 5])
-    (s,) = load_study(study).series
-    (stored,) = load_study(study, stored=True).series
-    assert not stored.stored.uniform  # two rescales in one series
-    write_series(stored, tmp_path / "cache", study)
-    back = Cache(tmp_path / "cache").load_series("study", "1")
-    assert back.stored.values.dtype == np.uint16
-    assert np.array_equal(np.asarray(back.pixels), s.pixels)
-    assert np.array_equal(back.pixels[1:4], s.pixels[1:4]) and np.array_equal(back.pixels[[4, 0]], s.pixels[[4, 0]])
-    assert s.pixels.min() < 0  # the rescale took effect: the cache holds the raw values, not these
-
-
 def _as_old_format(cache, sid) -> None:
     """Rewrite a cached study as the previous version wrote it: float32 pixels, format 1."""
     import json
