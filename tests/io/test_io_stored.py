@@ -23,4 +23,6 @@ def test_monochrome1_and_per_slice_rescale_read_back_exactly(tmp_path):
     assert back.stored.values.dtype == np.uint16
     assert np.array_equal(np.asarray(back.pixels), s.pixels)
     assert np.array_equal(back.pixels[1:4], s.pixels[1:4]) and np.array_equal(back.pixels[[4, 0]], s.pixels[[4, 0]])
-    assert s.pixels.min() < 0  # the rescale took effect: the cache holds the raw values, not these
+    raw = np.asarray(back.stored.values, dtype=np.float32)  # 12 bits stored: MONOCHROME1 inverts about 4095
+    assert np.array_equal(s.pixels[0], (np.float32(4095) - raw[0]) * np.float32(2.5) + np.float32(-100.0))
+    assert np.array_equal(s.pixels[3], (np.float32(4095) - raw[3]) * np.float32(0.75) + np.float32(3.0))
