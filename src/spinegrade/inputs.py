@@ -6,6 +6,8 @@ one definition instead of importing each other.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from . import vocab
@@ -28,10 +30,38 @@ def condition_vector(condition: str, level: str) -> np.ndarray:
     return v
 
 
-def series_intensity_range(pixels: np.ndarray) -> tuple[float, float]:
-    """1st and 99.5th percentile of a series (sub-sampled: cheap on big stacks)."""
-    p = np.asarray(pixels)
-    step = max(1, p.size // 2_000_000)
-    flat = p.reshape(-1)[::step]
+# Percentiles of this many evenly spaced pixels stay within 1 % of the range of those of every pixel on the real
+# studies (tests/test_inputs.py), at a cost that does not grow with the series.
+INTENSITY_SAMPLES = 200_000
+
+
+def _sample_step(size: int, cols: int) -> int:
+    """A stride giving about INTENSITY_SAMPLES pixels that shares no factor with the row length, so the samples
+    walk across every column instead of repeating a few (a stride of 512 on 512-wide images reads one column)."""
+    step = max(1, size // INTENSITY_SAMPLES)
+    while step > 1 and math.gcd(step, cols) != 1:
+        step += 1
+    return step
+
+
+def series_intensity_range(pixels) -> tuple[float, float]:
+    """1st and 99.5th percentile of a series (n, rows, cols): an array or a StoredPixels, from a deterministic
+    subsample of its pixels (see INTENSITY_SAMPLES)."""
+    values = getattr(pixels, "values", None)
+    if values is not None and getattr(pixels, "uniform", False):
+        # stored integers: sample them, then convert only the samples (every slice has the same transform)
+        step = _sample_step(values.size, values.shape[-1])
+        flat = pixels.convert(np.asarray(values).reshape(-1)[::step], 0)
+    else:
+        p = np.asarray(pixels)
+        step = _sample_step(p.size, p.shape[-1] if p.ndim else 1)
+        flat = p.reshape(-1)[::step]
     lo, hi = np.percentile(flat, [1.0, 99.5])
     return float(lo), float(hi if hi > lo else lo + 1.0)
+
+
+def intensity_of(series) -> tuple[float, float]:
+    """The series' intensity range, computed once and kept on it (the cache stores it)."""
+    if series.intensity is None:
+        series.intensity = series_intensity_range(series.pixels)
+    return series.intensity

@@ -43,8 +43,9 @@ def test_prepare_20_studies_two_workers_then_rerun_decodes_nothing(cohort20, tmp
         assert [s.series_id for s in cached.series] == sorted(s.series_id for s in direct.series)
         for s in direct.series:
             cs = cached.get(s.series_id)
-            assert isinstance(cs.pixels, np.memmap)
+            assert isinstance(cs.stored.values, np.memmap) and cs.stored.values.dtype == np.uint16
             assert np.array_equal(np.asarray(cs.pixels), s.pixels)  # exact, not approximately
+            assert np.array_equal(cs.pixels[1], s.pixels[1]) and cs.pixels[1].dtype == np.float32
             assert np.array_equal(cs.instance_numbers, s.instance_numbers)
             assert np.allclose(cs.geometry.positions, s.geometry.positions)
             assert (cs.role, cs.source_series_id) == (s.role, s.source_series_id or s.series_id)
@@ -114,3 +115,93 @@ def test_seed_axial_export_by_projection_on_real_studies(real_rsna, tmp_path):
     for r in idx.itertuples():
         t = truth[(truth.study_id == r.study_id) & (truth.level == vocab.LEVEL_NAMES[r.level])]
         assert abs(r.instance_number - int(t.instance_number.iloc[0])) <= 1
+
+
+# --- the cache format: stored integers, read back exactly -------------------------------------------------
+def _cache_bytes(root) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+
+
+def test_real_studies_cache_reads_back_exactly_at_the_size_of_16_bit_pixels(real_rsna, tmp_path):
+    cache = tmp_path / "cache"
+    r = prepare_dataset(real_rsna, cache, progress=False)
+    assert r["failed"] == [] and r["decoded"] > 0
+    c = Cache(cache)
+    for sid in c.study_ids():
+        direct = load_study(real_rsna / "train_images" / sid)
+        cached = c.load_study(sid)
+        px16 = 0
+        for s in direct.series:
+            cs = cached.get(s.series_id)
+            assert cs.stored.values.dtype == np.uint16 and isinstance(cs.stored.values, np.memmap)
+            assert np.array_equal(np.asarray(cs.pixels), s.pixels)  # the decoder's float32 pixels, bit for bit
+            k = s.n_slices // 2
+            assert np.array_equal(cs.pixels[k], s.pixels[k])
+            assert np.array_equal(cs.pixels[k, 10:20, 5:9], s.pixels[k, 10:20, 5:9])
+            px16 += s.pixels.size * 2
+        assert _cache_bytes(cache / sid) <= 1.2 * px16
+
+
+def _as_old_format(cache, sid) -> None:
+    """Rewrite a cached study as the previous version wrote it: float32 pixels, format 1."""
+    import json
+
+    d = cache / sid
+    for meta_path in d.glob("*.json"):
+        meta = json.loads(meta_path.read_text())
+        meta["format"] = 1
+        if meta_path.name != "_study.json":
+            pixels = np.asarray(Cache(cache).load_series(sid, meta_path.stem).pixels, dtype=np.float32)
+            np.save(d / f"{meta_path.stem}.npy", pixels)
+            for k in ("invert", "slope", "intercept", "intensity"):
+                meta.pop(k)
+            meta["dtype"] = "float32"
+        meta_path.write_text(json.dumps(meta))
+
+
+def test_old_format_cache_is_refused_then_rebuilt_with_a_message(synth_cohort, tmp_path, capsys):
+    from spinegrade.errors import DataError
+
+    cache = tmp_path / "cache"
+    first = prepare_dataset(synth_cohort, cache, progress=False)
+    sid = Cache(cache).study_ids()[0]
+    before = {s.series_id: np.asarray(s.pixels) for s in Cache(cache).load_study(sid).series}
+    _as_old_format(cache, sid)
+    with pytest.raises(DataError, match=r"cache format 1, this spinegrade reads format 2: run `spinegrade prepare`"):
+        Cache(cache).load_study(sid)
+    capsys.readouterr()
+    r = prepare_dataset(synth_cohort, cache, progress=False)
+    assert r["rebuilt_old_format"] == [sid] and r["decoded"] == len(before)
+    assert r["skipped_existing"] == first["decoded"] - len(before)
+    assert "1 studies" in capsys.readouterr().err
+    after = Cache(cache).load_study(sid)
+    assert {s.series_id for s in after.series} == set(before)
+    for s in after.series:
+        assert s.stored.values.dtype == np.uint16 and np.array_equal(np.asarray(s.pixels), before[s.series_id])
+
+
+def test_each_file_parsed_once_and_a_rerun_decodes_nothing(synth_cohort, tmp_path, monkeypatch):
+    import pydicom
+
+    from spinegrade.io import dicom
+
+    calls = {"parse": 0, "decode": 0}
+    parse, decode = pydicom.dcmread, dicom._decode_file
+
+    def counted_parse(*a, **k):
+        calls["parse"] += 1
+        return parse(*a, **k)
+
+    def counted_decode(s):
+        calls["decode"] += 1
+        return decode(s)
+
+    monkeypatch.setattr(dicom.pydicom, "dcmread", counted_parse)
+    monkeypatch.setattr(dicom, "_decode_file", counted_decode)
+    n_files = len(list((synth_cohort / "train_images").rglob("*.dcm")))
+    cache = tmp_path / "cache"
+    r = prepare_dataset(synth_cohort, cache, workers=1, progress=False)
+    assert r["failed"] == [] and calls == {"parse": n_files, "decode": n_files}
+    calls.update(parse=0, decode=0)
+    r2 = prepare_dataset(synth_cohort, cache, workers=1, progress=False)
+    assert r2["decoded"] == 0 and calls == {"parse": 0, "decode": 0}

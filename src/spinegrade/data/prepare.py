@@ -1,16 +1,21 @@
 """Decode every series of a dataset once into a cache that training reads fast.
 
-Layout: `<cache>/<study_id>/<series_id>.npy` (float32, n x rows x cols, exactly the pixels `load_study`
-returns; memory-mappable) and `<series_id>.json` beside it (geometry, instance numbers, role and why, SOP
-UIDs, transfer syntax, provenance). The JSON is written last and marks the entry complete, so an
-interrupted run leaves nothing that looks finished. `<cache>/<study_id>/_study.json` records the source
-signature of the whole study; a re-run whose signature matches decodes nothing.
+Layout (format 2): `<cache>/<study_id>/<series_id>.npy` holds the pixels as the files store them (n x rows x
+cols, their integer type, e.g. uint16: the size of the uncompressed data) and `<series_id>.json` beside it
+the geometry, instance numbers, role and why, SOP UIDs, transfer syntax, provenance, the series' intensity
+range, and each slice's float transform (MONOCHROME1 inversion, rescale slope and intercept). `Cache` maps the
+`.npy` read-only and gives the pixels as `StoredPixels`, float32 on indexing and equal bit for bit to what
+`load_study` returns. The JSON is written last and marks the entry complete, so an interrupted run leaves
+nothing that looks finished. `<cache>/<study_id>/_study.json` records the source signature of the whole study;
+a re-run whose signature matches decodes nothing. A study cached in an older format (1: float32 pixels) is
+decoded again, with a message; `Cache` refuses to read one rather than misread it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -21,11 +26,24 @@ import numpy as np
 from .. import __version__
 from ..errors import DataError, SpinegradeError
 from ..geometry import SeriesGeometry
-from ..io.types import Series, SkippedFile, Study
+from ..inputs import series_intensity_range
+from ..io.types import Series, SkippedFile, StoredPixels, Study
 from ..files import atomic_path, atomic_write_text
 
-CACHE_FORMAT = 1
+# 1: float32 pixels (spinegrade up to 0.x of issue 12); 2: stored integers + per-slice transform.
+CACHE_FORMAT = 2
 _STUDY_MARKER = "_study.json"
+
+
+def _stored(s: Series) -> StoredPixels:
+    """The series' pixels as stored; a series built without them (float pixels only) is kept as float32 with
+    an identity transform, which reads back the same."""
+    if s.stored is not None:
+        return s.stored
+    if isinstance(s.pixels, StoredPixels):
+        return s.pixels
+    n = s.pixels.shape[0]
+    return StoredPixels(np.asarray(s.pixels, dtype=np.float32), [np.nan] * n, [1.0] * n, [0.0] * n)
 
 
 def _source_signature(study_dir: Path) -> dict:
@@ -41,7 +59,7 @@ def _source_signature(study_dir: Path) -> dict:
     return {"files": n, "bytes": size, "mtime": round(newest, 3)}
 
 
-def _series_meta(s: Series, source_root: Path) -> dict:
+def _series_meta(s: Series, source_root: Path, stored: StoredPixels) -> dict:
     def rel(p: str) -> str:
         try:
             return str(Path(p).resolve().relative_to(source_root.resolve()))
@@ -66,20 +84,26 @@ def _series_meta(s: Series, source_root: Path) -> dict:
         "tags": s.tags,
         "notes": list(s.notes),
         "skipped": [{"path": rel(k.path), "reason": k.reason} for k in s.skipped],
-        "dtype": "float32",
-        "shape": [int(v) for v in s.pixels.shape],
+        "dtype": str(stored.values.dtype),
+        "shape": [int(v) for v in stored.shape],
+        # NaN (not MONOCHROME1) is written as null: JSON has no NaN
+        "invert": [None if np.isnan(v) else float(v) for v in stored.invert],
+        "slope": [float(v) for v in stored.slope],
+        "intercept": [float(v) for v in stored.intercept],
+        "intensity": list(s.intensity if s.intensity is not None else series_intensity_range(stored)),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
 
 
 def write_series(s: Series, cache_dir: Path, source_root: Path) -> None:
-    """Write one series' pixels and sidecar into `<cache_dir>/<study_id>/` (atomically, JSON last)."""
+    """Write one series' stored pixels and sidecar into `<cache_dir>/<study_id>/` (atomically, JSON last)."""
     d = Path(cache_dir) / str(s.study_id)
     d.mkdir(parents=True, exist_ok=True)
+    stored = _stored(s)
     with atomic_path(d / f"{s.series_id}.npy") as tmp:
         with open(tmp, "wb") as fh:
-            np.save(fh, np.ascontiguousarray(s.pixels, dtype=np.float32))
-    atomic_write_text(d / f"{s.series_id}.json", json.dumps(_series_meta(s, source_root), indent=1))
+            np.save(fh, np.ascontiguousarray(stored.values))
+    atomic_write_text(d / f"{s.series_id}.json", json.dumps(_series_meta(s, source_root, stored), indent=1))
 
 
 def _series_from_meta(meta: dict, pixels) -> Series:
@@ -94,6 +118,8 @@ def _series_from_meta(meta: dict, pixels) -> Series:
         notes=list(meta.get("notes", [])),
         source_series_id=str(meta.get("source_series_id", meta["series_id"])),
         geometry_known=bool(meta.get("geometry_known", True)),
+        stored=pixels if isinstance(pixels, StoredPixels) else None,
+        intensity=tuple(meta["intensity"]) if meta.get("intensity") else None,
     )
 
 
@@ -119,15 +145,24 @@ class Cache:
     def meta(self, study_id, series_id) -> dict:
         p = self.root / str(study_id) / f"{series_id}.json"
         try:
-            return json.loads(p.read_text())
+            meta = json.loads(p.read_text())
         except FileNotFoundError:
             raise DataError(f"{p}: not in the cache (run `spinegrade prepare` first)") from None
+        if meta.get("format") != CACHE_FORMAT:
+            raise DataError(f"{p}: cache format {meta.get('format')}, this spinegrade reads format {CACHE_FORMAT}: "
+                            "run `spinegrade prepare` again to rebuild it")
+        return meta
 
     def load_series(self, study_id, series_id, mmap: bool = True) -> Series:
-        """The cached series; pixels memory-mapped (read-only) unless mmap=False."""
+        """The cached series. Its pixels are a StoredPixels (float32 on indexing, equal to the reader's) over
+        the stored values, memory-mapped read-only unless mmap=False."""
         meta = self.meta(study_id, series_id)
-        pix = np.load(self.root / str(study_id) / f"{series_id}.npy", mmap_mode="r" if mmap else None)
-        return _series_from_meta(meta, pix)
+        values = np.load(self.root / str(study_id) / f"{series_id}.npy", mmap_mode="r" if mmap else None)
+        if list(values.shape) != meta["shape"] or str(values.dtype) != meta["dtype"]:
+            raise DataError(f"{self.root / str(study_id) / series_id}.npy: {values.dtype} {list(values.shape)}, "
+                            f"its sidecar says {meta['dtype']} {meta['shape']}: run `spinegrade prepare` again")
+        invert = [np.nan if v is None else v for v in meta["invert"]]
+        return _series_from_meta(meta, StoredPixels(values, invert, meta["slope"], meta["intercept"]))
 
     def load_study(self, study_id, mmap: bool = True) -> Study:
         sid = str(study_id)
@@ -145,19 +180,29 @@ def _prepare_one(study_dir: str, cache_dir: str, source_root: str, descriptions:
     sid = study_dir_p.name
     sig = _source_signature(study_dir_p)
     marker = cache_p / sid / _STUDY_MARKER
+    old_format = None
     if marker.exists():
         try:
             old = json.loads(marker.read_text())
             if old.get("signature") == sig and old.get("format") == CACHE_FORMAT:
                 return {"study_id": sid, "decoded": 0, "skipped_existing": len(old.get("series", []))}
+            if old.get("format") != CACHE_FORMAT:
+                old_format = old.get("format", "unknown")
         except (OSError, ValueError):
             pass  # unreadable marker: decode again
     try:
-        study = load_study(study_dir_p, descriptions=descriptions)
+        study = load_study(study_dir_p, descriptions=descriptions, stored=True)
     except SpinegradeError as e:
         return {"study_id": sid, "error": str(e)}
     except Exception as e:  # a batch goes on: report the study, never crash the run
         return {"study_id": sid, "error": f"{study_dir_p}: {type(e).__name__}: {e}"}
+    if marker.exists():
+        # the study is decoded again: its old entries go first (marker first, so nothing looks finished), as
+        # a series id may have gone and a series of an older format must not stay beside the new ones
+        marker.unlink()
+        for p in marker.parent.iterdir():
+            if p.suffix in (".npy", ".json"):
+                p.unlink()
     for s in study.series:
         write_series(s, cache_p, Path(source_root))
     atomic_write_text(marker, json.dumps({
@@ -165,7 +210,7 @@ def _prepare_one(study_dir: str, cache_dir: str, source_root: str, descriptions:
         "series": [s.series_id for s in study.series],
         "skipped": [{"path": k.path, "reason": k.reason} for k in study.skipped],
     }, indent=1))
-    return {"study_id": sid, "decoded": len(study.series), "skipped_existing": 0}
+    return {"study_id": sid, "decoded": len(study.series), "skipped_existing": 0, "old_format": old_format}
 
 
 def prepare_dataset(data: Path, cache: Path, workers: int = 1, export_png: Path | None = None,
@@ -184,7 +229,7 @@ def prepare_dataset(data: Path, cache: Path, workers: int = 1, export_png: Path 
     ids = [int(s) for s in (study_ids if study_ids is not None else ds.study_ids)]
     jobs = [(str(ds.study_dir(s)), str(cache), str(ds.images_dir), _desc(ds, s)) for s in ids
             if ds.study_dir(s).is_dir()]
-    result = {"decoded": 0, "skipped_existing": 0, "failed": [], "studies": len(jobs)}
+    result = {"decoded": 0, "skipped_existing": 0, "failed": [], "studies": len(jobs), "rebuilt_old_format": []}
     bar = progress_bar(total=len(jobs), desc="prepare", unit="studies", disable=not progress)
 
     def collect(r: dict) -> None:
@@ -193,6 +238,8 @@ def prepare_dataset(data: Path, cache: Path, workers: int = 1, export_png: Path 
         else:
             result["decoded"] += r["decoded"]
             result["skipped_existing"] += r["skipped_existing"]
+            if r.get("old_format") is not None:
+                result["rebuilt_old_format"].append(r["study_id"])
         bar.update(1)
 
     if workers > 1 and len(jobs) > 1:
@@ -204,6 +251,10 @@ def prepare_dataset(data: Path, cache: Path, workers: int = 1, export_png: Path 
             collect(_prepare_one(*j))
     bar.close()
     result["failed"].sort(key=lambda f: f["study_id"])
+    if result["rebuilt_old_format"]:
+        print(f"prepare: {len(result['rebuilt_old_format'])} studies in {cache} were cached in an older format "
+              f"(float32 pixels); decoded them again into format {CACHE_FORMAT} (stored integers, a third of the "
+              "size)", file=sys.stderr)
     if export_png is not None:
         from .export import export_png as _export
 

@@ -15,7 +15,7 @@ import pandas as pd
 from .. import vocab
 from ..errors import DataError
 from ..geometry import nearest_slice_among
-from ..inputs import condition_vector, series_intensity_range
+from ..inputs import condition_vector, intensity_of
 from ..io.types import Series
 from .crops import extract_crop, mirror_for
 from .spec import DEFAULT_SPECS, CropSpec, Jitter, crop_channels
@@ -52,7 +52,6 @@ class CropDataset:
         self.items, self.family, self.jitter, self.seed = items, family, jitter, seed
         self.spec: CropSpec = crop
         self.epoch = 0
-        self._ranges: dict[int, tuple[float, float]] = {}
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -61,10 +60,7 @@ class CropDataset:
         return len(self.items)
 
     def _range(self, s: Series) -> tuple[float, float]:
-        key = id(s)
-        if key not in self._ranges:
-            self._ranges[key] = series_intensity_range(s.pixels)
-        return self._ranges[key]
+        return intensity_of(s)
 
     def _crop(self, s: Series, k: int, x: float, y: float, mirror: bool, rng) -> np.ndarray:
         spec, j = self.spec, self.jitter

@@ -25,13 +25,14 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
 
 from ..errors import DataError
 from ..geometry import SeriesGeometry
-from .types import Series, SkippedFile, Study
+from .types import Series, SkippedFile, StoredPixels, Study, to_float
 
 # Slices of one stack repeat their ImageOrientationPatient exactly on every scanner we have seen; 0.1 degree
 # absorbs rounding of the written values. The RSNA axial series hold one stack per disc level, planned
@@ -83,6 +84,9 @@ class _Slice:
     problems: list[str] = field(default_factory=list)  # unreadable optional tags, said in the series notes
     frame: int | None = None  # index of the frame in a multi-frame file; None for a single-frame file
     rescale: tuple[float, float] | None = None  # (slope, intercept) when given
+    # The Pixel Data element read with the header (one parse per file): (VR, value bytes, undefined length);
+    # None when pixels were not asked for, or for a deflated file (decoded by a full read instead).
+    raw: tuple[str, bytes, bool] | None = None
 
     @property
     def has_geometry(self) -> bool:
@@ -96,12 +100,15 @@ def max_pixels_default() -> int:
 
 
 # --- public API --------------------------------------------------------------------------------------------
-def load_study(path, descriptions=None, load_pixels: bool = True, max_pixels: int | None = None) -> Study:
+def load_study(path, descriptions=None, load_pixels: bool = True, max_pixels: int | None = None,
+               stored: bool = False) -> Study:
     """Read a study folder (RSNA layout or any folder of DICOM files) and name the role of each series.
 
     `descriptions` (a `*_series_descriptions.csv` path or a dict series_id -> description) fixes the roles;
     without it they are inferred from the images. `load_pixels=False` reads headers only (fast). A file
     claiming more than `max_pixels` pixels (default `max_pixels_default()`) is skipped before decoding.
+    `stored=True` gives each series' pixels as the files store them (`Series.stored`, also `Series.pixels`:
+    float32 on indexing) instead of a float32 array: what the prepare cache writes.
     Raises DataError when the folder holds no readable DICOM image.
     """
     from .roles import assign_roles
@@ -116,15 +123,20 @@ def load_study(path, descriptions=None, load_pixels: bool = True, max_pixels: in
         skipped += _links_at_top(root)
         for sub in sorted((p for p in root.iterdir() if _is_real_dir(p) and not p.name.startswith(".")),
                           key=_natural_key):
-            found, lost = _read_folder(sub, study_id, sub.name, load_pixels, budget, tree)
+            found, lost = _read_folder(sub, study_id, sub.name, _want(load_pixels, stored), budget, tree)
             series += found
             skipped += lost
     else:
-        series, skipped = _read_plain(root, study_id, load_pixels, budget, tree)
+        series, skipped = _read_plain(root, study_id, _want(load_pixels, stored), budget, tree)
     if not series:
         raise DataError(_nothing_readable(root, skipped))
     assign_roles(series, descriptions=descriptions, study_id=study_id, read_slice=read_slice)
     return Study(study_id=study_id, path=str(root), series=series, skipped=skipped)
+
+
+def _want(load_pixels: bool, stored: bool) -> str:
+    """What the reader decodes: "" (headers only), "float" (float32 arrays) or "stored" (StoredPixels)."""
+    return ("stored" if stored else "float") if load_pixels else ""
 
 
 def load_series(folder, study_id=None, series_id=None, load_pixels: bool = True,
@@ -139,7 +151,7 @@ def load_series(folder, study_id=None, series_id=None, load_pixels: bool = True,
     root = _check_folder(folder)
     sid = str(series_id) if series_id is not None else root.absolute().name
     stid = str(study_id) if study_id is not None else root.absolute().parent.name
-    series, skipped = _read_folder(root, stid, sid, load_pixels, max_pixels or max_pixels_default(),
+    series, skipped = _read_folder(root, stid, sid, _want(load_pixels, False), max_pixels or max_pixels_default(),
                                    root.resolve())
     if not series:
         raise DataError(_nothing_readable(root, skipped))
@@ -151,7 +163,7 @@ def read_slice(path, max_pixels: int | None = None) -> np.ndarray:
     """Pixels of one single-frame DICOM file as the loader returns them: float32 (rows, cols), rescale
     applied, MONOCHROME1 inverted. Raises DataError naming the file when it cannot be used."""
     p = Path(path)
-    header = _read_header(p, max_pixels or max_pixels_default())
+    header = _read_header(p, max_pixels or max_pixels_default(), with_pixels=True)
     if isinstance(header, SkippedFile):
         raise DataError(f"{p}: {header.reason}")
     if isinstance(header, list):
@@ -267,11 +279,11 @@ def _short_reason(reason: str) -> str:
     return reason.split(":")[0].split(" (")[0]
 
 
-def _read_folder(folder: Path, study_id: str, series_id: str, load_pixels: bool, max_pixels: int, tree: Path
+def _read_folder(folder: Path, study_id: str, series_id: str, load_pixels: str, max_pixels: int, tree: Path
                  ) -> tuple[list[Series], list[SkippedFile]]:
     """One series folder -> its series (split when needed) and the files that no series could take."""
     paths, not_files = _list_files(folder, tree)
-    slices, skipped = _read_headers(paths, max_pixels)
+    slices, skipped = _read_headers(paths, max_pixels, bool(load_pixels))
     skipped = not_files + skipped
     series, lost = _assemble(slices, study_id, series_id, load_pixels)
     if not series:
@@ -280,11 +292,11 @@ def _read_folder(folder: Path, study_id: str, series_id: str, load_pixels: bool,
     return series, []
 
 
-def _read_plain(root: Path, study_id: str, load_pixels: bool, max_pixels: int, tree: Path
+def _read_plain(root: Path, study_id: str, load_pixels: str, max_pixels: int, tree: Path
                 ) -> tuple[list[Series], list[SkippedFile]]:
     """A folder of DICOM files in no particular layout: group by SeriesInstanceUID."""
     paths, not_files = _list_files(root, tree)
-    slices, skipped = _read_headers(paths, max_pixels)
+    slices, skipped = _read_headers(paths, max_pixels, bool(load_pixels))
     skipped = not_files + skipped
     by_uid: dict[str, list[_Slice]] = {}
     for s in slices:
@@ -321,10 +333,11 @@ def _series_ids(by_uid: dict[str, list[_Slice]]) -> dict[str, str]:
 
 
 # --- headers -----------------------------------------------------------------------------------------------
-def _read_headers(paths: list[Path], max_pixels: int) -> tuple[list[_Slice], list[SkippedFile]]:
+def _read_headers(paths: list[Path], max_pixels: int, with_pixels: bool = False
+                  ) -> tuple[list[_Slice], list[SkippedFile]]:
     slices, skipped = [], []
     for p in paths:
-        r = _read_header(p, max_pixels)
+        r = _read_header(p, max_pixels, with_pixels)
         if isinstance(r, SkippedFile):
             skipped.append(r)
         elif isinstance(r, list):  # the frames of a multi-frame file
@@ -334,10 +347,13 @@ def _read_headers(paths: list[Path], max_pixels: int) -> tuple[list[_Slice], lis
     return slices, skipped
 
 
-def _read_header(path: Path, max_pixels: int) -> _Slice | list[_Slice] | SkippedFile:
+def _read_header(path: Path, max_pixels: int, with_pixels: bool = False) -> _Slice | list[_Slice] | SkippedFile:
     """Parse a file's header only, every element of it, and check that its pixel data is present, complete
     and of a plausible size (nothing is decoded). A multi-frame file (Enhanced MR) gives one slice per
-    frame, each with its own position, orientation and spacing from the functional groups."""
+    frame, each with its own position, orientation and spacing from the functional groups.
+
+    `with_pixels` also reads the Pixel Data bytes (not decoding them) from the same open file, so decoding
+    later parses nothing again: the file is parsed once."""
     try:
         size = path.stat().st_size
         if size == 0:
@@ -349,7 +365,12 @@ def _read_header(path: Path, max_pixels: int) -> _Slice | list[_Slice] | Skipped
             # pydicom decodes element values on first access; do it here, inside this file's guarded step,
             # so that a damaged element (an unknown VR from a bit flip) costs that element, not the study.
             damaged = _drop_damaged(getattr(ds, "file_meta", Dataset())) + _drop_damaged(ds)
-            problem, data_length = _pixel_data_problem(fp, ds, size)
+            problem, data_length, value = _pixel_data_problem(fp, ds, size)
+            raw = None
+            if with_pixels and not problem and value is not None:
+                at, vr, undefined = value
+                fp.seek(at)
+                raw = (vr, fp.read(-1 if undefined else data_length), undefined)
     except InvalidDicomError:
         return SkippedFile(str(path), "not a DICOM file (no 'DICM' marker after the 128-byte preamble)")
     except OSError as e:
@@ -390,9 +411,11 @@ def _read_header(path: Path, max_pixels: int) -> _Slice | list[_Slice] | Skipped
         out = [_slice_from_header(path, ds, k) for k in range(frames)]
         for s in out:
             s.problems += damaged
+            s.raw = raw
         return out
     s = _slice_from_header(path, ds)
     s.problems += damaged
+    s.raw = raw
     return s
 
 
@@ -468,45 +491,51 @@ def _header_cut(ds: Dataset, size: int) -> bool:
     return False
 
 
-def _pixel_data_problem(fp, ds: Dataset, size: int) -> tuple[str | None, int | None]:
+def _pixel_data_problem(fp, ds: Dataset, size: int
+                        ) -> tuple[str | None, int | None, tuple[int, str, bool] | None]:
     """Check the Pixel Data element that `stop_before_pixels` left the file positioned on: (problem or None,
-    bytes of pixel data or None when unknown).
+    bytes of pixel data or None when unknown, where its value is: (file offset, VR, undefined length) or None).
 
     Only its element header and the file size are read: native data must have all its bytes, compressed
     data must end with the sequence delimiter. This finds truncated files without decoding anything.
     """
     ts = _transfer_syntax(ds)
     if ts is None or ts.is_deflated:
-        return None, None  # positions inside a deflated stream say nothing about the file; decoding will tell
+        # positions inside a deflated stream say nothing about the file; decoding will tell
+        return None, None, None
     start = fp.tell()
     head = fp.read(12)
     endian = "<" if ts.is_little_endian else ">"
     if len(head) < 8:
-        return ("no pixel data" if len(head) == 0 else "truncated: the file ends inside the pixel data header"), None
+        return ("no pixel data" if len(head) == 0 else "truncated: the file ends inside the pixel data header"), \
+            None, None
     group, elem = struct.unpack(endian + "HH", head[:4])
     if (group << 16 | elem) != _PIXEL_DATA_TAG:
-        return "no integer pixel data (Float/Double Float Pixel Data is not supported)", None
+        return "no integer pixel data (Float/Double Float Pixel Data is not supported)", None, None
     if ts.is_implicit_VR:
+        # the VR pydicom gives Pixel Data read without one (PS3.5 A.1): OW above 8 bits, and OB for compressed data
         hdr, length = 8, struct.unpack(endian + "I", head[4:8])[0]
+        vr = "OW" if (_int(ds.get("BitsAllocated")) or 16) > 8 and not ts.is_compressed else "OB"
     else:
         if len(head) < 12:
-            return "truncated: the file ends inside the pixel data header", None
+            return "truncated: the file ends inside the pixel data header", None, None
         hdr, length = 12, struct.unpack(endian + "I", head[8:12])[0]
+        vr = head[4:6].decode("latin-1")
     if length == 0xFFFFFFFF:
         fp.seek(max(start, size - 4096))
         if _SEQ_DELIMITER not in fp.read():
-            return f"truncated: compressed pixel data has no end marker ({size} bytes)", None
-        return None, size - start - hdr
+            return f"truncated: compressed pixel data has no end marker ({size} bytes)", None, None
+        return None, size - start - hdr, (start + hdr, vr, True)
     have = size - start - hdr
     if have < length:
-        return f"truncated: pixel data has {have} of {length} bytes", None
+        return f"truncated: pixel data has {have} of {length} bytes", None, None
     if ts.is_compressed:
-        return None, length
+        return None, length, (start + hdr, vr, False)
     need = ((_int(ds.get("Rows")) or 0) * (_int(ds.get("Columns")) or 0) * (_int(ds.get("SamplesPerPixel")) or 1)
             * (_int(ds.get("NumberOfFrames")) or 1) * (_int(ds.get("BitsAllocated")) or 16) + 7) // 8
     if length < need:
-        return f"pixel data too short: {length} bytes for {need} expected", None
-    return None, length
+        return f"pixel data too short: {length} bytes for {need} expected", None, None
+    return None, length, (start + hdr, vr, False)
 
 
 def _int(v) -> int | None:
@@ -596,8 +625,14 @@ def _unit_orientation(iop: np.ndarray | None) -> np.ndarray | None:
 
 # --- pixels ------------------------------------------------------------------------------------------------
 def _decode(s: _Slice, cache: dict | None = None) -> np.ndarray | SkippedFile:
-    """Full read and decode of one file (or one frame) -> float32 (rows, cols) in MONOCHROME2 sense, rescale
-    applied. `cache` keeps a multi-frame file's decoded frames (or its failure) for its other frames.
+    """Decode one file (or one frame) -> float32 (rows, cols) in MONOCHROME2 sense, rescale applied."""
+    arr = _decode_stored(s, cache)
+    return arr if isinstance(arr, SkippedFile) else to_float(arr, *_transform(s))
+
+
+def _decode_stored(s: _Slice, cache: dict | None = None) -> np.ndarray | SkippedFile:
+    """Decode one file (or one frame) -> its stored values (rows, cols), as the file holds them. `cache` keeps
+    a multi-frame file's decoded frames (or its failure) for its other frames.
 
     The pixel attributes come from the header already checked (`s.ds`); the file's size claims were checked
     against the pixel budget there, before this allocates anything.
@@ -618,7 +653,7 @@ def _decode(s: _Slice, cache: dict | None = None) -> np.ndarray | SkippedFile:
         arr = arr[s.frame]
     if arr.shape != (s.rows, s.cols):
         return SkippedFile(key, f"pixel data has shape {arr.shape}, header says {s.rows}x{s.cols}")
-    return _to_float(arr, s.ds, s.rescale)
+    return arr
 
 
 def _decode_file(s: _Slice) -> np.ndarray | SkippedFile:
@@ -627,28 +662,37 @@ def _decode_file(s: _Slice) -> np.ndarray | SkippedFile:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # damaged-but-decodable files warn; the result is checked below
-            ds = pydicom.dcmread(s.path)
-            _drop_damaged(ds)
-            return ds.pixel_array
+            if s.raw is None:  # read without its pixel bytes (a deflated file, or a header-only read)
+                ds = pydicom.dcmread(s.path)
+                _drop_damaged(ds)
+                return ds.pixel_array
+            # the header parsed once already holds every element but Pixel Data: give it the bytes read with it
+            vr, value, undefined = s.raw
+            ds = s.ds
+            ds[_PIXEL_DATA_TAG] = DataElement(_PIXEL_DATA_TAG, vr, value, is_undefined_length=undefined)
+            try:
+                return ds.pixel_array
+            finally:
+                del ds[_PIXEL_DATA_TAG]  # the header stays light: the slice keeps it until the series is built
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException as e:  # plugins raise anything; pylibjpeg-rle even panics (a BaseException)
         return SkippedFile(str(s.path), f"could not decode pixel data ({what}): {_first_line(e)}")
+    finally:
+        s.raw = None
 
 
-def _to_float(arr: np.ndarray, header: Dataset, rescale: tuple[float, float] | None) -> np.ndarray:
-    """Stored values -> float32 in MONOCHROME2 sense with the rescale applied."""
-    out = arr.astype(np.float32)
+def _transform(s: _Slice) -> tuple[float, float, float]:
+    """(invert, slope, intercept) taking this slice's stored values to float32 pixels in MONOCHROME2 sense with
+    the rescale applied (see `types.to_float`); invert is NaN unless the slice is MONOCHROME1."""
+    header, invert = s.ds, float("nan")
     if str(header.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1":
-        bits = _int(header.get("BitsStored")) or arr.dtype.itemsize * 8
+        bits = _int(header.get("BitsStored")) or (_int(header.get("BitsAllocated")) or 16)
         lo, hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if _int(header.get("PixelRepresentation")) == 1 \
             else (0, 2 ** bits - 1)
-        out = np.float32(lo + hi) - out
-    if rescale is not None and rescale[0] != 1.0:
-        out *= np.float32(rescale[0])
-    if rescale is not None and rescale[1] != 0.0:
-        out += np.float32(rescale[1])
-    return out
+        invert = float(lo + hi)
+    slope, intercept = s.rescale if s.rescale is not None else (1.0, 0.0)
+    return invert, float(slope), float(intercept)
 
 
 # --- grouping, sorting, assembling -------------------------------------------------------------------------
@@ -658,7 +702,7 @@ class _Group:
 
     slices: list[_Slice]
     orientation: np.ndarray | None
-    pixels: np.ndarray | None = None
+    pixels: np.ndarray | StoredPixels | None = None
     skipped: list[SkippedFile] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -717,11 +761,12 @@ def _order(g: _Group) -> None:
     g.slices = kept
 
 
-def _load_pixels(g: _Group, cache: dict) -> None:
-    """Decode every slice; files that fail are skipped with the decoder's reason."""
+def _load_pixels(g: _Group, cache: dict, want: str) -> None:
+    """Decode every slice; files that fail are skipped with the decoder's reason. `want`: "float" gives a
+    float32 array, "stored" a StoredPixels (the stored values and each slice's transform)."""
     planes, kept = [], []
     for s in g.slices:
-        r = _decode(s, cache)
+        r = _decode_stored(s, cache)
         if isinstance(r, SkippedFile):
             if r not in g.skipped:  # the frames of one undecodable file: said once
                 g.skipped.append(r)
@@ -729,10 +774,20 @@ def _load_pixels(g: _Group, cache: dict) -> None:
             planes.append(r)
             kept.append(s)
     g.slices = kept
-    g.pixels = np.stack(planes) if planes else None
+    if not planes:
+        g.pixels = None
+    elif want == "stored":
+        t = np.array([_transform(s) for s in kept], dtype=np.float64).reshape(-1, 3)
+        values = np.stack(planes)
+        if values.dtype.kind not in "iub":  # not integers (never seen in MR): keep the float pixels
+            values = np.stack([to_float(a, *tk) for a, tk in zip(planes, t)])
+            t = np.array([[np.nan, 1.0, 0.0]] * len(planes))
+        g.pixels = StoredPixels(values, t[:, 0], t[:, 1], t[:, 2])
+    else:
+        g.pixels = np.stack([to_float(a, *_transform(s)) for a, s in zip(planes, kept)])
 
 
-def _assemble(slices: list[_Slice], study_id: str, series_id: str, load_pixels: bool
+def _assemble(slices: list[_Slice], study_id: str, series_id: str, load_pixels: str
               ) -> tuple[list[Series], list[SkippedFile]]:
     """Readable slices of one source series -> one Series per stackable group (largest first), and the
     skipped files of groups in which no file decoded.
@@ -745,7 +800,7 @@ def _assemble(slices: list[_Slice], study_id: str, series_id: str, load_pixels: 
     for g in groups:
         _order(g)
         if load_pixels:
-            _load_pixels(g, cache)
+            _load_pixels(g, cache, load_pixels)
     cache.clear()
     dead = [k for g in groups if not g.slices for k in g.skipped]
     groups = [g for g in groups if g.slices]
@@ -815,6 +870,7 @@ def _to_series(g: _Group, study_id: str, series_id: str, source_id: str) -> Seri
         sop_instance_uids=[str(s.ds.get("SOPInstanceUID", "")) for s in g.slices],
         transfer_syntax=", ".join(syntaxes), tags=tags, skipped=list(g.skipped), notes=notes,
         source_series_id=str(source_id), geometry_known=g.orientation is not None,
+        stored=g.pixels if isinstance(g.pixels, StoredPixels) else None,
     )
 
 

@@ -217,7 +217,7 @@ def _series_contrast(s: Series, read_slice=None) -> float:
     n = s.n_slices
     idx = list(range(max(0, n // 2 - 1), min(n, n // 2 + 2)))
     if s.pixels is not None:
-        planes = np.asarray(s.pixels)[idx]
+        planes = np.asarray(s.pixels[idx])  # only these slices: cached pixels convert on indexing
     elif read_slice is None:
         return float("nan")
     else:

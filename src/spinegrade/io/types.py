@@ -17,6 +17,71 @@ class SkippedFile:
     reason: str
 
 
+def to_float(values: np.ndarray, invert: float, slope: float, intercept: float) -> np.ndarray:
+    """Stored values -> float32 pixels: `invert - values` when invert is not NaN (MONOCHROME1), then the rescale.
+    The one definition the reader and the cache both use, so their pixels agree bit for bit."""
+    out = np.asarray(values).astype(np.float32)
+    if not np.isnan(invert):
+        out = np.float32(invert) - out
+    if slope != 1.0:
+        out *= np.float32(slope)
+    if intercept != 0.0:
+        out += np.float32(intercept)
+    return out
+
+
+class StoredPixels:
+    """A series' pixels as the files store them (integers, `values` (n, rows, cols)) with, per slice, what turns
+    them into the float32 pixels the reader returns: MONOCHROME1 inversion (`invert` = the stored range's lo + hi,
+    NaN for MONOCHROME2), then `* slope`, then `+ intercept`, in float32 and in that order, so the result equals
+    the reader's bit for bit. Indexing gives float32 (only the slices asked for are converted), so `values` can be
+    a memory map of the cache: a training set holds thousands of series without their pixels in memory.
+    """
+
+    def __init__(self, values: np.ndarray, invert, slope, intercept):
+        n = values.shape[0]
+        self.values = values
+        self.invert = np.broadcast_to(np.asarray(invert, dtype=np.float64), (n,))
+        self.slope = np.broadcast_to(np.asarray(slope, dtype=np.float64), (n,))
+        self.intercept = np.broadcast_to(np.asarray(intercept, dtype=np.float64), (n,))
+        t = np.stack([self.invert, self.slope, self.intercept], axis=1)
+        self.uniform = n == 0 or bool(np.all((t == t[0]) | (np.isnan(t) & np.isnan(t[0]))))
+
+    shape = property(lambda self: self.values.shape)
+    ndim = property(lambda self: self.values.ndim)
+    dtype = np.dtype(np.float32)
+
+    def __len__(self) -> int:
+        return self.values.shape[0]
+
+    def transform(self, k: int) -> tuple[float, float, float]:
+        return float(self.invert[k]), float(self.slope[k]), float(self.intercept[k])
+
+    def convert(self, v: np.ndarray, k: int) -> np.ndarray:
+        """Stored values of slice k (any part of it) -> float32 pixels."""
+        return to_float(v, *self.transform(k))
+
+    def __getitem__(self, key) -> np.ndarray:
+        first = key[0] if isinstance(key, tuple) and key else key
+        if first is Ellipsis or first is None:
+            return np.asarray(self)[key]
+        picked = np.arange(len(self))[first]
+        v = self.values[key]
+        if self.uniform or np.ndim(picked) == 0:
+            return self.convert(v, 0 if self.uniform else int(picked))
+        out = np.empty(v.shape, dtype=np.float32)
+        for j, k in enumerate(picked):
+            out[j] = self.convert(v[j], int(k))
+        return out
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = self[:]
+        return out if dtype is None else out.astype(dtype, copy=False)
+
+    def __repr__(self) -> str:
+        return f"StoredPixels({self.values.dtype} {self.shape}, {'uniform' if self.uniform else 'per-slice'})"
+
+
 @dataclass
 class Series:
     """One image series: slices sorted along the slice normal, pixels as float32 with rescale applied."""
@@ -28,7 +93,8 @@ class Series:
     description: str  # SeriesDescription inside the files ("" when absent)
     geometry: SeriesGeometry
     instance_numbers: np.ndarray  # (n,) int, in slice order
-    pixels: np.ndarray | None  # (n, rows, cols) float32, or None when read without pixels
+    # (n, rows, cols) float32, or None when read without pixels; from the cache a StoredPixels (float32 on indexing)
+    pixels: np.ndarray | StoredPixels | None
     files: list[str] = field(default_factory=list)  # file of each slice, in slice order
     sop_instance_uids: list[str] = field(default_factory=list)
     transfer_syntax: str = ""
@@ -41,6 +107,11 @@ class Series:
     # False when the files had no ImageOrientationPatient/ImagePositionPatient: the geometry is then a
     # placeholder (identity orientation, slices in InstanceNumber order) and must not be used to project points.
     geometry_known: bool = True
+    # The pixels as stored in the files (integers and the per-slice float transform), kept when the reader is
+    # asked for them (the prepare cache writes these, a fraction of float32's size); None otherwise.
+    stored: StoredPixels | None = None
+    # (low, high) intensity of the series (`inputs.series_intensity_range`), once computed or read from the cache.
+    intensity: tuple[float, float] | None = None
 
     @property
     def n_slices(self) -> int:

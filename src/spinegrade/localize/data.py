@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .. import vocab
-from ..inputs import series_intensity_range
+from ..inputs import intensity_of
 from .heatmap import gaussian_heatmaps
 from .spec import INPUT_SIZE, N_CHANNELS, SIGMA, SLICE_SIGMA
 
@@ -61,7 +61,7 @@ class SeriesInput:
     def from_series(cls, series, size: int = INPUT_SIZE) -> "SeriesInput":
         rows, cols = series.shape
         rs, cs = series.pixel_spacing
-        stack = resize_stack(series.pixels, size, series_intensity_range(series.pixels))
+        stack = resize_stack(series.pixels, size, intensity_of(series))
         return cls(stack, cols / size, rows / size, (rows / size * rs, cols / size * cs))
 
     def to_input(self, x: float, y: float) -> tuple[float, float]:
