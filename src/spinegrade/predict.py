@@ -200,6 +200,11 @@ class Predictor:
             findings = [got.get((f.condition, f.level), f) for f in findings]
             points = [p for p in points if vocab.CONDITION_BY_KEY[p.condition].family != vocab.FORAMINAL
                       or (p.condition, p.level) not in got] + fpoints
+        if self.run_dir is not None:  # every graded finding names its model, the run's own grader too
+            from dataclasses import replace
+
+            run_name = Path(self.run_dir).name
+            findings = [replace(f, model=run_name) if f.source == "model" and not f.model else f for f in findings]
         used: dict[str, set] = {}
         for p in points:
             used.setdefault(p.series_id, set()).add(vocab.CONDITION_BY_KEY[p.condition].family)

@@ -81,6 +81,10 @@ def test_upload_a_study_in_the_browser(browser, server_url, synth_zip, tmp_path)
     assert page.evaluate("document.querySelectorAll('table.grades tbody td').length") == 25
     # model grades, not labels: every cell names its condition and level and shows three probabilities
     assert page.evaluate("document.querySelectorAll('table.grades td[data-condition] .probs').length") == 25
+    # and names the model behind it (the run's grader here: the run folder's name), or says it is the prior
+    cells = page.evaluate("[...document.querySelectorAll('table.grades td[data-condition]')].map(td => "
+                          "td.classList.contains('prior') ? 'prior' : (td.querySelector('.model') || {}).textContent)")
+    assert len(cells) == 25 and "by run" in cells and set(cells) <= {"by run", "prior"}, cells
 
     # switch to one condition: its images show, the others hide. How many images it has depends on where the
     # (one-epoch) localiser put the levels, so the test asks for the sagittal key image at least.

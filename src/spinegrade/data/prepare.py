@@ -253,7 +253,7 @@ def prepare_dataset(data: Path, cache: Path, workers: int = 1, export_png: Path 
     result["failed"].sort(key=lambda f: f["study_id"])
     if result["rebuilt_old_format"]:
         print(f"prepare: {len(result['rebuilt_old_format'])} studies in {cache} were cached in an older format "
-              f"(float32 pixels); decoded them again into format {CACHE_FORMAT} (stored integers, a third of the "
+              f"(float32 pixels); decoded them again into format {CACHE_FORMAT} (stored integers, half the "
               "size)", file=sys.stderr)
     if export_png is not None:
         from .export import export_png as _export
