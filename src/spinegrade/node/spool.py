@@ -109,6 +109,10 @@ class Spool:
             h.update(hashlib.sha256(f.read_bytes()).digest())
         return h.hexdigest(), len(files)
 
+    def out_bytes(self, key: str) -> int:
+        """Bytes of a study's results (SR, key images): counted in the store's bound like its images."""
+        return sum(f.stat().st_size for f in self.out(key).rglob("*") if f.is_file())
+
     def drop_images(self, key: str) -> int:
         """Delete a study's images (its state and results stay, so an unchanged resend is still recognised)."""
         freed = sum(f.stat().st_size for f in self.images(key).rglob("*") if f.is_file())
