@@ -348,10 +348,10 @@ class Viewer:
         try:
             n = fetch_study(self.dicomweb, job.study_uid, job.study_path, max_bytes=self.max_study)
         except SpinegradeError as e:
-            job.status, job.stage = "error", "failed"
+            shutil.rmtree(job.folder, ignore_errors=True)  # before the status says so: the page may look at once
             job.message = "Could not retrieve this study: " + str(e)
+            job.status, job.stage = "error", "failed"
             log.warning("job %s: study %s could not be retrieved (%s)", job.id, job.study_uid, type(e).__name__)
-            shutil.rmtree(job.folder, ignore_errors=True)
             return False
         log.info("job %s: retrieved %d instances of study %s", job.id, n, job.study_uid)
         return True
