@@ -400,12 +400,20 @@ def _add_serve(sub) -> None:
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N (with --model)")
     p.add_argument("--foramina-model", default=None, metavar="NAME|RUN",
                    help="grade the foraminal targets with this foramen model (see `spinegrade predict --help`)")
+    p.add_argument("--dicomweb", metavar="URL", default=None,
+                   help="also list and grade the studies of this DICOMweb server (e.g. http://pacs:8042/dicom-web)")
+    p.add_argument("--stow", metavar="URL", default=None,
+                   help="store the SR of each study graded from --dicomweb on this DICOMweb server (STOW-RS)")
     p.set_defaults(func=_cmd_serve)
 
 
 def _cmd_serve(a) -> int:
     from .serve.app import label_predictor, model_predictor, serve
 
+    if a.stow and not a.dicomweb:
+        raise SpinegradeError("--stow goes with --dicomweb (the studies whose SRs it stores)")
+    if a.stow and a.labels:
+        raise SpinegradeError("--stow goes with --model: ground-truth labels are not stored as a model's SR")
     if a.model:
         name = " + ".join(str(x) for x in (a.model.name, a.foramina_model) if x)
         predictor, info = model_predictor(a.model, a.device, a.foramina_model), {"name": name}
@@ -414,7 +422,7 @@ def _cmd_serve(a) -> int:
     print(f"spinegrade viewer on http://{a.host}:{a.port}/  (Ctrl-C to stop)")
     serve(predictor, host=a.host, port=a.port, studies_dir=a.studies_dir,
           max_upload_bytes=int(a.max_upload_mb * 2**20), max_disk_bytes=int(a.max_disk_mb * 2**20),
-          model_info=info)
+          model_info=info, dicomweb=a.dicomweb, stow=a.stow)
     return 0
 
 
@@ -437,6 +445,9 @@ def _add_listen(sub) -> None:
                    help="disk the spool may use; beyond it graded images are dropped, then instances refused")
     p.add_argument("--discard-after", type=float, default=24 * 3600, metavar="S",
                    help="seconds a study whose sending broke off waits to be sent again (default one day)")
+    p.add_argument("--key-images", action="store_true",
+                   help="also send each key image, its points and grades drawn on, as a Secondary Capture image "
+                        "in the study (about 1 MB each, up to 8 per study)")
     p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N")
     p.set_defaults(func=_cmd_listen)
 
@@ -452,7 +463,8 @@ def _cmd_listen(a) -> int:
         logging.getLogger(chatty).setLevel(logging.WARNING)
     cfg = NodeConfig(model=a.model, destination=parse_destination(a.destination), store=a.store, port=a.port,
                      host=a.host, ae_title=a.ae_title, quiet_seconds=a.quiet_seconds, jobs=a.jobs,
-                     max_store_mb=a.max_store_mb, discard_after=a.discard_after, device=a.device)
+                     max_store_mb=a.max_store_mb, discard_after=a.discard_after, device=a.device,
+                     key_images=a.key_images)
     return listen(cfg)
 
 

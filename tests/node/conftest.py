@@ -42,6 +42,13 @@ def predictor(tiny_run):
     return Predictor(tiny_run, "cpu")
 
 
+# With a 1 s quiet period a loaded machine (load 12 on 2 cores) once graded one of ten studies Orthanc sent
+# before the rest of it had arrived (the node then graded it again and sent one SR, but the first grading was
+# wasted). A quiet period longer than Orthanc's DicomAssociationCloseDelay (5 s) spans a pause between two
+# associations carrying one study.
+QUIET_SECONDS = 6.0
+
+
 @pytest.fixture(scope="module")
 def node(orthanc, tiny_run, node_port, tmp_path_factory):
     """A node graded with the one-epoch run, sending its SRs to the Orthanc fixture."""
@@ -50,7 +57,8 @@ def node(orthanc, tiny_run, node_port, tmp_path_factory):
 
     logging.getLogger("spinegrade.node").setLevel(logging.INFO)
     dest = Destination(orthanc.ae_title, "127.0.0.1", orthanc.dicom_port)
-    cfg = NodeConfig(model=tiny_run, destination=dest, store=tmp_path_factory.mktemp("node_store"), port=node_port, quiet_seconds=1.0)
+    cfg = NodeConfig(model=tiny_run, destination=dest, store=tmp_path_factory.mktemp("node_store"), port=node_port,
+                     quiet_seconds=QUIET_SECONDS)
     n = Node(cfg)
     n.start()
     yield n

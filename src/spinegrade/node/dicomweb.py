@@ -25,17 +25,32 @@ def client(url: str):
     return DICOMwebClient(url=url.rstrip("/"))
 
 
-def fetch_study(url: str, study_uid: str, folder: Path) -> int:
-    """Retrieve every instance of a study into `folder` (as stored on the server); returns how many."""
+def fetch_study(url: str, study_uid: str, folder: Path, max_bytes: int | None = None) -> int:
+    """Retrieve the MR images of a study into `folder` (as stored on the server); returns how many.
+
+    Instances of other classes (an SR, key images, a presentation state a PACS keeps beside the images) are
+    left out, so a study graded before is read as its images alone. DataError when the study is unknown, has
+    no MR image, or holds more than `max_bytes`.
+    """
     import requests
+
+    from .listen import MR_CLASSES
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    n = 0
+    n = others = size = 0
     try:
         for ds in client(url).iter_study(study_uid):
-            ds.save_as(folder / f"{safe_name(ds.SOPInstanceUID)}.dcm", enforce_file_format=True)
+            cls = str(ds.get("SOPClassUID", "") or "")
+            if cls and cls not in MR_CLASSES:
+                others += 1
+                continue
+            path = folder / f"{safe_name(ds.SOPInstanceUID)}.dcm"
+            ds.save_as(path, enforce_file_format=True)
             n += 1
+            size += path.stat().st_size
+            if max_bytes is not None and size > max_bytes:
+                raise DataError(f"{url}: study {study_uid} is larger than the limit of {max_bytes / 2**20:.0f} MB")
     except requests.HTTPError as e:
         code = e.response.status_code if e.response is not None else "?"
         if code == 404:
@@ -44,7 +59,10 @@ def fetch_study(url: str, study_uid: str, folder: Path) -> int:
     except requests.RequestException as e:
         raise NodeError(f"{url}: DICOMweb server not reachable ({type(e).__name__})") from None
     if not n:
-        raise DataError(f"{url}: no study {study_uid} on this DICOMweb server (no instances retrieved)")
+        what = f"only {others} instances that are not MR images" if others else "no instances retrieved"
+        raise DataError(f"{url}: no MR images of study {study_uid} on this DICOMweb server ({what})")
+    if others:
+        log.info("study %s: left out %d instances that are not MR images", study_uid, others)
     return n
 
 
@@ -62,21 +80,31 @@ def stow(url: str, paths: list[Path]) -> None:
         raise NodeError(f"{url}: DICOMweb server not reachable ({type(e).__name__})") from None
 
 
-def list_studies(url: str, limit: int = 100) -> list[dict]:
-    """QIDO-RS: the server's studies as {study_uid, date, description, modalities} (no patient identifiers)."""
+def list_studies(url: str, limit: int = 200) -> list[dict]:
+    """QIDO-RS: the server's studies as {study_uid, date, description, series, modalities}, newest first.
+
+    Patient identifiers are not asked for and not passed on: a study is named by its Study Instance UID.
+    """
     import requests
 
+    fields = ["StudyInstanceUID", "StudyDate", "StudyDescription", "ModalitiesInStudy",
+              "NumberOfStudyRelatedSeries"]
     try:
-        found = client(url).search_for_studies(limit=limit)
+        found = client(url).search_for_studies(limit=limit, fields=fields)
+    except requests.HTTPError as e:
+        code = e.response.status_code if e.response is not None else "?"
+        raise NodeError(f"{url}: QIDO-RS study search failed (HTTP {code})") from None
     except requests.RequestException as e:
-        raise NodeError(f"{url}: QIDO-RS study search failed ({type(e).__name__})") from None
+        raise NodeError(f"{url}: DICOMweb server not reachable ({type(e).__name__})") from None
 
-    def value(d, tag):
-        v = d.get(tag, {}).get("Value") or [""]
+    def value(d, tag, default=""):
+        v = d.get(tag, {}).get("Value") or [default]
         return v if tag == "00080061" else v[0]
 
-    return [{"study_uid": value(d, "0020000D"), "date": value(d, "00080020"),
-             "description": value(d, "00081030"), "modalities": value(d, "00080061")} for d in found]
+    studies = [{"study_uid": str(value(d, "0020000D")), "date": str(value(d, "00080020")),
+                "description": str(value(d, "00081030")), "series": int(value(d, "00201206", 0) or 0),
+                "modalities": [str(m) for m in value(d, "00080061")]} for d in found]
+    return sorted(studies, key=lambda s: (s["date"], s["study_uid"]), reverse=True)
 
 
 def predict_dicomweb(url: str, study_uid: str, model: Path, out: Path, stow_url: str | None = None,

@@ -58,14 +58,15 @@ class StudyState:
 
 
 class Spool:
-    """The studies under STORE/studies, with a running count of the bytes they hold."""
+    """The studies under STORE/studies, with a running count of the bytes their images and results hold
+    (`bytes_used`; the small state.json files are left out)."""
 
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
         self.studies_dir = self.root / "studies"
         self.studies_dir.mkdir(parents=True, exist_ok=True)
         self.clean_temporaries()
-        self.bytes_used = sum(f.stat().st_size for f in self.studies_dir.rglob("*") if f.is_file())
+        self.bytes_used = sum(self.held_bytes(k) for k in self.keys())
 
     def folder(self, key: str) -> Path:
         return self.studies_dir / key
@@ -109,6 +110,14 @@ class Spool:
             h.update(hashlib.sha256(f.read_bytes()).digest())
         return h.hexdigest(), len(files)
 
+    def held_bytes(self, key: str) -> int:
+        """Bytes of a study's images and results: what `bytes_used` counts of it."""
+        return sum(f.stat().st_size for d in (self.images(key), self.out(key)) for f in d.rglob("*") if f.is_file())
+
+    def out_bytes(self, key: str) -> int:
+        """Bytes of a study's results (SR, key images): counted in the store's bound like its images."""
+        return sum(f.stat().st_size for f in self.out(key).rglob("*") if f.is_file())
+
     def drop_images(self, key: str) -> int:
         """Delete a study's images (its state and results stay, so an unchanged resend is still recognised)."""
         freed = sum(f.stat().st_size for f in self.images(key).rglob("*") if f.is_file())
@@ -117,7 +126,7 @@ class Spool:
         return freed
 
     def discard(self, key: str) -> None:
-        freed = sum(f.stat().st_size for f in self.folder(key).rglob("*") if f.is_file())
+        freed = self.held_bytes(key)
         shutil.rmtree(self.folder(key), ignore_errors=True)
         self.bytes_used -= freed
 

@@ -14,6 +14,10 @@ Design:
 - Grading runs in one background thread (one study at a time: the model and the study share the memory);
   the page polls `/api/jobs/<id>` and shows the stage.
 - Logs name job ids and study folder names only, never a patient name or id from the files.
+- With a DICOMweb server configured (`dicomweb`), the page also lists its studies (QIDO-RS: Study Instance
+  UID, date, description, number of series; patient names are neither asked for nor shown); grading one
+  retrieves its MR images by WADO-RS into the job's folder (in the grader thread, under the same disk bound
+  as an unpacked upload), grades them like an upload, and stores the SR back by STOW-RS when `stow` is set.
 - The predictor is any callable `study folder -> StudyResult`: the trained model (`model_predictor`), or the
   study's own ground-truth labels from a dataset folder (`label_predictor`), to look at what was labelled.
 """
@@ -57,6 +61,7 @@ DEFAULT_MAX_UPLOAD = 500 * 2**20
 DEFAULT_MAX_DISK = 10 * 2**30  # everything the server keeps (uploads, unpacked studies, results)
 _UNPACK_FACTOR = 4  # a zip of DICOMs (already compressed pixels) unpacks to a few times its size at most
 _CHUNK = 1 << 20
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 # the condition switch of the result page: view name -> (label, conditions drawn)
 VIEWS: dict[str, tuple[str, tuple[str, ...] | None]] = {
     "all": ("All conditions", None),
@@ -82,10 +87,14 @@ class Job:
     images: dict[str, list[tuple[str, str]]] = field(default_factory=dict)  # view -> [(file, title)]
     has_sr: bool = False
     seconds: float = 0.0
+    study_uid: str = ""  # set for a study retrieved from the DICOMweb server
+    stored: str = ""  # where the SR was stored by STOW-RS ("" when it was not)
+    store_error: str = ""  # why STOW-RS failed
 
     def public(self) -> dict:
         return {"job": self.id, "study": self.name, "status": self.status, "stage": self.stage,
-                "progress": round(self.progress, 3), "message": self.message, "url": f"/jobs/{self.id}"}
+                "progress": round(self.progress, 3), "message": self.message, "url": f"/jobs/{self.id}",
+                "study_uid": self.study_uid, "stored": self.stored, "store_error": self.store_error}
 
 
 # --- predictors ----------------------------------------------------------------------------------------
@@ -222,8 +231,11 @@ class Viewer:
     """Jobs and their worker: what the routes share."""
 
     def __init__(self, predictor: Predictor, work_dir: Path, studies_dir: Path | None, max_upload: int,
-                 model_info: dict, max_disk: int = DEFAULT_MAX_DISK):
+                 model_info: dict, max_disk: int = DEFAULT_MAX_DISK, dicomweb: str | None = None,
+                 stow: str | None = None, max_study: int | None = None):
         self.max_disk = max_disk
+        self.dicomweb, self.stow = dicomweb, stow
+        self.max_study = max_study or _UNPACK_FACTOR * max_upload  # bytes of one retrieved study
         self.predictor = predictor
         self.work_dir = work_dir
         self.studies_dir = studies_dir
@@ -284,6 +296,8 @@ class Viewer:
 
         t0 = time.time()
         job.status = "running"
+        if job.study_uid and not self._retrieve(job):
+            return
         log.info("job %s: grading study folder %r", job.id, job.name)
         try:
             self._stage(job, "reading and grading the study", 0.15)
@@ -308,6 +322,9 @@ class Viewer:
                 job.has_sr = True
             except SpinegradeError as e:
                 result.warnings.append(f"no DICOM SR: {e}")
+            if job.study_uid and self.stow and job.has_sr:
+                self._stage(job, "storing the SR on the DICOMweb server", 0.97)
+                self._store(job)
             job.result = result
             job.seconds = time.time() - t0
             job.status, job.stage, job.progress = "done", "done", 1.0
@@ -323,19 +340,53 @@ class Viewer:
             log.exception("job %s: study folder %r failed", job.id, job.name)
             shutil.rmtree(job.folder, ignore_errors=True)
 
+    def _retrieve(self, job: Job) -> bool:
+        """WADO-RS: the study's MR images into the job's folder; False (the job failed, with a message) if not."""
+        from ..node.dicomweb import fetch_study
+
+        self._stage(job, "retrieving the study from the DICOMweb server", 0.05)
+        try:
+            n = fetch_study(self.dicomweb, job.study_uid, job.study_path, max_bytes=self.max_study)
+        except SpinegradeError as e:
+            shutil.rmtree(job.folder, ignore_errors=True)  # before the status says so: the page may look at once
+            job.message = "Could not retrieve this study: " + str(e)
+            job.status, job.stage = "error", "failed"
+            log.warning("job %s: study %s could not be retrieved (%s)", job.id, job.study_uid, type(e).__name__)
+            return False
+        log.info("job %s: retrieved %d instances of study %s", job.id, n, job.study_uid)
+        return True
+
+    def _store(self, job: Job) -> None:
+        """STOW-RS the job's SR; a refusal is shown on the page (the grades stand)."""
+        from ..node.dicomweb import stow
+
+        try:
+            stow(self.stow, [job.folder / "sr.dcm"])
+        except SpinegradeError as e:
+            job.store_error = str(e)
+            log.warning("job %s: SR of study %s not stored: %s", job.id, job.study_uid, e)
+            return
+        job.stored = self.stow
+        log.info("job %s: SR of study %s stored on %s", job.id, job.study_uid, self.stow)
+
 
 def create_app(predictor: Predictor, *, studies_dir: str | Path | None = None, work_dir: str | Path | None = None,
                max_upload_bytes: int = DEFAULT_MAX_UPLOAD, max_unpacked_bytes: int | None = None,
-               max_disk_bytes: int = DEFAULT_MAX_DISK, model_info: dict | None = None):
+               max_disk_bytes: int = DEFAULT_MAX_DISK, model_info: dict | None = None, dicomweb: str | None = None,
+               stow: str | None = None):
     """The FastAPI app. `work_dir` holds uploads and results (a temporary folder, removed at shutdown,
-    when not given); `max_unpacked_bytes` defaults to a few times the upload limit; `max_disk_bytes` bounds
-    all the server keeps in `work_dir`."""
+    when not given); `max_unpacked_bytes` defaults to a few times the upload limit and bounds a retrieved
+    study too; `max_disk_bytes` bounds all the server keeps in `work_dir`. `dicomweb` is a DICOMweb root URL
+    whose studies the page lists and grades; `stow` one where their SRs are stored."""
+    if stow and not dicomweb:
+        raise SpinegradeError("stow goes with dicomweb: the SR of an uploaded study has no study on the server")
     tmp = None if work_dir is not None else tempfile.TemporaryDirectory(prefix="spinegrade-serve-")
     work = Path(work_dir if work_dir is not None else tmp.name).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    viewer = Viewer(predictor, work, Path(studies_dir).resolve() if studies_dir else None, int(max_upload_bytes),
-                    dict(model_info or {}), int(max_disk_bytes))
     max_unpacked = int(max_unpacked_bytes or _UNPACK_FACTOR * max_upload_bytes)
+    viewer = Viewer(predictor, work, Path(studies_dir).resolve() if studies_dir else None, int(max_upload_bytes),
+                    dict(model_info or {}), int(max_disk_bytes), dicomweb=dicomweb, stow=stow,
+                    max_study=max_unpacked)
 
     @asynccontextmanager
     async def lifespan(_app):
@@ -405,6 +456,38 @@ def create_app(predictor: Predictor, *, studies_dir: str | Path | None = None, w
         job = viewer.new_job(name)
         log.info("job %s: opening study folder %r", job.id, name)
         viewer.start(job, viewer.studies_dir / name)
+        return job.public()
+
+    def need_dicomweb() -> str:
+        if not viewer.dicomweb:
+            raise HTTPException(404, "no DICOMweb server is configured (spinegrade serve --dicomweb URL)")
+        return viewer.dicomweb
+
+    @app.get("/api/dicomweb/studies")
+    def dicomweb_studies() -> dict:
+        from ..node.dicomweb import list_studies
+
+        url = need_dicomweb()
+        try:
+            studies = list_studies(url)
+        except SpinegradeError as e:
+            raise HTTPException(502, str(e)) from None
+        return {"server": url, "stow": viewer.stow or "", "studies": studies}
+
+    @app.post("/api/dicomweb/grade", status_code=202)
+    def dicomweb_grade(study: str) -> dict:
+        from ..node.spool import safe_name
+
+        need_dicomweb()
+        if len(study) > 64 or not _UID.fullmatch(study):
+            raise HTTPException(400, "not a Study Instance UID (digits and dots, at most 64)")
+        if not viewer.make_room(viewer.max_study):
+            raise HTTPException(503, "the server has no room for another study now: try again when the studies "
+                                     "being graded are done")
+        job = viewer.new_job(safe_name(study))
+        job.study_uid = study
+        log.info("job %s: grading study %s of the DICOMweb server", job.id, study)
+        viewer.start(job, job.folder / "study" / job.name)
         return job.public()
 
     @app.get("/api/jobs/{job_id}")
@@ -513,6 +596,10 @@ document.getElementById('upload').addEventListener('click', () => {
   const headers = {'Content-Type': 'application/zip', 'X-Filename': encodeURIComponent(f.name)};
   started(fetch('/api/upload', {method: 'POST', body: f, headers: headers}));
 });
+document.querySelectorAll('button.grade-web').forEach(b => b.addEventListener('click', () => {
+  show('retrieving study ' + b.dataset.study + '...', false);
+  started(fetch('/api/dicomweb/grade?study=' + encodeURIComponent(b.dataset.study), {method: 'POST'}));
+}));
 const pick = document.getElementById('open');
 if (pick) pick.addEventListener('click', () => {
   const name = document.getElementById('study').value;
@@ -546,9 +633,38 @@ def _index_page(viewer: Viewer) -> str:
         f'Limit {viewer.max_upload / 2**20:.0f} MB.</p>'
         '<input type="file" id="file" accept=".zip,application/zip"><button id="upload">Upload and grade</button>'
         '<div id="status"></div><progress id="bar" max="1" value="0" hidden></progress></div>'
-        f'{pick}</main><script>const MAX_UPLOAD = {viewer.max_upload};{_INDEX_JS}</script>'
+        f'{pick}{_dicomweb_card(viewer)}</main><script>const MAX_UPLOAD = {viewer.max_upload};{_INDEX_JS}</script>'
     )
     return page("spinegrade viewer", body, head_extra=f"<style>{_VIEWER_CSS}</style>")
+
+
+def _dicomweb_card(viewer: Viewer) -> str:
+    """The DICOMweb server's studies, each with a button that grades it ('' without a server)."""
+    from ..node.dicomweb import list_studies
+
+    if not viewer.dicomweb:
+        return ""
+    where = html.escape(viewer.dicomweb)
+    stow = (f"; the SR goes back to <code>{html.escape(viewer.stow)}</code>" if viewer.stow
+            else "; the SR is not stored back (no --stow)")
+    try:
+        studies = list_studies(viewer.dicomweb)
+    except SpinegradeError as e:
+        return (f'<div class="card"><h2>Studies on the DICOMweb server</h2><p class="warn" id="dicomweb-error">'
+                f'{html.escape(str(e))}</p></div>')
+    rows = "".join(
+        f'<tr><td>{html.escape(_date(s["date"]))}</td><td>{html.escape(s["description"])}</td>'
+        f'<td>{s["series"]}</td><td><code>{html.escape(s["study_uid"])}</code></td>'
+        f'<td><button class="grade-web" data-study="{html.escape(s["study_uid"])}">Grade</button></td></tr>'
+        for s in studies)
+    table = (f'<table id="dicomweb-studies"><tr><th>Date</th><th>Description</th><th>Series</th>'
+             f'<th>Study Instance UID</th><th></th></tr>{rows}</table>' if studies else "<p>No studies.</p>")
+    return (f'<div class="card"><h2>Studies on the DICOMweb server</h2><p><code>{where}</code>{stow}.</p>'
+            f'{table}</div>')
+
+
+def _date(d: str) -> str:
+    return f"{d[:4]}-{d[4:6]}-{d[6:8]}" if len(d) == 8 and d.isdigit() else d
 
 
 def _job_page(viewer: Viewer, job: Job) -> str:
@@ -574,6 +690,11 @@ def _job_page(viewer: Viewer, job: Job) -> str:
                      f'{figs or "<p>No points for this condition.</p>"}</div>')
     warn = "".join(f'<p class="warn">{html.escape(w)}</p>' for w in r.warnings)
     sr = f' &middot; <a href="/jobs/{job.id}/sr.dcm">DICOM SR</a>' if job.has_sr else ""
+    if job.stored:
+        warn += f'<p id="stored">SR stored on <code>{html.escape(job.stored)}</code> in study ' \
+                f'<code>{html.escape(job.study_uid)}</code>.</p>'
+    elif job.store_error:
+        warn += f'<p class="warn" id="stored">SR not stored: {html.escape(job.store_error)}</p>'
     body = (
         f'{_header(title, _model_line(viewer) + f" &middot; graded in {job.seconds:.1f} s")}<main>'
         f'<div class="card"><h2>Grades</h2>{grade_table_html(r)}{warn}'
