@@ -175,7 +175,7 @@ def test_resume_with_another_plan_names_the_differing_fields(tmp_path):
         train_study_pipeline(changed, run, resume=True, log=lambda *_: None)
     msg = str(e.value)
     assert "--resume with a different configuration" in msg
-    assert "graders.spinal.crop.out_px: 48 -> 32" in msg and "grader_loop.epochs: 12 -> 3" in msg
+    assert "graders.spinal.crop.out_px: 48 -> 32" in msg and "grader_loop.epochs: 20 -> 3" in msg
     # where it runs and which stage runs now may change: the check passes and training starts (no data here)
     with pytest.raises(DataError, match="D: ") as e:
         train_study_pipeline(_plan("--device", "cpu", "--stage", "grader", "--workers", "1"), run, resume=True,

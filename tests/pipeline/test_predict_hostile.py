@@ -173,6 +173,14 @@ def test_an_interrupted_batch_leaves_outputs_complete_or_absent(sig, synth_cohor
     if sig == "SIGINT" and proc.returncode != 0:  # it may have finished first on a fast machine
         assert proc.returncode == 130 and err.strip().splitlines()[-1] == "spinegrade predict: interrupted"
     visible = sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) if out.exists() else []
+    # a batch stopped mid-way leaves its journal (what `--resume` continues from, tests/pipeline/test_predict_batch.py)
+    # under names that say so, never a submission.csv that looks finished
+    journal = [n for n in visible if n in ("batch.jsonl", "submission.partial.csv")]
+    if journal:
+        assert visible == journal and "batch.jsonl" in journal, visible
+        if sig == "SIGINT":
+            assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]  # cleaned up on the way out
+        return
     assert visible in ([], ["predictions.json", "report.json", "submission.csv"]), visible
     if visible:
         assert _rows(out, "x")[1] == 8 * 25

@@ -4,6 +4,8 @@ patient space -> the right slice of the right per-level axial stack), not the gr
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pandas as pd
 import pytest
 
@@ -29,7 +31,10 @@ def canal_run(tmp_path_factory):
     ds = RsnaDataset(root / "data")
     ids = ds.study_ids
     loop = LoopConfig(epochs=16, batch_size=16, lr=3e-3, patience=0, device="cpu", seed=0)
-    r = train_view(default_localizer(vocab.SAGITTAL_T2), Cache(root / "cache"), ds.coords, ids[:56], ids[56:],
+    # the per-pixel loss alone, as this geometry check was set up with: a synthetic-trained localiser's transfer to
+    # real images is not what it tests (with the spatial term, one real L1/L2 came out a level off)
+    spec = replace(default_localizer(vocab.SAGITTAL_T2), spatial_weight=0.0)
+    r = train_view(spec, Cache(root / "cache"), ds.coords, ids[:56], ids[56:],
                    root / "run" / LOCALIZER_DIR / vocab.SAGITTAL_T2, loop, setup("cpu"), log=lambda *_: None)
     assert r["val_err_mm"] < 10, r  # it learned the synthetic canal at all
     return root / "run"
