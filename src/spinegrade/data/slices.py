@@ -70,6 +70,23 @@ def _parse_column(values, parse, what: str, csv: Path) -> list:
     return out
 
 
+def read_string_table(path: Path, required, noun: str = "") -> pd.DataFrame:
+    """A CSV with every cell a string as written (paths echoed back verbatim, blank cells blank); DataError
+    naming the file when it cannot be read, lacks a `required` column or has no rows. `noun` names the table
+    in the messages ("index")."""
+    what = f"{noun} " if noun else ""
+    try:
+        table = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read the {noun or 'CSV'}: {e}") from None
+    missing = [c for c in required if c not in table.columns]
+    if missing:
+        raise DataError(f"{path}: {what}lacks column(s) {', '.join(missing)} (needs {', '.join(required)})")
+    if table.empty:
+        raise DataError(f"{path}: {what}has no rows")
+    return table
+
+
 def read_index(csv: str | Path, check_files: bool = True) -> SliceIndex:
     """Read a slice index CSV; DataError naming the file and row on a missing column or an unknown word.
 
@@ -77,16 +94,7 @@ def read_index(csv: str | Path, check_files: bool = True) -> SliceIndex:
     read on best. check_files: fail early, naming one, when image files are missing.
     """
     csv = Path(csv)
-    try:
-        # Strings as written: the paths are echoed back verbatim, blank severities stay blank.
-        table = pd.read_csv(csv, dtype=str, keep_default_na=False)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise DataError(f"{csv}: cannot read the index: {e}") from None
-    missing = [c for c in INDEX_COLUMNS if c not in table.columns]
-    if missing:
-        raise DataError(f"{csv}: index lacks column(s) {', '.join(missing)} (needs {', '.join(INDEX_COLUMNS)})")
-    if table.empty:
-        raise DataError(f"{csv}: index has no rows")
+    table = read_string_table(csv, INDEX_COLUMNS, "index")
     condition = _parse_column(table["condition"], vocab.parse_condition, "condition", csv)
     level = _parse_column(table["level"], vocab.parse_level, "level", csv)
     label = _parse_column(table["severity"], lambda s: vocab.parse_severity(s) if s.strip() else -1,

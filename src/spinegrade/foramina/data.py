@@ -126,16 +126,9 @@ class PointSlices:
 def _read_csv(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
     if not path.is_file():
         raise DataError(f"{path}: file not found (a point-labelled slice folder has {SLICES_CSV} and {POINTS_CSV})")
-    try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: cannot read the CSV: {e}") from None
-    missing = [c for c in required if c not in df.columns]
-    if missing:
-        raise DataError(f"{path}: lacks column(s) {', '.join(missing)} (needs {', '.join(required)})")
-    if df.empty:
-        raise DataError(f"{path}: has no rows")
-    return df
+    from ..data.slices import read_string_table
+
+    return read_string_table(path, required)
 
 
 def _parse(df: pd.DataFrame, col: str, parse, path: Path) -> list:
