@@ -53,7 +53,7 @@ def one_run(work: Path, train_seed: int, test_seed: int, seed: int, studies: int
     train = _cohort(work, train_seed, studies, threads)
     test = _cohort(work, test_seed, test_studies, threads)
     t0 = time.time()
-    if not (run / "summary.json").exists() or (run / "last_command_failed").exists():
+    if not (run / "summary.json").exists():  # a run that stopped part way is resumed
         argv = ["train", "--data", str(train), "--out", str(run), "--cache", str(work / f"cache_{train_seed}"),
                 "--seed", str(seed), "--val-fold", "0", "--folds", "5", "--device", "cpu", *extra]
         if (run / "config.json").exists():
