@@ -57,6 +57,26 @@ def test_every_transfer_syntax_decodes_to_the_written_pixels(tmp_path, ts):
     assert s.skipped == []
 
 
+@pytest.mark.parametrize("ts", [ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless, JPEGLSLossless,
+                                JPEG2000Lossless, JPEGLosslessSV1],
+                         ids=lambda t: t.name)
+@pytest.mark.parametrize("signed", [False, True], ids=["unsigned", "signed"])
+def test_the_readers_decoding_equals_pydicoms_pixel_array(tmp_path, ts, signed):
+    """The reader hands the Pixel Data bytes it read with the header straight to pydicom's decoder, with the
+    pixel description from that header: the values must be those of `dcmread(f).pixel_array`, sign included."""
+    import pydicom
+
+    if ts in GDCM_ENCODED:
+        pytest.importorskip("gdcm", reason="python-gdcm is the only encoder here for the JPEG processes")
+    pixels = [slice_pixels(value=100 * k, bits=11, seed=k).astype(np.int16) - (1000 if signed else 0)
+              for k in range(3)]
+    write_series(tmp_path / "study" / "7", 3, transfer_syntax=ts, bits=12, signed=signed, pixels=pixels)
+    (s,) = load_study(tmp_path / "study", stored=True).series
+    want = np.stack([pydicom.dcmread(f).pixel_array for f in s.files])
+    assert want.dtype == (np.int16 if signed else np.uint16) and (want.min() < 0) == signed
+    np.testing.assert_array_equal(s.stored.values, want)
+
+
 def test_rescale_slope_and_intercept_are_applied(tmp_path):
     px = slice_pixels(value=7)
     write_dicom(tmp_path / "a.dcm", make_dataset(px, rescale=(2.5, -100.0)))

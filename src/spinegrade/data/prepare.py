@@ -60,9 +60,16 @@ def _source_signature(study_dir: Path) -> dict:
 
 
 def _series_meta(s: Series, source_root: Path, stored: StoredPixels) -> dict:
+    root = source_root.resolve()
+    folders: dict[str, Path] = {}  # each folder resolved once, not each of its files
+
     def rel(p: str) -> str:
+        head, name = os.path.split(p)
+        if head not in folders:
+            folders[head] = Path(head).resolve()
+        full = Path(p).resolve() if os.path.islink(p) else folders[head] / name
         try:
-            return str(Path(p).resolve().relative_to(source_root.resolve()))
+            return str(full.relative_to(root))
         except ValueError:
             return str(p)
 

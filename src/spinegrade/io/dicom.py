@@ -14,6 +14,7 @@ file name or InstanceNumber.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import stat
@@ -29,6 +30,7 @@ from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID
+from pydicom.valuerep import VR
 
 from ..errors import DataError
 from ..geometry import SeriesGeometry
@@ -48,6 +50,21 @@ _TAG_KEYWORDS = (
     "ScanOptions", "SequenceName", "ImageType", "SliceThickness", "SpacingBetweenSlices",
     "StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID",
 )
+# The elements the reader reads from every file (geometry, pixel description, identity): these are decoded,
+# and dropped when damaged, as each header is read. Of the rest of a header only the VRs are checked (a VR that
+# DICOM does not have is a bit flip): decoding values nothing reads cost more than decoding the pixels. The
+# tags read once per series (`_TAG_KEYWORDS`) are decoded, and checked, on the series' first file alone
+# (`_to_series`); `read_header` still decodes every element.
+_READ_KEYWORDS = (
+    "TransferSyntaxUID", "MediaStorageSOPClassUID", "SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID",
+    "InstanceNumber", "SeriesNumber", "ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing", "ImagerPixelSpacing",
+    "RescaleSlope", "RescaleIntercept", "PerFrameFunctionalGroupsSequence", "SharedFunctionalGroupsSequence",
+    # the image pixel module, as pydicom's decoders read it
+    "SamplesPerPixel", "PhotometricInterpretation", "PlanarConfiguration", "NumberOfFrames", "Rows", "Columns",
+    "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation",
+)
+_READ_TAGS = frozenset(pydicom.datadict.tag_for_keyword(k) for k in _READ_KEYWORDS)
+_DICOM_VRS = frozenset(v.value for v in VR)
 # The end marker of encapsulated (compressed) pixel data: Sequence Delimitation Item, length 0.
 _SEQ_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
 _PIXEL_DATA_TAG = 0x7FE00010
@@ -358,13 +375,15 @@ def _read_header(path: Path, max_pixels: int, with_pixels: bool = False) -> _Sli
         size = path.stat().st_size
         if size == 0:
             return SkippedFile(str(path), "empty file (0 bytes)")
-        with open(path, "rb") as fp, warnings.catch_warnings(record=True) as caught:
+        # values are not validated on reading (pydicom would only warn): the reader checks what it uses
+        with open(path, "rb") as fp, warnings.catch_warnings(record=True) as caught, \
+                pydicom.config.disable_value_validation():
             warnings.simplefilter("always")
             ds = pydicom.dcmread(fp, stop_before_pixels=True)
             cut = _header_cut(ds, size)
             # pydicom decodes element values on first access; do it here, inside this file's guarded step,
             # so that a damaged element (an unknown VR from a bit flip) costs that element, not the study.
-            damaged = _drop_damaged(getattr(ds, "file_meta", Dataset())) + _drop_damaged(ds)
+            damaged = _drop_damaged(getattr(ds, "file_meta", Dataset()), only_read=True) + _drop_damaged(ds, only_read=True)
             problem, data_length, value = _pixel_data_problem(fp, ds, size)
             raw = None
             if with_pixels and not problem and value is not None:
@@ -400,13 +419,8 @@ def _read_header(path: Path, max_pixels: int, with_pixels: bool = False) -> _Sli
     too_big = _size_problem(ds, ts, data_length, max_pixels)
     if too_big:
         return SkippedFile(str(path), too_big)
-    if ts and ts.is_compressed:
-        try:
-            available = pydicom.pixels.get_decoder(ts).is_available
-        except NotImplementedError:
-            available = False
-        if not available:
-            return SkippedFile(str(path), f"no decoder installed for transfer syntax {ts.name} ({ts})")
+    if ts and ts.is_compressed and _decoder(str(ts)) is None:
+        return SkippedFile(str(path), f"no decoder installed for transfer syntax {ts.name} ({ts})")
     if frames > 1:
         out = [_slice_from_header(path, ds, k) for k in range(frames)]
         for s in out:
@@ -428,15 +442,22 @@ def _frames_placed(ds: Dataset, frames: int) -> bool:
                for item in per_frame)
 
 
-def _drop_damaged(ds: Dataset) -> list[str]:
-    """Decode every element (sequences included); remove those that cannot be decoded and say which."""
+def _drop_damaged(ds: Dataset, only_read: bool = False) -> list[str]:
+    """Decode every element (sequences included); remove those that cannot be decoded and say which.
+
+    `only_read`: decode only the elements read from every file (`_READ_TAGS`), sequences, and any element
+    whose VR is not a DICOM VR; the others stay undecoded until first read (pydicom decodes on access)."""
     problems = []
     for tag in list(ds.keys()):
+        if only_read:
+            vr = ds.get_item(tag).VR
+            if vr in _DICOM_VRS and vr != "SQ" and tag not in _READ_TAGS:
+                continue
         try:
             elem = ds[tag]
             if elem.VR == "SQ":
                 for item in elem.value:
-                    problems += _drop_damaged(item)
+                    problems += _drop_damaged(item, only_read)
         except (KeyboardInterrupt, SystemExit):
             raise
         except Exception as e:  # noqa: BLE001 - pydicom's value converters raise many types
@@ -656,6 +677,31 @@ def _decode_stored(s: _Slice, cache: dict | None = None) -> np.ndarray | Skipped
     return arr
 
 
+@functools.lru_cache(maxsize=None)
+def _decoder(ts: str):
+    """pydicom's decoder for a transfer syntax when one of its plugins is installed, else None."""
+    try:
+        decoder = pydicom.pixels.get_decoder(UID(ts))
+    except NotImplementedError:
+        return None
+    return decoder if decoder.is_available else None
+
+
+def _decode_options(ds: Dataset, ts: str) -> dict | None:
+    """What pydicom's decoder needs to decode Pixel Data bytes without the dataset, from the header already
+    checked; None where the dataset route must be taken (an extended offset table, or a value missing)."""
+    if "ExtendedOffsetTable" in ds:
+        return None
+    values = {k: _int(ds.get(kw)) for k, kw in (("bits_allocated", "BitsAllocated"), ("bits_stored", "BitsStored"),
+                                                 ("pixel_representation", "PixelRepresentation"))}
+    photometric = str(ds.get("PhotometricInterpretation", "")).strip()
+    if None in values.values() or not photometric:
+        return None
+    return dict(values, rows=int(ds.Rows), columns=int(ds.Columns), samples_per_pixel=1,
+                number_of_frames=_int(ds.get("NumberOfFrames")) or 1, photometric_interpretation=photometric,
+                transfer_syntax_uid=UID(ts), pixel_keyword="PixelData")
+
+
 def _decode_file(s: _Slice) -> np.ndarray | SkippedFile:
     ts = UID(s.transfer_syntax) if s.transfer_syntax else None
     what = ts.name if ts else "unknown transfer syntax"
@@ -666,8 +712,15 @@ def _decode_file(s: _Slice) -> np.ndarray | SkippedFile:
                 ds = pydicom.dcmread(s.path)
                 _drop_damaged(ds)
                 return ds.pixel_array
-            # the header parsed once already holds every element but Pixel Data: give it the bytes read with it
+            # the header parsed once already holds every element but Pixel Data, and the bytes were read with it:
+            # the decoder takes them with the pixel description from that header (the dataset's own route
+            # decodes the same bytes the same way, after reading that description again element by element)
             vr, value, undefined = s.raw
+            decoder = _decoder(s.transfer_syntax) if ts else None
+            options = _decode_options(s.ds, s.transfer_syntax) if decoder is not None else None
+            if options is not None:
+                arr, _ = decoder.as_array(value, **options)
+                return arr
             ds = s.ds
             ds[_PIXEL_DATA_TAG] = DataElement(_PIXEL_DATA_TAG, vr, value, is_undefined_length=undefined)
             try:
@@ -836,6 +889,7 @@ def _differences(a: _Group, b: _Group, detail: bool = False) -> list[str]:
 
 def _to_series(g: _Group, study_id: str, series_id: str, source_id: str) -> Series:
     first = g.slices[0]
+    first.problems += _drop_damaged(first.ds)  # the tags read once per series come from this header alone
     notes = list(g.notes)
     for problem in sorted({p for s in g.slices for p in s.problems}):
         notes.append(f"{problem} in some files")
