@@ -5,7 +5,7 @@
 For each data set it times, on the same files:
 - a plain single-process pydicom loop (dcmread + pixel_array for every file): the yardstick;
 - `prepare --workers 1` and `--workers 2` into fresh caches, and a re-run (which must decode nothing);
-- predict's read step (`load_study` on each study folder, as `Predictor.read` does);
+- predict's read step (`load_study(stored=True)` on each study folder, as `Predictor.read` does);
 and prints each time with its speed against the loop (loop time / its time: above 1 is faster), then the
 cache's bytes per study against the study's uncompressed 16-bit pixel bytes (rows x cols x 2 per slice).
 
@@ -92,7 +92,7 @@ def measure(name: str, data: Path, repeat: int) -> dict:
         row["cache_bytes"] = tree_bytes(cache)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    row["read_s"], _ = best(repeat, lambda: [load_study(s) for s in studies])
+    row["read_s"], _ = best(repeat, lambda: [load_study(s, stored=True) for s in studies])
     print(name, {k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
     return row
 

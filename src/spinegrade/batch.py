@@ -92,9 +92,30 @@ def _read_job(path: str, descriptions: dict | None, study_id: str):
     from .io.dicom import load_study
 
     t0 = time.perf_counter()
-    study = load_study(path, descriptions=descriptions)
+    study = load_study(path, descriptions=descriptions, stored=True)  # half the bytes of float32 to send back
     study.study_id = study_id
     return study, time.perf_counter() - t0
+
+
+def _reader_init(parent: int) -> None:
+    """In each reader process: end with the process that started it. Killed with kill -9, that process cannot
+    stop its readers, and a reader waiting for work would wait forever (holding the caller's pipes open)."""
+    import signal
+    import threading
+
+    try:  # Linux: the kernel sends SIGKILL when the parent dies
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+    def watch() -> None:  # anywhere else (and for a parent that died before prctl): look every half second
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="spinegrade-parent-watch", daemon=True).start()
 
 
 READER_DIED = "the reader process died while reading it (a decoder crash, or out of memory)"
@@ -135,7 +156,10 @@ def read_ahead(jobs: list, readers: int) -> Iterator[tuple[object, object, float
             return f
 
     pending: dict[int, object] = {}
-    pool = ProcessPoolExecutor(readers, mp_context=ctx)
+    def new_pool(n: int):
+        return ProcessPoolExecutor(n, mp_context=ctx, initializer=_reader_init, initargs=(os.getpid(),))
+
+    pool = new_pool(readers)
     nxt = 0
     try:
         for k, job in enumerate(jobs):
@@ -149,11 +173,11 @@ def read_ahead(jobs: list, readers: int) -> Iterator[tuple[object, object, float
                 # Some study in flight killed its reader, and the pool with it. This one is read again alone, so
                 # that if it is the one, it fails by itself; the others go to a new pool.
                 pool.shutdown(wait=False, cancel_futures=True)
-                pool = ProcessPoolExecutor(readers, mp_context=ctx)
+                pool = new_pool(readers)
                 pending = {i: f if f.done() and f.exception() is None else submit(pool, i)
                            for i, f in pending.items()}
                 try:
-                    with ProcessPoolExecutor(1, mp_context=ctx) as solo:
+                    with new_pool(1) as solo:
                         study, secs = submit(solo, k).result()
                     yield job, study, secs
                 except BrokenProcessPool:
@@ -303,9 +327,7 @@ def collect(folders: list[Path]) -> tuple[dict, list[dict]]:
 def write_outputs(out: Path, header: dict, records: list[dict], extra: dict | None = None) -> dict:
     """submission.csv, predictions.json (if any study was graded) and report.json from journal records;
     returns the report's summary."""
-    import pandas as pd
-
-    from .files import atomic_write_text, write_csv_atomic
+    from .files import atomic_write_text, write_rows_csv_atomic
     from .results import StudyResult, write_predictions
 
     results = [StudyResult.from_dict(r["result"]) for r in records if "result" in r]
@@ -316,7 +338,8 @@ def write_outputs(out: Path, header: dict, records: list[dict], extra: dict | No
                "skipped_files": {r.study_id: r.skipped for r in results if r.skipped}, **(extra or {})}
     if results:  # an empty submission.csv would pass for a result; report.json alone says what went wrong
         rows = [row for res in results for row in res.submission_rows()]
-        write_csv_atomic(pd.DataFrame(rows, columns=list(vocab.SUBMISSION_COLUMNS)), Path(out) / "submission.csv")
+        write_rows_csv_atomic(Path(out) / "submission.csv", vocab.SUBMISSION_COLUMNS,
+                              ([row[c] for c in vocab.SUBMISSION_COLUMNS] for row in rows))
         write_predictions(Path(out) / "predictions.json", results, header.get("model", {}), failed)
     atomic_write_text(Path(out) / "report.json", json.dumps(summary, indent=1))
     return summary

@@ -70,6 +70,19 @@ def write_csv_atomic(df: pd.DataFrame, path: str | os.PathLike, *, index: bool =
     return path
 
 
+def write_rows_csv_atomic(path: str | os.PathLike, columns, rows) -> Path:
+    """Write a header and rows as CSV atomically with the csv module (numbers as `str` gives them: the
+    shortest text that reads back to the same float), for writers that should not import pandas."""
+    import csv
+
+    path = Path(path)
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow(list(columns))
+        w.writerows(rows)
+    return path
+
+
 def _nearest_existing(path: Path) -> Path:
     for p in (path, *path.parents):
         if os.path.lexists(p):

@@ -10,14 +10,17 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from . import __version__, vocab
 from .batch import Shard
 from .errors import DataError, SpinegradeError
 from .io.types import Study
+
+if TYPE_CHECKING:
+    import pandas as pd
 from .results import SeriesUse, StudyResult
 
 
@@ -222,7 +225,8 @@ class Predictor:
         from .io.dicom import load_study
 
         t0 = time.perf_counter()
-        study = load_study(path, descriptions=descriptions)
+        # the stored integers, as the prepare cache holds them: float32 is made for the slices the models read
+        study = load_study(path, descriptions=descriptions, stored=True)
         if study_id:
             study.study_id = study_id
         self.timings["read"] += time.perf_counter() - t0
@@ -247,6 +251,8 @@ def predict_study(study_path: Path, run_dir: Path, device: str = "cpu", descript
 
 
 def submission_frame(results: list[StudyResult]) -> pd.DataFrame:
+    import pandas as pd  # here: predicting writes its CSV without pandas (a cold start is shorter by its import)
+
     rows = [r for res in results for r in res.submission_rows()]
     return pd.DataFrame(rows, columns=list(vocab.SUBMISSION_COLUMNS))
 

@@ -1,7 +1,9 @@
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from spinegrade import vocab
-from spinegrade.grade.crops import CropSpec, extract_crop, mirror_for
+from spinegrade.grade.crops import CropSpec, bilinear, extract_crop, mirror_for
 
 
 def _disc_image(spacing_mm: float, size_mm: float = 100.0, radius_mm: float = 8.0, centre_mm=(60.0, 40.0)):
@@ -44,3 +46,19 @@ def test_slices_clip_at_the_stack_edges():
     spec = CropSpec(vocab.SAGITTAL_T2, size_mm=5.0, out_px=4, n_slices=3)
     c = extract_crop(px, (1.0, 1.0), 0, 10, 10, spec, intensity=(0, 100))
     assert np.allclose(c[:, 2, 2], [0.0, 0.0, 0.5])  # slice -1 clips to slice 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(2, 30), m=st.integers(2, 30), seed=st.integers(0, 2**16), cval=st.floats(-50, 50))
+def test_bilinear_equals_scipys_map_coordinates_inside_at_the_edges_and_outside(n, m, seed, cval):
+    """The crops' sampler replaced scipy's (so predicting does not import scipy): same values everywhere,
+    including positions exactly on the last pixel centre and just outside it."""
+    from scipy.ndimage import map_coordinates
+
+    rng = np.random.default_rng(seed)
+    plane = (rng.normal(size=(n, m)) * 100).astype(np.float32)
+    r = rng.uniform(-2, n + 1, size=(9, 11))
+    c = rng.uniform(-2, m + 1, size=(9, 11))
+    r[0, :4], c[0, :4] = [0, n - 1, n - 1 + 1e-9, -1e-9], [m - 1, 0, 0, m - 1]
+    want = map_coordinates(plane, [r, c], order=1, mode="constant", cval=cval)
+    np.testing.assert_allclose(bilinear(plane, r, c, cval=cval), want, rtol=1e-6, atol=1e-4)

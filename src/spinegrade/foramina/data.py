@@ -14,12 +14,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from .. import vocab
 from ..errors import DataError
+
+if TYPE_CHECKING:  # imported where used: the foramen models import this module to predict, without pandas
+    import pandas as pd
 
 SLICES_CSV = "slices.csv"
 POINTS_CSV = "points.csv"
@@ -295,6 +298,8 @@ def write_synthetic_point_slices(folder: str | Path, n_studies: int = 12, slices
                 p_rows.append({"path": rel, "study_id": study, "series_id": str(900 + st),
                                "instance_number": k + 1, "condition": cond, "level": lv,
                                "severity": vocab.SEVERITIES[sv], "x": round(x, 3), "y": round(y, 3)})
+    import pandas as pd
+
     write_csv_atomic(pd.DataFrame(s_rows), folder / SLICES_CSV)
     write_csv_atomic(pd.DataFrame(p_rows), folder / POINTS_CSV)
     return folder

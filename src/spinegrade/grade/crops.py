@@ -9,7 +9,6 @@ Right-side crops are mirrored to look like left ones (see `mirror_for`), so one 
 from __future__ import annotations
 
 import numpy as np
-from scipy.ndimage import map_coordinates
 
 from .. import vocab
 from ..inputs import series_intensity_range  # noqa: F401  (re-exported)
@@ -42,9 +41,25 @@ def extract_crop(pixels: np.ndarray, pixel_spacing: tuple[float, float], slice_i
     out = np.zeros((spec.n_slices, spec.out_px, spec.out_px), dtype=np.float32)
     for i, o in enumerate(offs):
         k = int(np.clip(k0 + o, 0, n - 1))
-        out[i] = map_coordinates(np.asarray(pixels[k], dtype=np.float32), [rows, cols], order=1, mode="constant",
-                                 cval=lo)
+        out[i] = bilinear(np.asarray(pixels[k], dtype=np.float32), rows, cols, cval=lo)
     return ((out - lo) / (hi - lo)).astype(np.float32)
+
+
+def bilinear(plane: np.ndarray, rows: np.ndarray, cols: np.ndarray, cval: float = 0.0) -> np.ndarray:
+    """Sample a 2D plane at fractional (row, col) positions by linear interpolation; positions outside the
+    pixel centres' extent read `cval`. The values of `scipy.ndimage.map_coordinates(plane, [rows, cols],
+    order=1, mode="constant", cval=cval)` (tested), without importing scipy in the prediction path."""
+    n, m = plane.shape
+    r, c = np.asarray(rows, dtype=np.float64), np.asarray(cols, dtype=np.float64)
+    inside = (r >= 0) & (r <= n - 1) & (c >= 0) & (c <= m - 1)
+    r0 = np.clip(np.floor(r), 0, max(n - 2, 0)).astype(np.intp)
+    c0 = np.clip(np.floor(c), 0, max(m - 2, 0)).astype(np.intp)
+    r1, c1 = np.minimum(r0 + 1, n - 1), np.minimum(c0 + 1, m - 1)
+    fr, fc = np.clip(r - r0, 0.0, 1.0), np.clip(c - c0, 0.0, 1.0)
+    p = plane.astype(np.float64, copy=False)
+    top = p[r0, c0] * (1 - fc) + p[r0, c1] * fc
+    bottom = p[r1, c0] * (1 - fc) + p[r1, c1] * fc
+    return np.where(inside, top * (1 - fr) + bottom * fr, float(cval)).astype(plane.dtype, copy=False)
 
 
 def mirror_for(condition: str, role: str) -> bool:

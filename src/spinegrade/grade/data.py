@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 
 from .. import vocab
 from ..errors import DataError
@@ -105,6 +104,14 @@ def _axial_for(point_xyz: np.ndarray, axials: list[Series]) -> tuple | None:
     return None if best is None else (axials[best[0]], *best[1:4])
 
 
+def _missing(y) -> bool:
+    """A label cell without a grade: None, NaN or pandas' NA (pandas itself is not imported to predict)."""
+    try:
+        return y is None or bool(y != y)
+    except TypeError:  # pd.NA: its comparisons are NA, whose truth value raises
+        return True
+
+
 def training_items(cache, ds, study_ids, family: str) -> list[CropItem]:
     """Crop items at the ground-truth points of the given studies for one family (labelled rows only)."""
     items: list[CropItem] = []
@@ -121,7 +128,7 @@ def training_items(cache, ds, study_ids, family: str) -> list[CropItem]:
         axials = study.by_role(vocab.AXIAL_T2)
         for r in c.itertuples(index=False):
             y = ds.labels.at[sid, vocab.target(r.condition, r.level)]
-            if pd.isna(y):
+            if _missing(y):
                 continue
             loc = study.locate_row(r)
             if loc is None:

@@ -11,14 +11,17 @@ Three localiser views, each a 2D heatmap model over one slice (plus its neighbou
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from .. import vocab
 from ..inputs import intensity_of
 from .heatmap import gaussian_heatmaps
 from .spec import INPUT_SIZE, N_CHANNELS, SIGMA, SLICE_SIGMA
+
+if TYPE_CHECKING:  # only named in annotations: the localisers import this module to predict, without pandas
+    import pandas as pd
 
 
 VIEWS = (vocab.SAGITTAL_T2, vocab.SAGITTAL_T1, vocab.AXIAL_T2)
