@@ -10,8 +10,9 @@ and prints each time with its speed against the loop (loop time / its time: abov
 cache's bytes per study against the study's uncompressed 16-bit pixel bytes (rows x cols x 2 per slice).
 
 Runs on the two real studies in ../shared/realdata (skipped with a message when absent) and on a synthetic
-cohort written to a temporary folder. Every timing is the best of `--repeat` runs (the machine may be shared:
-the ratios, taken in one run, are what to compare). Nothing is asserted.
+cohort written to a temporary folder. Every timing is the best of `--repeat` rounds, each round timing every
+contender once in turn (the machine may be shared or drift: the ratios, taken in one run, are what to
+compare). Nothing is asserted.
 """
 
 from __future__ import annotations
@@ -73,26 +74,29 @@ def measure(name: str, data: Path, repeat: int) -> dict:
     for f in files:  # every run below then reads from the page cache, none pays the first disk read
         f.read_bytes()
     row = {"name": name, "studies": len(studies), "files": len(files)}
-    row["loop_s"], row["px16_bytes"] = best(repeat, lambda: plain_loop(files))
+    times: dict[str, list[float]] = {"loop_s": [], "w1_s": [], "w2_s": [], "read_s": []}
     tmp = Path(tempfile.mkdtemp(prefix="bench_cache_"))
     try:
-        for w in (1, 2):
-            times = []
-            for k in range(repeat):
+        # interleaved (loop, prepare w1, prepare w2, read; again ...): a machine whose speed drifts (a shared or
+        # virtual one) then slows every contender alike, and the best of each is compared
+        for k in range(repeat):
+            t, row["px16_bytes"] = best(1, lambda: plain_loop(files))
+            times["loop_s"].append(t)
+            for w in (1, 2):
                 cache = tmp / f"w{w}_{k}"
                 t = time.perf_counter()
                 r = prepare_dataset(data, cache, workers=w, progress=False)
-                times.append(time.perf_counter() - t)
+                times[f"w{w}_s"].append(time.perf_counter() - t)
                 if r["failed"]:
                     print(f"{name}: prepare failed on {r['failed']}")
-            row[f"w{w}_s"] = min(times)
+            times["read_s"].append(best(1, lambda: [load_study(s, stored=True) for s in studies])[0])
+        row.update({k: min(v) for k, v in times.items()})
         cache = tmp / "w2_0"
         row["rerun_s"], r2 = best(1, lambda: prepare_dataset(data, cache, workers=2, progress=False))
         row["rerun_decoded"] = r2["decoded"]
         row["cache_bytes"] = tree_bytes(cache)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    row["read_s"], _ = best(repeat, lambda: [load_study(s, stored=True) for s in studies])
     print(name, {k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()}, flush=True)
     return row
 

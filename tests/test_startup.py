@@ -1,5 +1,6 @@
 """Cheap commands stay cheap: `info`, `--help` and `inspect` import neither torch nor MONAI (each run in a
-fresh interpreter, the way a user starts them), and `info` still names every registered model and its kind."""
+fresh interpreter, the way a user starts them), and `info` still names every registered model and its kind;
+`predict` imports torch but neither MONAI, pandas nor scipy."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import spinegrade
 from spinegrade.models import list_models, model_kind
 
 SRC = Path(spinegrade.__file__).resolve().parents[1]
-HEAVY = ("torch", "monai")
+HEAVY = ("torch", "monai", "pandas", "scipy")
 # run the command as `python -m spinegrade` does, then report which heavy packages it imported
 _WRAPPER = """
 import json, sys
@@ -68,3 +69,10 @@ def test_inspect_of_a_real_study_imports_no_torch(two_studies):
     assert got == {"rc": 0, "heavy": []}
     info = json.loads(out)
     assert len(info["series"]) >= 3
+
+
+def test_predict_imports_torch_but_not_monai_pandas_or_scipy(synth_cohort, tiny_run, tmp_path):
+    study = next(p for p in sorted((synth_cohort / "train_images").iterdir()) if p.is_dir())
+    got, _ = _run("predict", str(study), "--model", str(tiny_run), "--out", str(tmp_path / "p"), "--device", "cpu")
+    assert got == {"rc": 0, "heavy": ["torch"]}
+    assert (tmp_path / "p" / "submission.csv").read_text().count("\n") == 26  # the header and 25 rows

@@ -83,11 +83,11 @@ class Member:
         t = float(json.loads(cal.read_text()).get("temperature", 1.0)) if cal.is_file() else 1.0
         studies: set = set()
         split = path / SPLIT
-        if split.is_file():
-            import pandas as pd
+        if split.is_file():  # read with the csv module: predicting does not import pandas
+            import csv
 
-            s = pd.read_csv(split, dtype=str)
-            studies = set(s.loc[s["role"] != "test", "study_id"])
+            with open(split, newline="", encoding="utf-8") as fh:
+                studies = {r["study_id"] for r in csv.DictReader(fh) if r.get("role") != "test"}
         return cls(path, loc, LocalizerSpec.from_dict(lck["spec"]), gra, GraderSpec.from_dict(gck["spec"]), t, studies)
 
 
