@@ -76,14 +76,9 @@ def shard_from_env() -> Shard:
 def default_readers(n_studies: int) -> int:
     """Reader processes for a batch: none for one study (nothing to overlap), else the cores beside the one
     that runs the models (shared between the ranks that torchrun starts on this machine), at most 8."""
-    if n_studies < 2:
-        return 0
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    per_rank = cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    return max(1, min(8, per_rank - 1))
+    from .device import spare_cores
+
+    return 0 if n_studies < 2 else max(1, spare_cores(8))
 
 
 # --- reading ahead ------------------------------------------------------------------------------------------

@@ -187,7 +187,8 @@ def _add_train(sub) -> None:
     p.add_argument("--device", default=None, help="auto (default) | cpu | cuda | cuda:N")
     p.add_argument("--no-amp", action="store_true", help="full precision on GPU")
     p.add_argument("--seed", type=int, default=None, help="random seed (0)")
-    p.add_argument("--workers", type=int, default=None, help="data loader processes (0)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="data loader processes (default: automatic, 0 on a CPU and up to 4 per GPU)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
     p.add_argument("--strict", action="store_true", help="--data: exit non-zero (2) when a trained model fails its "
                    "check (a localiser no better than a fixed template or with wrong-level points, a grader no "
@@ -261,7 +262,8 @@ def _cmd_train_foramina(a) -> int:
                               f"the foramen grader is always told level and side)")
     cfg = foramina_config(
         slices=a.slices, folds=a.folds or 5, val_fold=0 if a.val_fold is None else a.val_fold,
-        seed=a.seed or 0, device=a.device or "auto", workers=a.workers or 0, amp=not a.no_amp, model=a.model,
+        seed=a.seed or 0, device=a.device or "auto", workers=-1 if a.workers is None else a.workers,
+        amp=not a.no_amp, model=a.model,
         model_kwargs=a.model_kwargs, pretrained=a.pretrained, crop_px=a.image_size, crop_frac=a.crop_frac,
         localizer_model=a.localizer_model, localizer_model_kwargs=a.localizer_model_kwargs,
         localizer_size=a.localizer_size, localizer_epochs=a.localizer_epochs, grader_epochs=a.grader_epochs or a.epochs,
@@ -558,7 +560,8 @@ def _cmd_predict(a) -> int:
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="synthesise a cohort, train, evaluate and predict: the whole job on built-in data")
     p.add_argument("--out", type=Path, default=Path("spinegrade_demo"), help="output folder (default ./spinegrade_demo)")
-    p.add_argument("--studies", type=int, default=80, help="synthetic studies")
+    p.add_argument("--studies", type=int, default=120,
+                   help="synthetic studies (120: with 80 the sagittal localisers failed their wrong-level check)")
     p.add_argument("--seed", type=int, default=2024)
     p.add_argument("--epochs", type=int, default=None, help="override the epochs of every model")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")

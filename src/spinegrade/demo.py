@@ -10,7 +10,7 @@ from pathlib import Path
 from . import DISCLAIMER
 
 
-def run_demo(out: Path, studies: int = 80, seed: int = 2024, device: str = "auto", epochs: int | None = None,
+def run_demo(out: Path, studies: int = 120, seed: int = 2024, device: str = "auto", epochs: int | None = None,
              workers: int = 2, log=print) -> dict:
     """Run the whole pipeline into `out`; returns where everything was written and the headline figures."""
     from .data.synth import synthesize_cohort

@@ -54,7 +54,7 @@ class ForaminaConfig:
     exclude_studies: list = field(default_factory=list)
     seed: int = 0
     device: str = "auto"
-    workers: int = 0
+    workers: int = -1  # data loader processes; -1: automatic (device.loader_workers)
     localizer: LocalizerSpec = field(default_factory=LocalizerSpec)
     grader: GraderSpec = field(default_factory=GraderSpec)
     localizer_loop: LoopConfig = field(default_factory=_default_localizer_loop)
@@ -92,7 +92,7 @@ class ForaminaConfig:
 
 
 def foramina_config(slices, *, folds: int = 5, val_fold: int | None = 0, seed: int = 0, device: str = "auto",
-                    workers: int = 0, amp: bool = True, model: str | None = None, model_kwargs: dict | None = None,
+                    workers: int = -1, amp: bool = True, model: str | None = None, model_kwargs: dict | None = None,
                     pretrained: bool = False, crop_px: int | None = None, crop_frac: float | None = None,
                     localizer_model: str | None = None, localizer_model_kwargs: dict | None = None,
                     localizer_size: int | None = None,

@@ -110,7 +110,10 @@ def _to(batch: dict, device: torch.device) -> dict:
 
 
 def _loader(ds, batch_size: int, workers: int, device: torch.device, **kw) -> DataLoader:
-    return DataLoader(ds, batch_size=batch_size, num_workers=workers, pin_memory=device.type == "cuda", **kw)
+    from ..device import loader_workers
+
+    return DataLoader(ds, batch_size=batch_size, num_workers=loader_workers(workers, device),
+                      pin_memory=device.type == "cuda", **kw)
 
 
 def _batches(model, loader, task: Task, device: torch.device, amp: bool) -> Iterator[tuple[torch.Tensor, dict]]:
