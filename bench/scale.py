@@ -205,7 +205,8 @@ def main() -> None:
     ap.add_argument("--sizes", type=int, nargs="+", default=[10, 40, 160])
     ap.add_argument("--workers", type=int, default=2, help="prepare processes")
     ap.add_argument("--readers", type=int, default=None, help="predict's reader processes (default: its own)")
-    ap.add_argument("--loader-workers", type=int, default=0, help="DataLoader processes (train's automatic default gives 0 on a CPU)")
+    ap.add_argument("--loader-workers", type=int, default=0,
+                    help="DataLoader processes (train's automatic default gives 0 on a CPU)")
     ap.add_argument("--steps", type=int, default=10, help="timed training steps per size")
     ap.add_argument("--batch", type=int, default=64, help="training batch (the grader loop's default)")
     ap.add_argument("--model", type=Path, default=None, help="a trained run for predict (default: train one)")
