@@ -151,6 +151,7 @@ def read_ahead(jobs: list, readers: int) -> Iterator[tuple[object, object, float
             return f
 
     pending: dict[int, object] = {}
+
     def new_pool(n: int):
         return ProcessPoolExecutor(n, mp_context=ctx, initializer=_reader_init, initargs=(os.getpid(),))
 
@@ -248,14 +249,10 @@ class Journal:
         self._fh.flush()
 
     def _rewrite_partial(self) -> None:
-        from .files import atomic_path
+        from .files import write_rows_csv_atomic
 
-        with atomic_path(self.partial) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
-            w = csv.writer(fh)
-            w.writerow(vocab.SUBMISSION_COLUMNS)
-            for rec in self.done.values():
-                if "result" in rec:
-                    w.writerows(_rows(rec))
+        write_rows_csv_atomic(self.partial, vocab.SUBMISSION_COLUMNS,
+                              (row for rec in self.done.values() if "result" in rec for row in _rows(rec)))
         self._csv = open(self.partial, "a", newline="", encoding="utf-8")  # noqa: SIM115 - see close()
 
     def add(self, index: int, study_id: str, result: dict | None = None, error: str | None = None,
@@ -265,7 +262,7 @@ class Journal:
         rec.update({"result": result} if error is None else {"error": error})
         self._write(rec)
         if error is None:
-            csv.writer(self._csv).writerows(_rows(rec))
+            csv.writer(self._csv, lineterminator="\n").writerows(_rows(rec))
             self._csv.flush()
 
     def close(self) -> None:
@@ -274,9 +271,13 @@ class Journal:
 
 
 def _rows(rec: dict) -> list[list]:
+    """A journal record's submission rows, as lists in the columns' order."""
     from .results import StudyResult
 
-    res = StudyResult.from_dict(rec["result"])
+    return _row_values(StudyResult.from_dict(rec["result"]))
+
+
+def _row_values(res) -> list[list]:
     return [[r[c] for c in vocab.SUBMISSION_COLUMNS] for r in res.submission_rows()]
 
 
@@ -332,9 +333,8 @@ def write_outputs(out: Path, header: dict, records: list[dict], extra: dict | No
                "warnings": {r.study_id: r.warnings for r in results if r.warnings},
                "skipped_files": {r.study_id: r.skipped for r in results if r.skipped}, **(extra or {})}
     if results:  # an empty submission.csv would pass for a result; report.json alone says what went wrong
-        rows = [row for res in results for row in res.submission_rows()]
         write_rows_csv_atomic(Path(out) / "submission.csv", vocab.SUBMISSION_COLUMNS,
-                              ([row[c] for c in vocab.SUBMISSION_COLUMNS] for row in rows))
+                              (row for res in results for row in _row_values(res)))
         write_predictions(Path(out) / "predictions.json", results, header.get("model", {}), failed)
     atomic_write_text(Path(out) / "report.json", json.dumps(summary, indent=1))
     return summary

@@ -18,10 +18,10 @@ from . import __version__, vocab
 from .batch import Shard
 from .errors import DataError, SpinegradeError
 from .io.types import Study
+from .results import SeriesUse, StudyResult
 
 if TYPE_CHECKING:
     import pandas as pd
-from .results import SeriesUse, StudyResult
 
 
 @dataclass

@@ -79,6 +79,17 @@ def test_zero_rows_is_skipped_not_decoded(tmp_path):
     assert _reasons(s.skipped)["zero.dcm"] == "no pixels: the header says 0 x 40"
 
 
+def test_a_header_claiming_fewer_pixels_than_its_data_holds_is_skipped_not_scrambled(tmp_path):
+    """32 x 40 pixels under a header saying 5 x 26: decoding the first 260 bytes as a 5 x 26 image would give a
+    scrambled one (hypothesis found it in test_claimed_sizes_beyond_the_budget_are_never_decoded)."""
+    write_series(tmp_path / "s", 2)
+    forge_size(tmp_path / "s" / "1.dcm", tmp_path / "s" / "small.dcm", 5, 26)
+    (s,) = load_series(tmp_path / "s")
+    assert s.n_slices == 2 and s.pixels.shape[1:] == (32, 40)
+    assert _reasons(s.skipped)["small.dcm"].startswith("pixel data too long: 2560 bytes where the header's size "
+                                                       "needs 260")
+
+
 _BOMB_UNDER_2GB = """
 import resource, sys
 resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))

@@ -57,8 +57,9 @@ _TAG_KEYWORDS = (
 # (`_to_series`); `read_header` still decodes every element.
 _READ_KEYWORDS = (
     "TransferSyntaxUID", "MediaStorageSOPClassUID", "SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID",
-    "InstanceNumber", "SeriesNumber", "ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing", "ImagerPixelSpacing",
-    "RescaleSlope", "RescaleIntercept", "PerFrameFunctionalGroupsSequence", "SharedFunctionalGroupsSequence",
+    "InstanceNumber", "SeriesNumber", "ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing",
+    "ImagerPixelSpacing", "RescaleSlope", "RescaleIntercept", "PerFrameFunctionalGroupsSequence",
+    "SharedFunctionalGroupsSequence",
     # the image pixel module, as pydicom's decoders read it
     "SamplesPerPixel", "PhotometricInterpretation", "PlanarConfiguration", "NumberOfFrames", "Rows", "Columns",
     "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation",
@@ -383,7 +384,8 @@ def _read_header(path: Path, max_pixels: int, with_pixels: bool = False) -> _Sli
             cut = _header_cut(ds, size)
             # pydicom decodes element values on first access; do it here, inside this file's guarded step,
             # so that a damaged element (an unknown VR from a bit flip) costs that element, not the study.
-            damaged = _drop_damaged(getattr(ds, "file_meta", Dataset()), only_read=True) + _drop_damaged(ds, only_read=True)
+            damaged = [*_drop_damaged(getattr(ds, "file_meta", Dataset()), only_read=True),
+                       *_drop_damaged(ds, only_read=True)]
             problem, data_length, value = _pixel_data_problem(fp, ds, size)
             raw = None
             if with_pixels and not problem and value is not None:
@@ -556,6 +558,9 @@ def _pixel_data_problem(fp, ds: Dataset, size: int
             * (_int(ds.get("NumberOfFrames")) or 1) * (_int(ds.get("BitsAllocated")) or 16) + 7) // 8
     if length < need:
         return f"pixel data too short: {length} bytes for {need} expected", None, None
+    if 0 < need and length > need + 1:  # one byte pads an odd length; more: the header's size is not the data's
+        return (f"pixel data too long: {length} bytes where the header's size needs {need} (its rows, columns "
+                "or bits are wrong: decoding would scramble the image)"), None, None
     return None, length, (start + hdr, vr, False)
 
 
