@@ -183,25 +183,29 @@ def test_old_format_cache_is_refused_then_rebuilt_with_a_message(synth_cohort, t
 def test_each_file_parsed_once_and_a_rerun_decodes_nothing(synth_cohort, tmp_path, monkeypatch):
     import pydicom
 
+    from spinegrade.data.prepare import Cache
     from spinegrade.io import dicom
 
-    calls = {"parse": 0, "decode": 0}
-    parse, decode = pydicom.dcmread, dicom._decode_file
+    calls = {"scan": 0, "parse": 0, "decode": 0}
+    scan, parse, decode = dicom.scan.scan, pydicom.dcmread, dicom._decode_file
 
-    def counted_parse(*a, **k):
-        calls["parse"] += 1
-        return parse(*a, **k)
+    def counted(name, fn):
+        def call(*a, **k):
+            calls[name] += 1
+            return fn(*a, **k)
+        return call
 
-    def counted_decode(s):
-        calls["decode"] += 1
-        return decode(s)
-
-    monkeypatch.setattr(dicom.pydicom, "dcmread", counted_parse)
-    monkeypatch.setattr(dicom, "_decode_file", counted_decode)
+    monkeypatch.setattr(dicom.scan, "scan", counted("scan", scan))
+    monkeypatch.setattr(dicom.pydicom, "dcmread", counted("parse", parse))
+    monkeypatch.setattr(dicom, "_decode_file", counted("decode", decode))
     n_files = len(list((synth_cohort / "train_images").rglob("*.dcm")))
     cache = tmp_path / "cache"
     r = prepare_dataset(synth_cohort, cache, workers=1, progress=False)
-    assert r["failed"] == [] and calls == {"parse": n_files, "decode": n_files}
-    calls.update(parse=0, decode=0)
+    c = Cache(cache)
+    n_series = sum(len(c.series_ids(sid)) for sid in c.study_ids())
+    # every file is scanned once and decoded once (the synthetic files all take the fast route); pydicom reads
+    # one header per series, its first file's, for the series' acquisition tags
+    assert r["failed"] == [] and calls == {"scan": n_files, "parse": n_series, "decode": n_files}
+    calls.update(scan=0, parse=0, decode=0)
     r2 = prepare_dataset(synth_cohort, cache, workers=1, progress=False)
-    assert r2["decoded"] == 0 and calls == {"parse": 0, "decode": 0}
+    assert r2["decoded"] == 0 and calls == {"scan": 0, "parse": 0, "decode": 0}

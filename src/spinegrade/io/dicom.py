@@ -15,6 +15,8 @@ file name or InstanceNumber.
 from __future__ import annotations
 
 import functools
+import io
+import math
 import os
 import re
 import stat
@@ -34,6 +36,7 @@ from pydicom.valuerep import VR
 
 from ..errors import DataError
 from ..geometry import SeriesGeometry
+from . import scan
 from .types import Series, SkippedFile, StoredPixels, Study, to_float
 
 # Slices of one stack repeat their ImageOrientationPatient exactly on every scanner we have seen; 0.1 degree
@@ -197,11 +200,7 @@ def read_header(path) -> Dataset:
     VR) are dropped, so later reads of it cannot raise. Raises DataError naming the file when it is unreadable."""
     p = Path(path)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(p, stop_before_pixels=True)
-            _drop_damaged(getattr(ds, "file_meta", Dataset()))
-            _drop_damaged(ds)
+        ds, _ = _pydicom_header(p)
     except (KeyboardInterrupt, SystemExit):
         raise
     except OSError as e:
@@ -365,13 +364,22 @@ def _read_headers(paths: list[Path], max_pixels: int, with_pixels: bool = False
     return slices, skipped
 
 
+# The fast route (`scan`) for plainly well-formed files; tests turn it off to compare it with the pydicom route.
+FAST_ROUTE = True
+
+
 def _read_header(path: Path, max_pixels: int, with_pixels: bool = False) -> _Slice | list[_Slice] | SkippedFile:
     """Parse a file's header only, every element of it, and check that its pixel data is present, complete
     and of a plausible size (nothing is decoded). A multi-frame file (Enhanced MR) gives one slice per
     frame, each with its own position, orientation and spacing from the functional groups.
 
     `with_pixels` also reads the Pixel Data bytes (not decoding them) from the same open file, so decoding
-    later parses nothing again: the file is parsed once."""
+    later parses nothing again: the file is parsed once. A plainly well-formed single-frame file is read by
+    the fast route (`_read_header_fast`); every other file, and every file that is skipped, by pydicom."""
+    if FAST_ROUTE:
+        fast = _read_header_fast(path, max_pixels, with_pixels)
+        if fast is not None:
+            return fast
     try:
         size = path.stat().st_size
         if size == 0:
@@ -433,6 +441,48 @@ def _read_header(path: Path, max_pixels: int, with_pixels: bool = False) -> _Sli
     s.problems += damaged
     s.raw = raw
     return s
+
+
+def _read_header_fast(path: Path, max_pixels: int, with_pixels: bool) -> _Slice | None:
+    """A single-frame file that `scan` reads and that passes every check of the pydicom route, as a slice whose
+    header is a `scan.FlatHeader`; None sends the file down the pydicom route, which names any problem."""
+    try:
+        size = path.stat().st_size
+        if not 0 < size <= scan.MAX_FILE_BYTES:
+            return None
+        with open(path, "rb") as fp:
+            data = fp.read()
+    except OSError:
+        return None
+    found = scan.scan(data) if len(data) == size else None
+    if found is None:
+        return None
+    ds = found.header
+    if "Rows" not in ds or "Columns" not in ds or (ds.get("NumberOfFrames") or 1) != 1 \
+            or (ds.get("SamplesPerPixel") or 1) != 1:
+        return None
+    fp = io.BytesIO(data)
+    fp.seek(found.pixel_at)
+    problem, data_length, value = _pixel_data_problem(fp, ds, size)
+    ts = _transfer_syntax(ds)
+    if problem or value is None or _size_problem(ds, ts, data_length, max_pixels) \
+            or (ts.is_compressed and _decoder(str(ts)) is None):
+        return None
+    s = _slice_from_header(path, ds)
+    if with_pixels:
+        at, vr, undefined = value
+        s.raw = (vr, data[at:] if undefined else data[at:at + data_length], undefined)
+    return s
+
+
+def _pydicom_header(path: Path, only_read: bool = False) -> tuple[Dataset, list[str]]:
+    """pydicom's header of a file (no pixel data) with its elements decoded (`only_read`: as `_drop_damaged`
+    says), damaged ones dropped, and what was dropped; raises on an unreadable file."""
+    with warnings.catch_warnings(), pydicom.config.disable_value_validation():
+        warnings.simplefilter("ignore")
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        problems = [*_drop_damaged(getattr(ds, "file_meta", Dataset()), only_read), *_drop_damaged(ds, only_read)]
+    return ds, problems
 
 
 def _frames_placed(ds: Dataset, frames: int) -> bool:
@@ -497,8 +547,14 @@ def _first_line(e: Exception) -> str:
 
 
 def _transfer_syntax(ds: Dataset) -> UID | None:
-    ts = ds.get("file_meta", Dataset()).get("TransferSyntaxUID")
-    return UID(str(ts)) if ts else None
+    meta = ds.get("file_meta")
+    ts = meta.get("TransferSyntaxUID") if meta is not None else None
+    return _uid(str(ts)) if ts else None
+
+
+@functools.lru_cache(maxsize=256)
+def _uid(text: str) -> UID:
+    return UID(text)
 
 
 def _header_cut(ds: Dataset, size: int) -> bool:
@@ -644,9 +700,13 @@ def _unit_orientation(iop: np.ndarray | None) -> np.ndarray | None:
         return None
     r, c = iop[:3], iop[3:]
     nr, nc = np.linalg.norm(r), np.linalg.norm(c)
-    if nr < 1e-6 or nc < 1e-6 or np.linalg.norm(np.cross(r / nr, c / nc)) < 1e-3:
+    if nr < 1e-6 or nc < 1e-6:
         return None
-    return np.concatenate([r / nr, c / nc])
+    out = np.concatenate([r / nr, c / nc])
+    (a0, a1, a2), (b0, b1, b2) = out[:3].tolist(), out[3:].tolist()  # cross product: 3 numbers, no np.cross
+    if math.hypot(a1 * b2 - a2 * b1, a2 * b0 - a0 * b2, a0 * b1 - a1 * b0) < 1e-3:
+        return None
+    return out
 
 
 # --- pixels ------------------------------------------------------------------------------------------------
@@ -721,12 +781,16 @@ def _decode_file(s: _Slice) -> np.ndarray | SkippedFile:
             # the decoder takes them with the pixel description from that header (the dataset's own route
             # decodes the same bytes the same way, after reading that description again element by element)
             vr, value, undefined = s.raw
+            if isinstance(s.ds, scan.FlatHeader):
+                arr = scan.decode_fast(value, undefined, s.transfer_syntax, s.ds)
+                if arr is not None:
+                    return arr
             decoder = _decoder(s.transfer_syntax) if ts else None
             options = _decode_options(s.ds, s.transfer_syntax) if decoder is not None else None
             if options is not None:
                 arr, _ = decoder.as_array(value, **options)
                 return arr
-            ds = s.ds
+            ds = s.ds = _full_header(s)
             ds[_PIXEL_DATA_TAG] = DataElement(_PIXEL_DATA_TAG, vr, value, is_undefined_length=undefined)
             try:
                 return ds.pixel_array
@@ -771,6 +835,11 @@ def _angle_deg(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))))
 
 
+def _same_spacing(a: tuple[float, float], b: tuple[float, float]) -> bool:
+    """np.allclose(a, b, rtol=1e-3) on two pairs, without numpy's cost per call (it runs once per slice)."""
+    return all(abs(x - y) <= 1e-8 + 1e-3 * abs(y) for x, y in zip(a, b))
+
+
 def _split(slices: list[_Slice]) -> list[_Group]:
     """Group slices that stack: same SeriesInstanceUID, size, pixel spacing and orientation (within tolerance).
 
@@ -782,7 +851,7 @@ def _split(slices: list[_Slice]) -> list[_Group]:
         for g in groups:
             ref = g.slices[0]
             same = (ref.series_uid == s.series_uid and (ref.rows, ref.cols) == (s.rows, s.cols)
-                    and np.allclose(ref.spacing, s.spacing, rtol=1e-3) and ref.has_geometry == s.has_geometry
+                    and _same_spacing(ref.spacing, s.spacing) and ref.has_geometry == s.has_geometry
                     and (not s.has_geometry or _angle_deg(ref.orientation, s.orientation)
                          <= ORIENTATION_TOLERANCE_DEG))
             if same:
@@ -881,7 +950,7 @@ def _differences(a: _Group, b: _Group, detail: bool = False) -> list[str]:
         out.append("SeriesInstanceUID")
     if (sa.rows, sa.cols) != (sb.rows, sb.cols):
         out.append(f"image size {sb.rows}x{sb.cols} vs {sa.rows}x{sa.cols}" if detail else "image size")
-    if not np.allclose(sa.spacing, sb.spacing, rtol=1e-3):
+    if not _same_spacing(sa.spacing, sb.spacing):
         out.append(f"pixel spacing {sb.spacing[0]:g}x{sb.spacing[1]:g} vs {sa.spacing[0]:g}x{sa.spacing[1]:g} mm"
                    if detail else "pixel spacing")
     if (a.orientation is None) != (b.orientation is None):
@@ -892,9 +961,26 @@ def _differences(a: _Group, b: _Group, detail: bool = False) -> list[str]:
     return out
 
 
+def _full_header(s: _Slice) -> Dataset:
+    """The slice's header as pydicom's Dataset: read now, as the pydicom route reads it, when the fast route
+    read it as a `scan.FlatHeader`."""
+    if not isinstance(s.ds, scan.FlatHeader):
+        return s.ds
+    ds, problems = _pydicom_header(s.path, only_read=True)
+    s.problems += problems
+    return ds
+
+
 def _to_series(g: _Group, study_id: str, series_id: str, source_id: str) -> Series:
     first = g.slices[0]
-    first.problems += _drop_damaged(first.ds)  # the tags read once per series come from this header alone
+    try:  # the tags read once per series come from this header alone
+        header = first.ds = _full_header(first)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except Exception as e:  # noqa: BLE001 - the file changed since it was read
+        first.problems.append(f"series tags unread: {first.path.name} became unreadable ({_first_line(e)})")
+        header = Dataset()
+    first.problems += _drop_damaged(header)
     notes = list(g.notes)
     for problem in sorted({p for s in g.slices for p in s.problems}):
         notes.append(f"{problem} in some files")
@@ -911,7 +997,7 @@ def _to_series(g: _Group, study_id: str, series_id: str, source_id: str) -> Seri
         geometry = SeriesGeometry(g.orientation, np.stack([s.position for s in g.slices]), first.spacing,
                                   (first.rows, first.cols))
     else:
-        steps = [_floats(first.ds.get(kw), 1) for kw in ("SpacingBetweenSlices", "SliceThickness")]
+        steps = [_floats(header.get(kw), 1) for kw in ("SpacingBetweenSlices", "SliceThickness")]
         step = next((abs(float(v[0])) for v in steps if v is not None and v[0] != 0), 1.0)
         geometry = SeriesGeometry(np.array([1.0, 0, 0, 0, 1.0, 0]),
                                   np.array([[0.0, 0.0, k * step] for k in range(len(g.slices))]),
@@ -921,7 +1007,7 @@ def _to_series(g: _Group, study_id: str, series_id: str, source_id: str) -> Seri
     syntaxes = sorted({s.transfer_syntax for s in g.slices if s.transfer_syntax})
     if len(syntaxes) > 1:
         notes.append(f"files use {len(syntaxes)} transfer syntaxes")
-    tags = _plain_tags(first.ds)
+    tags = _plain_tags(header)
     return Series(
         study_id=str(study_id), series_id=str(series_id), role="", role_reason="",
         description=str(tags.get("SeriesDescription", "")), geometry=geometry, instance_numbers=instances,

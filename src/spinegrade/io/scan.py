@@ -1,0 +1,303 @@
+"""The reader's fast route through a plainly well-formed file: one pass over its bytes, no pydicom objects.
+
+pydicom builds a Dataset of every element, converts values on access through several layers, and its pixel
+decoders validate and dispatch on every call; for the small anonymised single-frame files of the RSNA data that
+costs more than decoding their pixels. `scan` reads a file that is plainly well formed (a 'DICM' preamble, an
+explicit-VR little-endian transfer syntax, native or encapsulated; a flat dataset, no sequence, of known VRs
+whose lengths fit the file; the elements the reader uses in their standard VR and canonical form) and returns a
+`FlatHeader` with those values, or None.
+
+None is not an error: it sends the file down the pydicom route, which reads anything pydicom can and names
+what is wrong with a damaged file. So every skipped file, every damaged element, every implicit-VR, sequence,
+multi-frame or big-endian header takes the route it always took, and this module only has to be right about
+the files it accepts. On those the two routes agree by construction: for an explicit-VR flat header the pydicom
+route too decodes only the elements the reader uses and checks the VRs of the rest. Implicit-VR files stay with
+pydicom because its route decodes every element of them (their VRs are not in the file), and sequences because
+it decodes their items. `tests/io/test_io_scan.py` checks that both routes give the same series on every corpus
+the tests build, and on randomly damaged files.
+
+`decode_fast` decodes native and RLE pixel data the way pydicom's decoders do (the pylibjpeg RLE plugin, the
+unused high bits masked or sign-extended), or returns None for anything else (other codecs, unusual bit
+depths, a failing codec), which then goes to pydicom's decoder.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import struct
+
+import numpy as np
+
+_PREAMBLE = 128
+_PIXEL_DATA = 0x7FE00010
+_FLOAT_PIXEL_DATA = (0x7FE00008, 0x7FE00009)  # where pydicom's header read stops too: not our kind of pixels
+# Explicit VR with a 2-byte reserved field and a 4-byte length (PS3.5 7.1.2); every other VR has a 2-byte length.
+_LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"})
+_VRS = frozenset({
+    "AE", "AS", "AT", "CS", "DA", "DS", "DT", "FD", "FL", "IS", "LO", "LT", "OB", "OD", "OF", "OL", "OV", "OW",
+    "PN", "SH", "SL", "SQ", "SS", "ST", "SV", "TM", "UC", "UI", "UL", "UN", "UR", "US", "UT", "UV",
+})
+EXPLICIT_LE = "1.2.840.10008.1.2.1"
+RLE_LOSSLESS = "1.2.840.10008.1.2.5"
+# Files above this size go the pydicom route: the fast one holds the whole file in memory.
+MAX_FILE_BYTES = 16 * 2**20
+
+# The elements the reader uses, by the VR they must have here (anything else: the pydicom route).
+_US = ("SamplesPerPixel", "PlanarConfiguration", "Rows", "Columns", "BitsAllocated", "BitsStored", "HighBit",
+       "PixelRepresentation")
+_IS = ("InstanceNumber", "SeriesNumber", "NumberOfFrames")
+_DS = ("ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing", "ImagerPixelSpacing", "RescaleSlope",
+       "RescaleIntercept")
+_UI = ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID")
+_CS = ("PhotometricInterpretation",)
+# Sequences the reader reads (a flat dataset has none: any sequence sends a file the pydicom route).
+_SQ = ("PerFrameFunctionalGroupsSequence", "SharedFunctionalGroupsSequence")
+_META_UI = ("TransferSyntaxUID", "MediaStorageSOPClassUID")
+_INTEGER = re.compile(r"0|-?[1-9][0-9]*")
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
+
+
+def _tags(keywords) -> dict[int, str]:
+    from pydicom.datadict import tag_for_keyword
+
+    return {tag_for_keyword(k): k for k in keywords}
+
+
+@functools.lru_cache(maxsize=1)
+def _wanted() -> dict[int, tuple[str, str]]:
+    """tag -> (keyword, VR it must have) for the dataset elements the reader uses."""
+    out = {}
+    for vr, keywords in (("US", _US), ("IS", _IS), ("DS", _DS), ("UI", _UI), ("CS", _CS)):
+        out.update({t: (k, vr) for t, k in _tags(keywords).items()})
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def _meta_wanted() -> dict[int, tuple[str, str]]:
+    return {t: (k, "UI") for t, k in _tags(_META_UI).items()}
+
+
+@functools.lru_cache(maxsize=64)
+def _syntax(uid: str) -> bool | None:
+    """Whether an explicit-VR little-endian transfer syntax is encapsulated; None for any other syntax."""
+    if uid == EXPLICIT_LE:
+        return False
+    if not _UID.fullmatch(uid):
+        return None
+    from pydicom.uid import UID
+
+    ts = UID(uid)
+    if not ts.is_transfer_syntax or not ts.is_little_endian or ts.is_deflated or not ts.is_encapsulated:
+        return None
+    return True
+
+
+class FlatHeader:
+    """The values of a flat (sequence-free) header that the reader uses, read like a pydicom Dataset
+    (`get`, `in`, attributes) by keyword; `file_meta` is the file meta group's. Other keywords raise
+    LookupError: they were never read, so a caller must take the pydicom route for them."""
+
+    def __init__(self, values: dict, tags: frozenset, meta: FlatHeader | None = None):
+        self._values = values
+        self._tags = tags  # every tag present, read or not
+        self.file_meta = meta
+
+    def get(self, keyword: str, default=None):
+        if keyword == "file_meta":
+            return self.file_meta if self.file_meta is not None else default
+        if keyword in self._values:
+            return self._values[keyword]
+        if keyword in _ALL_KEYWORDS:
+            return default
+        raise LookupError(f"{keyword} is not read by the fast header scan")
+
+    def __contains__(self, keyword: str) -> bool:
+        from pydicom.datadict import tag_for_keyword
+
+        if keyword in self._values:
+            return True
+        tag = tag_for_keyword(keyword)
+        return tag is not None and tag in self._tags
+
+    def __getattr__(self, keyword: str):
+        if keyword.startswith("_"):
+            raise AttributeError(keyword)
+        value = self.get(keyword)
+        if value is None:
+            raise AttributeError(keyword)
+        return value
+
+
+_ALL_KEYWORDS = frozenset(_US + _IS + _DS + _UI + _CS + _SQ + _META_UI)
+
+
+class Scanned:
+    """A scanned file: its header, the file's bytes and where its Pixel Data element starts (at its tag)."""
+
+    __slots__ = ("header", "data", "pixel_at")
+
+    def __init__(self, header: FlatHeader, data: bytes, pixel_at: int):
+        self.header, self.data, self.pixel_at = header, data, pixel_at
+
+
+def scan(data: bytes) -> Scanned | None:
+    """Scan a whole file's bytes; None where the pydicom route must read it (see the module doc)."""
+    if len(data) < _PREAMBLE + 4 or data[_PREAMBLE:_PREAMBLE + 4] != b"DICM":
+        return None
+    meta = _elements(data, _PREAMBLE + 4, _meta_wanted(), meta=True)
+    if meta is None:
+        return None
+    meta_values, meta_tags, pos = meta
+    ts = meta_values.get("TransferSyntaxUID")
+    if not ts or _syntax(ts) is None:
+        return None
+    body = _elements(data, pos, _wanted(), meta=False)
+    if body is None:
+        return None
+    values, tags, pos = body
+    group, element = struct.unpack_from("<HH", data, pos)
+    if group << 16 | element != _PIXEL_DATA:
+        return None  # no Pixel Data element where the header ends: the pydicom route says what is there
+    header = FlatHeader(values, tags, FlatHeader(meta_values, meta_tags))
+    return Scanned(header, data, pos)
+
+
+def _elements(data: bytes, pos: int, wanted: dict, meta: bool) -> tuple[dict, frozenset, int] | None:
+    """Walk a group of elements from `pos`: the file meta (group 2) or the dataset up to Pixel Data. Returns
+    (the wanted values by keyword, every tag seen, where the walk stopped) or None for anything unusual."""
+    end, values, seen, last = len(data), {}, [], -1
+    unpack = struct.unpack_from
+    while pos + 8 <= end:
+        group, element = unpack("<HH", data, pos)
+        tag = group << 16 | element
+        if meta and group != 2:
+            break
+        if tag == _PIXEL_DATA:
+            break
+        if tag in _FLOAT_PIXEL_DATA:
+            return None
+        if tag <= last or (not meta and group <= 2) or group == 0xFFFE:
+            return None
+        try:
+            vr = data[pos + 4:pos + 6].decode("ascii")
+        except UnicodeDecodeError:
+            return None
+        if vr not in _VRS:
+            return None
+        if vr in _LONG_VRS:
+            if pos + 12 > end:
+                return None
+            length, pos = unpack("<I", data, pos + 8)[0], pos + 12
+        else:
+            length, pos = unpack("<H", data, pos + 6)[0], pos + 8
+        if vr == "SQ" or length == 0xFFFFFFFF or pos + length > end:
+            return None  # a sequence: pydicom's route decodes its items (and says which are damaged)
+        want = wanted.get(tag)
+        if want is not None:
+            keyword, need = want
+            value = _convert(data[pos:pos + length], vr, need)
+            if value is None:
+                return None
+            values[keyword] = value
+        seen.append(tag)
+        last = tag
+        pos += length
+    if not meta and pos + 8 > end:
+        return None
+    return values, frozenset(seen), pos
+
+
+def _convert(raw: bytes, vr: str, need: str):
+    """A value in its canonical form, or None (the pydicom route then reads it, and drops it if damaged)."""
+    if vr != need or not raw:
+        return None
+    if vr == "US":
+        return struct.unpack("<H", raw)[0] if len(raw) == 2 else None
+    try:
+        text = raw.decode("ascii")
+    except UnicodeDecodeError:
+        return None
+    if vr == "UI":
+        text = text.rstrip("\0 ")
+        return text if text and "\\" not in text and " " not in text else None
+    text = text.strip(" \0")
+    if not text:
+        return None
+    if vr == "CS":
+        return text if "\\" not in text else None
+    if vr == "IS":
+        return int(text) if _INTEGER.fullmatch(text) else None
+    parts = [p.strip() for p in text.split("\\")]  # DS
+    try:
+        floats = [float(p) for p in parts if p]
+    except ValueError:
+        return None
+    if len(floats) != len(parts):
+        return None
+    return floats[0] if len(floats) == 1 else floats
+
+
+# --- pixels ------------------------------------------------------------------------------------------------
+def decode_fast(value: bytes, undefined: bool, ts: str, header) -> np.ndarray | None:
+    """Stored values (rows, cols) of one single-frame image, as pydicom's decoders give them, or None where
+    pydicom's decoder must decode it (another codec, an unusual bit depth or description, a codec error)."""
+    get = header.get
+    rows, cols = get("Rows"), get("Columns")
+    bits, stored, signed = get("BitsAllocated"), get("BitsStored"), get("PixelRepresentation")
+    if (bits not in (8, 16, 32) or stored is None or not 1 <= stored <= bits or signed not in (0, 1)
+            or not rows or not cols or (get("SamplesPerPixel") or 1) != 1 or (get("NumberOfFrames") or 1) != 1
+            or str(get("PhotometricInterpretation", "")) not in ("MONOCHROME1", "MONOCHROME2")):
+        return None
+    dtype = np.dtype(f"<{'i' if signed else 'u'}{bits // 8}")
+    n = rows * cols
+    if ts == EXPLICIT_LE:
+        if undefined or len(value) < n * dtype.itemsize:
+            return None
+        arr = np.frombuffer(value, dtype=dtype, count=n)  # read-only: copied where the volume is stacked
+    elif ts == RLE_LOSSLESS and undefined:
+        frame = _single_frame(value)
+        if frame is None:
+            return None
+        try:
+            from rle.rle import decode_frame
+        except ImportError:
+            return None
+        try:
+            out = decode_frame(frame, n, bits, "<")
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException:  # noqa: BLE001 - pylibjpeg-rle panics on some damaged data; pydicom's decoder then
+            return None  # reports it (after trying its own RLE decoder)
+        if len(out) != n * dtype.itemsize:
+            return None
+        arr = np.frombuffer(out, dtype=dtype)
+    else:
+        return None
+    arr = arr.reshape(rows, cols)
+    if bits > stored:  # pydicom ignores the unused high bits (PS3.5 8.1.1): masked, or sign-extended if signed
+        arr = arr if arr.flags.writeable else arr.copy()
+        shift = bits - stored
+        np.left_shift(arr, shift, out=arr)
+        np.right_shift(arr, shift, out=arr)
+    return arr
+
+
+def _single_frame(value: bytes) -> bytes | None:
+    """The fragments of encapsulated pixel data joined (one frame), or None when its items are not plain:
+    a Basic Offset Table item, fragment items, then the Sequence Delimiter."""
+    pos, end, fragments, first = 0, len(value), [], True
+    while pos + 8 <= end:
+        group, element, length = struct.unpack_from("<HHI", value, pos)
+        pos += 8
+        if group != 0xFFFE:
+            return None
+        if element == 0xE0DD:
+            return b"".join(fragments) if fragments else None
+        if element != 0xE000 or length == 0xFFFFFFFF or pos + length > end:
+            return None
+        if not first:
+            fragments.append(value[pos:pos + length])
+        first = False
+        pos += length
+    return None

@@ -1,0 +1,238 @@
+"""The reader's fast route (`io/scan.py`) against the pydicom route: on every corpus the same series, the same
+skipped files with the same reasons and the same pixels; a plainly well-formed file takes the fast route, any
+other file pydicom's (where every file was read before the fast route existed)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pydicom
+import pytest
+from dicom_factory import (
+    GDCM_ENCODED,
+    PYDICOM_ENCODED,
+    SAGITTAL,
+    make_dataset,
+    slice_pixels,
+    to_enhanced_mr,
+    write_dicom,
+    write_series,
+)
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless
+
+from conftest import TWO_STUDIES
+from spinegrade.io import dicom, scan
+from spinegrade.io.dicom import _decode_stored, _read_header, _read_header_fast, load_study
+from spinegrade.io.types import SkippedFile
+
+
+def both_routes(monkeypatch, fn):
+    """(fn() with the fast route, fn() by the pydicom route alone)."""
+    monkeypatch.setattr(dicom, "FAST_ROUTE", False)
+    slow = fn()
+    monkeypatch.setattr(dicom, "FAST_ROUTE", True)
+    return fn(), slow
+
+
+def _skips(skipped) -> list[tuple[str, str]]:
+    return [(k.path, k.reason) for k in skipped]
+
+
+def assert_same_study(a, b) -> None:
+    assert _skips(a.skipped) == _skips(b.skipped)
+    assert [s.series_id for s in a.series] == [s.series_id for s in b.series]
+    for x, y in zip(a.series, b.series):
+        for name in ("role", "role_reason", "description", "files", "sop_instance_uids", "transfer_syntax", "tags",
+                     "notes", "source_series_id", "geometry_known"):
+            assert getattr(x, name) == getattr(y, name), (x.series_id, name)
+        assert _skips(x.skipped) == _skips(y.skipped)
+        assert np.array_equal(x.instance_numbers, y.instance_numbers)
+        assert np.array_equal(x.geometry.orientation, y.geometry.orientation)
+        assert np.array_equal(x.geometry.positions, y.geometry.positions)
+        assert x.pixel_spacing == y.pixel_spacing
+        if x.stored is not None:
+            assert x.stored.values.dtype == y.stored.values.dtype
+            assert np.array_equal(x.stored.values, y.stored.values)
+            for k in range(len(x.stored)):
+                assert np.array_equal(x.stored.transform(k), y.stored.transform(k), equal_nan=True)
+        assert np.array_equal(np.asarray(x.pixels), np.asarray(y.pixels))
+
+
+def routes_taken(folder) -> dict[str, bool]:
+    """Path below `folder` -> whether the fast route reads that file."""
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        if p.is_file():
+            r = _read_header(p, 10**8)
+            out[str(p.relative_to(folder))] = not isinstance(r, (SkippedFile, list)) \
+                and isinstance(r.ds, scan.FlatHeader)
+    return out
+
+
+def _with_sequences(ds: Dataset, undefined: bool) -> Dataset:
+    """Clinical headers carry sequences the reader never reads (nested here): they take the pydicom route."""
+    inner = Dataset()
+    inner.CodeValue, inner.CodingSchemeDesignator, inner.CodeMeaning = "T-D0123", "SRT", "Lumbar spine"
+    ref = Dataset()
+    ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID = "1.2.840.10008.5.1.4.1.1.4", "1.2.3.4.5"
+    ref.PurposeOfReferenceCodeSequence = Sequence([inner])
+    ds.ReferencedImageSequence = Sequence([ref, Dataset()])
+    ds.ProcedureCodeSequence = Sequence([])
+    for elem in (ds["ReferencedImageSequence"], ds["ProcedureCodeSequence"], ref["PurposeOfReferenceCodeSequence"]):
+        elem.is_undefined_length = undefined
+    return ds
+
+
+def build_corpus(root) -> None:
+    """A plain folder mixing what the fast route reads and what it leaves to pydicom."""
+    write_series(root / "explicit", 3, bits=12)
+    write_series(root / "implicit", 3, transfer_syntax=ImplicitVRLittleEndian, series_uid="1.2.3.10")
+    write_series(root / "rle", 3, transfer_syntax=RLELossless, series_uid="1.2.3.11", orientation=SAGITTAL)
+    write_series(root / "mono1", 2, photometric="MONOCHROME1", rescale=(2.5, -100.0), series_uid="1.2.3.12")
+    px8 = [slice_pixels(bits=8, value=10 * k) for k in range(2)]
+    write_series(root / "eight", 2, pixels=px8, bits=8, series_uid="1.2.3.13")
+    signed = [(slice_pixels(value=50 * k).astype(np.int16) - 1000) for k in range(2)]
+    write_series(root / "signed", 2, pixels=signed, signed=True, bits=12, series_uid="1.2.3.14")
+    for k, ts in enumerate(PYDICOM_ENCODED[1:] + GDCM_ENCODED):
+        px = slice_pixels(value=7 * k, bits=8 if ts.name.startswith("JPEG Baseline") else 12)
+        write_dicom(root / "codecs" / f"{k}.dcm", make_dataset(px, series_uid=f"1.2.3.2{k}", position=(0, 0, k)), ts)
+    for k, (undefined, ts) in enumerate([(True, ExplicitVRLittleEndian), (False, ImplicitVRLittleEndian),
+                                         (True, RLELossless)]):
+        ds = _with_sequences(make_dataset(slice_pixels(value=k), series_uid="1.2.3.30", position=(0, 0, 4 * k),
+                                          instance=k + 1), undefined)
+        write_dicom(root / "sequences" / f"{k}.dcm", ds, ts)
+    to_enhanced_mr(sorted((root / "explicit").glob("*.dcm")), root / "enhanced" / "mf.dcm")
+    odd = root / "odd"
+    write_dicom(odd / "leading_zero.dcm", make_dataset(slice_pixels(), series_uid="1.2.3.40", InstanceNumber="07"))
+    write_dicom(odd / "empty_slope.dcm", make_dataset(slice_pixels(), series_uid="1.2.3.41", position=(0, 0, 1),
+                                                      RescaleSlope=""))
+    bad = write_dicom(odd / "bad_ds.dcm", make_dataset(slice_pixels(), series_uid="1.2.3.42", position=(0, 7, 0)))
+    bad.write_bytes(bad.read_bytes().replace(b"\\7\\", b"\\x\\"))  # a position pydicom cannot write
+    ds = make_dataset(slice_pixels(), series_uid="1.2.3.44", AcquisitionMatrix=[0, 256, 256])
+    matrix = write_dicom(odd / "bad_matrix.dcm", ds)  # an element nobody reads, damaged: noted per series
+    head = b"\x18\x00\x10\x13US\x06\x00"  # as UL its 6 bytes are not whole values: pydicom cannot decode it
+    assert head in matrix.read_bytes()
+    matrix.write_bytes(matrix.read_bytes().replace(head, head.replace(b"US", b"UL")))
+    ds = make_dataset(slice_pixels(), series_uid="1.2.3.43", position=(0, 0, 2))
+    ds.Rows = 31  # the data holds 32 rows: "too long"
+    write_dicom(odd / "too_long.dcm", ds)
+    good = (root / "explicit" / "1.dcm").read_bytes()
+    (odd / "cut.dcm").write_bytes(good[:-100])
+    (odd / "bitflip_vr.dcm").write_bytes(good.replace(b"DS", b"D\x13", 1))
+    (odd / "not_dicom.dcm").write_bytes(b"hello")
+
+
+def test_a_mixed_corpus_reads_the_same_by_both_routes(tmp_path, monkeypatch):
+    build_corpus(tmp_path / "study")
+    fast, slow = both_routes(monkeypatch, lambda: load_study(tmp_path / "study", stored=True))
+    assert_same_study(fast, slow)
+    floats, floats_slow = both_routes(monkeypatch, lambda: load_study(tmp_path / "study"))
+    assert_same_study(floats, floats_slow)
+    taken = routes_taken(tmp_path / "study")
+    # every well-formed flat single-frame explicit-VR file is read fast, whatever its codec
+    for folder in ("explicit", "rle", "mono1", "eight", "signed", "codecs"):
+        assert all(f for name, f in taken.items() if name.startswith(folder + "/")), (folder, taken)
+    assert taken["odd/bad_matrix.dcm"]  # read fast: its damage is in an element only the series' tags read
+    # implicit VR and sequences: pydicom decodes every element of the one, the items of the other
+    slow_ones = ("implicit/", "sequences/", "enhanced/", "odd/")
+    assert not any(f for name, f in taken.items() if name.startswith(slow_ones) and name != "odd/bad_matrix.dcm")
+    matrix = next(s for s in fast.series if s.files[0].endswith("bad_matrix.dcm"))
+    assert any(n.startswith("damaged header element (0018,1310)") for n in matrix.notes), matrix.notes
+    reasons = dict(_skips(fast.skipped) + [k for s in fast.series for k in _skips(s.skipped)])
+    reasons = {path.rsplit("/", 1)[-1]: why for path, why in reasons.items()}
+    assert reasons["too_long.dcm"].startswith("pixel data too long")
+    assert reasons["cut.dcm"].startswith("truncated")
+
+
+def test_sequences_and_implicit_vr_take_the_pydicom_route(tmp_path):
+    for k, (undefined, ts) in enumerate([(True, ExplicitVRLittleEndian), (False, ExplicitVRLittleEndian),
+                                         (True, RLELossless)]):
+        path = write_dicom(tmp_path / f"{k}.dcm", _with_sequences(make_dataset(slice_pixels()), undefined), ts)
+        assert _read_header_fast(path, 10**8, True) is None
+        assert _read_header(path, 10**8).rows == 32  # and that route reads it
+    flat = write_dicom(tmp_path / "flat.dcm", make_dataset(slice_pixels()), ImplicitVRLittleEndian)
+    assert _read_header_fast(flat, 10**8, True) is None
+
+
+def test_functional_groups_and_unread_keywords_go_the_pydicom_route(tmp_path):
+    write_series(tmp_path / "s", 2)
+    mf = to_enhanced_mr(sorted((tmp_path / "s").glob("*.dcm")), tmp_path / "mf.dcm")
+    assert _read_header_fast(mf, 10**8, False) is None
+    s = _read_header_fast(tmp_path / "s" / "1.dcm", 10**8, False)
+    assert s.ds.get("Rows") == 32 and s.ds.get("ImagerPixelSpacing") is None and "PatientName" in s.ds
+    with pytest.raises(LookupError):  # never read: a caller must ask pydicom for it
+        s.ds.get("PatientName")
+
+
+@pytest.mark.parametrize("bits,stored,signed,photometric", [
+    (16, 12, False, "MONOCHROME2"), (16, 12, True, "MONOCHROME2"), (16, 16, True, "MONOCHROME1"),
+    (8, 8, False, "MONOCHROME2"), (8, 6, True, "MONOCHROME2"), (16, 10, False, "MONOCHROME1")])
+@pytest.mark.parametrize("ts", [ExplicitVRLittleEndian, RLELossless])
+def test_fast_decoding_equals_pydicoms(tmp_path, bits, stored, signed, photometric, ts):
+    rng = np.random.default_rng(bits + stored)
+    dtype = np.dtype(f"{'i' if signed else 'u'}{bits // 8}")
+    info = np.iinfo(dtype)
+    px = rng.integers(info.min, info.max, size=(16, 24), endpoint=True).astype(dtype)  # unused bits set too
+    ds = make_dataset(px, signed=signed, bits_stored=stored, photometric=photometric)
+    path = write_dicom(tmp_path / "a.dcm", ds, ts)
+    s = _read_header_fast(path, 10**8, True)
+    assert s is not None
+    arr = scan.decode_fast(s.raw[1], s.raw[2], s.transfer_syntax, s.ds)
+    want = pydicom.dcmread(path).pixel_array
+    assert arr is not None and arr.dtype == want.dtype and np.array_equal(arr, want)
+
+
+_SETTINGS = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@pytest.fixture(scope="module")
+def good_files(tmp_path_factory) -> dict[str, bytes]:
+    root = tmp_path_factory.mktemp("scan")
+    out = {}
+    for name, ts in (("native", ExplicitVRLittleEndian), ("rle", RLELossless)):
+        ds = make_dataset(slice_pixels(16, 16), rescale=(1.5, -3.0), echo_time=90.0, repetition_time=3000.0)
+        out[name] = write_dicom(root / f"{name}.dcm", ds, ts).read_bytes()
+    return out
+
+
+@_SETTINGS
+@given(kind=st.sampled_from(["native", "rle"]),
+       edits=st.lists(st.tuples(st.integers(0, 10_000), st.binary(min_size=1, max_size=4)), max_size=4),
+       cut=st.one_of(st.none(), st.integers(0, 10_000)))
+def test_a_damaged_file_read_fast_reads_as_pydicom_reads_it(tmp_path, monkeypatch, good_files, kind, edits, cut):
+    b = bytearray(good_files[kind])
+    for at, data in edits:
+        at %= len(b)
+        b[at:at + len(data)] = data
+    if cut is not None:
+        b = b[:cut % (len(b) + 1)]
+    path = tmp_path / "f.dcm"
+    path.write_bytes(bytes(b))
+    fast = _read_header_fast(path, 10**6, True)
+    if fast is None:
+        return  # the pydicom route reads it: nothing of the fast route's to compare
+    monkeypatch.setattr(dicom, "FAST_ROUTE", False)
+    slow = _read_header(path, 10**6, True)
+    assert not isinstance(slow, (SkippedFile, list)), slow
+    for name in ("rows", "cols", "spacing", "spacing_source", "instance", "series_uid", "rescale", "transfer_syntax",
+                 "problems"):
+        assert getattr(fast, name) == getattr(slow, name), name
+    for name in ("orientation", "position"):
+        assert np.array_equal(getattr(fast, name), getattr(slow, name)), name
+    assert np.array_equal(dicom._transform(fast), dicom._transform(slow), equal_nan=True)
+    a, b = _decode_stored(fast), _decode_stored(slow)
+    if isinstance(a, SkippedFile):
+        assert a == b
+    else:
+        assert a.dtype == b.dtype and np.array_equal(a, b)
+
+
+@pytest.mark.skipif(not TWO_STUDIES.exists(), reason=f"real RSNA studies not found at {TWO_STUDIES}")
+def test_the_real_studies_read_the_same_and_fast(monkeypatch):
+    for study in sorted((TWO_STUDIES / "train_images").iterdir()):
+        fast, slow = both_routes(monkeypatch, lambda: load_study(study, stored=True))
+        assert_same_study(fast, slow)
+        assert all(routes_taken(study).values())
