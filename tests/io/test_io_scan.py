@@ -236,3 +236,15 @@ def test_the_real_studies_read_the_same_and_fast(monkeypatch):
         fast, slow = both_routes(monkeypatch, lambda: load_study(study, stored=True))
         assert_same_study(fast, slow)
         assert all(routes_taken(study).values())
+
+
+def test_a_file_unreadable_when_its_series_tags_are_read_is_said_not_raised(tmp_path, monkeypatch):
+    write_series(tmp_path / "s", 2, echo_time=90.0)
+
+    def gone(path, only_read=False):
+        raise FileNotFoundError(f"[Errno 2] No such file or directory: '{path}'")
+
+    monkeypatch.setattr(dicom, "_pydicom_header", gone)  # as if the file were deleted after its scan
+    (s,) = dicom.load_series(tmp_path / "s")
+    assert s.n_slices == 2 and "EchoTime" not in s.tags
+    assert any(n.startswith("series tags unread: 1.dcm became unreadable (FileNotFoundError") for n in s.notes)
