@@ -237,3 +237,22 @@ def test_empty_study_folder_is_one_clear_error(tmp_path):
     with pytest.raises(DataError, match="no readable DICOM image found \\(the folder has no files\\)"):
         load_study(tmp_path / "empty")
     shutil.rmtree(tmp_path / "empty")
+
+
+def test_a_folder_that_cannot_be_listed_is_named_and_the_rest_read(tmp_path, monkeypatch):
+    from spinegrade.io import dicom
+
+    write_series(tmp_path / "study" / "a" / "x", 2)
+    write_series(tmp_path / "study" / "b", 2, series_uid="1.2.3.99", origin=(0, 0, 40))
+    listing = os.scandir
+
+    def scandir(path):  # as for a folder without read permission (root reads anything, so it is simulated)
+        if str(path).endswith("locked"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return listing(path)
+
+    (tmp_path / "study" / "a" / "locked").mkdir()
+    monkeypatch.setattr(dicom.os, "scandir", scandir)
+    study = load_study(tmp_path / "study")
+    assert sum(s.n_slices for s in study.series) == 4
+    assert _reasons(study.skipped) == {"locked": "folder cannot be read: Permission denied"}

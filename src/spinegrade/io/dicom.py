@@ -247,20 +247,42 @@ _LINK_TO_FOLDER = "symbolic link to a folder: not followed"
 def _list_files(root: Path, tree: Path) -> tuple[list[Path], list[SkippedFile]]:
     """Every regular file under root, sorted, and the entries that are not read: links to folders, links
     leading outside `tree` (the resolved study folder), anything that is not a regular file (a FIFO would
-    block the reader). Hidden files and folders (.DS_Store, .git) are not data."""
-    out, skipped = [], []
-    for dirpath, dirnames, filenames in os.walk(root):  # followlinks=False: links to folders are not entered
-        here = Path(dirpath)
-        skipped += [SkippedFile(str(here / d), _LINK_TO_FOLDER) for d in sorted(dirnames, key=_natural_key)
-                    if not d.startswith(".") and (here / d).is_symlink()]
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and not (here / d).is_symlink())
-        for f in sorted((f for f in filenames if not f.startswith(".")), key=_natural_key):
-            why = _file_problem(here / f, tree)
+    block the reader). Hidden files and folders (.DS_Store, .git) are not data. Folders are visited as os.walk
+    visits them (a folder's files, then its subfolders in name order); a plain file costs no system call here
+    (the directory listing says what it is)."""
+    out: list[Path] = []
+    skipped: list[SkippedFile] = []
+
+    def visit(here: Path) -> None:
+        try:
+            with os.scandir(here) as listing:
+                entries = [e for e in listing if not e.name.startswith(".")]
+        except OSError as e:  # a folder that cannot be listed (permissions): said, and the rest still read
+            skipped.append(SkippedFile(str(here), f"folder cannot be read: {e.strerror or e}"))
+            return
+        folders = [e for e in entries if _entry_is_dir(e)]
+        skipped.extend(SkippedFile(str(here / e.name), _LINK_TO_FOLDER)
+                       for e in sorted(folders, key=lambda e: _natural_key(e.name)) if e.is_symlink())
+        for e in sorted((e for e in entries if not _entry_is_dir(e)), key=lambda e: _natural_key(e.name)):
+            path = here / e.name
+            why = None if e.is_file(follow_symlinks=False) else _file_problem(path, tree)
             if why:
-                skipped.append(SkippedFile(str(here / f), why))
+                skipped.append(SkippedFile(str(path), why))
             else:
-                out.append(here / f)
+                out.append(path)
+        for e in sorted((e for e in folders if not e.is_symlink()), key=lambda e: e.name):
+            visit(here / e.name)
+
+    visit(root)
     return out, skipped
+
+
+def _entry_is_dir(e: os.DirEntry) -> bool:
+    """A folder, or a link to one, as os.walk counts folders (an entry it cannot stat is not one)."""
+    try:
+        return e.is_dir()
+    except OSError:
+        return False
 
 
 def _file_problem(path: Path, tree: Path) -> str | None:
@@ -447,14 +469,14 @@ def _read_header_fast(path: Path, max_pixels: int, with_pixels: bool) -> _Slice 
     """A single-frame file that `scan` reads and that passes every check of the pydicom route, as a slice whose
     header is a `scan.FlatHeader`; None sends the file down the pydicom route, which names any problem."""
     try:
-        size = path.stat().st_size
-        if not 0 < size <= scan.MAX_FILE_BYTES:
-            return None
         with open(path, "rb") as fp:
+            if os.fstat(fp.fileno()).st_size > scan.MAX_FILE_BYTES:
+                return None
             data = fp.read()
     except OSError:
         return None
-    found = scan.scan(data) if len(data) == size else None
+    size = len(data)
+    found = scan.scan(data) if size <= scan.MAX_FILE_BYTES else None
     if found is None:
         return None
     ds = found.header
@@ -633,10 +655,12 @@ def _floats(v, n: int) -> np.ndarray | None:
         return None
     values = [v] if isinstance(v, (str, bytes, int, float)) else list(v)
     try:
-        a = np.asarray([float(x) for x in values], dtype=np.float64)
+        floats = [float(x) for x in values]
     except (TypeError, ValueError):
         return None
-    return a if a.size == n and np.all(np.isfinite(a)) else None
+    if len(floats) != n or not all(map(math.isfinite, floats)):
+        return None
+    return np.array(floats, dtype=np.float64)
 
 
 def _in_group(item: Dataset, group: str, keyword: str):
@@ -973,14 +997,11 @@ def _full_header(s: _Slice) -> Dataset:
 
 def _to_series(g: _Group, study_id: str, series_id: str, source_id: str) -> Series:
     first = g.slices[0]
-    try:  # the tags read once per series come from this header alone
-        header = first.ds = _full_header(first)
-    except (KeyboardInterrupt, SystemExit):
-        raise
-    except Exception as e:  # noqa: BLE001 - the file changed since it was read
-        first.problems.append(f"series tags unread: {first.path.name} became unreadable ({_first_line(e)})")
-        header = Dataset()
-    first.problems += _drop_damaged(header)
+    # The tags read once per series come from this header alone. The fast route read them from the file
+    # already, and accepts no file with an element pydicom could not decode; other headers are decoded now.
+    header = first.ds
+    if not isinstance(header, scan.FlatHeader):
+        first.problems += _drop_damaged(header)
     notes = list(g.notes)
     for problem in sorted({p for s in g.slices for p in s.problems}):
         notes.append(f"{problem} in some files")
@@ -1046,7 +1067,7 @@ def _plain_tags(ds: Dataset) -> dict:
             out[kw] = float(v)
         elif isinstance(v, int):
             out[kw] = int(v)
-        elif isinstance(v, pydicom.multival.MultiValue):
+        elif isinstance(v, (pydicom.multival.MultiValue, list)):  # a list: a FlatHeader's several values
             out[kw] = [str(x) for x in v]
         else:
             out[kw] = str(v)

@@ -38,6 +38,10 @@ _VRS = frozenset({
     "AE", "AS", "AT", "CS", "DA", "DS", "DT", "FD", "FL", "IS", "LO", "LT", "OB", "OD", "OF", "OL", "OV", "OW",
     "PN", "SH", "SL", "SQ", "SS", "ST", "SV", "TM", "UC", "UI", "UL", "UN", "UR", "US", "UT", "UV",
 })
+_VR_BYTES = frozenset(v.encode("ascii") for v in _VRS)
+_HEAD = struct.Struct("<HH2sH")  # tag, VR, the length of a VR with a 2-byte length
+_LONG_LENGTH = struct.Struct("<I")
+_LONG_VR_BYTES = frozenset(v.encode("ascii") for v in _LONG_VRS)
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 RLE_LOSSLESS = "1.2.840.10008.1.2.5"
 # Files above this size go the pydicom route: the fast one holds the whole file in memory.
@@ -54,6 +58,21 @@ _CS = ("PhotometricInterpretation",)
 # Sequences the reader reads (a flat dataset has none: any sequence sends a file the pydicom route).
 _SQ = ("PerFrameFunctionalGroupsSequence", "SharedFunctionalGroupsSequence")
 _META_UI = ("TransferSyntaxUID", "MediaStorageSOPClassUID")
+# The acquisition tags a series keeps (`dicom._TAG_KEYWORDS` less those above), read from its first file; "CS+"
+# may hold several values. Empty is allowed here, and given as "" (pydicom gives "" too).
+_SERIES_TAGS = {
+    "SeriesDescription": "LO", "ProtocolName": "LO", "Modality": "CS", "Manufacturer": "LO",
+    "MagneticFieldStrength": "DS", "EchoTime": "DS", "RepetitionTime": "DS", "InversionTime": "DS",
+    "FlipAngle": "DS", "ScanningSequence": "CS+", "SequenceVariant": "CS+", "ScanOptions": "CS+",
+    "SequenceName": "SH", "ImageType": "CS+", "SliceThickness": "DS", "SpacingBetweenSlices": "DS",
+    "StudyInstanceUID": "UI", "FrameOfReferenceUID": "UI",
+}
+# Where an enhanced file keeps its acquisition tags: at the top level of a classic file they are read by a route
+# of the reader that this one does not take (`dicom._ENHANCED_TAGS`), so their presence sends the file to pydicom.
+_ENHANCED_ONLY = ("EffectiveEchoTime", "InversionTimes")
+# Binary VRs whose values pydicom unpacks: a length that is not a whole number of values fails there (the
+# pydicom route drops the element with a note), so such a file is left to it.
+_VALUE_SIZE = {b"US": 2, b"SS": 2, b"UL": 4, b"SL": 4, b"FL": 4, b"FD": 8, b"AT": 4, b"SV": 8, b"UV": 8}
 _INTEGER = re.compile(r"0|-?[1-9][0-9]*")
 _UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 
@@ -66,8 +85,10 @@ def _tags(keywords) -> dict[int, str]:
 
 @functools.lru_cache(maxsize=1)
 def _wanted() -> dict[int, tuple[str, str]]:
-    """tag -> (keyword, VR it must have) for the dataset elements the reader uses."""
-    out = {}
+    """tag -> (keyword, what it must be) for the dataset elements the reader uses: a VR (a value the reader
+    reads from every file), "tag:<VR>" (a series tag) or "absent"."""
+    out = {t: (k, f"tag:{_SERIES_TAGS[k]}") for t, k in _tags(_SERIES_TAGS).items()}
+    out.update({t: (k, "absent") for t, k in _tags(_ENHANCED_ONLY).items()})
     for vr, keywords in (("US", _US), ("IS", _IS), ("DS", _DS), ("UI", _UI), ("CS", _CS)):
         out.update({t: (k, vr) for t, k in _tags(keywords).items()})
     return out
@@ -129,7 +150,7 @@ class FlatHeader:
         return value
 
 
-_ALL_KEYWORDS = frozenset(_US + _IS + _DS + _UI + _CS + _SQ + _META_UI)
+_ALL_KEYWORDS = frozenset(_US + _IS + _DS + _UI + _CS + _SQ + _META_UI + tuple(_SERIES_TAGS))
 
 
 class Scanned:
@@ -167,9 +188,9 @@ def _elements(data: bytes, pos: int, wanted: dict, meta: bool) -> tuple[dict, fr
     """Walk a group of elements from `pos`: the file meta (group 2) or the dataset up to Pixel Data. Returns
     (the wanted values by keyword, every tag seen, where the walk stopped) or None for anything unusual."""
     end, values, seen, last = len(data), {}, [], -1
-    unpack = struct.unpack_from
+    head, long_length = _HEAD.unpack_from, _LONG_LENGTH.unpack_from
     while pos + 8 <= end:
-        group, element = unpack("<HH", data, pos)
+        group, element, vr, length = head(data, pos)  # length: the 2-byte one, right for most VRs
         tag = group << 16 | element
         if meta and group != 2:
             break
@@ -177,26 +198,22 @@ def _elements(data: bytes, pos: int, wanted: dict, meta: bool) -> tuple[dict, fr
             break
         if tag in _FLOAT_PIXEL_DATA:
             return None
-        if tag <= last or (not meta and group <= 2) or group == 0xFFFE:
+        if tag <= last or (not meta and group <= 2) or group == 0xFFFE or vr not in _VR_BYTES:
             return None
-        try:
-            vr = data[pos + 4:pos + 6].decode("ascii")
-        except UnicodeDecodeError:
-            return None
-        if vr not in _VRS:
-            return None
-        if vr in _LONG_VRS:
+        if vr in _LONG_VR_BYTES:
             if pos + 12 > end:
                 return None
-            length, pos = unpack("<I", data, pos + 8)[0], pos + 12
+            length, pos = long_length(data, pos + 8)[0], pos + 12
         else:
-            length, pos = unpack("<H", data, pos + 6)[0], pos + 8
-        if vr == "SQ" or length == 0xFFFFFFFF or pos + length > end:
+            pos += 8
+        if vr == b"SQ" or length == 0xFFFFFFFF or pos + length > end:
             return None  # a sequence: pydicom's route decodes its items (and says which are damaged)
+        if length % _VALUE_SIZE.get(vr, 1):
+            return None
         want = wanted.get(tag)
         if want is not None:
             keyword, need = want
-            value = _convert(data[pos:pos + length], vr, need)
+            value = _convert(data[pos:pos + length], vr.decode("ascii"), need)
             if value is None:
                 return None
             values[keyword] = value
@@ -210,6 +227,8 @@ def _elements(data: bytes, pos: int, wanted: dict, meta: bool) -> tuple[dict, fr
 
 def _convert(raw: bytes, vr: str, need: str):
     """A value in its canonical form, or None (the pydicom route then reads it, and drops it if damaged)."""
+    if need.startswith("tag:"):
+        return _series_tag(raw, vr, need[4:])
     if vr != need or not raw:
         return None
     if vr == "US":
@@ -236,6 +255,28 @@ def _convert(raw: bytes, vr: str, need: str):
     if len(floats) != len(parts):
         return None
     return floats[0] if len(floats) == 1 else floats
+
+
+def _series_tag(raw: bytes, vr: str, need: str):
+    """A series tag as `dicom._plain_tags` gets it from pydicom ("" when empty, a list when several values),
+    or None where the two might differ: another VR, bytes outside printable ASCII (pydicom would decode them
+    with the file's character set), more than one value where one is allowed, spaces inside a list."""
+    if vr != need.rstrip("+") or not all(0x20 <= b < 0x7F for b in raw.rstrip(b"\0" if vr == "UI" else b"")):
+        return None
+    text = raw.decode("ascii").rstrip("\0 " if vr == "UI" else " ")
+    if not text:
+        return ""
+    if vr == "UI":
+        return text if " " not in text and "\\" not in text else None
+    if "\\" in text:
+        parts = text.split("\\")
+        return parts if need == "CS+" and all(p and p == p.strip() for p in parts) else None
+    if vr == "DS":
+        try:
+            return float(text)
+        except ValueError:
+            return None
+    return text
 
 
 # --- pixels ------------------------------------------------------------------------------------------------
