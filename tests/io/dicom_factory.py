@@ -232,3 +232,16 @@ def to_enhanced_mr(files, out_path) -> Path:
     out_path.parent.mkdir(parents=True, exist_ok=True)
     base.save_as(out_path, enforce_file_format=True)
     return out_path
+
+
+def damage(good: bytes, edits, cut: int | None, tail: bytes = b"") -> bytes:
+    """A file's bytes with `edits` ((offset, bytes) pairs, offsets taken modulo the length) written over them,
+    then cut to `cut` bytes (modulo the length + 1) when given, then `tail` appended: the property tests'
+    damaged file."""
+    b = bytearray(good)
+    for at, data in edits:
+        at %= len(b)
+        b[at:at + len(data)] = data
+    if cut is not None:
+        b = b[:cut % (len(b) + 1)]
+    return bytes(b) + tail

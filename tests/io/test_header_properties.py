@@ -7,7 +7,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from dicom_factory import make_dataset, slice_pixels, write_dicom
+from dicom_factory import damage, make_dataset, slice_pixels, write_dicom
 from spinegrade.io.dicom import _pydicom_header, _read_header, load_series
 from spinegrade.io.scan import FlatHeader
 from spinegrade.io.types import SkippedFile
@@ -26,14 +26,8 @@ def good_bytes(tmp_path_factory) -> bytes:
 @given(edits=st.lists(st.tuples(st.integers(0, 10_000), st.binary(min_size=1, max_size=6)), max_size=6),
        cut=st.one_of(st.none(), st.integers(0, 10_000)), tail=st.binary(max_size=32))
 def test_damaged_files_give_a_slice_or_a_reason(tmp_path, good_bytes, edits, cut, tail):
-    b = bytearray(good_bytes)
-    for at, data in edits:
-        at %= len(b)
-        b[at:at + len(data)] = data
-    if cut is not None:
-        b = b[:cut % (len(b) + 1)]
     path = tmp_path / "f.dcm"
-    path.write_bytes(bytes(b) + tail)
+    path.write_bytes(damage(good_bytes, edits, cut, tail))
     r = _read_header(path, max_pixels=10**6)
     if isinstance(r, SkippedFile):
         assert r.path == str(path) and r.reason

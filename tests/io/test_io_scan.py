@@ -11,6 +11,7 @@ from dicom_factory import (
     GDCM_ENCODED,
     PYDICOM_ENCODED,
     SAGITTAL,
+    damage,
     make_dataset,
     slice_pixels,
     to_enhanced_mr,
@@ -214,14 +215,8 @@ def good_files(tmp_path_factory) -> dict[str, bytes]:
        edits=st.lists(st.tuples(st.integers(0, 10_000), st.binary(min_size=1, max_size=4)), max_size=4),
        cut=st.one_of(st.none(), st.integers(0, 10_000)))
 def test_a_damaged_file_read_fast_reads_as_pydicom_reads_it(tmp_path, monkeypatch, good_files, kind, edits, cut):
-    b = bytearray(good_files[kind])
-    for at, data in edits:
-        at %= len(b)
-        b[at:at + len(data)] = data
-    if cut is not None:
-        b = b[:cut % (len(b) + 1)]
     path = tmp_path / "f.dcm"
-    path.write_bytes(bytes(b))
+    path.write_bytes(damage(good_files[kind], edits, cut))
     fast = _read_header_fast(path, 10**6, True)
     if fast is None:
         return  # the pydicom route reads it: nothing of the fast route's to compare

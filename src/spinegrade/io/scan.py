@@ -2,19 +2,22 @@
 
 pydicom builds a Dataset of every element, converts values on access through several layers, and its pixel
 decoders validate and dispatch on every call; for the small anonymised single-frame files of the RSNA data that
-costs more than decoding their pixels. `scan` reads a file that is plainly well formed (a 'DICM' preamble, an
-explicit-VR little-endian transfer syntax, native or encapsulated; a flat dataset, no sequence, of known VRs
-whose lengths fit the file; the elements the reader uses in their standard VR and canonical form) and returns a
-`FlatHeader` with those values, or None.
+costs more than decoding their pixels. `scan` reads a file that is plainly well formed and returns a
+`FlatHeader` with the values the reader uses (geometry, pixel description, identity, and the acquisition tags a
+series keeps from its first file), or None. Plainly well formed means: a 'DICM' preamble; an explicit-VR
+little-endian transfer syntax, native or encapsulated; a flat dataset (no sequence) of known VRs whose lengths
+fit the file, binary values whole; the values the reader uses in their standard VR and a canonical form (plain
+ASCII, integers without sign or leading zero, and so on).
 
 None is not an error: it sends the file down the pydicom route, which reads anything pydicom can and names
 what is wrong with a damaged file. So every skipped file, every damaged element, every implicit-VR, sequence,
 multi-frame or big-endian header takes the route it always took, and this module only has to be right about
 the files it accepts. On those the two routes agree by construction: for an explicit-VR flat header the pydicom
-route too decodes only the elements the reader uses and checks the VRs of the rest. Implicit-VR files stay with
-pydicom because its route decodes every element of them (their VRs are not in the file), and sequences because
-it decodes their items. `tests/io/test_io_scan.py` checks that both routes give the same series on every corpus
-the tests build, and on randomly damaged files.
+route too decodes only the elements the reader uses and checks the VRs of the rest, and a series' first header,
+which it decodes whole, has nothing pydicom could fail on (text stays text, binary values are whole). Implicit-VR
+files stay with pydicom because its route decodes every element of them (their VRs are not in the file), and
+sequences because it decodes their items. `tests/io/test_io_scan.py` checks that both routes give the same series
+on every corpus the tests build, the real studies and randomly damaged files.
 
 `decode_fast` decodes native and RLE pixel data the way pydicom's decoders do (the pylibjpeg RLE plugin, the
 unused high bits masked or sign-extended), or returns None for anything else (other codecs, unusual bit
