@@ -242,7 +242,23 @@ def test_a_damaged_file_read_fast_reads_as_pydicom_reads_it(tmp_path, monkeypatc
 @pytest.mark.skipif(not TWO_STUDIES.exists(), reason=f"real RSNA studies not found at {TWO_STUDIES}")
 def test_the_real_studies_read_the_same_and_fast(monkeypatch):
     for study in sorted((TWO_STUDIES / "train_images").iterdir()):
-        fast, slow = both_routes(monkeypatch, lambda: load_study(study, stored=True))
+        fast, slow = both_routes(monkeypatch, lambda study=study: load_study(study, stored=True))
         assert_same_study(fast, slow)
         assert all(routes_taken(study).values())
 
+
+def test_the_scans_tag_numbers_are_pydicoms():
+    from pydicom.datadict import tag_for_keyword
+
+    assert {k: tag_for_keyword(k) for k in scan.TAGS} == scan.TAGS
+
+
+def test_the_scans_transfer_syntaxes_answer_as_pydicoms_uid():
+    from pydicom.uid import UID
+
+    for uid in sorted(scan._ENCAPSULATED | {scan.EXPLICIT_LE}):
+        mine, theirs = scan.syntax(uid), UID(uid)
+        assert mine == theirs and mine.name == theirs.name
+        for prop in ("is_implicit_VR", "is_little_endian", "is_deflated", "is_compressed", "is_encapsulated"):
+            assert getattr(mine, prop) == getattr(theirs, prop), (uid, prop)
+    assert scan.syntax("1.2.840.10008.1.2") is None and scan.syntax("1.2.840.10008.1.2.1.99") is None

@@ -25,19 +25,21 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pydicom
-from pydicom.dataelem import DataElement
-from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
-from pydicom.uid import UID
-from pydicom.valuerep import VR
 
 from ..errors import DataError
 from ..geometry import SeriesGeometry
 from . import scan
 from .types import Series, SkippedFile, StoredPixels, Study, to_float
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+    from pydicom.uid import UID
+
+# pydicom is imported where a file takes its route (any file the fast route, `scan`, does not read): a batch of
+# well-formed files never imports it, which is 0.3-0.6 s of a cold start.
 
 # Slices of one stack repeat their ImageOrientationPatient exactly on every scanner we have seen; 0.1 degree
 # absorbs rounding of the written values. The RSNA axial series hold one stack per disc level, planned
@@ -67,8 +69,21 @@ _READ_KEYWORDS = (
     "SamplesPerPixel", "PhotometricInterpretation", "PlanarConfiguration", "NumberOfFrames", "Rows", "Columns",
     "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation",
 )
-_READ_TAGS = frozenset(pydicom.datadict.tag_for_keyword(k) for k in _READ_KEYWORDS)
-_DICOM_VRS = frozenset(v.value for v in VR)
+
+
+@functools.lru_cache(maxsize=1)
+def _read_tags() -> frozenset:
+    from pydicom.datadict import tag_for_keyword
+
+    return frozenset(tag_for_keyword(k) for k in _READ_KEYWORDS)
+
+
+@functools.lru_cache(maxsize=1)
+def _dicom_vrs() -> frozenset:
+    from pydicom.valuerep import VR
+
+    return frozenset(v.value for v in VR)
+
 # The end marker of encapsulated (compressed) pixel data: Sequence Delimitation Item, length 0.
 _SEQ_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
 _PIXEL_DATA_TAG = 0x7FE00010
@@ -402,6 +417,11 @@ def _read_header(path: Path, max_pixels: int, with_pixels: bool = False) -> _Sli
         fast = _read_header_fast(path, max_pixels, with_pixels)
         if fast is not None:
             return fast
+    import pydicom
+    from pydicom.dataset import Dataset
+    from pydicom.errors import InvalidDicomError
+    from pydicom.uid import UID
+
     try:
         size = path.stat().st_size
         if size == 0:
@@ -488,8 +508,8 @@ def _read_header_fast(path: Path, max_pixels: int, with_pixels: bool) -> _Slice 
     problem, data_length, value = _pixel_data_problem(fp, ds, size)
     ts = _transfer_syntax(ds)
     if problem or value is None or _size_problem(ds, ts, data_length, max_pixels) \
-            or (ts.is_compressed and _decoder(str(ts)) is None):
-        return None
+            or (ts.is_compressed and ts != scan.RLE_LOSSLESS and _decoder(str(ts)) is None):
+        return None  # (pydicom always has an RLE decoder: its own)
     s = _slice_from_header(path, ds)
     if with_pixels:
         at, vr, undefined = value
@@ -500,6 +520,9 @@ def _read_header_fast(path: Path, max_pixels: int, with_pixels: bool) -> _Slice 
 def _pydicom_header(path: Path, only_read: bool = False) -> tuple[Dataset, list[str]]:
     """pydicom's header of a file (no pixel data) with its elements decoded (`only_read`: as `_drop_damaged`
     says), damaged ones dropped, and what was dropped; raises on an unreadable file."""
+    import pydicom
+    from pydicom.dataset import Dataset
+
     with warnings.catch_warnings(), pydicom.config.disable_value_validation():
         warnings.simplefilter("ignore")
         ds = pydicom.dcmread(path, stop_before_pixels=True)
@@ -525,7 +548,7 @@ def _drop_damaged(ds: Dataset, only_read: bool = False) -> list[str]:
     for tag in list(ds.keys()):
         if only_read:
             vr = ds.get_item(tag).VR
-            if vr in _DICOM_VRS and vr != "SQ" and tag not in _READ_TAGS:
+            if vr in _dicom_vrs() and vr != "SQ" and tag not in _read_tags():
                 continue
         try:
             elem = ds[tag]
@@ -568,20 +591,27 @@ def _first_line(e: Exception) -> str:
     return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
 
 
-def _transfer_syntax(ds: Dataset) -> UID | None:
+def _transfer_syntax(ds: Dataset) -> UID | scan.Syntax | None:
+    """The file's transfer syntax: a `scan.Syntax` for a header the fast route read, else pydicom's UID."""
     meta = ds.get("file_meta")
     ts = meta.get("TransferSyntaxUID") if meta is not None else None
-    return _uid(str(ts)) if ts else None
+    if not ts:
+        return None
+    return scan.syntax(str(ts)) if isinstance(ds, scan.FlatHeader) else _uid(str(ts))
 
 
 @functools.lru_cache(maxsize=256)
 def _uid(text: str) -> UID:
+    from pydicom.uid import UID
+
     return UID(text)
 
 
 def _header_cut(ds: Dataset, size: int) -> bool:
     """Whether the last element read (of the file meta or the dataset) claims more bytes than the file has:
     pydicom keeps such a stub silently."""
+    from pydicom.dataset import Dataset
+
     for part in (ds.get("file_meta", Dataset()), ds):
         if not len(part):
             continue
@@ -769,8 +799,10 @@ def _decode_stored(s: _Slice, cache: dict | None = None) -> np.ndarray | Skipped
 @functools.lru_cache(maxsize=None)
 def _decoder(ts: str):
     """pydicom's decoder for a transfer syntax when one of its plugins is installed, else None."""
+    import pydicom.pixels
+
     try:
-        decoder = pydicom.pixels.get_decoder(UID(ts))
+        decoder = pydicom.pixels.get_decoder(_uid(ts))
     except NotImplementedError:
         return None
     return decoder if decoder.is_available else None
@@ -788,11 +820,22 @@ def _decode_options(ds: Dataset, ts: str) -> dict | None:
         return None
     return dict(values, rows=int(ds.Rows), columns=int(ds.Columns), samples_per_pixel=1,
                 number_of_frames=_int(ds.get("NumberOfFrames")) or 1, photometric_interpretation=photometric,
-                transfer_syntax_uid=UID(ts), pixel_keyword="PixelData")
+                transfer_syntax_uid=_uid(ts), pixel_keyword="PixelData")
 
 
 def _decode_file(s: _Slice) -> np.ndarray | SkippedFile:
-    ts = UID(s.transfer_syntax) if s.transfer_syntax else None
+    if s.raw is not None and isinstance(s.ds, scan.FlatHeader):  # the fast route's file: no pydicom
+        try:
+            arr = scan.decode_fast(s.raw[1], s.raw[2], s.transfer_syntax, s.ds)
+        except Exception:  # noqa: BLE001 - not expected; pydicom's decoder then decides, and says why
+            arr = None
+        if arr is not None:
+            s.raw = None
+            return arr
+    import pydicom
+    from pydicom.dataelem import DataElement
+
+    ts = _uid(s.transfer_syntax) if s.transfer_syntax else None
     what = ts.name if ts else "unknown transfer syntax"
     try:
         with warnings.catch_warnings():
@@ -805,10 +848,6 @@ def _decode_file(s: _Slice) -> np.ndarray | SkippedFile:
             # the decoder takes them with the pixel description from that header (the dataset's own route
             # decodes the same bytes the same way, after reading that description again element by element)
             vr, value, undefined = s.raw
-            if isinstance(s.ds, scan.FlatHeader):
-                arr = scan.decode_fast(value, undefined, s.transfer_syntax, s.ds)
-                if arr is not None:
-                    return arr
             decoder = _decoder(s.transfer_syntax) if ts else None
             options = _decode_options(s.ds, s.transfer_syntax) if decoder is not None else None
             if options is not None:
@@ -1053,13 +1092,19 @@ _ENHANCED_TAGS = {
 
 def _plain_tags(ds: Dataset) -> dict:
     """The acquisition tags present, as JSON-ready values (numbers as float/int, multi-values as lists)."""
+    if isinstance(ds, scan.FlatHeader):
+        several: type | tuple = list  # its values with several parts; and pydicom stays unimported
+    else:
+        from pydicom.multival import MultiValue
+
+        several = (MultiValue, list)
     out = {}
     for kw in _TAG_KEYWORDS:
         v = ds.get(kw)
         if v is None and kw in _ENHANCED_TAGS:
             group, inner = _ENHANCED_TAGS[kw]
             v = _find(ds, inner, group)
-            if isinstance(v, pydicom.multival.MultiValue):
+            if isinstance(v, several):
                 v = v[0] if len(v) else None
         if v is None or v == "":
             continue
@@ -1067,7 +1112,7 @@ def _plain_tags(ds: Dataset) -> dict:
             out[kw] = float(v)
         elif isinstance(v, int):
             out[kw] = int(v)
-        elif isinstance(v, (pydicom.multival.MultiValue, list)):  # a list: a FlatHeader's several values
+        elif isinstance(v, several):
             out[kw] = [str(x) for x in v]
         else:
             out[kw] = str(v)
