@@ -195,7 +195,7 @@ def test_each_file_parsed_once_and_a_rerun_decodes_nothing(synth_cohort, tmp_pat
         return call
 
     monkeypatch.setattr(dicom.scan, "scan", counted("scan", scan))
-    monkeypatch.setattr(dicom.pydicom, "dcmread", counted("parse", parse))
+    monkeypatch.setattr(pydicom, "dcmread", counted("parse", parse))
     monkeypatch.setattr(dicom, "_decode_file", counted("decode", decode))
     n_files = len(list((synth_cohort / "train_images").rglob("*.dcm")))
     cache = tmp_path / "cache"
