@@ -500,12 +500,12 @@ def _read_header_fast(path: Path, max_pixels: int, with_pixels: bool) -> _Slice 
     found = scan.scan(data) if size <= scan.MAX_FILE_BYTES else None
     if found is None:
         return None
-    ds = found.header
+    ds, pixel_at = found
     if "Rows" not in ds or "Columns" not in ds or (ds.get("NumberOfFrames") or 1) != 1 \
             or (ds.get("SamplesPerPixel") or 1) != 1:
         return None
     fp = io.BytesIO(data)
-    fp.seek(found.pixel_at)
+    fp.seek(pixel_at)
     problem, data_length, value = _pixel_data_problem(fp, ds, size)
     ts = _transfer_syntax(ds)
     if problem or value is None or _size_problem(ds, ts, data_length, max_pixels) \

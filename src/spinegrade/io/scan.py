@@ -36,15 +36,10 @@ _PREAMBLE = 128
 _PIXEL_DATA = 0x7FE00010
 _FLOAT_PIXEL_DATA = (0x7FE00008, 0x7FE00009)  # where pydicom's header read stops too: not our kind of pixels
 # Explicit VR with a 2-byte reserved field and a 4-byte length (PS3.5 7.1.2); every other VR has a 2-byte length.
-_LONG_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"})
-_VRS = frozenset({
-    "AE", "AS", "AT", "CS", "DA", "DS", "DT", "FD", "FL", "IS", "LO", "LT", "OB", "OD", "OF", "OL", "OV", "OW",
-    "PN", "SH", "SL", "SQ", "SS", "ST", "SV", "TM", "UC", "UI", "UL", "UN", "UR", "US", "UT", "UV",
-})
-_VR_BYTES = frozenset(v.encode("ascii") for v in _VRS)
+_LONG_VR_BYTES = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())
+_VR_BYTES = _LONG_VR_BYTES | frozenset(b"AE AS AT CS DA DS DT FD FL IS LO LT PN SH SL SS ST TM UI UL US".split())
 _HEAD = struct.Struct("<HH2sH")  # tag, VR, the length of a VR with a 2-byte length
 _LONG_LENGTH = struct.Struct("<I")
-_LONG_VR_BYTES = frozenset(v.encode("ascii") for v in _LONG_VRS)
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 RLE_LOSSLESS = "1.2.840.10008.1.2.5"
 # Files above this size go the pydicom route: the fast one holds the whole file in memory.
@@ -104,20 +99,15 @@ def _tags(keywords) -> dict[int, str]:
     return {TAGS[k]: k for k in keywords}
 
 
-@functools.lru_cache(maxsize=1)
-def _wanted() -> dict[int, tuple[str, str]]:
-    """tag -> (keyword, what it must be) for the dataset elements the reader uses: a VR (a value the reader
-    reads from every file), "tag:<VR>" (a series tag) or "absent"."""
-    out = {t: (k, f"tag:{_SERIES_TAGS[k]}") for t, k in _tags(_SERIES_TAGS).items()}
-    out.update({t: (k, "absent") for t, k in _tags(_ENHANCED_ONLY).items()})
-    for vr, keywords in (("US", _US), ("IS", _IS), ("DS", _DS), ("UI", _UI), ("CS", _CS)):
-        out.update({t: (k, vr) for t, k in _tags(keywords).items()})
-    return out
-
-
-@functools.lru_cache(maxsize=1)
-def _meta_wanted() -> dict[int, tuple[str, str]]:
-    return {t: (k, "UI") for t, k in _tags(_META_UI).items()}
+# tag -> (keyword, what it must be) for the dataset elements the reader uses: a VR (a value the reader reads from
+# every file), "tag:<VR>" (a series tag) or "absent"; and the same for the file meta.
+_WANTED = {
+    **{t: (k, f"tag:{_SERIES_TAGS[k]}") for t, k in _tags(_SERIES_TAGS).items()},
+    **{t: (k, "absent") for t, k in _tags(_ENHANCED_ONLY).items()},
+    **{t: (k, vr) for vr, keywords in (("US", _US), ("IS", _IS), ("DS", _DS), ("UI", _UI), ("CS", _CS))
+       for t, k in _tags(keywords).items()},
+}
+_META_WANTED = {t: (k, "UI") for t, k in _tags(_META_UI).items()}
 
 
 # The encapsulated transfer syntaxes of still images that the fast route reads (explicit VR little endian, as
@@ -198,35 +188,26 @@ class FlatHeader:
 _ALL_KEYWORDS = frozenset(_US + _IS + _DS + _UI + _CS + _SQ + _META_UI + tuple(_SERIES_TAGS))
 
 
-class Scanned:
-    """A scanned file: its header, the file's bytes and where its Pixel Data element starts (at its tag)."""
-
-    __slots__ = ("data", "header", "pixel_at")
-
-    def __init__(self, header: FlatHeader, data: bytes, pixel_at: int):
-        self.header, self.data, self.pixel_at = header, data, pixel_at
-
-
-def scan(data: bytes) -> Scanned | None:
-    """Scan a whole file's bytes; None where the pydicom route must read it (see the module doc)."""
+def scan(data: bytes) -> tuple[FlatHeader, int] | None:
+    """Scan a whole file's bytes: its header and where its Pixel Data element starts (at its tag), or None where
+    the pydicom route must read it (see the module doc)."""
     if len(data) < _PREAMBLE + 4 or data[_PREAMBLE:_PREAMBLE + 4] != b"DICM":
         return None
-    meta = _elements(data, _PREAMBLE + 4, _meta_wanted(), meta=True)
+    meta = _elements(data, _PREAMBLE + 4, _META_WANTED, meta=True)
     if meta is None:
         return None
     meta_values, meta_tags, pos = meta
     ts = meta_values.get("TransferSyntaxUID")
     if not ts or syntax(ts) is None:
         return None
-    body = _elements(data, pos, _wanted(), meta=False)
+    body = _elements(data, pos, _WANTED, meta=False)
     if body is None:
         return None
     values, tags, pos = body
     group, element = struct.unpack_from("<HH", data, pos)
     if group << 16 | element != _PIXEL_DATA:
         return None  # no Pixel Data element where the header ends: the pydicom route says what is there
-    header = FlatHeader(values, tags, FlatHeader(meta_values, meta_tags))
-    return Scanned(header, data, pos)
+    return FlatHeader(values, tags, FlatHeader(meta_values, meta_tags)), pos
 
 
 def _elements(data: bytes, pos: int, wanted: dict, meta: bool) -> tuple[dict, frozenset, int] | None:
