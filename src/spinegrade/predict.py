@@ -203,9 +203,18 @@ class Predictor:
             findings = [got.get((f.condition, f.level), f) for f in findings]
             points = [p for p in points if vocab.CONDITION_BY_KEY[p.condition].family != vocab.FORAMINAL
                       or (p.condition, p.level) not in got] + fpoints
-        if self.run_dir is not None:  # every graded finding names its model, the run's own grader too
-            from dataclasses import replace
+        from dataclasses import replace
 
+        bad = {(f.condition, f.level) for f in findings if not np.all(np.isfinite(f.probs))}
+        if bad:  # never a NaN in a submission: a model that answered one (inputs it never saw) gives way
+            prior = {(f.condition, f.level): f.probs for f in self._prior_findings()}
+            if self.grader is not None:
+                prior.update({(c, lv): self.grader.prior(vocab.CONDITION_BY_KEY[c].family) for c, lv in bad})
+            findings = [replace(f, probs=list(prior[(f.condition, f.level)]), source="prior", model="")
+                        if (f.condition, f.level) in bad else f for f in findings]
+            warnings.append(f"{len(bad)} grade(s) came out of the model as NaN or infinite: the training prior "
+                            "used instead")
+        if self.run_dir is not None:  # every graded finding names its model, the run's own grader too
             run_name = Path(self.run_dir).name
             findings = [replace(f, model=run_name) if f.source == "model" and not f.model else f for f in findings]
         used: dict[str, set] = {}
@@ -213,7 +222,7 @@ class Predictor:
             used.setdefault(p.series_id, set()).add(vocab.CONDITION_BY_KEY[p.condition].family)
         series = [SeriesUse(s.series_id, s.role, s.role_reason, s.n_slices, sorted(used.get(s.series_id, ())))
                   for s in study.series]
-        n_prior = sum(f.source == "prior" for f in findings)
+        n_prior = sum(f.source == "prior" and (f.condition, f.level) not in bad for f in findings)
         skipped = [{"path": _relative(k.path, study.path), "reason": k.reason}
                    for k in [*study.skipped, *(k for s in study.series for k in s.skipped)]]
         if n_prior:

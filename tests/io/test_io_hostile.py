@@ -79,6 +79,28 @@ def test_zero_rows_is_skipped_not_decoded(tmp_path):
     assert _reasons(s.skipped)["zero.dcm"] == "no pixels: the header says 0 x 40"
 
 
+@pytest.mark.parametrize("fast", [True, False])
+def test_a_rescale_that_would_overflow_float32_is_ignored_and_said(tmp_path, monkeypatch, fast):
+    """RescaleSlope 1e308 is a finite double but inf in float32: every pixel became inf or NaN, and the models
+    answered NaN (a semantic fuzz of predict found it). Such a rescale, and one that is not a number, is ignored
+    and named in the series' notes; the pixels stay finite, and a sane rescale beside them is still applied."""
+    monkeypatch.setattr("spinegrade.io.dicom.FAST_ROUTE", fast)
+    px = [_ramp(k) for k in range(4)]
+    for k, (slope, intercept) in enumerate([("1e308", "0"), ("2", "-1e300"), ("nan", "5"), ("2", "5")]):
+        ds = make_dataset(px[k], position=(0.0, 0.0, 4.0 * k), instance=k + 1)
+        with pydicom.config.disable_value_validation():
+            ds.RescaleSlope, ds.RescaleIntercept = slope, intercept
+        write_dicom(tmp_path / "s" / f"{k}.dcm", ds)
+    (s,) = load_series(tmp_path / "s")
+    got = np.asarray(s.pixels)
+    assert s.n_slices == 4 and np.isfinite(got).all()
+    expected = [px[0], 2.0 * px[1], px[2] + 5.0, 2.0 * px[3] + 5.0]
+    assert all(np.array_equal(got[k], np.asarray(e, dtype=np.float32)) for k, e in enumerate(expected))
+    assert s.notes == ["RescaleIntercept -1e+300 ignored (rescaled pixels would overflow float32) in some files",
+                       "RescaleSlope 'nan' ignored (not a finite number) in some files",
+                       "RescaleSlope 1e+308 ignored (rescaled pixels would overflow float32) in some files"]
+
+
 def test_a_header_claiming_fewer_pixels_than_its_data_holds_is_skipped_not_scrambled(tmp_path):
     """32 x 40 pixels under a header saying 5 x 26: decoding the first 260 bytes as a 5 x 26 image would give a
     scrambled one (hypothesis found it in test_claimed_sizes_beyond_the_budget_are_never_decoded)."""

@@ -189,3 +189,29 @@ def test_an_interrupted_batch_leaves_outputs_complete_or_absent(sig, synth_cohor
         json.loads((out / "predictions.json").read_text())
     if sig == "SIGINT":
         assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]  # cleaned up on the way out
+
+
+def test_a_grader_answering_nan_gives_the_prior_and_says_so(study, tiny_run, tmp_path):
+    """A model whose output is NaN (here a grader with a NaN weight; in the field, inputs it never saw) must
+    not put a NaN into the submission: those grades are the run's training prior, with a warning."""
+    import math
+
+    import torch
+
+    from spinegrade import vocab
+    from spinegrade.predict import Predictor
+
+    run = shutil.copytree(tiny_run, tmp_path / "run")
+    ckpt_path = run / "grader" / vocab.SPINAL / "best.pt"
+    ckpt = torch.load(ckpt_path, weights_only=False)
+    name = next(k for k, v in ckpt["state_dict"].items() if v.is_floating_point() and v.ndim > 1)
+    ckpt["state_dict"][name].fill_(float("nan"))
+    torch.save(ckpt, ckpt_path)
+    pred = Predictor(run)
+    r = pred.predict_path(study)
+    spinal = [f for f in r.findings if vocab.CONDITION_BY_KEY[f.condition].family == vocab.SPINAL]
+    assert spinal and all(f.source == "prior" and f.probs == pred.grader.prior(vocab.SPINAL) for f in spinal)
+    assert all(math.isfinite(p) for f in r.findings for p in f.probs)
+    assert any(f.source == "model" for f in r.findings)  # the other families still graded
+    assert f"{len(spinal)} grade(s) came out of the model as NaN or infinite: the training prior used instead" \
+        in r.warnings

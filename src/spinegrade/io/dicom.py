@@ -92,6 +92,9 @@ _PIXEL_DATA_TAG = 0x7FE00010
 # bytes, and a forged one (65535 x 65535) would make the decoder allocate gigabytes. 2**27 is a 512 x 512
 # enhanced MR of 512 frames, more than any lumbar spine series. SPINEGRADE_MAX_PIXELS overrides it.
 DEFAULT_MAX_PIXELS = 2**27
+# The largest |RescaleSlope| or |RescaleIntercept| honoured: beyond it a stored value (up to 2**32) rescaled in
+# float32 (as `types.to_float` does) could overflow to inf, and the models would see NaN.
+_MAX_RESCALE = float(np.finfo(np.float32).max) / 2**33
 # How many decoded bytes one byte of compressed data can at most become, where the codec bounds it: an RLE
 # replicate run turns 2 bytes into at most 128, a JPEG Huffman code is at least 1 bit per sample (lossless) or
 # 2 bits per 8 x 8 block (DCT). JPEG-LS run mode and JPEG 2000 have no useful bound; the pixel budget holds.
@@ -735,10 +738,17 @@ def _slice_from_header(path: Path, ds: Dataset, frame: int | None = None) -> _Sl
         if sp is not None and np.all(sp > 0):
             spacing, source = (float(sp[0]), float(sp[1])), keyword
             break
-    slope = _floats(_find(ds, "RescaleSlope", "PixelValueTransformationSequence", frame), 1)
-    intercept = _floats(_find(ds, "RescaleIntercept", "PixelValueTransformationSequence", frame), 1)
-    rescale = (float(slope[0]) if slope is not None else 1.0, float(intercept[0]) if intercept is not None
-               else 0.0) if slope is not None or intercept is not None else None
+    rescale = None
+    for keyword, default in (("RescaleSlope", 1.0), ("RescaleIntercept", 0.0)):
+        raw = _find(ds, keyword, "PixelValueTransformationSequence", frame)
+        value = _floats(raw, 1)
+        if value is not None and abs(value[0]) > _MAX_RESCALE:
+            problems.append(f"{keyword} {value[0]:g} ignored (rescaled pixels would overflow float32)")
+        elif value is not None:
+            rescale = (1.0, 0.0) if rescale is None else rescale
+            rescale = (float(value[0]), rescale[1]) if keyword == "RescaleSlope" else (rescale[0], float(value[0]))
+        elif raw is not None and str(raw).strip():
+            problems.append(f"{keyword} {str(raw).strip()[:40]!r} ignored (not a finite number)")
     ts = _transfer_syntax(ds)
     # Frames of one file share its InstanceNumber; they are numbered 1..n in file order, as viewers do.
     instance = frame + 1 if frame is not None else _int(ds.get("InstanceNumber"))
