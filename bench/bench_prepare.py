@@ -7,7 +7,8 @@ For each data set it times, on the same files:
 - `prepare --workers 1` and `--workers 2` into fresh caches, and a re-run (which must decode nothing);
 - predict's read step (`load_study(stored=True)` on each study folder, as `Predictor.read` does);
 and prints each time with its speed against the loop (loop time / its time: above 1 is faster), then the
-cache's bytes per study against the study's uncompressed 16-bit pixel bytes (rows x cols x 2 per slice).
+cache's bytes per study against the study's uncompressed 16-bit pixel bytes (rows x cols x 2 per slice), and
+the machine's own ceiling for two workers (two pure-CPU jobs in two processes against both in one).
 
 Runs on the two real studies in ../shared/realdata (skipped with a message when absent) and on a synthetic
 cohort written to a temporary folder. Every timing is the best of `--repeat` rounds, each round timing every
@@ -48,6 +49,28 @@ def plain_loop(files: list[Path]) -> int:
             continue
         total += a.size * 2
     return total
+
+
+def _busy(n: int) -> int:
+    """Pure-Python CPU work (no memory traffic, no I/O): what two cores can at best do twice as fast."""
+    s = 0
+    for i in range(n):
+        s += i * i % 7
+    return s
+
+
+def two_process_speedup(repeat: int, n: int = 2_000_000) -> float:
+    """How many times faster two worker processes do two equal CPU-bound jobs than one process doing both, pool
+    start included, as prepare --workers 2 pays it: the most --workers 2 can gain on this machine."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    def two_workers():
+        with ProcessPoolExecutor(max_workers=2) as pool:
+            list(pool.map(_busy, [n, n]))
+
+    one = min(best(1, lambda: (_busy(n), _busy(n)))[0] for _ in range(repeat))
+    two = min(best(1, two_workers)[0] for _ in range(repeat))
+    return one / two
 
 
 def best(repeat: int, fn) -> tuple[float, object]:
@@ -121,8 +144,12 @@ def main() -> None:
         rows.append(measure(f"synthetic ({a.studies} studies)", tmp / "synth", a.repeat))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    ceiling = two_process_speedup(a.repeat)
     print(f"\n{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end; best of {a.repeat} runs. "
           "Speed = plain loop time / this time (above 1: faster than the loop).")
+    print(f"This machine's ceiling for two workers: two processes run two equal pure-CPU jobs {ceiling:.2f}x as "
+          "fast as one process runs both (pool start included); prepare --workers 2 can at best be that times "
+          "its --workers 1 speed.")
     print(f"{'data':<24}{'files':>6}{'loop s':>8}{'prep w1 s':>10}{'speed':>7}{'prep w2 s':>10}{'speed':>7}"
           f"{'read s':>8}{'speed':>7}{'re-run s':>9}{'decoded':>8}{'MB/study':>9}{'16-bit MB':>10}{'ratio':>7}")
     for r in rows:

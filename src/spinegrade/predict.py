@@ -393,10 +393,16 @@ def predict(input_path: Path, model: Path, out: Path, device: str = "cpu", stric
 
 
 def _write_srs(results: list[StudyResult], studies: list[Study], out: Path) -> None:
+    """Each study's DICOM SR; one that cannot be made (a source image without its UIDs, say) costs that SR, said
+    in the study's warnings, not the study's grades."""
     from .report.sr import write_sr
 
     for res, st in zip(results, studies):
-        write_sr(res, st, out / f"{res.study_id}_sr.dcm")
+        try:
+            write_sr(res, st, out / f"{res.study_id}_sr.dcm")
+        except Exception as e:  # noqa: BLE001 - the grades stand without their SR
+            why = str(e) if isinstance(e, SpinegradeError) else f"{type(e).__name__}: {e}"
+            res.warnings.append(f"no DICOM SR: {why}")
 
 
 def merge_shards(out: Path, strict: bool = False, report: bool = False, log=print, batch: dict | None = None,

@@ -101,6 +101,29 @@ def test_a_rescale_that_would_overflow_float32_is_ignored_and_said(tmp_path, mon
                        "RescaleSlope 1e+308 ignored (rescaled pixels would overflow float32) in some files"]
 
 
+@pytest.mark.parametrize("fast", [True, False])
+def test_a_decoder_failure_is_said_in_the_decoders_words(tmp_path, monkeypatch, fast):
+    """pydicom's own sentence, not "ValueError: ..." nor "exceptions were raised by all available plugins"; and
+    an RLE frame that overruns the header's size (pylibjpeg-rle panics) is named as such."""
+    monkeypatch.setattr("spinegrade.io.dicom.FAST_ROUTE", fast)
+    write_series(tmp_path / "s", 2, transfer_syntax=RLELossless)
+    for k, (kw, v) in enumerate((("BitsStored", 17), ("PhotometricInterpretation", "XYZ"), ("Rows", 31))):
+        ds = pydicom.dcmread(tmp_path / "s" / "1.dcm")
+        setattr(ds, kw, v)
+        ds.ImagePositionPatient, ds.SOPInstanceUID = [0, 0, 50 + k], pydicom.uid.generate_uid()
+        ds.save_as(tmp_path / "s" / f"{kw}.dcm")
+    (s,) = load_series(tmp_path / "s")
+    got = _reasons(s.skipped)
+    assert s.n_slices == 2 and len(got) == 3
+    assert got["BitsStored.dcm"] == ("could not decode pixel data (RLE Lossless): A (0028,0101) 'Bits Stored' value of "
+                                     "'17' is invalid, it must be in the range (1, 64) and no greater than the "
+                                     "(0028,0100) 'Bits Allocated' value of '16'")
+    assert got["PhotometricInterpretation.dcm"] == ("could not decode pixel data (RLE Lossless): Unknown (0028,0004) "
+                                                    "'Photometric Interpretation' value 'XYZ'")
+    assert got["Rows.dcm"].startswith("could not decode pixel data (RLE Lossless): the decoder failed on damaged or "
+                                      "mis-sized data (")
+
+
 def test_a_header_claiming_fewer_pixels_than_its_data_holds_is_skipped_not_scrambled(tmp_path):
     """32 x 40 pixels under a header saying 5 x 26: decoding the first 260 bytes as a 5 x 26 image would give a
     scrambled one (hypothesis found it in test_claimed_sizes_beyond_the_budget_are_never_decoded)."""

@@ -122,3 +122,28 @@ def test_predict_writes_report_and_sr_from_the_study_it_read(synth_cohort, tiny_
     assert "Research use only" in html and html.count("<img") >= 1
     sr = pydicom.dcmread(out / f"{study.name}_sr.dcm")
     assert sr.Modality == "SR" and str(sr.PatientID) == study.name
+
+
+def test_a_study_whose_sr_cannot_be_made_keeps_its_grades(synth_cohort, tiny_run, tmp_path):
+    """--dicom-sr on a study whose images lack StudyInstanceUID: the SR cannot reference them, so that study has no
+    SR and says why; its grades, report and the exit status are as without --dicom-sr (a semantic fuzz of predict
+    found the whole study dropped)."""
+    import json
+    import shutil
+
+    import pandas as pd
+    import pydicom
+
+    study = shutil.copytree(sorted((synth_cohort / "train_images").iterdir())[0], tmp_path / "study")
+    for f in study.rglob("*.dcm"):
+        ds = pydicom.dcmread(f)
+        del ds.StudyInstanceUID
+        ds.save_as(f)
+    out = tmp_path / "pred"
+    assert main(["predict", str(study), "--model", str(tiny_run), "--out", str(out), "--device", "cpu", "--report",
+                 "--dicom-sr", "--readers", "0"]) == 0
+    assert len(pd.read_csv(out / "submission.csv")) == 25 and (out / "report.html").is_file()
+    assert not list(out.glob("*_sr.dcm"))
+    (res,) = json.loads((out / "predictions.json").read_text())["studies"]
+    assert "no DICOM SR: a source image lacks SOP/Study/Series Instance UID: the SR could not reference it" \
+        in res["warnings"]

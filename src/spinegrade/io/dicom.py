@@ -595,6 +595,19 @@ def _first_line(e: Exception) -> str:
     return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
 
 
+def _decoder_message(e: BaseException) -> str:
+    """Why a decoder failed, in its words: pydicom's own sentences without the exception's class name (and, where
+    every plugin failed, the first plugin's reason rather than "exceptions were raised by all plugins")."""
+    lines = [x.strip() for x in str(e).strip().splitlines() if x.strip()]
+    if len(lines) > 1 and "all available plugins" in lines[0]:
+        return lines[1]
+    if lines and type(e) in (ValueError, AttributeError, RuntimeError, NotImplementedError):
+        return lines[0]
+    if type(e).__name__ == "PanicException":  # pylibjpeg-rle's Rust code overran its buffer
+        return f"the decoder failed on damaged or mis-sized data ({lines[0] if lines else 'a panic'})"
+    return _first_line(e)
+
+
 def _transfer_syntax(ds: Dataset) -> UID | scan.Syntax | None:
     """The file's transfer syntax: a `scan.Syntax` for a header the fast route read, else pydicom's UID."""
     meta = ds.get("file_meta")
@@ -873,7 +886,7 @@ def _decode_file(s: _Slice) -> np.ndarray | SkippedFile:
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException as e:  # plugins raise anything; pylibjpeg-rle even panics (a BaseException)
-        return SkippedFile(str(s.path), f"could not decode pixel data ({what}): {_first_line(e)}")
+        return SkippedFile(str(s.path), f"could not decode pixel data ({what}): {_decoder_message(e)}")
     finally:
         s.raw = None
 
