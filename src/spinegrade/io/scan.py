@@ -283,11 +283,14 @@ def _convert(raw: bytes, vr: str, need: str):
     return floats[0] if len(floats) == 1 else floats
 
 
+_PRINTABLE = bytes(range(0x20, 0x7F))  # deleted by bytes.translate: what is left is not printable ASCII
+
+
 def _series_tag(raw: bytes, vr: str, need: str):
     """A series tag as `dicom._plain_tags` gets it from pydicom ("" when empty, a list when several values),
     or None where the two might differ: another VR, bytes outside printable ASCII (pydicom would decode them
     with the file's character set), more than one value where one is allowed, spaces inside a list."""
-    if vr != need.rstrip("+") or not all(0x20 <= b < 0x7F for b in raw.rstrip(b"\0" if vr == "UI" else b"")):
+    if vr != need.rstrip("+") or raw.rstrip(b"\0" if vr == "UI" else b"").translate(None, _PRINTABLE):
         return None
     text = raw.decode("ascii").rstrip("\0 " if vr == "UI" else " ")
     if not text:
