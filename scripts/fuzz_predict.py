@@ -69,7 +69,8 @@ def tag_values(rng: random.Random) -> dict:
 
 
 SERIES_CHANGES = ("same_position", "jittered_positions", "one_slice_turned", "zero_pixels", "constant_pixels",
-                  "maximum_pixels", "noise_pixels", "one_slice_left", "one_sop_uid", "tiny_spacing")
+                  "maximum_pixels", "noise_pixels", "one_slice_left", "one_sop_uid", "tiny_spacing",
+                  "half_cropped", "every_file_twice", "half_turned")
 
 
 def change_series(files: list[Path], kind: str, rng: random.Random) -> None:
@@ -79,6 +80,16 @@ def change_series(files: list[Path], kind: str, rng: random.Random) -> None:
             f.unlink()
             continue
         ds = pydicom.dcmread(f)
+        if kind == "every_file_twice":
+            shutil.copy(f, f.with_name(f"copy_{f.name}"))
+            continue
+        if kind == "half_cropped" and i % 2:  # a second image size under the same series UID
+            a = ds.pixel_array[: ds.Rows // 2]
+            ds.PixelData, ds.Rows = a.tobytes(), a.shape[0]
+            ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        elif kind == "half_turned" and i % 2:  # two planes under one series UID
+            ds.ImageOrientationPatient = [0, 1, 0, 0, 0, -1] if abs(float(ds.ImageOrientationPatient[0])) > 0.5 \
+                else [1, 0, 0, 0, 1, 0]
         if kind == "same_position":
             ds.ImagePositionPatient = [0, 0, 0]
         elif kind == "jittered_positions" and "ImagePositionPatient" in ds:
@@ -136,7 +147,9 @@ def trial(study: Path, model: str, rng: random.Random, work: Path) -> tuple[str,
         try:
             change_series(sorted(one.glob("*.dcm")), kind, rng)
             what += f"; series {one.name}: {kind}"
-        except Exception as e:  # noqa: BLE001 - an earlier change may leave nothing to rewrite
+        except KeyboardInterrupt:
+            raise
+        except BaseException as e:  # noqa: BLE001 - an earlier change may leave nothing to rewrite (or panic)
             what += f"; series {one.name}: {kind} not made ({type(e).__name__})"
     out, text = work / "out", io.StringIO()
     found: list[str] = []

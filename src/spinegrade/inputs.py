@@ -71,9 +71,8 @@ def _range_of_small_ints(sample: np.ndarray, convert) -> tuple[float, float]:
     stored values gives the order statistics that numpy's "linear" method interpolates between, and only those
     are converted (the transform, an inversion and a rescale in float32, never reverses the order of two values
     except all of them at once). tests/test_inputs.py checks the equality on random data."""
-    counts = np.bincount((sample.astype(np.int32) - int(sample.min())) if sample.dtype.kind == "i" else sample)
-    ends = np.cumsum(counts)  # values below k + 1 ...
-    base = int(sample.min()) if sample.dtype.kind == "i" else 0
+    base = int(sample.min()) if sample.dtype.kind == "i" else 0  # bincount takes no negative values
+    ends = np.cumsum(np.bincount(sample.astype(np.int32) - base if base else sample))  # ends[j]: values <= base + j
     n = int(sample.size)
     lo_hi = convert(np.array([sample.min(), sample.max()], dtype=sample.dtype))
     descending = bool(lo_hi[0] > lo_hi[1])

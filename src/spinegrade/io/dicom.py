@@ -751,17 +751,17 @@ def _slice_from_header(path: Path, ds: Dataset, frame: int | None = None) -> _Sl
         if sp is not None and np.all(sp > 0):
             spacing, source = (float(sp[0]), float(sp[1])), keyword
             break
-    rescale = None
-    for keyword, default in (("RescaleSlope", 1.0), ("RescaleIntercept", 0.0)):
+    given = {}  # a rescale value that is not a number, or would overflow float32, is ignored and said
+    for keyword in ("RescaleSlope", "RescaleIntercept"):
         raw = _find(ds, keyword, "PixelValueTransformationSequence", frame)
         value = _floats(raw, 1)
         if value is not None and abs(value[0]) > _MAX_RESCALE:
             problems.append(f"{keyword} {value[0]:g} ignored (rescaled pixels would overflow float32)")
         elif value is not None:
-            rescale = (1.0, 0.0) if rescale is None else rescale
-            rescale = (float(value[0]), rescale[1]) if keyword == "RescaleSlope" else (rescale[0], float(value[0]))
+            given[keyword] = float(value[0])
         elif raw is not None and str(raw).strip():
             problems.append(f"{keyword} {str(raw).strip()[:40]!r} ignored (not a finite number)")
+    rescale = (given.get("RescaleSlope", 1.0), given.get("RescaleIntercept", 0.0)) if given else None
     ts = _transfer_syntax(ds)
     # Frames of one file share its InstanceNumber; they are numbered 1..n in file order, as viewers do.
     instance = frame + 1 if frame is not None else _int(ds.get("InstanceNumber"))
