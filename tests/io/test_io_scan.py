@@ -24,7 +24,6 @@ from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless
 
-from conftest import TWO_STUDIES
 from spinegrade.io import dicom, scan
 from spinegrade.io.dicom import _decode_stored, _read_header, _read_header_fast, load_study
 from spinegrade.io.types import SkippedFile
@@ -239,9 +238,8 @@ def test_a_damaged_file_read_fast_reads_as_pydicom_reads_it(tmp_path, monkeypatc
     assert [(s.tags, s.notes) for s in fast_series] == [(s.tags, s.notes) for s in slow_series]
 
 
-@pytest.mark.skipif(not TWO_STUDIES.exists(), reason=f"real RSNA studies not found at {TWO_STUDIES}")
-def test_the_real_studies_read_the_same_and_fast(monkeypatch):
-    for study in sorted((TWO_STUDIES / "train_images").iterdir()):
+def test_the_real_studies_read_the_same_and_fast(monkeypatch, two_studies):
+    for study in sorted((two_studies / "train_images").iterdir()):
         fast, slow = both_routes(monkeypatch, lambda study=study: load_study(study, stored=True))
         assert_same_study(fast, slow)
         assert all(routes_taken(study).values())
