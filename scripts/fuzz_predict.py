@@ -70,7 +70,7 @@ def tag_values(rng: random.Random) -> dict:
 
 SERIES_CHANGES = ("same_position", "jittered_positions", "one_slice_turned", "zero_pixels", "constant_pixels",
                   "maximum_pixels", "noise_pixels", "one_slice_left", "one_sop_uid", "tiny_spacing",
-                  "half_cropped", "every_file_twice", "half_turned")
+                  "half_cropped", "every_file_twice", "half_turned", "huge_spacing", "oblique")
 
 
 def change_series(files: list[Path], kind: str, rng: random.Random) -> None:
@@ -108,6 +108,14 @@ def change_series(files: list[Path], kind: str, rng: random.Random) -> None:
             ds.SOPInstanceUID = "1.2.3.4"
         elif kind == "tiny_spacing":
             ds.PixelSpacing = [1e-6, 1e-6]
+        elif kind == "huge_spacing":
+            ds.PixelSpacing = [1e3, 1e3]
+        elif kind == "oblique":  # the whole series tilted by 35 degrees about its row direction
+            r = np.asarray([float(v) for v in ds.ImageOrientationPatient[:3]])
+            c = np.asarray([float(v) for v in ds.ImageOrientationPatient[3:]])
+            n = np.cross(r, c)
+            c2 = np.cos(np.radians(35)) * c + np.sin(np.radians(35)) * n
+            ds.ImageOrientationPatient = [f"{v:.6f}" for v in (*r, *c2)]
         ds.save_as(f)
 
 
@@ -173,7 +181,8 @@ def trial(study: Path, model: str, rng: random.Random, work: Path) -> tuple[str,
     elif rc != 2:
         found.append(f"exit status {rc}: {text.getvalue()[-400:]}")
     else:
-        print(f"  refused ({what}): {text.getvalue().strip().splitlines()[-1][:200]}")
+        why = [x for x in text.getvalue().splitlines() if x.startswith("skipped study")] or ["(no reason line)"]
+        print(f"  refused ({what}): {why[0][:300]}")
     return what, found
 
 
