@@ -97,7 +97,7 @@ def test_a_rescale_that_would_overflow_float32_is_ignored_and_said(tmp_path, mon
     expected = [px[0], 2.0 * px[1], px[2] + 5.0, 2.0 * px[3] + 5.0]
     assert all(np.array_equal(got[k], np.asarray(e, dtype=np.float32)) for k, e in enumerate(expected))
     assert s.notes == ["RescaleIntercept -1e+300 ignored (rescaled pixels would overflow float32) in some files",
-                       "RescaleSlope 'nan' ignored (not a finite number) in some files",
+                       "RescaleSlope 'nan' ignored (not one finite number) in some files",
                        "RescaleSlope 1e+308 ignored (rescaled pixels would overflow float32) in some files"]
 
 

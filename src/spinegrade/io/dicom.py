@@ -760,7 +760,7 @@ def _slice_from_header(path: Path, ds: Dataset, frame: int | None = None) -> _Sl
         elif value is not None:
             given[keyword] = float(value[0])
         elif raw is not None and str(raw).strip():
-            problems.append(f"{keyword} {str(raw).strip()[:40]!r} ignored (not a finite number)")
+            problems.append(f"{keyword} {str(raw).strip()[:40]!r} ignored (not one finite number)")
     rescale = (given.get("RescaleSlope", 1.0), given.get("RescaleIntercept", 0.0)) if given else None
     ts = _transfer_syntax(ds)
     # Frames of one file share its InstanceNumber; they are numbered 1..n in file order, as viewers do.
