@@ -493,10 +493,10 @@ def _read_header_fast(path: Path, max_pixels: int, with_pixels: bool) -> _Slice 
     """A single-frame file that `scan` reads and that passes every check of the pydicom route, as a slice whose
     header is a `scan.FlatHeader`; None sends the file down the pydicom route, which names any problem."""
     try:
-        with open(path, "rb") as fp:
+        with open(path, "rb") as fp:  # a large file (a long multi-frame one) is left to pydicom unread
             if os.fstat(fp.fileno()).st_size > scan.MAX_FILE_BYTES:
                 return None
-            data = fp.read()
+            data = fp.read(scan.MAX_FILE_BYTES + 1)  # bounded: the file may have grown since
     except OSError:
         return None
     size = len(data)
