@@ -179,7 +179,7 @@ class Predictor:
     def predict_many(self, studies: list[Study]) -> list[StudyResult]:
         """Grade several loaded studies; their crops go through each grader together (see `Grader.grade_many`)."""
         t0 = time.perf_counter()
-        located = [self.localizer.localize(s) if self.localizer else ([], []) for s in studies]
+        located = self.localizer.localize_many(studies) if self.localizer else [([], []) for _ in studies]
         t1 = time.perf_counter()
         graded = (self.grader.grade_many([(s, pts) for s, (pts, _) in zip(studies, located)]) if self.grader
                   else [self._prior_findings() for _ in studies])

@@ -34,9 +34,8 @@ def real_results(two_studies: Path):
 @pytest.fixture(scope="session")
 def synth_result(synth_cohort: Path):
     """(Study with pixels, StudyResult from its labels) of the first synthetic study."""
-    from spinegrade.io.dicom import load_study
     from spinegrade.serve.app import label_predictor
 
     folder = sorted((synth_cohort / "train_images").iterdir())[0]
-    result = label_predictor(synth_cohort)(folder)
-    return load_study(folder), result
+    result, study = label_predictor(synth_cohort)(folder)
+    return study, result

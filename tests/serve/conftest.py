@@ -18,6 +18,12 @@ def zip_folder(folder: Path, out: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def zip_study():
+    """`zip_folder`, for test modules (a fixture: `tests/report/conftest.py` may hold the name `conftest`)."""
+    return zip_folder
+
+
+@pytest.fixture(scope="session")
 def synth_study(synth_cohort: Path) -> Path:
     return sorted((synth_cohort / "train_images").iterdir())[0]
 

@@ -21,7 +21,17 @@ def _upload(client, data: bytes, name: str = "study.zip"):
     return client.post("/api/upload", content=data, headers={"content-type": "application/zip", "x-filename": name})
 
 
-def test_upload_grades_and_shows_the_study(make_app, synth_zip, synth_study, wait_for_job):
+def test_upload_grades_and_shows_the_study(make_app, synth_zip, synth_study, wait_for_job, monkeypatch):
+    import spinegrade.io.dicom as reader
+
+    reads = []
+    real_load_study = reader.load_study
+    def load_study(*a, **k):  # counts the reads that decode pixels (the upload's check reads headers only)
+        if k.get("load_pixels", True):
+            reads.append(a[0])
+        return real_load_study(*a, **k)
+
+    monkeypatch.setattr(reader, "load_study", load_study)
     with TestClient(make_app()) as client:
         assert "Upload a zipped study" in client.get("/").text
         r = _upload(client, synth_zip.read_bytes(), synth_zip.name)
@@ -30,6 +40,7 @@ def test_upload_grades_and_shows_the_study(make_app, synth_zip, synth_study, wai
         assert job["study"] == synth_study.name
         done = wait_for_job(client, job["job"])
         assert done["status"] == "done" and done["progress"] == 1.0, done
+        assert len(reads) == 1  # grades, key images, report and SR all from one read of the study
         page = client.get(job["url"]).text
         assert DISCLAIMER in page and 'class="grades"' in page
         assert len(re.findall(r'<td class="sev\d', page)) == 25

@@ -105,7 +105,7 @@ def test_report_opens_offline_without_console_errors(browser, synth_study, synth
     from spinegrade.report.html import write_report
     from spinegrade.serve.app import label_predictor
 
-    report = write_report([label_predictor(synth_cohort)(synth_study)], tmp_path / "report.html")
+    report = write_report([label_predictor(synth_cohort)(synth_study)[0]], tmp_path / "report.html")
     page = browser.page()
     page.send("Network.emulateNetworkConditions",
               {"offline": True, "latency": 0, "downloadThroughput": -1, "uploadThroughput": -1})

@@ -12,7 +12,6 @@ import pydicom
 from fastapi.testclient import TestClient
 from pydicom.uid import RLELossless
 
-from conftest import zip_folder
 
 
 def _upload(client, data: bytes, name: str = "study.zip"):
@@ -61,10 +60,11 @@ def _bomb(src, dst):
     ds.save_as(dst)
 
 
-def test_a_bomb_alone_is_refused_and_beside_a_study_it_is_skipped(make_app, synth_study, tmp_path, wait_for_job):
+def test_a_bomb_alone_is_refused_and_beside_a_study_it_is_skipped(make_app, synth_study, tmp_path, wait_for_job,
+                                                                 zip_study):
     first = sorted(synth_study.rglob("*.dcm"))[0]
     _bomb(first, tmp_path / "b" / "123" / "1" / "bomb.dcm")
-    alone = zip_folder(tmp_path / "b" / "123", tmp_path / "bomb.zip")
+    alone = zip_study(tmp_path / "b" / "123", tmp_path / "bomb.zip")
     mixed = tmp_path / "mixed" / synth_study.name
     import shutil
 
@@ -75,7 +75,7 @@ def test_a_bomb_alone_is_refused_and_beside_a_study_it_is_skipped(make_app, synt
         assert r.status_code == 400
         assert r.json()["detail"] == "123: no readable DICOM image found among 1 files (image too large: 1)"
         _nothing_kept(client, tmp_path / "work")
-        r = _upload(client, zip_folder(mixed, tmp_path / "mixed.zip").read_bytes())
+        r = _upload(client, zip_study(mixed, tmp_path / "mixed.zip").read_bytes())
         assert r.status_code == 202
         assert wait_for_job(client, r.json()["job"])["status"] == "done"
 

@@ -8,6 +8,7 @@ A missing series only removes what depends on it; the result says what could not
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -46,10 +47,13 @@ def _climb(h: np.ndarray, px: int, py: int) -> tuple[int, int]:
 class Localizer:
     """The three view networks of a run, ready to place points on a study."""
 
-    def __init__(self, run_dir: Path, device: str | torch.device = "cpu"):
+    def __init__(self, run_dir: Path, device: str | torch.device = "cpu", batch: int | None = None):
         from ..train.checkpoint import load_model
 
         self.device = torch.device(device)
+        # images per pass: on a CPU small passes are fastest (unet-small, one thread: 300 images/s at 8, 230 at
+        # 64 and 150 at 1, see bench/bench_predict.py); a GPU wants them large
+        self.batch = batch or (8 * torch.get_num_threads() if self.device.type == "cpu" else 256)
         self.models: dict[str, tuple[torch.nn.Module, dict]] = {}
         root = Path(run_dir) / LOCALIZER_DIR
         for view in (vocab.SAGITTAL_T2, vocab.SAGITTAL_T1, vocab.AXIAL_T2):
@@ -73,23 +77,26 @@ class Localizer:
         """Slice k and its neighbours, as many channels as this view's network was trained with."""
         return neighbours(stack, k, int(self.models[view][1]["preprocessing"]["n_channels"]))
 
-    # --- views -------------------------------------------------------------------------------------------
-    def canal_points(self, t2: Series) -> list[Point]:
+    # --- views: each gives the images its network must see and what turns their heatmaps into points -----
+    def _canal(self, t2: Series) -> tuple[np.ndarray, Callable[[np.ndarray], list[Point]]]:
         """Five spinal canal points on the most confident of the central sagittal T2 slices."""
         inp = SeriesInput.from_series(t2, self._size(vocab.SAGITTAL_T2))
         mid = t2.n_slices // 2
         cands = sorted({int(np.clip(k, 0, t2.n_slices - 1)) for k in (mid - 1, mid, mid + 1)})
-        hms = self._heatmaps(vocab.SAGITTAL_T2, np.stack([self._input(vocab.SAGITTAL_T2, inp.stack, k) for k in cands]))
-        decs = [decode_heatmaps(h) for h in hms]
-        best = int(np.argmax([d[:, 2].sum() for d in decs]))
-        k = cands[best]
-        pts = []
-        for c, lv in enumerate(vocab.LEVELS):
-            x, y = inp.to_original(*decs[best][c, :2])
-            pts.append(_point(vocab.CANAL, lv, t2, k, x, y, "localizer"))
-        return pts
 
-    def foramen_points(self, t1: Series, canal: list[Point]) -> list[Point]:
+        def finish(hms: np.ndarray) -> list[Point]:
+            decs = [decode_heatmaps(h) for h in hms]
+            best = int(np.argmax([d[:, 2].sum() for d in decs]))
+            k = cands[best]
+            pts = []
+            for c, lv in enumerate(vocab.LEVELS):
+                x, y = inp.to_original(*decs[best][c, :2])
+                pts.append(_point(vocab.CANAL, lv, t2, k, x, y, "localizer"))
+            return pts
+
+        return np.stack([self._input(vocab.SAGITTAL_T2, inp.stack, k) for k in cands]), finish
+
+    def _foramina(self, t1: Series, canal: list[Point]) -> tuple[np.ndarray, Callable[[np.ndarray], list[Point]]]:
         """Left and right foramen at each level: candidate slices from the canal + learned offsets, then the
         highest heatmap peak among them.
 
@@ -116,35 +123,39 @@ class Localizer:
                 k = int(np.argmin(np.abs(off - target)))
                 wanted[(side, lv)] = sorted({int(np.clip(j, 0, t1.n_slices - 1)) for j in range(k - 2, k + 3)})
         slices = sorted({k for ks in wanted.values() for k in ks})
-        hms = dict(zip(slices, self._heatmaps(vocab.SAGITTAL_T1, np.stack([self._input(vocab.SAGITTAL_T1, inp.stack, k) for k in slices]))))
-        size = hms[slices[0]].shape[-1]
-        yy, xx = np.mgrid[0:size, 0:size]
-        pts = []
-        for (side, lv), ks in wanted.items():
-            c = vocab.LEVELS.index(lv)
-            best = None
-            for j in ks:
-                h = hms[j][c]
-                weighted = h
-                if lv in canal_by_level:
-                    _, cx, cy, _ = g.patient_to_pixel(canal_by_level[lv], slice_index=j)
-                    ix, iy = inp.to_input(cx, cy)
-                    dy = (yy - iy) * inp.mm_per_px[0]
-                    dx = (xx - ix) * inp.mm_per_px[1]
-                    weighted = h * np.exp(-(dy**2) / (2 * 8.0**2) - dx**2 / (2 * 20.0**2))
-                # the window only picks which peak; its position and height come from the unweighted map: the
-                # window's slope moves the weighted maximum off the peak towards the canal, by a pixel or two
-                # (3 mm each at 96 px), so climb from there to the peak itself
-                py, px = divmod(int(np.argmax(weighted)), size)
-                score = float(weighted[py, px])
-                px, py = _climb(h, px, py)
-                dec = (*refine_peak(h, px, py)[:2], score)
-                if best is None or dec[2] > best[1][2]:
-                    best = (j, dec)
-            k, dec = best
-            x, y = inp.to_original(*dec[:2])
-            pts.append(_point(vocab.condition_at(vocab.FORAMINAL, side), lv, t1, k, x, y, "localizer"))
-        return pts
+
+        def finish(heatmaps: np.ndarray) -> list[Point]:
+            hms = dict(zip(slices, heatmaps))
+            size = hms[slices[0]].shape[-1]
+            yy, xx = np.mgrid[0:size, 0:size]
+            pts = []
+            for (side, lv), ks in wanted.items():
+                c = vocab.LEVELS.index(lv)
+                best = None
+                for j in ks:
+                    h = hms[j][c]
+                    weighted = h
+                    if lv in canal_by_level:
+                        _, cx, cy, _ = g.patient_to_pixel(canal_by_level[lv], slice_index=j)
+                        ix, iy = inp.to_input(cx, cy)
+                        dy = (yy - iy) * inp.mm_per_px[0]
+                        dx = (xx - ix) * inp.mm_per_px[1]
+                        weighted = h * np.exp(-(dy**2) / (2 * 8.0**2) - dx**2 / (2 * 20.0**2))
+                    # the window only picks which peak; its position and height come from the unweighted map: the
+                    # window's slope moves the weighted maximum off the peak towards the canal, by a pixel or two
+                    # (3 mm each at 96 px), so climb from there to the peak itself
+                    py, px = divmod(int(np.argmax(weighted)), size)
+                    score = float(weighted[py, px])
+                    px, py = _climb(h, px, py)
+                    dec = (*refine_peak(h, px, py)[:2], score)
+                    if best is None or dec[2] > best[1][2]:
+                        best = (j, dec)
+                k, dec = best
+                x, y = inp.to_original(*dec[:2])
+                pts.append(_point(vocab.condition_at(vocab.FORAMINAL, side), lv, t1, k, x, y, "localizer"))
+            return pts
+
+        return np.stack([self._input(vocab.SAGITTAL_T1, inp.stack, k) for k in slices]), finish
 
     @staticmethod
     def centre_canal(t2: Series, canal: list[Point], foramina: list[Point]) -> list[Point]:
@@ -167,63 +178,92 @@ class Localizer:
             out.append(_point(p.condition, p.level, t2, k, p.x, p.y, p.source))
         return out
 
-    def axial_points(self, axials: list[Series], centres: dict[str, np.ndarray]) -> list[Point]:
+    def _axial(self, axials: list[Series], centres: dict[str, np.ndarray]
+               ) -> tuple[np.ndarray, Callable[[np.ndarray], list[Point]]]:
         """At each level: the axial slice nearest the level's centre (patient space), the canal projected onto
-        it, and the left/right subarticular recesses from the axial heatmaps."""
-        pts = []
-        inputs: dict[str, SeriesInput] = {}  # a single-stack axial series serves every level: resize it once
+        it, and the left/right subarticular recesses from the axial heatmaps (every level's slice in one pass)."""
+        levels = []  # (level, series, slice, x, y) of each level an axial series covers
         for lv, centre in centres.items():
             best = nearest_slice_among(centre, [a.geometry for a in axials])
-            if best is None:
-                continue
-            s, (_, k, x, y, _) = axials[best[0]], best
-            pts.append(_point(vocab.CANAL, lv, s, k, x, y, "projection"))
-            if vocab.AXIAL_T2 in self.models:
-                if s.series_id not in inputs:
-                    inputs[s.series_id] = SeriesInput.from_series(s, self._size(vocab.AXIAL_T2))
-                inp = inputs[s.series_id]
-                dec = decode_heatmaps(self._heatmaps(vocab.AXIAL_T2, self._input(vocab.AXIAL_T2, inp.stack, k)[None])[0])
-                for c, cond in enumerate(vocab.FAMILY_CONDITIONS[vocab.SUBARTICULAR]):
-                    xo, yo = inp.to_original(*dec[c, :2])
-                    pts.append(_point(cond, lv, s, k, xo, yo, "localizer"))
-        return pts
+            if best is not None:
+                levels.append((lv, axials[best[0]], *best[1:4]))
+        graded = vocab.AXIAL_T2 in self.models
+        images = []
+        inputs: dict[str, SeriesInput] = {}  # a single-stack axial series serves every level: resize it once
+        for _, s, k, _, _ in levels if graded else ():
+            if s.series_id not in inputs:
+                inputs[s.series_id] = SeriesInput.from_series(s, self._size(vocab.AXIAL_T2))
+            images.append(self._input(vocab.AXIAL_T2, inputs[s.series_id].stack, k))
 
-    # --- whole study -------------------------------------------------------------------------------------
+        def finish(hms: np.ndarray) -> list[Point]:
+            pts = []
+            for i, (lv, s, k, x, y) in enumerate(levels):
+                pts.append(_point(vocab.CANAL, lv, s, k, x, y, "projection"))
+                if graded:
+                    inp, dec = inputs[s.series_id], decode_heatmaps(hms[i])
+                    for c, cond in enumerate(vocab.FAMILY_CONDITIONS[vocab.SUBARTICULAR]):
+                        xo, yo = inp.to_original(*dec[c, :2])
+                        pts.append(_point(cond, lv, s, k, xo, yo, "localizer"))
+            return pts
+
+        return (np.stack(images) if images else np.zeros((0,), np.float32)), finish
+
+    def _run(self, view: str, jobs: dict[int, tuple[np.ndarray, Callable]]) -> dict[int, list[Point]]:
+        """Each job's points: the images of all jobs (studies) go through the view's network together, in
+        passes of at most `batch` images, then each job's own heatmaps go to its `finish`."""
+        owned = [(i, images) for i, (images, _) in jobs.items() if len(images)]
+        heatmaps: dict[int, np.ndarray] = {}
+        if owned:
+            flat = np.concatenate([images for _, images in owned])
+            hms = np.concatenate([self._heatmaps(view, flat[lo:lo + self.batch])
+                                  for lo in range(0, len(flat), self.batch)])
+            ends = np.cumsum([len(images) for _, images in owned])
+            heatmaps = {i: hms[end - len(images):end] for (i, images), end in zip(owned, ends)}
+        return {i: finish(heatmaps.get(i)) for i, (_, finish) in jobs.items()}
+
+    # --- whole studies -----------------------------------------------------------------------------------
     def localize(self, study: Study) -> tuple[list[Point], list[str]]:
         """All points for a study, and warnings for what could not be placed."""
-        warnings: list[str] = []
-        points: list[Point] = []
-        t2, t1 = study.first(vocab.SAGITTAL_T2), study.first(vocab.SAGITTAL_T1)
-        axials = study.by_role(vocab.AXIAL_T2)
-        canal: list[Point] = []
-        if t2 is not None and vocab.SAGITTAL_T2 in self.models:
-            canal = self.canal_points(t2)
-            points += canal
-        else:
-            warnings.append("no Sagittal T2/STIR series: spinal canal levels not localised")
-        foramina: list[Point] = []
-        if t1 is not None and vocab.SAGITTAL_T1 in self.models:
-            foramina = self.foramen_points(t1, canal)
-            points += foramina
-        else:
-            warnings.append("no Sagittal T1 series: foramina not localised")
-        if canal and foramina:
-            canal = self.centre_canal(t2, canal, foramina)
-            points = [p for p in points if not (p.condition == vocab.CANAL and p.role == t2.role)] + canal
-        centres = {p.level: np.asarray(p.patient) for p in canal}
-        if not centres and foramina:  # no T2: the level centre is midway between the two foramina
-            for lv in vocab.LEVELS:
-                ps = [np.asarray(p.patient) for p in foramina if p.level == lv]
-                if ps:
-                    centres[lv] = np.mean(ps, axis=0)
-        if axials and centres:
-            ax = self.axial_points(axials, centres)
-            points += ax
+        return self.localize_many([study])[0]
+
+    def localize_many(self, studies: list[Study]) -> list[tuple[list[Point], list[str]]]:
+        """`localize` for several studies at once: each view's images of all of them go through its network
+        together (in passes of `batch` images), which is what fills a GPU; the points are each study's own."""
+        warnings: list[list[str]] = [[] for _ in studies]
+        points: list[list[Point]] = [[] for _ in studies]
+        t2s = [s.first(vocab.SAGITTAL_T2) if vocab.SAGITTAL_T2 in self.models else None for s in studies]
+        t1s = [s.first(vocab.SAGITTAL_T1) if vocab.SAGITTAL_T1 in self.models else None for s in studies]
+        canal = self._run(vocab.SAGITTAL_T2, {i: self._canal(t2) for i, t2 in enumerate(t2s) if t2 is not None})
+        foramina = self._run(vocab.SAGITTAL_T1, {i: self._foramina(t1, canal.get(i, []))
+                                                 for i, t1 in enumerate(t1s) if t1 is not None})
+        axial_jobs = {}
+        for i, study in enumerate(studies):
+            c, f = canal.get(i, []), foramina.get(i, [])
+            points[i] += c + f
+            if i not in canal:
+                warnings[i].append("no Sagittal T2/STIR series: spinal canal levels not localised")
+            if i not in foramina:
+                warnings[i].append("no Sagittal T1 series: foramina not localised")
+            if c and f:
+                c = canal[i] = self.centre_canal(t2s[i], c, f)
+                points[i] = [p for p in points[i] if not (p.condition == vocab.CANAL and p.role == t2s[i].role)] + c
+            centres = {p.level: np.asarray(p.patient) for p in c}
+            if not centres and f:  # no T2: the level centre is midway between the two foramina
+                for lv in vocab.LEVELS:
+                    ps = [np.asarray(p.patient) for p in f if p.level == lv]
+                    if ps:
+                        centres[lv] = np.mean(ps, axis=0)
+            axials = study.by_role(vocab.AXIAL_T2)
+            if axials and centres:
+                axial_jobs[i] = self._axial(axials, centres)
+            elif not axials:
+                warnings[i].append("no Axial T2 series: subarticular recesses not localised")
+            else:
+                warnings[i].append("no sagittal series to place the axial levels")
+        for i, ax in self._run(vocab.AXIAL_T2, axial_jobs).items():
+            points[i] += ax
             missing = [lv for lv in vocab.LEVELS if not any(p.level == lv for p in ax)]
             if missing:
-                warnings.append("axial T2 does not cover level(s) " + ", ".join(vocab.LEVEL_NAMES[m] for m in missing))
-        elif not axials:
-            warnings.append("no Axial T2 series: subarticular recesses not localised")
-        else:
-            warnings.append("no sagittal series to place the axial levels")
-        return points, warnings
+                warnings[i].append("axial T2 does not cover level(s) "
+                                   + ", ".join(vocab.LEVEL_NAMES[m] for m in missing))
+        return list(zip(points, warnings))

@@ -18,8 +18,9 @@ Design:
   UID, date, description, number of series; patient names are neither asked for nor shown); grading one
   retrieves its MR images by WADO-RS into the job's folder (in the grader thread, under the same disk bound
   as an unpacked upload), grades them like an upload, and stores the SR back by STOW-RS when `stow` is set.
-- The predictor is any callable `study folder -> StudyResult`: the trained model (`model_predictor`), or the
-  study's own ground-truth labels from a dataset folder (`label_predictor`), to look at what was labelled.
+- The predictor is any callable `study folder -> (StudyResult, Study)`: the trained model (`model_predictor`),
+  or the study's own ground-truth labels from a dataset folder (`label_predictor`), to look at what was
+  labelled. The Study it read (with pixels) draws the key images and references the SR: read once per job.
 """
 
 from __future__ import annotations
@@ -50,13 +51,14 @@ from starlette.concurrency import run_in_threadpool
 
 from .. import __version__, vocab
 from ..errors import DataError, SpinegradeError
+from ..io.types import Study
 from ..report.html import grade_table_html, page, series_table_html, write_report
 from ..report.overlays import key_images, save_key_images
 from ..results import StudyResult
 
 log = logging.getLogger("spinegrade.serve")
 
-Predictor = Callable[[Path], StudyResult]
+Predictor = Callable[[Path], tuple[StudyResult, Study]]
 DEFAULT_MAX_UPLOAD = 500 * 2**20
 DEFAULT_MAX_DISK = 10 * 2**30  # everything the server keeps (uploads, unpacked studies, results)
 _UNPACK_FACTOR = 4  # a zip of DICOMs (already compressed pixels) unpacks to a few times its size at most
@@ -108,12 +110,13 @@ def model_predictor(run_dir: str | Path, device: str = "cpu", foramina: str | Pa
         raise SpinegradeError(f"{run}: model run folder not found")
     loaded: list = []
 
-    def predict(study_path: Path) -> StudyResult:
+    def predict(study_path: Path) -> tuple[StudyResult, Study]:
         from ..predict import Predictor as ModelPredictor
 
         if not loaded:
             loaded.append(ModelPredictor(run_dir, device, foramina))
-        return loaded[0].predict_path(Path(study_path))
+        study = loaded[0].read(Path(study_path))
+        return loaded[0].predict_loaded(study), study
 
     return predict
 
@@ -127,7 +130,7 @@ def label_predictor(dataset_root: str | Path) -> Predictor:
 
     ds = RsnaDataset(dataset_root)
 
-    def predict(study_path: Path) -> StudyResult:
+    def predict(study_path: Path) -> tuple[StudyResult, Study]:
         from ..io.dicom import load_study
         from ..results import study_result_from_labels
 
@@ -138,8 +141,8 @@ def label_predictor(dataset_root: str | Path) -> Predictor:
             labels = dict(zip(vocab.TARGETS, ds.label_vector(name), strict=True))
         except KeyError:
             raise DataError(f"study {name} has no labels in {ds.root.name}") from None
-        study = load_study(study_path, descriptions=ds.descriptions_for(name) or None, load_pixels=False)
-        return study_result_from_labels(study, ds.coords_for(name), labels)
+        study = load_study(study_path, descriptions=ds.descriptions_for(name) or None, stored=True)
+        return study_result_from_labels(study, ds.coords_for(name), labels), study
 
     return predict
 
@@ -292,8 +295,6 @@ class Viewer:
         job.stage, job.progress = stage, progress
 
     def _run(self, job: Job) -> None:
-        from ..io.dicom import load_study
-
         t0 = time.time()
         job.status = "running"
         if job.study_uid and not self._retrieve(job):
@@ -301,12 +302,8 @@ class Viewer:
         log.info("job %s: grading study folder %r", job.id, job.name)
         try:
             self._stage(job, "reading and grading the study", 0.15)
-            result = self.predictor(job.study_path)
+            result, study = self.predictor(job.study_path)
             self._stage(job, "drawing the key images", 0.6)
-            study = load_study(job.study_path)
-            roles = {s.series_id: s.role for s in result.series}
-            for s in study.series:
-                s.role = roles.get(s.series_id, s.role)
             images_dir = job.folder / "images"
             for view, (_, conditions) in VIEWS.items():
                 imgs = key_images(study, result, conditions)
