@@ -7,7 +7,8 @@ Prints, each the median of --repeat runs:
 - `info` in a fresh process (and with --baseline-src, the same from another source tree, e.g. main's);
 - `predict STUDY --model M` in a fresh process (wall clock, imports and model loading included), against
   the pipeline's own time in that run (read + localise + grade, from its report.json) and the ratio (target
-  <= 2); then, in this process, imports, model loading and the pipeline once warm.
+  <= 2), and `import torch` alone in a fresh process: the floor of that ratio for anything that grades with
+  torch; then, in this process, imports, model loading and the pipeline once warm.
 Default study: the first of ../shared/realdata/rsna2024_dicom_train_2studies. Set OMP_NUM_THREADS as for use.
 """
 
@@ -38,6 +39,13 @@ def fresh(args: list[str], src: Path, out: Path | None = None) -> float:
     return dt
 
 
+def _import_torch() -> float:
+    """Wall seconds of a fresh interpreter that imports torch and exits (its start included)."""
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import torch"], check=True)
+    return time.perf_counter() - t0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--study", type=Path, default=None)
@@ -63,10 +71,14 @@ def main() -> None:
             colds.append(fresh(["predict", str(study), "--model", a.model, "--out", str(out)], src))
             pipes.append(sum(json.loads((out / "report.json").read_text())["timings"].values()))
     cold, pipe = statistics.median(colds), statistics.median(pipes)
+    torch_s = statistics.median(_import_torch() for _ in range(a.repeat))
     print(f"predict {study.name} --model {a.model}")
     print(f"  cold, fresh process:                {cold:6.2f} s")
     print(f"  its pipeline (read+localise+grade): {pipe:6.2f} s")
     print(f"  ratio cold / pipeline:              {cold / pipe:6.2f}  (target <= 2)")
+    print(f"  `import torch` alone, fresh process: {torch_s:5.2f} s: no process that grades with torch starts "
+          f"faster, so the ratio's floor is (that + pipeline) / pipeline = {(torch_s + pipe) / pipe:.2f}")
+    print(f"  cold less torch's import, / pipeline: {(cold - torch_s) / pipe:5.2f}  (spinegrade's own start-up)")
 
     sys.path.insert(0, str(src))
     t0 = time.perf_counter()
