@@ -110,7 +110,9 @@ def _reader_init(parent: int) -> None:
             time.sleep(0.5)
         os._exit(1)
 
-    threading.Thread(target=watch, name="spinegrade-parent-watch", daemon=True).start()
+    from .io.dicom import SILENT_THREAD
+
+    threading.Thread(target=watch, name=f"{SILENT_THREAD}-parent-watch", daemon=True).start()
 
 
 READER_DIED = "the reader process died while reading it (a decoder crash, or out of memory)"

@@ -143,5 +143,8 @@ def bar(iterable: Iterable | None = None, total: int | None = None, desc: str = 
     if interactive() and not disable:
         from tqdm import tqdm
 
+        # no monitor thread (it only tunes how often a stalled bar redraws): a process with one thread may
+        # quiet a native decoder's stderr (`io.dicom._native_stderr_quiet`)
+        tqdm.monitor_interval = 0
         return tqdm(iterable, total=total, desc=desc, unit=unit, leave=leave, dynamic_ncols=True)
     return _Lines(iterable, total, desc, unit, log)

@@ -124,6 +124,23 @@ def test_a_decoder_failure_is_said_in_the_decoders_words(tmp_path, monkeypatch, 
                                       "mis-sized data (")
 
 
+@pytest.mark.parametrize("fast", [True, False])
+def test_a_panicking_rle_decoder_prints_nothing_on_the_command_line(tmp_path, fast):
+    """pylibjpeg-rle prints a Rust panic message before raising on an RLE frame that overruns the header's size:
+    in a process with one thread the reader keeps it off stderr, and the file's skip reason says what happened."""
+    write_series(tmp_path / "s", 2, transfer_syntax=RLELossless)
+    ds = pydicom.dcmread(tmp_path / "s" / "1.dcm")
+    ds.Rows, ds.ImagePositionPatient, ds.SOPInstanceUID = 31, [0, 0, 50], pydicom.uid.generate_uid()
+    ds.save_as(tmp_path / "s" / "short.dcm")
+    code = ("import spinegrade.io.dicom as d, sys; d.FAST_ROUTE = sys.argv[2] == '1'; "
+            "(s,) = d.load_series(sys.argv[1]); print(s.n_slices, [k.reason for k in s.skipped])")
+    p = subprocess.run([sys.executable, "-c", code, str(tmp_path / "s"), "1" if fast else "0"], capture_output=True,
+                       text=True, check=False, env={**os.environ, "RUST_BACKTRACE": "0"})
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith("2 ['could not decode pixel data (RLE Lossless): the decoder failed on damaged or ")
+    assert p.stderr == ""
+
+
 def test_a_header_claiming_fewer_pixels_than_its_data_holds_is_skipped_not_scrambled(tmp_path):
     """32 x 40 pixels under a header saying 5 x 26: decoding the first 260 bytes as a 5 x 26 image would give a
     scrambled one (hypothesis found it in test_claimed_sizes_beyond_the_budget_are_never_decoded)."""

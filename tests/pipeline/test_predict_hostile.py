@@ -38,6 +38,33 @@ def _bomb(series_dir):
     return series_dir / "bomb.dcm"
 
 
+def _short_rle(series_dir):
+    """An RLE file of this series whose frame decodes past its header's 31 rows (pylibjpeg-rle panics on it)."""
+    ds = pydicom.dcmread(sorted(series_dir.glob("*.dcm"))[0])
+    ds.compress(RLELossless)
+    ds.Rows, ds.SOPInstanceUID = 31, pydicom.uid.generate_uid()
+    ds.save_as(series_dir / "short.dcm")
+
+
+@pytest.mark.parametrize("n_studies", [1, 2])
+def test_a_panicking_decoder_leaves_no_crash_text_on_stderr(study, tiny_run, tmp_path, n_studies):
+    """One study is read in the command's process, two by reader processes: either way the panic message of
+    pylibjpeg-rle stays off stderr, the file is named in the outputs and every study is graded."""
+    _short_rle(min(study.iterdir()))
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for k in range(n_studies):
+        shutil.copytree(study, folder / f"{study.name}{k}")
+    target = folder if n_studies > 1 else folder / f"{study.name}0"
+    p = subprocess.run([sys.executable, "-m", "spinegrade", "predict", str(target), "--model", str(tiny_run),
+                        "--out", str(tmp_path / "out")], capture_output=True, text=True, check=False,
+                       env={**os.environ, "RUST_BACKTRACE": "0"})
+    assert p.returncode == 0, p.stderr
+    assert "panicked" not in p.stderr and "panicked" not in p.stdout
+    assert "short.dcm" in p.stdout + p.stderr + (tmp_path / "out" / "predictions.json").read_text()
+    assert len(pd.read_csv(tmp_path / "out" / "submission.csv")) == 25 * n_studies
+
+
 _PREDICT_UNDER_2GB = """
 import resource, sys
 resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))

@@ -21,8 +21,11 @@ import os
 import re
 import stat
 import struct
+import sys
+import threading
 import warnings
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -847,7 +850,54 @@ def _decode_options(ds: Dataset, ts: str) -> dict | None:
                 transfer_syntax_uid=_uid(ts), pixel_keyword="PixelData")
 
 
+_DEVNULL: list[int] = []  # /dev/null's descriptor, opened once
+# Threads that never write to stderr (predict's readers watch their parent in one): they may run beside a call
+# whose stderr is quieted.
+SILENT_THREAD = "spinegrade-silent"
+
+
+def _alone() -> bool:
+    """Whether this is the process's one Python thread, but for threads named SILENT_THREAD."""
+    if threading.active_count() == 1:
+        return True
+    me = threading.current_thread()
+    return all(t is me or t.name.startswith(SILENT_THREAD) for t in threading.enumerate())
+
+
+@contextmanager
+def _native_stderr_quiet(active: bool):
+    """pylibjpeg-rle prints a Rust panic message on the process's stderr ("thread '<unnamed>' panicked at ...")
+    before it raises on damaged RLE data. The error is caught and the file skipped with its reason, but the
+    message reads like a crash. In a process with one Python thread (the command line, prepare's workers,
+    predict's readers; threads named SILENT_THREAD aside), file descriptor 2 goes to /dev/null for the call
+    (Python's warnings are off there too, see `_decode_any`); with other threads (serve, the DICOM node) it is
+    left alone, as they may be logging."""
+    saved = None
+    if active and _alone():
+        try:
+            if not _DEVNULL:
+                _DEVNULL.append(os.open(os.devnull, os.O_WRONLY))
+            sys.stderr.flush()
+            saved = os.dup(2)
+            os.dup2(_DEVNULL[0], 2)
+        except (OSError, ValueError, AttributeError):  # no stderr to quiet (closed, or not a file)
+            if saved is not None:
+                os.close(saved)
+            saved = None
+    try:
+        yield
+    finally:
+        if saved is not None:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 def _decode_file(s: _Slice) -> np.ndarray | SkippedFile:
+    with _native_stderr_quiet(s.transfer_syntax == scan.RLE_LOSSLESS):
+        return _decode_any(s)
+
+
+def _decode_any(s: _Slice) -> np.ndarray | SkippedFile:
     if s.raw is not None and isinstance(s.ds, scan.FlatHeader):  # the fast route's file: no pydicom
         try:
             arr = scan.decode_fast(s.raw[1], s.raw[2], s.transfer_syntax, s.ds)
