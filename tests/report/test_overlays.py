@@ -116,6 +116,26 @@ def test_pixel_spacing_sets_the_aspect_ratio(synth_result):
     assert stretched.scale[1] / stretched.scale[0] == pytest.approx(2.0, rel=0.02)
 
 
+@pytest.mark.parametrize("spacing", [1000.0, 1e-3])
+def test_absurd_pixel_spacing_still_gives_every_key_image(synth_result, spacing):
+    """1 m pixels make the axial field of view less than a pixel wide (found by scripts/fuzz_predict.py: a division
+    by zero); 1 um pixels make every box the whole image."""
+    study, result = synth_result
+    original = [s.geometry for s in study.series]
+    try:
+        for s in study.series:
+            g = s.geometry
+            s.geometry = SeriesGeometry(g.orientation, g.positions, (spacing, spacing), g.shape)
+        images = key_images(study, result)
+    finally:
+        for s, g in zip(study.series, original):
+            s.geometry = g
+    assert len(images) == 3 + 5  # the sagittal canal view, both foraminal views, an axial slice per level
+    for img in images:
+        c0, r0, c1, r1 = img.crop
+        assert c1 > c0 and r1 > r0 and np.isfinite(img.scale).all()
+
+
 def test_condition_filter_and_unknown_grades(synth_result):
     study, result = synth_result
     only = key_images(study, result, ("Left Subarticular Stenosis",))

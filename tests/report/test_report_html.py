@@ -53,6 +53,25 @@ def test_report_without_images_when_the_study_is_gone(synth_result, tmp_path):
     assert text.count('data-condition="') == 0 and text.count('<span class="probs">ground-truth label<') == 25
 
 
+def test_a_study_whose_images_cannot_be_drawn_costs_only_its_images(synth_result, tmp_path, monkeypatch):
+    import spinegrade.report.html as report
+
+    study, result = synth_result
+    other = replace(result, study_id="other")
+    real_key_images = report.key_images
+
+    def key_images(st, r):
+        if r.study_id == "other":
+            raise ZeroDivisionError("float division by zero")
+        return real_key_images(st, r)
+
+    monkeypatch.setattr(report, "key_images", key_images)
+    text = write_report([result, other], tmp_path / "r.html", model={"name": "m"},
+                        studies={result.study_id: study, "other": study}).read_text()
+    assert len(re.findall(r'src="data:image/png;base64,', text)) == 8  # the first study's, all of them
+    assert "key images not available: drawing them failed (ZeroDivisionError: float division by zero)" in text
+
+
 def test_run_report_collects_figures_and_metrics(tmp_path):
     run = tmp_path / "run"
     (run / "eval").mkdir(parents=True)

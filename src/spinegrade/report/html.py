@@ -183,6 +183,8 @@ def write_report(predictions, out_html: str | Path | None = None, *, model: Mapp
             images = key_images(study, r)
         except SpinegradeError as e:
             notes.append(f"key images not available: {e}")
+        except Exception as e:  # noqa: BLE001 - a drawing bug costs this study's images, not the whole report
+            notes.append(f"key images not available: drawing them failed ({type(e).__name__}: {e})")
         sections.append(study_section_html(r, images, model, notes))
     failed = "".join(f'<p class="warn">Study {html.escape(str(f.get("study_id", "?")))} failed: '
                      f'{html.escape(str(f.get("error", "")))}</p>' for f in doc.get("failed", []))

@@ -229,7 +229,8 @@ def _nearest_axial(study, points: list[Point]):
 def _box_around(cx: float, cy: float, w_px: float, h_px: float, shape: tuple[int, int]) -> tuple[int, int, int, int]:
     """Integer box (c0, r0, c1, r1) of about w x h pixels centred near (cx, cy), shifted to fit the image."""
     rows, cols = shape
-    w, h = min(cols, int(round(w_px))), min(rows, int(round(h_px)))
+    # at least a pixel: a field of view in mm under one pixel (a header with 1 m pixels) would be an empty crop
+    w, h = min(cols, max(1, int(round(w_px)))), min(rows, max(1, int(round(h_px))))
     c0 = int(round(min(max(cx - w / 2, 0), cols - w)))
     r0 = int(round(min(max(cy - h / 2, 0), rows - h)))
     return c0, r0, c0 + w, r0 + h
