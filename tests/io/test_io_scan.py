@@ -73,7 +73,8 @@ def routes_taken(folder) -> dict[str, bool]:
 
 
 def _with_sequences(ds: Dataset, undefined: bool) -> Dataset:
-    """Clinical headers carry sequences the reader never reads (nested here): they take the pydicom route."""
+    """Clinical headers carry sequences the reader never reads (nested here, one item empty, one sequence
+    empty): the fast route checks their items and reads the file."""
     inner = Dataset()
     inner.CodeValue, inner.CodingSchemeDesignator, inner.CodeMeaning = "T-D0123", "SRT", "Lumbar spine"
     ref = Dataset()
@@ -83,6 +84,8 @@ def _with_sequences(ds: Dataset, undefined: bool) -> Dataset:
     ds.ProcedureCodeSequence = Sequence([])
     for elem in (ds["ReferencedImageSequence"], ds["ProcedureCodeSequence"], ref["PurposeOfReferenceCodeSequence"]):
         elem.is_undefined_length = undefined
+        for item in elem.value:  # and their items end with an Item Delimitation Item
+            item.is_undefined_length_sequence_item = undefined
     return ds
 
 
@@ -146,10 +149,11 @@ def test_a_mixed_corpus_reads_the_same_by_both_routes(tmp_path, monkeypatch):
     series = next(s for s in fast.series if s.files[0].endswith("tags/1.dcm"))
     assert series.tags["ImageType"] == ["ORIGINAL", "PRIMARY", "M", "ND"] and "ProtocolName" not in series.tags
     assert series.tags["SeriesDescription"] == " T2 sag" and series.tags["MagneticFieldStrength"] == 1.5
-    # implicit VR and sequences: pydicom decodes every element of the one, the items of the other; and every
-    # file with a damaged element, even one the reader never reads (bad_matrix.dcm): pydicom's route says which
-    slow_ones = ("implicit/", "sequences/", "enhanced/", "odd/")
+    # implicit VR: pydicom decodes every element of it; and every file with a damaged element, even one the
+    # reader never reads (bad_matrix.dcm): pydicom's route says which. Sequences are read fast in explicit VR.
+    slow_ones = ("implicit/", "enhanced/", "odd/", "sequences/1.dcm")
     assert not any(f for name, f in taken.items() if name.startswith(slow_ones))
+    assert taken["sequences/0.dcm"] and taken["sequences/2.dcm"]
     matrix = next(s for s in fast.series if s.files[0].endswith("bad_matrix.dcm"))
     assert any(n.startswith("damaged header element (0018,1310)") for n in matrix.notes), matrix.notes
     reasons = dict(_skips(fast.skipped) + [k for s in fast.series for k in _skips(s.skipped)])
@@ -158,14 +162,72 @@ def test_a_mixed_corpus_reads_the_same_by_both_routes(tmp_path, monkeypatch):
     assert reasons["cut.dcm"].startswith("truncated")
 
 
-def test_sequences_and_implicit_vr_take_the_pydicom_route(tmp_path):
+def _nested(depth: int) -> Sequence:
+    """A sequence whose first item holds another, `depth` deep."""
+    item = Dataset()
+    item.CodeValue = "T-D0123"
+    if depth > 1:
+        item.ConceptNameCodeSequence = _nested(depth - 1)
+    return Sequence([item])
+
+
+def test_sequences_are_read_fast_in_explicit_vr_and_implicit_vr_goes_the_pydicom_route(tmp_path, monkeypatch):
     for k, (undefined, ts) in enumerate([(True, ExplicitVRLittleEndian), (False, ExplicitVRLittleEndian),
                                          (True, RLELossless)]):
         path = write_dicom(tmp_path / f"{k}.dcm", _with_sequences(make_dataset(slice_pixels()), undefined), ts)
-        assert _read_header_fast(path, 10**8, True) is None
-        assert _read_header(path, 10**8).rows == 32  # and that route reads it
+        fast = _read_header_fast(path, 10**8, True)
+        assert fast is not None and fast.rows == 32 and "ReferencedImageSequence" in fast.ds
+        monkeypatch.setattr(dicom, "FAST_ROUTE", False)
+        slow = _read_header(path, 10**8, True)
+        monkeypatch.setattr(dicom, "FAST_ROUTE", True)
+        assert (fast.instance, fast.series_uid, fast.problems) == (slow.instance, slow.series_uid, slow.problems)
+        assert np.array_equal(_decode_stored(fast), _decode_stored(slow))
     flat = write_dicom(tmp_path / "flat.dcm", make_dataset(slice_pixels()), ImplicitVRLittleEndian)
     assert _read_header_fast(flat, 10**8, True) is None
+
+
+def test_unusual_sequences_go_the_pydicom_route(tmp_path):
+    """What the fast route leaves to pydicom's: an icon (pixel data inside an item), nesting deeper than it
+    walks, a value the reader reads from every file damaged inside an item, and broken item structure."""
+    def fast(name: str, ds: Dataset, undefined: bool = True):
+        for elem in ds.iterall():
+            if elem.VR == "SQ":
+                elem.is_undefined_length = undefined
+                for item in elem.value:
+                    item.is_undefined_length_sequence_item = undefined
+        return _read_header_fast(write_dicom(tmp_path / f"{name}.dcm", ds), 10**8, True)
+
+    icon = Dataset()
+    icon.Rows, icon.Columns, icon.BitsAllocated, icon.PixelData = 2, 2, 8, b"\0" * 4
+    icon["PixelData"].VR = "OB"
+    ds = make_dataset(slice_pixels())
+    ds.IconImageSequence = Sequence([icon])
+    assert fast("icon", ds) is None
+    for depth, read in ((8, True), (9, False)):
+        ds = make_dataset(slice_pixels())
+        ds.ContentSequence = _nested(depth)
+        assert (fast(f"depth{depth}", ds) is not None) == read
+        assert (fast(f"depth{depth}_defined", ds, undefined=False) is not None) == read
+    inner = Dataset()
+    inner.InstanceNumber = "1"
+    ds = make_dataset(slice_pixels())
+    ds.ReferencedImageSequence = Sequence([inner])
+    good = write_dicom(tmp_path / "inner.dcm", ds)
+    assert _read_header_fast(good, 10**8, True) is not None
+    data = good.read_bytes()
+    at = data.index(b"\x20\x00\x13\x00IS\x02\x001 ")  # the InstanceNumber inside the item
+    (tmp_path / "inner_bad.dcm").write_bytes(data[:at + 8] + b"x1" + data[at + 10:])
+    assert _read_header_fast(tmp_path / "inner_bad.dcm", 10**8, True) is None
+    seq = write_dicom(tmp_path / "seq.dcm", _with_sequences(make_dataset(slice_pixels()), True))
+    data = seq.read_bytes()
+    assert _read_header_fast(seq, 10**8, True) is not None
+    for name, old, new in (("no_item_end", b"\xfe\xff\x0d\xe0", b"\xfe\xff\x0e\xe0"),
+                           ("no_sequence_end", b"\xfe\xff\xdd\xe0", b"\xfe\xff\xde\xe0"),
+                           ("item_end_length", b"\xfe\xff\x0d\xe0\x00\x00\x00\x00",
+                            b"\xfe\xff\x0d\xe0\x01\x00\x00\x00")):
+        assert old in data
+        (tmp_path / f"{name}.dcm").write_bytes(data.replace(old, new, 1))
+        assert _read_header_fast(tmp_path / f"{name}.dcm", 10**8, True) is None, name
 
 
 def test_functional_groups_and_unread_keywords_go_the_pydicom_route(tmp_path):
@@ -206,11 +268,14 @@ def good_files(tmp_path_factory) -> dict[str, bytes]:
     for name, ts in (("native", ExplicitVRLittleEndian), ("rle", RLELossless)):
         ds = make_dataset(slice_pixels(16, 16), rescale=(1.5, -3.0), echo_time=90.0, repetition_time=3000.0)
         out[name] = write_dicom(root / f"{name}.dcm", ds, ts).read_bytes()
+    for name, undefined in (("sequences", True), ("defined_sequences", False)):
+        ds = _with_sequences(make_dataset(slice_pixels(16, 16), rescale=(1.5, -3.0), echo_time=90.0), undefined)
+        out[name] = write_dicom(root / f"{name}.dcm", ds).read_bytes()
     return out
 
 
 @_SETTINGS
-@given(kind=st.sampled_from(["native", "rle"]),
+@given(kind=st.sampled_from(["native", "rle", "sequences", "defined_sequences"]),
        edits=st.lists(st.tuples(st.integers(0, 10_000), st.binary(min_size=1, max_size=4)), max_size=4),
        cut=st.one_of(st.none(), st.integers(0, 10_000)))
 def test_a_damaged_file_read_fast_reads_as_pydicom_reads_it(tmp_path, monkeypatch, good_files, kind, edits, cut):

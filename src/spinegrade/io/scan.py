@@ -4,20 +4,23 @@ pydicom builds a Dataset of every element, converts values on access through sev
 decoders validate and dispatch on every call; for the small anonymised single-frame files of the RSNA data that
 costs more than decoding their pixels. `scan` reads a file that is plainly well formed and returns a
 `FlatHeader` with the values the reader uses (geometry, pixel description, identity, and the acquisition tags a
-series keeps from its first file), or None. Plainly well formed means: a 'DICM' preamble; an explicit-VR
-little-endian transfer syntax, native or encapsulated; a flat dataset (no sequence) of known VRs whose lengths
-fit the file, binary values whole; the values the reader uses in their standard VR and a canonical form (plain
-ASCII, integers without sign or leading zero, and so on).
+series keeps from its first file: all top-level elements), or None. Plainly well formed means: a 'DICM'
+preamble; an explicit-VR little-endian transfer syntax, native or encapsulated; a dataset of known VRs whose
+lengths fit the file, binary values whole; the values the reader uses in their standard VR and a canonical form
+(plain ASCII, integers without sign or leading zero, and so on); and sequences (as clinical headers carry: a
+referenced image, a request) whose items follow the same rules, nested at most 8 deep, with no pixel data in
+them and no functional groups (an enhanced file's).
 
 None is not an error: it sends the file down the pydicom route, which reads anything pydicom can and names
-what is wrong with a damaged file. So every skipped file, every damaged element, every implicit-VR, sequence,
-multi-frame or big-endian header takes the route it always took, and this module only has to be right about
-the files it accepts. On those the two routes agree by construction: for an explicit-VR flat header the pydicom
-route too decodes only the elements the reader uses and checks the VRs of the rest, and a series' first header,
-which it decodes whole, has nothing pydicom could fail on (text stays text, binary values are whole). Implicit-VR
-files stay with pydicom because its route decodes every element of them (their VRs are not in the file), and
-sequences because it decodes their items. `tests/io/test_io_scan.py` checks that both routes give the same series
-on every corpus the tests build, the real studies and randomly damaged files.
+what is wrong with a damaged file. So every skipped file, every damaged element, every implicit-VR, unusual
+sequence, multi-frame or big-endian header takes the route it always took, and this module only has to be right
+about the files it accepts. On those the two routes agree by construction: for an explicit-VR header the pydicom
+route too decodes only the elements the reader uses (in sequence items too, so there they must be canonical
+here as well) and checks the VRs of the rest, and a series' first header, which it decodes whole, has nothing
+pydicom could fail on (text stays text, binary values are whole). Implicit-VR files stay with pydicom because its
+route decodes every element of them (their VRs are not in the file). `tests/io/test_io_scan.py` checks that both
+routes give the same series on every corpus the tests build, the real studies and randomly damaged files (with
+and without sequences).
 
 `decode_fast` decodes native and RLE pixel data the way pydicom's decoders do (the pylibjpeg RLE plugin, the
 unused high bits masked or sign-extended), or returns None for anything else (other codecs, unusual bit
@@ -53,7 +56,7 @@ _DS = ("ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing", "Image
        "RescaleIntercept")
 _UI = ("SOPClassUID", "SOPInstanceUID", "SeriesInstanceUID")
 _CS = ("PhotometricInterpretation",)
-# Sequences the reader reads (a flat dataset has none: any sequence sends a file the pydicom route).
+# Sequences the reader reads (an enhanced file's functional groups: such a file goes the pydicom route).
 _SQ = ("PerFrameFunctionalGroupsSequence", "SharedFunctionalGroupsSequence")
 _META_UI = ("TransferSyntaxUID", "MediaStorageSOPClassUID")
 # The acquisition tags a series keeps (`dicom._TAG_KEYWORDS` less those above), read from its first file; "CS+"
@@ -108,6 +111,11 @@ _WANTED = {
        for t, k in _tags(keywords).items()},
 }
 _META_WANTED = {t: (k, "UI") for t, k in _tags(_META_UI).items()}
+# Sequences the reader reads (an enhanced file's functional groups): the pydicom route reads those files.
+_READ_SEQUENCES = frozenset(_tags(_SQ))
+_ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
+_UNDEFINED = 0xFFFFFFFF
+_MAX_DEPTH = 8  # sequences nested deeper go the pydicom route
 
 
 # The encapsulated transfer syntaxes of still images that the fast route reads (explicit VR little endian, as
@@ -148,7 +156,7 @@ def syntax(uid: str) -> Syntax | None:
 
 
 class FlatHeader:
-    """The values of a flat (sequence-free) header that the reader uses, read like a pydicom Dataset
+    """The values of a header's top level that the reader uses, read like a pydicom Dataset
     (`get`, `in`, attributes) by keyword; `file_meta` is the file meta group's. Other keywords raise
     LookupError: they were never read, so a caller must take the pydicom route for them."""
 
@@ -232,8 +240,17 @@ def _elements(data: bytes, pos: int, wanted: dict, meta: bool) -> tuple[dict, fr
             length, pos = long_length(data, pos + 8)[0], pos + 12
         else:
             pos += 8
-        if vr == b"SQ" or length == 0xFFFFFFFF or pos + length > end:
-            return None  # a sequence: pydicom's route decodes its items (and says which are damaged)
+        if vr == b"SQ":
+            if meta or tag in _READ_SEQUENCES:
+                return None
+            pos = _sequence(data, pos, length, 1)  # checked as pydicom's route would read it; nothing kept
+            if pos is None:
+                return None
+            seen.append(tag)
+            last = tag
+            continue
+        if length == _UNDEFINED or pos + length > end:
+            return None
         if length % _VALUE_SIZE.get(vr, 1):
             return None
         want = wanted.get(tag)
@@ -249,6 +266,78 @@ def _elements(data: bytes, pos: int, wanted: dict, meta: bool) -> tuple[dict, fr
     if not meta and pos + 8 > end:
         return None
     return values, frozenset(seen), pos
+
+
+def _sequence(data: bytes, pos: int, length: int, depth: int) -> int | None:
+    """Check the items of a sequence whose value starts at `pos` (`length`: defined, or undefined up to its
+    Sequence Delimitation Item); where it ends, or None for anything unusual. Its values are never kept: the
+    reader reads none inside a classic file's sequences."""
+    if depth > _MAX_DEPTH:
+        return None
+    undefined = length == _UNDEFINED
+    end = len(data) if undefined else pos + length
+    if end > len(data):
+        return None
+    while undefined or pos < end:
+        if pos + 8 > end:
+            return None
+        group, element, item_length = struct.unpack_from("<HHI", data, pos)
+        pos += 8
+        tag = group << 16 | element
+        if tag == _SEQUENCE_END:
+            return pos if undefined and item_length == 0 else None
+        if tag != _ITEM:
+            return None
+        if item_length == _UNDEFINED:
+            pos = _item(data, pos, end, depth, delimited=True)
+        elif pos + item_length > end:
+            return None
+        else:
+            pos = _item(data, pos, pos + item_length, depth, delimited=False)
+        if pos is None:
+            return None
+    return pos
+
+
+def _item(data: bytes, pos: int, end: int, depth: int, delimited: bool) -> int | None:
+    """Check the elements of one item (up to `end`, or up to its Item Delimitation Item when `delimited`) by the
+    rules of the top-level walk: ascending tags, known VRs, lengths that fit, binary values whole. An element the
+    reader reads from every file is also decoded by pydicom's route inside an item, so it must have its VR and a
+    canonical value here too; pixel data inside an item (an icon) sends the file the pydicom route."""
+    head, long_length, last = _HEAD.unpack_from, _LONG_LENGTH.unpack_from, -1
+    while delimited or pos < end:
+        if pos + 8 > end:
+            return None
+        group, element, vr, length = head(data, pos)
+        tag = group << 16 | element
+        if tag == _ITEM_END:
+            return pos + 8 if delimited and data[pos + 4:pos + 8] == b"\0\0\0\0" else None
+        if (tag <= last or group <= 2 or group == 0xFFFE or vr not in _VR_BYTES or tag == _PIXEL_DATA
+                or tag in _FLOAT_PIXEL_DATA):
+            return None
+        if vr in _LONG_VR_BYTES:
+            if pos + 12 > end:
+                return None
+            length, pos = long_length(data, pos + 8)[0], pos + 12
+        else:
+            pos += 8
+        last = tag
+        if vr == b"SQ":
+            pos = _sequence(data, pos, length, depth + 1)
+            if pos is None or pos > end:
+                return None
+            continue
+        if length == _UNDEFINED or pos + length > end or length % _VALUE_SIZE.get(vr, 1):
+            return None
+        want = _WANTED.get(tag)
+        if want is not None and want[1] in _VRS_READ and _convert(data[pos:pos + length], vr.decode("ascii"),
+                                                                   want[1]) is None:
+            return None
+        pos += length
+    return pos
+
+
+_VRS_READ = frozenset({"US", "IS", "DS", "UI", "CS"})  # what `_WANTED` asks of a value read from every file
 
 
 def _convert(raw: bytes, vr: str, need: str):
