@@ -61,6 +61,23 @@ def test_upload_grades_and_shows_the_study(make_app, synth_zip, synth_study, wai
         assert pydicom.dcmread(io.BytesIO(sr.content)).Modality == "SR"
 
 
+def test_a_study_whose_key_images_cannot_be_drawn_keeps_its_grades(make_app, synth_zip, wait_for_job, monkeypatch):
+    from spinegrade.serve import app
+
+    def broken(*_args, **_kwargs):
+        raise ZeroDivisionError("float division by zero")
+
+    monkeypatch.setattr(app, "key_images", broken)
+    with TestClient(make_app()) as client:
+        job = _upload(client, synth_zip.read_bytes(), synth_zip.name).json()
+        done = wait_for_job(client, job["job"])
+        assert done["status"] == "done", done
+        page = client.get(job["url"]).text
+        assert len(re.findall(r'<td class="sev\d', page)) == 25 and "/images/" not in page
+        assert "key images not available: drawing them failed (ZeroDivisionError: float division by zero)" in page
+        assert client.get(f"/jobs/{job['job']}/sr.dcm").status_code == 200
+
+
 def _zip_with(tmp_path, entries: list[tuple[str, bytes]], symlink: str | None = None) -> bytes:
     path = tmp_path / "bad.zip"
     with zipfile.ZipFile(path, "w") as zf:

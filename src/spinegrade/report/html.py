@@ -137,7 +137,7 @@ def study_section_html(result: StudyResult, images: list[KeyImage], model: Mappi
     """One study: meta, the grade table, series used, key images and any warnings."""
     source = "ground-truth labels" if result.findings and all(f.source == "labels" for f in result.findings) \
         else "model predictions"
-    warn = "".join(f'<p class="warn">{html.escape(w)}</p>' for w in [*result.warnings, *notes])
+    warn = "".join(f'<p class="warn">{html.escape(w)}</p>' for w in dict.fromkeys([*result.warnings, *notes]))
     imgs = figures_html(images) if images else '<p class="warn">No key images.</p>'
     return (f'<section class="study" id="study-{html.escape(result.study_id)}">'
             f'<h2>Study {html.escape(result.study_id)} <small>({source})</small></h2>'

@@ -305,10 +305,18 @@ class Viewer:
             result, study = self.predictor(job.study_path)
             self._stage(job, "drawing the key images", 0.6)
             images_dir = job.folder / "images"
-            for view, (_, conditions) in VIEWS.items():
-                imgs = key_images(study, result, conditions)
-                paths = save_key_images(imgs, images_dir, prefix=f"{view}_")
-                job.images[view] = [(p.name, img.title) for p, img in zip(paths, imgs, strict=True)]
+            try:
+                for view, (_, conditions) in VIEWS.items():
+                    imgs = key_images(study, result, conditions)
+                    paths = save_key_images(imgs, images_dir, prefix=f"{view}_")
+                    job.images[view] = [(p.name, img.title) for p, img in zip(paths, imgs, strict=True)]
+            except Exception as e:  # noqa: BLE001 - a drawing failure costs the key images, not the grades
+                job.images.clear()
+                ours = isinstance(e, SpinegradeError)
+                result.warnings.append("key images not available: " + (
+                    str(e) if ours else f"drawing them failed ({type(e).__name__}: {e})"))
+                if not ours:
+                    log.exception("job %s: the key images of study folder %r failed", job.id, job.name)
             self._stage(job, "writing the report", 0.85)
             write_report([result], job.folder / "report.html", model=self.model_info, studies={result.study_id: study})
             self._stage(job, "writing the DICOM SR", 0.93)
