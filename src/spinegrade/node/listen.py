@@ -386,8 +386,8 @@ class Node:
 
         out = self.spool.out(key)
         try:
-            error = self._pool.submit(_grade_in_worker, str(self.spool.images(key)), key, str(out),
-                                      str(self.cfg.model), self.cfg.key_images).result()
+            error, no_key_images = self._pool.submit(_grade_in_worker, str(self.spool.images(key)), key, str(out),
+                                                     str(self.cfg.model), self.cfg.key_images).result()
         except BrokenProcessPool:
             with self._pool_lock:
                 if self._pool is not None and getattr(self._pool, "_broken", False) and not self._stop.is_set():
@@ -396,6 +396,8 @@ class Node:
             raise SpinegradeError("the grader process died on this study (it was replaced)") from None
         if error:
             raise SpinegradeError(error)
+        if no_key_images:
+            log.warning("study %s: no key images (the SR is sent alone): %s", key, no_key_images)
         return out / "sr.dcm"
 
     def _send(self, key: str, st: sp.StudyState) -> None:
@@ -461,10 +463,12 @@ def _worker_ready() -> str:
     return _WORKER.get("error", "the grader process did not start")
 
 
-def _grade_in_worker(images: str, study_id: str, out: str, model: str, with_key_images: bool = False) -> str:
+def _grade_in_worker(images: str, study_id: str, out: str, model: str,
+                     with_key_images: bool = False) -> tuple[str, str]:
     """In a grader process: grade one study folder, write predictions.json, sr.dcm and (`with_key_images`)
-    key_<view>.dcm into `out`; '' or the error in words (a string, so that any failure crosses the process
-    boundary)."""
+    key_<view>.dcm into `out`. Returns (the error, why the key images were not made), each '' or in words
+    (strings, so that any failure crosses the process boundary): key images that cannot be drawn cost
+    themselves, not the SR."""
     from ..report.sr import write_sr
     from ..results import write_predictions
 
@@ -482,9 +486,16 @@ def _grade_in_worker(images: str, study_id: str, out: str, model: str, with_key_
             from ..report.overlays import key_images
             from ..report.sc import write_key_images_sc
 
-            write_key_images_sc(key_images(study, result), study, out_dir, prefix=KEY_IMAGE_PREFIX)
-        return ""
-    except SpinegradeError as e:
-        return str(e)
+            try:
+                write_key_images_sc(key_images(study, result), study, out_dir, prefix=KEY_IMAGE_PREFIX)
+            except Exception as e:  # noqa: BLE001 - the SR stands without its key images
+                for made in out_dir.glob(f"{KEY_IMAGE_PREFIX}*.dcm"):  # none of a partial set is sent
+                    made.unlink()
+                return "", _in_words(e)
+        return "", ""
     except Exception as e:  # any failure of one study is reported, never raised into the node
-        return f"{type(e).__name__}: {e}"
+        return _in_words(e), ""
+
+
+def _in_words(e: Exception) -> str:
+    return str(e) if isinstance(e, SpinegradeError) else f"{type(e).__name__}: {e}"
