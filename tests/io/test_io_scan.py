@@ -281,6 +281,24 @@ def good_files(tmp_path_factory) -> dict[str, bytes]:
 def test_a_damaged_file_read_fast_reads_as_pydicom_reads_it(tmp_path, monkeypatch, good_files, kind, edits, cut):
     path = tmp_path / "f.dcm"
     path.write_bytes(damage(good_files[kind], edits, cut))
+    assert_routes_agree(path, monkeypatch)
+
+
+@pytest.mark.parametrize("tag", [b"\x28\x00\x53\x10DS", b"\x20\x00\x13\x00IS", b"\x28\x00\x04\x00CS",
+                                 b"\x20\x00\x32\x00DS"])
+def test_a_leading_nul_is_damage_not_padding(tmp_path, monkeypatch, good_files, tag):
+    """pydicom strips a value's trailing spaces and NULs only: "\\0.5" is no RescaleSlope of 0.5 (found by a
+    route-equivalence fuzz), nor "\\01" an InstanceNumber; both routes read such a file alike."""
+    data = good_files["native"]
+    at = data.index(tag) + 8  # the value, after tag, VR and 2-byte length
+    path = tmp_path / "f.dcm"
+    path.write_bytes(data[:at] + b"\0" + data[at + 1:])
+    assert_routes_agree(path, monkeypatch)
+
+
+def assert_routes_agree(path, monkeypatch) -> None:
+    """Where the fast route reads a file, the pydicom route reads the same slice, pixels and series from it."""
+    tmp_path = path.parent
     fast = _read_header_fast(path, 10**6, True)
     if fast is None:
         return  # the pydicom route reads it: nothing of the fast route's to compare

@@ -222,7 +222,7 @@ def _elements(data: bytes, pos: int, wanted: dict, meta: bool) -> tuple[dict, fr
     """Walk a group of elements from `pos`: the file meta (group 2) or the dataset up to Pixel Data. Returns
     (the wanted values by keyword, every tag seen, where the walk stopped) or None for anything unusual."""
     end, values, seen, last = len(data), {}, [], -1
-    head, long_length = _HEAD.unpack_from, _LONG_LENGTH.unpack_from
+    head = _HEAD.unpack_from
     while pos + 8 <= end:
         group, element, vr, length = head(data, pos)  # length: the 2-byte one, right for most VRs
         tag = group << 16 | element
@@ -234,12 +234,10 @@ def _elements(data: bytes, pos: int, wanted: dict, meta: bool) -> tuple[dict, fr
             return None
         if tag <= last or (not meta and group <= 2) or group == 0xFFFE or vr not in _VR_BYTES:
             return None
-        if vr in _LONG_VR_BYTES:
-            if pos + 12 > end:
-                return None
-            length, pos = long_length(data, pos + 8)[0], pos + 12
-        else:
-            pos += 8
+        found = _length(data, pos, vr, length, end)
+        if found is None:
+            return None
+        length, pos = found
         if vr == b"SQ":
             if meta or tag in _READ_SEQUENCES:
                 return None
@@ -266,6 +264,16 @@ def _elements(data: bytes, pos: int, wanted: dict, meta: bool) -> tuple[dict, fr
     if not meta and pos + 8 > end:
         return None
     return values, frozenset(seen), pos
+
+
+def _length(data: bytes, pos: int, vr: bytes, short: int, end: int) -> tuple[int, int] | None:
+    """(value length, where the value starts) of the element whose tag is at `pos`: `short`, its 2-byte length,
+    or the 4-byte one that follows a long VR (None when that is cut off)."""
+    if vr not in _LONG_VR_BYTES:
+        return short, pos + 8
+    if pos + 12 > end:
+        return None
+    return _LONG_LENGTH.unpack_from(data, pos + 8)[0], pos + 12
 
 
 def _sequence(data: bytes, pos: int, length: int, depth: int) -> int | None:
@@ -304,7 +312,7 @@ def _item(data: bytes, pos: int, end: int, depth: int, delimited: bool) -> int |
     rules of the top-level walk: ascending tags, known VRs, lengths that fit, binary values whole. An element the
     reader reads from every file is also decoded by pydicom's route inside an item, so it must have its VR and a
     canonical value here too; pixel data inside an item (an icon) sends the file the pydicom route."""
-    head, long_length, last = _HEAD.unpack_from, _LONG_LENGTH.unpack_from, -1
+    head, last = _HEAD.unpack_from, -1
     while delimited or pos < end:
         if pos + 8 > end:
             return None
@@ -315,13 +323,10 @@ def _item(data: bytes, pos: int, end: int, depth: int, delimited: bool) -> int |
         if (tag <= last or group <= 2 or group == 0xFFFE or vr not in _VR_BYTES or tag == _PIXEL_DATA
                 or tag in _FLOAT_PIXEL_DATA):
             return None
-        if vr in _LONG_VR_BYTES:
-            if pos + 12 > end:
-                return None
-            length, pos = long_length(data, pos + 8)[0], pos + 12
-        else:
-            pos += 8
-        last = tag
+        found = _length(data, pos, vr, length, end)
+        if found is None:
+            return None
+        (length, pos), last = found, tag
         if vr == b"SQ":
             pos = _sequence(data, pos, length, depth + 1)
             if pos is None or pos > end:
@@ -355,7 +360,9 @@ def _convert(raw: bytes, vr: str, need: str):
     if vr == "UI":
         text = text.rstrip("\0 ")
         return text if text and "\\" not in text and " " not in text else None
-    text = text.strip(" \0")
+    # pydicom strips trailing spaces and NULs (the padding) and leaves the rest to int/float, which allow
+    # leading spaces but no NUL: a leading NUL is a damaged value there, so it must not be stripped here
+    text = text.rstrip(" \0").lstrip(" ")
     if not text:
         return None
     if vr == "CS":
