@@ -70,7 +70,33 @@ def tag_values(rng: random.Random) -> dict:
 
 SERIES_CHANGES = ("same_position", "jittered_positions", "one_slice_turned", "zero_pixels", "constant_pixels",
                   "maximum_pixels", "noise_pixels", "one_slice_left", "one_sop_uid", "tiny_spacing",
-                  "half_cropped", "every_file_twice", "half_turned", "huge_spacing", "oblique")
+                  "half_cropped", "every_file_twice", "half_turned", "huge_spacing", "oblique",
+                  "clinical_sequences", "damaged_sequences")
+
+
+def add_sequences(ds, rng: random.Random) -> None:
+    """The sequences a clinical header carries (a referenced image with its purpose, a request, an empty one),
+    nested, with undefined or defined lengths: the reader's scan checks their items."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    code = Dataset()
+    code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = "121311", "DCM", "Localizer"
+    ref = Dataset()
+    ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID = "1.2.840.10008.5.1.4.1.1.4", generate_uid()
+    ref.PurposeOfReferenceCodeSequence = Sequence([code])
+    ref.InstanceNumber = "3"
+    request = Dataset()
+    request.RequestedProcedureID = "RP1"
+    ds.ReferencedImageSequence = Sequence([ref, Dataset()])
+    ds.RequestAttributesSequence = Sequence([request])
+    ds.ProcedureCodeSequence = Sequence([])
+    undefined = rng.random() < 0.5
+    for elem in ds.iterall():
+        if elem.VR == "SQ":
+            elem.is_undefined_length = undefined
+            for item in elem.value:
+                item.is_undefined_length_sequence_item = undefined
 
 
 def change_series(files: list[Path], kind: str, rng: random.Random) -> None:
@@ -110,6 +136,8 @@ def change_series(files: list[Path], kind: str, rng: random.Random) -> None:
             ds.PixelSpacing = [1e-6, 1e-6]
         elif kind == "huge_spacing":
             ds.PixelSpacing = [1e3, 1e3]
+        elif kind in ("clinical_sequences", "damaged_sequences"):
+            add_sequences(ds, rng)
         elif kind == "oblique":  # the whole series tilted by 35 degrees about its row direction
             r = np.asarray([float(v) for v in ds.ImageOrientationPatient[:3]])
             c = np.asarray([float(v) for v in ds.ImageOrientationPatient[3:]])
@@ -117,6 +145,13 @@ def change_series(files: list[Path], kind: str, rng: random.Random) -> None:
             c2 = np.cos(np.radians(35)) * c + np.sin(np.radians(35)) * n
             ds.ImageOrientationPatient = [f"{v:.6f}" for v in (*r, *c2)]
         ds.save_as(f)
+        if kind == "damaged_sequences":  # a few random bytes inside the sequences
+            data = bytearray(f.read_bytes())
+            lo, hi = data.index(b"\x08\x00\x40\x11"), data.index(b"\x40\x00\x75\x02")  # (0008,1140) .. (0040,0275)
+            for _ in range(rng.randint(1, 3)):
+                at = rng.randrange(lo, hi)
+                data[at:at + 1] = bytes([rng.randrange(256)])
+            f.write_bytes(bytes(data))
 
 
 def set_tag(ds, keyword: str, value) -> None:
