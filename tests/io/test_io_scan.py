@@ -284,15 +284,17 @@ def test_a_damaged_file_read_fast_reads_as_pydicom_reads_it(tmp_path, monkeypatc
     assert_routes_agree(path, monkeypatch)
 
 
-@pytest.mark.parametrize("tag", [b"\x28\x00\x53\x10DS", b"\x20\x00\x13\x00IS", b"\x28\x00\x04\x00CS",
-                                 b"\x20\x00\x32\x00DS"])
-def test_a_leading_nul_is_damage_not_padding(tmp_path, monkeypatch, good_files, tag):
-    """pydicom strips a value's trailing spaces and NULs only: "\\0.5" is no RescaleSlope of 0.5 (found by a
-    route-equivalence fuzz), nor "\\01" an InstanceNumber; both routes read such a file alike."""
+@pytest.mark.parametrize("tag,byte", [(b"\x28\x00\x53\x10DS", b"\0"), (b"\x20\x00\x13\x00IS", b"\0"),
+                                      (b"\x28\x00\x04\x00CS", b"\0"), (b"\x20\x00\x32\x00DS", b"\0"),
+                                      (b"\x20\x00\x0e\x00UI", b"\x1d"), (b"\x08\x00\x18\x00UI", b"\t")])
+def test_a_values_first_byte_reads_as_pydicom_reads_it(tmp_path, monkeypatch, good_files, tag, byte):
+    """pydicom strips a value's trailing spaces and NULs, then leaves DS and IS to float/int (no NUL allowed) and
+    strips a UID of any whitespace: "\\0.5" is no RescaleSlope of 0.5, nor "\\01" an InstanceNumber, and a UID
+    starting with a group separator is read without it (both found by `scripts/fuzz_routes.py`)."""
     data = good_files["native"]
     at = data.index(tag) + 8  # the value, after tag, VR and 2-byte length
     path = tmp_path / "f.dcm"
-    path.write_bytes(data[:at] + b"\0" + data[at + 1:])
+    path.write_bytes(data[:at] + byte + data[at + 1:])
     assert_routes_agree(path, monkeypatch)
 
 
@@ -318,7 +320,8 @@ def assert_routes_agree(path, monkeypatch) -> None:
         assert a.dtype == b.dtype and np.array_equal(a, b)
     # and as a series: the same tags (read by the fast route from the file it scanned) and notes
     fast_series, slow_series = both_routes(monkeypatch, lambda: dicom.load_series(tmp_path, load_pixels=False))
-    assert [(s.tags, s.notes) for s in fast_series] == [(s.tags, s.notes) for s in slow_series]
+    assert [(s.tags, s.notes, s.sop_instance_uids) for s in fast_series] == \
+        [(s.tags, s.notes, s.sop_instance_uids) for s in slow_series]
 
 
 def test_the_real_studies_read_the_same_and_fast(monkeypatch, two_studies):

@@ -357,9 +357,10 @@ def _convert(raw: bytes, vr: str, need: str):
         text = raw.decode("ascii")
     except UnicodeDecodeError:
         return None
-    if vr == "UI":
+    if vr == "UI":  # pydicom: trailing spaces and NULs off, then str.strip() (any whitespace, both ends)
         text = text.rstrip("\0 ")
-        return text if text and "\\" not in text and " " not in text else None
+        # (printable ASCII less the space: no whitespace nor NUL left for it to treat otherwise)
+        return text if text and "\\" not in text and " " not in text and text.isprintable() else None
     # pydicom strips trailing spaces and NULs (the padding) and leaves the rest to int/float, which allow
     # leading spaces but no NUL: a leading NUL is a damaged value there, so it must not be stripped here
     text = text.rstrip(" \0").lstrip(" ")
