@@ -10,8 +10,10 @@ positions and pixels. A difference is a finding: the file is kept in --out.
 
 Files: flat headers (native and RLE pixels) and headers with clinical sequences (nested, undefined and defined
 lengths, an InstanceNumber and PixelSpacing inside an item). About 1 ms per trial; a few percent of the damaged
-files are accepted by the scan and compared. Exit status 1 when anything differed. A development tool: it
-found a leading NUL read as padding (b2283f9), now a test in tests/io/test_io_scan.py.
+files are accepted by the scan and compared. Half the damaged bytes are characters values are parsed around
+(padding, whitespace and control characters, separators, signs). Exit status 1 when anything differed. A
+development tool: it found a leading NUL read as padding, a UID's whitespace and a DS value's control character
+read otherwise than pydicom reads them; each is now a test in tests/io/test_io_scan.py.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless
 
 REPO = Path(__file__).resolve().parents[1]
+TRICKY = b"\x00 \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f\\+-.eE019nNiIaA_"
 sys.path.insert(0, str(REPO / "tests" / "io"))
 
 
@@ -97,7 +100,10 @@ def main() -> int:
             b = bytearray(good)
             for _ in range(int(rng.integers(1, 4))):
                 at = int(rng.integers(132, pixels_at)) if rng.random() < 0.9 else int(rng.integers(0, len(b)))
-                b[at:at + int(rng.integers(1, 3))] = rng.bytes(int(rng.integers(1, 3)))
+                if rng.random() < 0.5:  # a character that values are parsed around (padding, separators, signs)
+                    b[at] = TRICKY[int(rng.integers(len(TRICKY)))]
+                else:
+                    b[at:at + int(rng.integers(1, 3))] = rng.bytes(int(rng.integers(1, 3)))
             if rng.random() < 0.1:
                 b = b[:int(rng.integers(132, len(b)))]
             path.write_bytes(bytes(b))

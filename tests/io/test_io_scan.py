@@ -298,6 +298,18 @@ def test_a_values_first_byte_reads_as_pydicom_reads_it(tmp_path, monkeypatch, go
     assert_routes_agree(path, monkeypatch)
 
 
+def test_a_second_value_starting_with_a_separator_reads_as_pydicom_reads_it(tmp_path, monkeypatch, good_files):
+    """A PixelSpacing whose second value starts with a record separator (0x1E): str.strip() removes it, float()
+    refuses it, as pydicom's route does (found by `scripts/fuzz_routes.py`)."""
+    data = good_files["native"]
+    at = data.index(b"\\", data.index(b"\x28\x00\x30\x00DS")) + 1
+    path = tmp_path / "f.dcm"
+    path.write_bytes(data[:at] + b"\x1e" + data[at + 1:])
+    assert_routes_agree(path, monkeypatch)
+    (s,) = dicom.load_series(tmp_path, load_pixels=False)
+    assert "no PixelSpacing or ImagerPixelSpacing: assumed 1.0 mm pixels" in s.notes
+
+
 def assert_routes_agree(path, monkeypatch) -> None:
     """Where the fast route reads a file, the pydicom route reads the same slice, pixels and series from it."""
     tmp_path = path.parent

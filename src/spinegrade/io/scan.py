@@ -370,12 +370,9 @@ def _convert(raw: bytes, vr: str, need: str):
         return text if "\\" not in text else None
     if vr == "IS":
         return int(text) if _INTEGER.fullmatch(text) else None
-    parts = [p.strip() for p in text.split("\\")]  # DS
-    try:
-        floats = [float(p) for p in parts if p]
+    try:  # DS: each value as pydicom's DSfloat takes it: float(), which allows less whitespace than strip()
+        floats = [float(p) for p in text.split("\\")]
     except ValueError:
-        return None
-    if len(floats) != len(parts):
         return None
     return floats[0] if len(floats) == 1 else floats
 
