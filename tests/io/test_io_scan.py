@@ -276,7 +276,9 @@ def good_files(tmp_path_factory) -> dict[str, bytes]:
 
 @_SETTINGS
 @given(kind=st.sampled_from(["native", "rle", "sequences", "defined_sequences"]),
-       edits=st.lists(st.tuples(st.integers(0, 10_000), st.binary(min_size=1, max_size=4)), max_size=4),
+       edits=st.lists(st.tuples(st.integers(0, 10_000), st.one_of(
+           st.binary(min_size=1, max_size=4),
+           st.sampled_from([bytes([c]) for c in b"\x00 \t\r\x1c\x1e\\+-.e9"]))), max_size=4),  # padding, separators
        cut=st.one_of(st.none(), st.integers(0, 10_000)))
 def test_a_damaged_file_read_fast_reads_as_pydicom_reads_it(tmp_path, monkeypatch, good_files, kind, edits, cut):
     path = tmp_path / "f.dcm"
