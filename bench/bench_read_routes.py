@@ -24,30 +24,6 @@ sys.path[:0] = [str(REPO / "tests"), str(REPO / "tests" / "io")]
 TWO = REPO.parent / "shared" / "realdata" / "rsna2024_dicom_train_2studies" / "train_images"
 
 
-def clinical_header(ds, undefined: bool):
-    """`ds` with the sequences a clinical MR header carries (values made up, no patient data)."""
-    from pydicom.dataset import Dataset
-    from pydicom.sequence import Sequence
-
-    code = Dataset()
-    code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = "121311", "DCM", "Localizer"
-    ref = Dataset()
-    ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID = "1.2.840.10008.5.1.4.1.1.4", "1.2.3.4.5.6"
-    ref.PurposeOfReferenceCodeSequence = Sequence([code])
-    request = Dataset()
-    request.RequestedProcedureID, request.ScheduledProcedureStepID = "RP1", "SPS1"
-    ds.ReferencedImageSequence = Sequence([ref, Dataset()])
-    ds.RequestAttributesSequence = Sequence([request])
-    ds.ProcedureCodeSequence = Sequence([])
-    ds.add_new(0x00291020, "SQ", Sequence([Dataset()]))
-    for elem in ds.iterall():
-        if elem.VR == "SQ":
-            elem.is_undefined_length = undefined
-            for item in elem.value:
-                item.is_undefined_length_sequence_item = undefined
-    return ds
-
-
 def timed(repeat: int, fns: dict) -> dict:
     """Best wall time of each function, the functions run in turn `repeat` times."""
     best = {k: float("inf") for k in fns}
@@ -64,7 +40,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--files", type=int, default=60)
     a = ap.parse_args()
-    from dicom_factory import make_dataset, slice_pixels, write_dicom
+    from dicom_factory import add_clinical_sequences, make_dataset, slice_pixels, write_dicom
 
     from spinegrade.io import dicom
 
@@ -91,7 +67,7 @@ def main() -> None:
             folder = Path(tmp) / f"clinical_{undefined}"
             for k in range(a.files):
                 ds = make_dataset(slice_pixels(256, 256), position=(0, 0, 4 * k), instance=k + 1)
-                write_dicom(folder / f"{k}.dcm", clinical_header(ds, undefined))
+                write_dicom(folder / f"{k}.dcm", add_clinical_sequences(ds, undefined, rich=True))
             read = lambda f=folder: dicom.load_series(f)
             name = f"clinical headers ({'undefined' if undefined else 'defined'} lengths)"
             rows.append((name, a.files, timed(a.repeat, {"scan": route(True, read), "pydicom": route(False, read)})))

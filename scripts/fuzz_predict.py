@@ -37,6 +37,7 @@ import pydicom
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests" / "io"))
 TWO = REPO.parent / "shared" / "realdata" / "rsna2024_dicom_train_2studies" / "train_images"
 PYTHON_ERRORS = re.compile(r"\b(TypeError|KeyError|AttributeError|IndexError|ValueError|ZeroDivisionError|"
                            r"UnboundLocalError|NameError|AssertionError|RuntimeError|OverflowError|Traceback)\b")
@@ -72,31 +73,6 @@ SERIES_CHANGES = ("same_position", "jittered_positions", "one_slice_turned", "ze
                   "maximum_pixels", "noise_pixels", "one_slice_left", "one_sop_uid", "tiny_spacing",
                   "half_cropped", "every_file_twice", "half_turned", "huge_spacing", "oblique",
                   "clinical_sequences", "damaged_sequences")
-
-
-def add_sequences(ds, rng: random.Random) -> None:
-    """The sequences a clinical header carries (a referenced image with its purpose, a request, an empty one),
-    nested, with undefined or defined lengths: the reader's scan checks their items."""
-    from pydicom.dataset import Dataset
-    from pydicom.sequence import Sequence
-
-    code = Dataset()
-    code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning = "121311", "DCM", "Localizer"
-    ref = Dataset()
-    ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID = "1.2.840.10008.5.1.4.1.1.4", generate_uid()
-    ref.PurposeOfReferenceCodeSequence = Sequence([code])
-    ref.InstanceNumber = "3"
-    request = Dataset()
-    request.RequestedProcedureID = "RP1"
-    ds.ReferencedImageSequence = Sequence([ref, Dataset()])
-    ds.RequestAttributesSequence = Sequence([request])
-    ds.ProcedureCodeSequence = Sequence([])
-    undefined = rng.random() < 0.5
-    for elem in ds.iterall():
-        if elem.VR == "SQ":
-            elem.is_undefined_length = undefined
-            for item in elem.value:
-                item.is_undefined_length_sequence_item = undefined
 
 
 def change_series(files: list[Path], kind: str, rng: random.Random) -> None:
@@ -137,7 +113,9 @@ def change_series(files: list[Path], kind: str, rng: random.Random) -> None:
         elif kind == "huge_spacing":
             ds.PixelSpacing = [1e3, 1e3]
         elif kind in ("clinical_sequences", "damaged_sequences"):
-            add_sequences(ds, rng)
+            from dicom_factory import add_clinical_sequences  # tests/io: the corpus builders
+
+            add_clinical_sequences(ds, undefined=rng.random() < 0.5, rich=True)
         elif kind == "oblique":  # the whole series tilted by 35 degrees about its row direction
             r = np.asarray([float(v) for v in ds.ImageOrientationPatient[:3]])
             c = np.asarray([float(v) for v in ds.ImageOrientationPatient[3:]])

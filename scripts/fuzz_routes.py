@@ -26,8 +26,6 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from pydicom.dataset import Dataset
-from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian, RLELossless
 
 REPO = Path(__file__).resolve().parents[1]
@@ -35,31 +33,9 @@ TRICKY = b"\x00 \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f\\+-.eE019nNiIaA_"
 sys.path.insert(0, str(REPO / "tests" / "io"))
 
 
-def with_sequences(ds: Dataset, undefined: bool) -> Dataset:
-    inner = Dataset()
-    inner.CodeValue, inner.CodingSchemeDesignator, inner.CodeMeaning = "T-D0123", "SRT", "Lumbar"
-    inner.InstanceNumber, inner.PixelSpacing = "3", ["0.5", "0.5"]
-    ref = Dataset()
-    ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID = "1.2.840.10008.5.1.4.1.1.4", "1.2.3.4.5"
-    ref.PurposeOfReferenceCodeSequence = Sequence([inner, Dataset()])
-    ref.add_new(0x00291010, "OB", b"\x01\x02\x03\x04")
-    ds.ReferencedImageSequence = Sequence([ref, Dataset()])
-    ds.ProcedureCodeSequence = Sequence([])
-    ds.add_new(0x00291020, "SQ", Sequence([Dataset()]))
-    request = Dataset()
-    request.ScheduledProcedureStepID, request.RequestedProcedureID = "X1", "R9"
-    ds.RequestAttributesSequence = Sequence([request])
-    for elem in ds.iterall():
-        if elem.VR == "SQ":
-            elem.is_undefined_length = undefined
-            for item in elem.value:
-                item.is_undefined_length_sequence_item = undefined
-    return ds
-
-
 def good_files(folder: Path) -> list[tuple[bytes, int]]:
     """(bytes, where Pixel Data starts) of each generated file."""
-    from dicom_factory import make_dataset, slice_pixels, write_dicom
+    from dicom_factory import add_clinical_sequences, make_dataset, slice_pixels, write_dicom
 
     tags = dict(ImageType=["ORIGINAL", "PRIMARY", "M", "ND"], SeriesDescription="T2 sag", Manufacturer="ACME",
                 ProtocolName="", FlipAngle="90", echo_time=87.5, repetition_time=3000.0)
@@ -68,7 +44,7 @@ def good_files(folder: Path) -> list[tuple[bytes, int]]:
                                          for s in (None, True, False)]):
         ds = make_dataset(slice_pixels(16, 16), rescale=(1.5, -3.0), **tags)
         if sequences is not None:
-            ds = with_sequences(ds, sequences)
+            ds = add_clinical_sequences(ds, sequences, rich=True)
         data = write_dicom(folder / f"good{k}.dcm", ds, ts).read_bytes()
         out.append((data, data.index(b"\xe0\x7f\x10\x00")))
     return out

@@ -234,6 +234,36 @@ def to_enhanced_mr(files, out_path) -> Path:
     return out_path
 
 
+def add_clinical_sequences(ds: Dataset, undefined: bool, rich: bool = False) -> Dataset:
+    """`ds` with the sequences a clinical header carries and the reader never reads, nested: a referenced image with
+    its purpose code, an empty item, an empty sequence. `undefined`: undefined lengths, items ending with their
+    delimitation items; else defined lengths. `rich` adds a request, a private sequence and private bytes, and what
+    the reader reads from every file inside an item (InstanceNumber, PixelSpacing)."""
+    from pydicom.sequence import Sequence
+
+    inner = Dataset()
+    inner.CodeValue, inner.CodingSchemeDesignator, inner.CodeMeaning = "T-D0123", "SRT", "Lumbar spine"
+    ref = Dataset()
+    ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID = "1.2.840.10008.5.1.4.1.1.4", "1.2.3.4.5"
+    ref.PurposeOfReferenceCodeSequence = Sequence([inner])
+    ds.ReferencedImageSequence = Sequence([ref, Dataset()])
+    ds.ProcedureCodeSequence = Sequence([])
+    if rich:
+        inner.InstanceNumber, inner.PixelSpacing = "3", ["0.5", "0.5"]
+        ref.PurposeOfReferenceCodeSequence.append(Dataset())
+        ref.add_new(0x00291010, "OB", b"\x01\x02\x03\x04")
+        ds.add_new(0x00291020, "SQ", Sequence([Dataset()]))
+        request = Dataset()
+        request.ScheduledProcedureStepID, request.RequestedProcedureID = "X1", "R9"
+        ds.RequestAttributesSequence = Sequence([request])
+    for elem in ds.iterall():
+        if elem.VR == "SQ":
+            elem.is_undefined_length = undefined
+            for item in elem.value:
+                item.is_undefined_length_sequence_item = undefined
+    return ds
+
+
 def damage(good: bytes, edits, cut: int | None, tail: bytes = b"") -> bytes:
     """A file's bytes with `edits` ((offset, bytes) pairs, offsets taken modulo the length) written over them,
     then cut to `cut` bytes (modulo the length + 1) when given, then `tail` appended: the property tests'

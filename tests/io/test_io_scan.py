@@ -8,6 +8,7 @@ import numpy as np
 import pydicom
 import pytest
 from dicom_factory import (
+    add_clinical_sequences,
     GDCM_ENCODED,
     PYDICOM_ENCODED,
     SAGITTAL,
@@ -72,23 +73,6 @@ def routes_taken(folder) -> dict[str, bool]:
     return out
 
 
-def _with_sequences(ds: Dataset, undefined: bool) -> Dataset:
-    """Clinical headers carry sequences the reader never reads (nested here, one item empty, one sequence
-    empty): the fast route checks their items and reads the file."""
-    inner = Dataset()
-    inner.CodeValue, inner.CodingSchemeDesignator, inner.CodeMeaning = "T-D0123", "SRT", "Lumbar spine"
-    ref = Dataset()
-    ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID = "1.2.840.10008.5.1.4.1.1.4", "1.2.3.4.5"
-    ref.PurposeOfReferenceCodeSequence = Sequence([inner])
-    ds.ReferencedImageSequence = Sequence([ref, Dataset()])
-    ds.ProcedureCodeSequence = Sequence([])
-    for elem in (ds["ReferencedImageSequence"], ds["ProcedureCodeSequence"], ref["PurposeOfReferenceCodeSequence"]):
-        elem.is_undefined_length = undefined
-        for item in elem.value:  # and their items end with an Item Delimitation Item
-            item.is_undefined_length_sequence_item = undefined
-    return ds
-
-
 def build_corpus(root) -> None:
     """A plain folder mixing what the fast route reads and what it leaves to pydicom."""
     write_series(root / "explicit", 3, bits=12)
@@ -104,7 +88,7 @@ def build_corpus(root) -> None:
         write_dicom(root / "codecs" / f"{k}.dcm", make_dataset(px, series_uid=f"1.2.3.2{k}", position=(0, 0, k)), ts)
     for k, (undefined, ts) in enumerate([(True, ExplicitVRLittleEndian), (False, ImplicitVRLittleEndian),
                                          (True, RLELossless)]):
-        ds = _with_sequences(make_dataset(slice_pixels(value=k), series_uid="1.2.3.30", position=(0, 0, 4 * k),
+        ds = add_clinical_sequences(make_dataset(slice_pixels(value=k), series_uid="1.2.3.30", position=(0, 0, 4 * k),
                                           instance=k + 1), undefined)
         write_dicom(root / "sequences" / f"{k}.dcm", ds, ts)
     tags = dict(ImageType=["ORIGINAL", "PRIMARY", "M", "ND"], ProtocolName="", SeriesDescription=" T2 sag ",
@@ -174,7 +158,7 @@ def _nested(depth: int) -> Sequence:
 def test_sequences_are_read_fast_in_explicit_vr_and_implicit_vr_goes_the_pydicom_route(tmp_path, monkeypatch):
     for k, (undefined, ts) in enumerate([(True, ExplicitVRLittleEndian), (False, ExplicitVRLittleEndian),
                                          (True, RLELossless)]):
-        path = write_dicom(tmp_path / f"{k}.dcm", _with_sequences(make_dataset(slice_pixels()), undefined), ts)
+        path = write_dicom(tmp_path / f"{k}.dcm", add_clinical_sequences(make_dataset(slice_pixels()), undefined), ts)
         fast = _read_header_fast(path, 10**8, True)
         assert fast is not None and fast.rows == 32 and "ReferencedImageSequence" in fast.ds
         monkeypatch.setattr(dicom, "FAST_ROUTE", False)
@@ -218,7 +202,7 @@ def test_unusual_sequences_go_the_pydicom_route(tmp_path):
     at = data.index(b"\x20\x00\x13\x00IS\x02\x001 ")  # the InstanceNumber inside the item
     (tmp_path / "inner_bad.dcm").write_bytes(data[:at + 8] + b"x1" + data[at + 10:])
     assert _read_header_fast(tmp_path / "inner_bad.dcm", 10**8, True) is None
-    seq = write_dicom(tmp_path / "seq.dcm", _with_sequences(make_dataset(slice_pixels()), True))
+    seq = write_dicom(tmp_path / "seq.dcm", add_clinical_sequences(make_dataset(slice_pixels()), True))
     data = seq.read_bytes()
     assert _read_header_fast(seq, 10**8, True) is not None
     for name, old, new in (("no_item_end", b"\xfe\xff\x0d\xe0", b"\xfe\xff\x0e\xe0"),
@@ -269,7 +253,7 @@ def good_files(tmp_path_factory) -> dict[str, bytes]:
         ds = make_dataset(slice_pixels(16, 16), rescale=(1.5, -3.0), echo_time=90.0, repetition_time=3000.0)
         out[name] = write_dicom(root / f"{name}.dcm", ds, ts).read_bytes()
     for name, undefined in (("sequences", True), ("defined_sequences", False)):
-        ds = _with_sequences(make_dataset(slice_pixels(16, 16), rescale=(1.5, -3.0), echo_time=90.0), undefined)
+        ds = add_clinical_sequences(make_dataset(slice_pixels(16, 16), rescale=(1.5, -3.0), echo_time=90.0), undefined)
         out[name] = write_dicom(root / f"{name}.dcm", ds).read_bytes()
     return out
 
