@@ -870,8 +870,8 @@ def _native_stderr_quiet(active: bool):
     before it raises on damaged RLE data. The error is caught and the file skipped with its reason, but the
     message reads like a crash. In a process with one Python thread (the command line, prepare's workers,
     predict's readers; threads named SILENT_THREAD aside), file descriptor 2 goes to /dev/null for the call
-    (Python's warnings are off there too, see `_decode_any`); with other threads (serve, the DICOM node) it is
-    left alone, as they may be logging."""
+    (Python's warnings are off there too, see `_decode_any`; the DICOM node grades in such processes too); with
+    other threads (serve grades beside its web server) it is left alone, as they may be logging."""
     saved = None
     if active and _alone():
         try:
