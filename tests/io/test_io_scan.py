@@ -296,6 +296,24 @@ def test_a_second_value_starting_with_a_separator_reads_as_pydicom_reads_it(tmp_
     assert "no PixelSpacing or ImagerPixelSpacing: assumed 1.0 mm pixels" in s.notes
 
 
+@pytest.mark.parametrize("length", [6, 8])
+def test_an_unknown_vr_value_of_a_known_binary_tag_reads_as_pydicom_reads_it(tmp_path, monkeypatch, length):
+    """DiffusionBValue (FD) encoded as UN: pydicom decodes it by the dictionary's VR when it decodes a series' first
+    header whole, and notes a length that is no whole number of doubles; the scan leaves such a file to it."""
+    from pydicom.dataelem import DataElement
+
+    ds = make_dataset(slice_pixels())
+    ds[0x00189087] = DataElement(0x00189087, "OB", bytes(range(1, length + 1)))
+    path = write_dicom(tmp_path / "f.dcm", ds)
+    data = path.read_bytes()
+    at = data.index(b"\x18\x00\x87\x90OB")
+    path.write_bytes(data[:at + 4] + b"UN" + data[at + 6:])  # UN has the same layout as OB
+    assert (_read_header_fast(path, 10**6, True) is None) == (length % 8 != 0)
+    assert_routes_agree(path, monkeypatch)
+    (s,) = dicom.load_series(tmp_path, load_pixels=False)
+    assert any(n.startswith("damaged header element (0018,9087)") for n in s.notes) == (length % 8 != 0)
+
+
 def assert_routes_agree(path, monkeypatch) -> None:
     """Where the fast route reads a file, the pydicom route reads the same slice, pixels and series from it."""
     tmp_path = path.parent

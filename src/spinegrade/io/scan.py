@@ -73,7 +73,10 @@ _SERIES_TAGS = {
 _ENHANCED_ONLY = ("EffectiveEchoTime", "InversionTimes")
 # Binary VRs whose values pydicom unpacks: a length that is not a whole number of values fails there (the
 # pydicom route drops the element with a note), so such a file is left to it.
-_VALUE_SIZE = {b"US": 2, b"SS": 2, b"UL": 4, b"SL": 4, b"FL": 4, b"FD": 8, b"AT": 4, b"SV": 8, b"UV": 8}
+_VALUE_SIZE = {b"US": 2, b"SS": 2, b"UL": 4, b"SL": 4, b"FL": 4, b"FD": 8, b"AT": 4, b"SV": 8, b"UV": 8,
+               # UN: pydicom decodes a known tag's UN value by the dictionary's VR (a series' first header is
+               # decoded whole), so a length no binary VR could hold is left to it too
+               b"UN": 8}
 _INTEGER = re.compile(r"0|-?[1-9][0-9]*")
 
 
