@@ -16,7 +16,7 @@ import numpy as np
 
 from . import __version__, vocab
 from .batch import Shard
-from .errors import DataError, SpinegradeError
+from .errors import DataError, in_words
 from .io.types import Study
 from .results import SeriesUse, StudyResult
 
@@ -324,7 +324,7 @@ def predict(input_path: Path, model: Path, out: Path, device: str = "cpu", stric
     def record(job, got, secs: dict) -> None:
         """Journal one study's result (an exception: its failure); write its SR; keep it for the report."""
         if isinstance(got, Exception):
-            msg = str(got) if isinstance(got, SpinegradeError) else f"{type(got).__name__}: {got}"
+            msg = in_words(got)
             journal.add(index[id(job)], job.study_id, error=msg, seconds=secs)
             log(f"skipped study {job.study_id}: {msg}")
             return
@@ -401,8 +401,7 @@ def _write_srs(results: list[StudyResult], studies: list[Study], out: Path) -> N
         try:
             write_sr(res, st, out / f"{res.study_id}_sr.dcm")
         except Exception as e:  # noqa: BLE001 - the grades stand without their SR
-            why = str(e) if isinstance(e, SpinegradeError) else f"{type(e).__name__}: {e}"
-            res.warnings.append(f"no DICOM SR: {why}")
+            res.warnings.append(f"no DICOM SR: {in_words(e)}")
 
 
 def merge_shards(out: Path, strict: bool = False, report: bool = False, log=print, batch: dict | None = None,

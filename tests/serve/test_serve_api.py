@@ -32,6 +32,11 @@ def test_upload_grades_and_shows_the_study(make_app, synth_zip, synth_study, wai
         return real_load_study(*a, **k)
 
     monkeypatch.setattr(reader, "load_study", load_study)
+    from spinegrade.report import html
+
+    redrawn = []
+    real_key_images = html.key_images
+    monkeypatch.setattr(html, "key_images", lambda *a, **k: redrawn.append(1) or real_key_images(*a, **k))
     with TestClient(make_app()) as client:
         assert "Upload a zipped study" in client.get("/").text
         r = _upload(client, synth_zip.read_bytes(), synth_zip.name)
@@ -41,6 +46,7 @@ def test_upload_grades_and_shows_the_study(make_app, synth_zip, synth_study, wai
         done = wait_for_job(client, job["job"])
         assert done["status"] == "done" and done["progress"] == 1.0, done
         assert len(reads) == 1  # grades, key images, report and SR all from one read of the study
+        assert not redrawn  # the report shows the key images the page drew
         page = client.get(job["url"]).text
         assert DISCLAIMER in page and 'class="grades"' in page
         assert len(re.findall(r'<td class="sev\d', page)) == 25

@@ -114,6 +114,7 @@ _WANTED = {
        for t, k in _tags(keywords).items()},
 }
 _META_WANTED = {t: (k, "UI") for t, k in _tags(_META_UI).items()}
+_VRS_READ = frozenset({"US", "IS", "DS", "UI", "CS"})  # what `_WANTED` asks of a value read from every file
 # Sequences the reader reads (an enhanced file's functional groups): the pydicom route reads those files.
 _READ_SEQUENCES = frozenset(_tags(_SQ))
 _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
@@ -344,8 +345,6 @@ def _item(data: bytes, pos: int, end: int, depth: int, delimited: bool) -> int |
         pos += length
     return pos
 
-
-_VRS_READ = frozenset({"US", "IS", "DS", "UI", "CS"})  # what `_WANTED` asks of a value read from every file
 
 
 def _convert(raw: bytes, vr: str, need: str):

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import __version__
-from ..errors import SpinegradeError
+from ..errors import SpinegradeError, in_words
 from . import spool as sp
 from .send import Destination, NodeError, send_files
 
@@ -342,7 +342,7 @@ class Node:
         try:
             sr_path = self._grade_files(key)
         except Exception as e:  # a broken study is logged and left; the node serves on
-            msg = str(e) if isinstance(e, SpinegradeError) else f"{type(e).__name__}: {e}"
+            msg = in_words(e)
             with self._lock:
                 if st.state == sp.GRADING:
                     self._transition(key, st, sp.FAILED, fingerprint=fp, gradings=st.gradings + 1, error=msg,
@@ -491,11 +491,7 @@ def _grade_in_worker(images: str, study_id: str, out: str, model: str,
             except Exception as e:  # noqa: BLE001 - the SR stands without its key images
                 for made in out_dir.glob(f"{KEY_IMAGE_PREFIX}*.dcm"):  # none of a partial set is sent
                     made.unlink()
-                return "", _in_words(e)
+                return "", in_words(e)
         return "", ""
     except Exception as e:  # any failure of one study is reported, never raised into the node
-        return _in_words(e), ""
-
-
-def _in_words(e: Exception) -> str:
-    return str(e) if isinstance(e, SpinegradeError) else f"{type(e).__name__}: {e}"
+        return in_words(e), ""

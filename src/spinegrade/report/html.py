@@ -17,7 +17,7 @@ from .. import DISCLAIMER, __version__, vocab
 from ..files import atomic_write_text
 from ..errors import SpinegradeError
 from ..results import StudyResult, read_predictions
-from .overlays import SEVERITY_RGB, KeyImage, key_images
+from .overlays import SEVERITY_RGB, KeyImage, key_images, why_no_key_images
 
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;background:#f4f5f7;color:#1d2330}
@@ -157,12 +157,14 @@ def _load_study(result: StudyResult):
 
 
 def write_report(predictions, out_html: str | Path | None = None, *, model: Mapping | None = None,
-                 studies: Mapping[str, object] | None = None) -> Path:
+                 studies: Mapping[str, object] | None = None,
+                 images: Mapping[str, list[KeyImage]] | None = None) -> Path:
     """Write the study report HTML; returns its path.
 
     `predictions`: a predictions folder or predictions.json, or a list of `StudyResult`. `out_html` defaults
     to report.html beside predictions.json. `studies` maps study id to an already loaded `Study` (with
     pixels) so callers that have one avoid a second read; other studies are read from `StudyResult.path`.
+    `images` maps study id to its key images (all conditions) where a caller has drawn them already.
     """
     if isinstance(predictions, (str, Path)):
         doc, results = read_predictions(Path(predictions))
@@ -177,15 +179,13 @@ def write_report(predictions, out_html: str | Path | None = None, *, model: Mapp
     sections = []
     for r in results:
         notes: list[str] = []
-        images: list[KeyImage] = []
+        drawn: list[KeyImage] = list((images or {}).get(r.study_id, []))
         try:
-            study = (studies or {}).get(r.study_id) or _load_study(r)
-            images = key_images(study, r)
-        except SpinegradeError as e:
-            notes.append(f"key images not available: {e}")
+            if not drawn:
+                drawn = key_images((studies or {}).get(r.study_id) or _load_study(r), r)
         except Exception as e:  # noqa: BLE001 - a drawing bug costs this study's images, not the whole report
-            notes.append(f"key images not available: drawing them failed ({type(e).__name__}: {e})")
-        sections.append(study_section_html(r, images, model, notes))
+            notes.append(why_no_key_images(e))
+        sections.append(study_section_html(r, drawn, model, notes))
     failed = "".join(f'<p class="warn">Study {html.escape(str(f.get("study_id", "?")))} failed: '
                      f'{html.escape(str(f.get("error", "")))}</p>' for f in doc.get("failed", []))
     n = len(results)

@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from .. import DISCLAIMER, vocab
+from ..errors import SpinegradeError, in_words
 from ..files import atomic_write_bytes
 from ..results import Finding, Point, StudyResult
 
@@ -79,6 +80,12 @@ class KeyImage:
     @property
     def conditions(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(m.condition for m in self.marks))
+
+
+def why_no_key_images(e: Exception) -> str:
+    """The warning for a study whose key images could not be made: its study unreadable (our error), or the
+    drawing failed (a bug, named by its class)."""
+    return f"key images not available: {e if isinstance(e, SpinegradeError) else f'drawing them failed ({in_words(e)})'}"
 
 
 def key_images(study, result: StudyResult, conditions: tuple[str, ...] | None = None,

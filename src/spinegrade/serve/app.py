@@ -50,10 +50,10 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from .. import __version__, vocab
-from ..errors import DataError, SpinegradeError
+from ..errors import DataError, SpinegradeError, in_words
 from ..io.types import Study
 from ..report.html import grade_table_html, page, series_table_html, write_report
-from ..report.overlays import key_images, save_key_images
+from ..report.overlays import key_images, save_key_images, why_no_key_images
 from ..results import StudyResult
 
 log = logging.getLogger("spinegrade.serve")
@@ -305,28 +305,28 @@ class Viewer:
             result, study = self.predictor(job.study_path)
             self._stage(job, "drawing the key images", 0.6)
             images_dir = job.folder / "images"
+            drawn: dict[str, list] = {}
             try:
                 for view, (_, conditions) in VIEWS.items():
-                    imgs = key_images(study, result, conditions)
+                    imgs = drawn[view] = key_images(study, result, conditions)
                     paths = save_key_images(imgs, images_dir, prefix=f"{view}_")
                     job.images[view] = [(p.name, img.title) for p, img in zip(paths, imgs, strict=True)]
             except Exception as e:  # noqa: BLE001 - a drawing failure costs the key images, not the grades
                 job.images.clear()
-                ours = isinstance(e, SpinegradeError)
-                result.warnings.append("key images not available: " + (
-                    str(e) if ours else f"drawing them failed ({type(e).__name__}: {e})"))
-                if not ours:
+                result.warnings.append(why_no_key_images(e))
+                if not isinstance(e, SpinegradeError):
                     log.exception("job %s: the key images of study folder %r failed", job.id, job.name)
             self._stage(job, "writing the report", 0.85)
-            write_report([result], job.folder / "report.html", model=self.model_info, studies={result.study_id: study})
+            write_report([result], job.folder / "report.html", model=self.model_info, studies={result.study_id: study},
+                         images={result.study_id: drawn["all"]} if "all" in drawn else None)
             self._stage(job, "writing the DICOM SR", 0.93)
             try:
                 from ..report.sr import write_sr
 
                 write_sr(result, study, job.folder / "sr.dcm")
                 job.has_sr = True
-            except SpinegradeError as e:
-                result.warnings.append(f"no DICOM SR: {e}")
+            except Exception as e:  # noqa: BLE001 - the grades stand without their SR, as in `predict`
+                result.warnings.append(f"no DICOM SR: {in_words(e)}")
             if job.study_uid and self.stow and job.has_sr:
                 self._stage(job, "storing the SR on the DICOMweb server", 0.97)
                 self._store(job)
