@@ -59,9 +59,17 @@ def find_studies(input_path: Path) -> list[StudyJob]:
                 jobs.append(StudyJob(d.name, d, dd))
             return jobs
     # A folder of studies has studies with series folders in them; a study has only series folders (or
-    # files). Only real folders decide, so that `loop -> .` inside a study does not make it a folder of studies.
-    real = [x for x in p.iterdir() if _real_dir(x)]
-    if any(any(_real_dir(y) for y in d.iterdir()) for d in real):
+    # files). Real folders decide, so that `loop -> .` inside a study does not make it a folder of studies;
+    # links decide only where the folder holds nothing else (a folder of links to studies: a picked subset).
+    entries = [x for x in p.iterdir() if not x.name.startswith(".")]
+    real = [x for x in entries if _real_dir(x)]
+    if real:
+        is_folder_of_studies = any(any(_real_dir(y) for y in d.iterdir()) for d in real)
+    else:
+        linked = _study_folders(p)
+        is_folder_of_studies = (bool(linked) and len(linked) == len(entries)
+                                and any(any(_real_dir(y) for y in d.iterdir()) for d in linked))
+    if is_folder_of_studies:
         return [StudyJob(d.name, d) for d in _study_folders(p)]
     return [StudyJob(p.name, p)]
 
@@ -119,9 +127,9 @@ class Predictor:
     timings: dict = field(default_factory=lambda: {"read": 0.0, "localize": 0.0, "grade": 0.0})
 
     def __post_init__(self) -> None:
-        from .device import resolve_device
+        from .device import inference_device
 
-        dev = resolve_device(self.device)
+        dev = inference_device(self.device)
         self.device_type = dev.type
         self.foramina_model = None
         fpath = _foramina_model_path(self.foramina) if self.foramina is not None else None

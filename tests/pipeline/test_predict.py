@@ -34,6 +34,22 @@ def test_find_studies_three_input_kinds(synth_cohort, tmp_path):
     assert len(jobs) == 1 and jobs[0].study_id == one.name and jobs[0].descriptions is None
 
 
+def test_a_folder_of_links_to_studies_is_a_folder_of_studies(synth_cohort, tmp_path):
+    """Picking a subset by linking studies into a folder: each link is a study (it was read as one study)."""
+    picked = sorted((synth_cohort / "train_images").iterdir())[:3]
+    subset = tmp_path / "subset"
+    subset.mkdir()
+    for s in picked:
+        (subset / s.name).symlink_to(s, target_is_directory=True)
+    assert [(j.study_id, j.path) for j in find_studies(subset)] == [(s.name, subset / s.name) for s in picked]
+    # a study whose only folder entry is a link to another study stays one study: its own files count
+    lone = tmp_path / "lone"
+    lone.mkdir()
+    (lone / "1.dcm").write_bytes(b"")
+    (lone / "other").symlink_to(picked[0], target_is_directory=True)
+    assert [j.path for j in find_studies(lone)] == [lone]
+
+
 def test_predict_dataset_root(synth_cohort, tiny_run, tmp_path):
     out = tmp_path / "pred"
     r = predict(synth_cohort, tiny_run, out, device="cpu", log=lambda *_: None)
