@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from spinegrade.batch import default_readers
-from spinegrade.device import MAX_AUTO_LOADER_WORKERS, loader_workers, spare_cores
+from spinegrade.device import MAX_AUTO_LOADER_WORKERS, full_float32, inference_device, loader_workers, spare_cores
 
 
 @pytest.fixture
@@ -57,3 +57,45 @@ def test_the_training_loader_gets_the_resolved_number(cores):
     cores(16)
     assert _loader(data, 2, LoopConfig().workers, torch.device("cpu")).num_workers == 0
     assert _loader(data, 2, 2, torch.device("cpu")).num_workers == 2
+
+
+@pytest.fixture
+def tf32_flags():
+    """torch's two TF32 switches, restored after the test."""
+    import torch
+
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def test_full_float32_turns_tf32_off_on_a_gpu_only(tf32_flags):
+    import torch
+
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    full_float32(torch.device("cpu"))
+    assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+    assert inference_device("cpu") == torch.device("cpu")
+    assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+    full_float32(torch.device("cuda", 1))
+    assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+
+
+def test_training_asks_for_float32_when_mixed_precision_is_off(tf32_flags, monkeypatch, tmp_path):
+    """fit() calls full_float32 with its device whenever mixed precision is off, as it always is on a CPU."""
+    import spinegrade.train.engine as engine
+    from spinegrade.train.config import LoopConfig
+    from spinegrade.train.distributed import setup
+
+    seen = []
+    monkeypatch.setattr(engine, "full_float32", seen.append)
+    g = torch.Generator().manual_seed(0)
+    items = [{"image": torch.randn(1, 8, 8, generator=g), "cond": torch.zeros(0), "label": torch.tensor(i % 3)}
+             for i in range(12)]
+    task = engine.ClassificationTask()
+    task.forward = lambda m, b: m(b["image"])
+    for amp in (False, True):
+        model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3))
+        engine.fit(model, items, items[:6], task, LoopConfig(epochs=1, batch_size=4, amp=amp), tmp_path / str(amp),
+                   setup("cpu"), {"model": {}}, log=lambda s: None)
+    assert seen == [torch.device("cpu")] * 2  # a CPU never mixes precision, so both runs ask

@@ -123,12 +123,12 @@ def evaluate_slices(run: str | Path, index: str | Path, out: str | Path, fold: i
     from ..inputs import COND_LAYOUT
     from ..data.slices import SliceDataset, png_source, read_index
     from ..train.checkpoint import checkpoint_path, load_model
-    from ..device import resolve_device
+    from ..device import inference_device
     from ..train.engine import ClassificationTask, predict
     from ..data.splits import SPLITS, read_split
     from ..plots import plot_confusion, plot_reliability
 
-    dev = resolve_device(device)
+    dev = inference_device(device)
     model, ckpt = load_model(run, dev)
     if ckpt.get("kind") != "slice-grader":
         raise DataError(f"{run}: not a slice grader (kind {ckpt.get('kind')!r})")

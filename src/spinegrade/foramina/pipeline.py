@@ -441,9 +441,9 @@ def evaluate_foramina(run: str | Path, slices: str | Path, out: str | Path, all_
     severity, x and y, where present, only score. Rows of studies the model trained on are left out unless
     `all_rows`. Writes predictions.csv and metrics.json into `out`.
     """
-    from ..device import resolve_device
+    from ..device import inference_device
 
-    model = ForaminaModel.load(run, resolve_device(device))
+    model = ForaminaModel.load(run, inference_device(device))
     ps = read_point_slices(slices)
     seen = model.train_studies & set(ps.points["study_id"])
     if seen and not all_rows:

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
+from ..device import full_float32
 from ..metric import weighted_log_loss
 from .checkpoint import BEST, LAST, load_checkpoint, save_checkpoint, versions
 from .config import LoopConfig
@@ -189,6 +190,8 @@ def fit(model: torch.nn.Module, train_ds, val_ds, task: Task, loop: LoopConfig, 
     run_dir = Path(run_dir)
     device = ctx.device
     amp = loop.amp and device.type == "cuda"
+    if not amp:
+        full_float32(device)  # --no-amp: "full precision on GPU" means float32, not TF32
     model.to(device)
 
     state = {"best": math.inf, "best_epoch": -1, "bad_epochs": 0, "done": False}
