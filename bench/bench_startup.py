@@ -38,7 +38,7 @@ def _env(**extra) -> dict:
 
 def fresh(args: list[str], src: Path, out: Path | None = None) -> float:
     """Wall seconds of `python -m spinegrade ARGS` in a new interpreter importing spinegrade from `src`."""
-    env = _env(PYTHONPATH=str(src))
+    env = _env(PYTHONPATH=os.pathsep.join(filter(None, [str(src), os.environ.get("PYTHONPATH")])))
     t0 = time.perf_counter()
     p = subprocess.run([sys.executable, "-m", "spinegrade", *args], env=env, capture_output=True, text=True)
     dt = time.perf_counter() - t0
