@@ -13,7 +13,10 @@
 #   4. bench_predict on cuda (the localisers' batching across studies, per-study time);
 #   5. bench_train_throughput on cuda (images/s of each registered network, mixed precision);
 #   6. bench_startup (cold predict against its pipeline) and bench_prepare (workers against the pydicom loop),
-#      on this machine's cores.
+#      on this machine's cores;
+#   7. bench/scale.py on cuda over the demo's cohort: prepare, training crops/s with the loader's share of a
+#      step, batch predict studies/s, at 10, 40 and 120 studies.
+# SKIP="name name" leaves those steps out (e.g. SKIP="bench_prepare" where its figures are already known).
 # The real-study steps need ../shared/realdata beside the checkout, as the benches do; they skip without it.
 set -uo pipefail
 W=${1:?usage: gpu_check.sh WORK_DIR [LOG]}
@@ -26,6 +29,7 @@ export PYTHONUNBUFFERED=1
 
 step() {  # step NAME SECONDS COMMAND...: run with a limit, print its status and wall time
   local name=$1 limit=$2; shift 2
+  case " ${SKIP:-} " in *" $name "*) echo "=== $name: skipped (SKIP)"; return 0;; esac
   echo "=== $name (limit ${limit} s)"
   local t0=$SECONDS
   timeout "$limit" "$@"
@@ -75,4 +79,11 @@ step "bench_predict cuda" 120 "$PY" "$HERE/bench/bench_predict.py" "${MODEL[@]}"
 step "bench_train_throughput cuda" 60 "$PY" "$HERE/bench/bench_train_throughput.py" --device cuda --steps 20 --batch 64
 step "bench_startup" 90 "$PY" "$HERE/bench/bench_startup.py" "${MODEL[@]}" --repeat 3
 step "bench_prepare" 120 "$PY" "$HERE/bench/bench_prepare.py" --studies 10 --repeat 2
+if [ -f "$RUN/config.json" ]; then  # the demo's cohort is scale.py's (same generator, seed 2024): none made again
+  mkdir -p "$W/scale" && ln -sfn "$DEMO/data" "$W/scale/cohort-seed2024"
+  SCALE=(--keep "$W/scale" --seed 2024 --sizes 10 40 120)
+else
+  SCALE=(--sizes 10 40)
+fi
+step "scale" 240 "$PY" "$HERE/bench/scale.py" --device cuda --workers 8 --loader-workers 4 "${MODEL[@]}" "${SCALE[@]}"
 echo "=== done"

@@ -77,8 +77,10 @@ def measure_prepare(cohort: Path, ids: list[str], cache_dir: Path, workers: int)
             "pixel_bytes_16": _pixel_bytes_16bit(Cache(cache_dir))}
 
 
-def measure_training(cohort: Path, ids: list[str], cache_dir: Path, steps: int, batch: int, workers: int) -> dict:
-    """crops/s and the loader's share of a step for the spinal grader on the cache (CPU)."""
+def measure_training(cohort: Path, ids: list[str], cache_dir: Path, steps: int, batch: int, workers: int,
+                     device: str = "cpu") -> dict:
+    """crops/s and the loader's share of a step for the spinal grader on the cache, on `device` (on a GPU with
+    mixed precision, as `train` runs it; a step's time ends when the GPU has finished it)."""
     import torch
     from torch.utils.data import DataLoader
 
@@ -95,12 +97,16 @@ def measure_training(cohort: Path, ids: list[str], cache_dir: Path, steps: int, 
     items = training_items(Cache(cache_dir), ds, [int(s) for s in ids], vocab.SPINAL)
     data = CropDataset(items, vocab.SPINAL, spec.crop, spec.jitter, seed=0)
     torch.manual_seed(0)
+    dev = torch.device(device)
+    amp = dev.type == "cuda"
     model = create_model(spec.network, spec.in_channels, vocab.N_CLASSES, cond_dim=COND_DIM,
-                         **spec.network_kwargs).train()
+                         **spec.network_kwargs).to(dev).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    scaler = torch.amp.GradScaler(dev.type, enabled=amp)
+    sync = torch.cuda.synchronize if amp else (lambda: None)
     sampler = torch.utils.data.RandomSampler(data, replacement=True, num_samples=batch * (steps + 1))
     loader = DataLoader(data, batch_size=batch, sampler=sampler, num_workers=workers,
-                        persistent_workers=False)
+                        persistent_workers=False, pin_memory=amp)
     wait = compute = 0.0
     n = 0
     it = iter(loader)
@@ -108,18 +114,21 @@ def measure_training(cohort: Path, ids: list[str], cache_dir: Path, steps: int, 
     t0 = time.perf_counter()
     for _ in range(steps):
         t = time.perf_counter()
-        b = next(it)
+        b = {k: v.to(dev, non_blocking=True) for k, v in next(it).items() if k in ("image", "cond", "label")}
         t1 = time.perf_counter()
-        loss = torch.nn.functional.cross_entropy(model(b["image"], b["cond"]), b["label"])
+        with torch.autocast(dev.type, enabled=amp):
+            loss = torch.nn.functional.cross_entropy(model(b["image"], b["cond"]).float(), b["label"])
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        sync()
         t2 = time.perf_counter()
         wait, compute, n = wait + t1 - t, compute + t2 - t1, n + len(b["label"])
     wall = time.perf_counter() - t0
     from bench_train_throughput import throughput
 
-    net, _ = throughput(spec.network, spec.crop.out_px, batch, max(2, steps // 2), torch.device("cpu"),
+    net, _ = throughput(spec.network, spec.crop.out_px, batch, max(2, steps // 2), dev,
                         channels=spec.in_channels, **spec.network_kwargs)
     # crops in one epoch over every family: the labelled points of these studies
     per_epoch = sum(len(training_items(Cache(cache_dir), ds, [int(s) for s in ids], f)) for f in vocab.FAMILIES)
@@ -127,10 +136,10 @@ def measure_training(cohort: Path, ids: list[str], cache_dir: Path, steps: int, 
             "epoch_crops": per_epoch}
 
 
-def measure_predict(folder: Path, run: Path, out: Path, readers: int) -> dict:
+def measure_predict(folder: Path, run: Path, out: Path, readers: int, device: str = "cpu") -> dict:
     from spinegrade.predict import predict
 
-    r = predict(folder, run, out, device="cpu", readers=readers, log=lambda *_: None)
+    r = predict(folder, run, out, device=device, readers=readers, log=lambda *_: None)
     shutil.rmtree(out)
     b = r["batch"]
     return {"predict_s": b["seconds"] - b["load_seconds"], "load_s": b["load_seconds"], "graded": r["studies"]}
@@ -213,6 +222,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--keep", type=Path, default=None, help="work in this folder and keep it (default: a temp one)")
     ap.add_argument("--quick", action="store_true", help="sizes 3 6, 3 steps: to try the script")
+    ap.add_argument("--device", default="cpu", help="cpu | cuda: where training steps and predict run")
     a = ap.parse_args()
     if a.quick:
         a.sizes, a.steps = [3, 6], 3
@@ -248,9 +258,10 @@ def main() -> None:
             files, source = _tree_bytes(folder)
             r = {"n": n, "files": files, "source_bytes": source}
             r.update(measure_prepare(cohort, ids, root / f"cache-{n}", a.workers))
-            r.update(measure_training(cohort, ids, root / f"cache-{n}", a.steps, a.batch, a.loader_workers))
-            p0 = measure_predict(folder, run, root / "pred", 0)
-            pr = measure_predict(folder, run, root / "pred", readers)
+            r.update(measure_training(cohort, ids, root / f"cache-{n}", a.steps, a.batch, a.loader_workers,
+                                      a.device))
+            p0 = measure_predict(folder, run, root / "pred", 0, a.device)
+            pr = measure_predict(folder, run, root / "pred", readers, a.device)
             r.update(predict0_s=p0["predict_s"], predictR_s=pr["predict_s"], load_s=min(p0["load_s"], pr["load_s"]))
             shutil.rmtree(root / f"cache-{n}")
             rows.append(r)
@@ -258,7 +269,7 @@ def main() -> None:
                   f"{n / r['predict0_s']:.2f} / {n / r['predictR_s']:.2f} studies/s (0 / {readers} readers)",
                   file=sys.stderr, flush=True)
         print(f"\nMachine: {os.cpu_count()} CPUs (os.cpu_count), torch threads as set by OMP_NUM_THREADS="
-              f"{os.environ.get('OMP_NUM_THREADS', 'unset')}; sizes {', '.join(map(str, sizes))}\n")
+              f"{os.environ.get('OMP_NUM_THREADS', 'unset')}; device {a.device}; sizes {', '.join(map(str, sizes))}\n")
         print(table(rows, readers, a.workers, a.loader_workers))
     finally:
         if tmp is not None:
