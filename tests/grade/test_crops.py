@@ -62,3 +62,56 @@ def test_bilinear_equals_scipys_map_coordinates_inside_at_the_edges_and_outside(
     r[0, :4], c[0, :4] = [0, n - 1, n - 1 + 1e-9, -1e-9], [m - 1, 0, 0, m - 1]
     want = map_coordinates(plane, [r, c], order=1, mode="constant", cval=cval)
     np.testing.assert_allclose(bilinear(plane, r, c, cval=cval), want, rtol=1e-6, atol=1e-4)
+
+
+def _crop_from_whole_planes(pixels, spacing, k, x, y, spec, mirror, intensity, rot, scale):
+    """extract_crop as it was before it read only the window its samples touch: every slice converted whole and
+    sampled in float64 the same way. The windowed crop must give these exact values (a model's inputs, and so
+    its grades, must not change)."""
+    lo, hi = intensity
+    half = spec.size_mm * scale / 2.0
+    t = (np.arange(spec.out_px) + 0.5) / spec.out_px * 2 * half - half
+    u, v = np.meshgrid(t, t)
+    if mirror:
+        u = -u
+    if rot:
+        a = np.deg2rad(rot)
+        u, v = u * np.cos(a) - v * np.sin(a), u * np.sin(a) + v * np.cos(a)
+    cols, rows = x + u / spacing[1], y + v / spacing[0]
+    n, m = pixels.shape[1:]
+    out = np.zeros((spec.n_slices, spec.out_px, spec.out_px), dtype=np.float32)
+    for i, o in enumerate((np.arange(spec.n_slices) - spec.n_slices // 2) * spec.slice_step):
+        p = np.asarray(pixels[int(np.clip(k + o, 0, len(pixels) - 1))], dtype=np.float32).astype(np.float64)
+        inside = (rows >= 0) & (rows <= n - 1) & (cols >= 0) & (cols <= m - 1)
+        r0 = np.clip(np.floor(rows), 0, max(n - 2, 0)).astype(np.intp)
+        c0 = np.clip(np.floor(cols), 0, max(m - 2, 0)).astype(np.intp)
+        r1, c1 = np.minimum(r0 + 1, n - 1), np.minimum(c0 + 1, m - 1)
+        fr, fc = np.clip(rows - r0, 0.0, 1.0), np.clip(cols - c0, 0.0, 1.0)
+        top = p[r0, c0] * (1 - fc) + p[r0, c1] * fc
+        bottom = p[r1, c0] * (1 - fc) + p[r1, c1] * fc
+        out[i] = np.where(inside, top * (1 - fr) + bottom * fr, float(lo)).astype(np.float32)
+    return ((out - lo) / (hi - lo)).astype(np.float32)
+
+
+@settings(max_examples=80, deadline=None)
+@given(n=st.integers(1, 6), rows=st.integers(1, 70), cols=st.integers(1, 70), seed=st.integers(0, 2**16),
+       stored=st.booleans(), mirror=st.booleans(), rot=st.sampled_from([0.0, 7.5, -30.0]),
+       scale=st.sampled_from([1.0, 0.85, 1.2]), slice_step=st.integers(1, 2))
+def test_a_crop_reads_only_its_window_and_equals_the_crop_of_whole_planes(n, rows, cols, seed, stored, mirror, rot,
+                                                                          scale, slice_step):
+    from spinegrade.io.types import StoredPixels
+
+    rng = np.random.default_rng(seed)
+    values = rng.integers(0, 4096, size=(n, rows, cols)).astype(np.uint16)
+    slope, intercept = rng.uniform(0.5, 2.0, size=n), rng.uniform(-100, 100, size=n)
+    pixels = StoredPixels(values, np.nan, slope, intercept) if stored else values.astype(np.float32) * 0.5 - 3
+    spec = CropSpec(vocab.SAGITTAL_T2, size_mm=float(rng.uniform(5, 60)), out_px=int(rng.integers(1, 40)),
+                    n_slices=3, slice_step=slice_step)
+    spacing = tuple(rng.uniform(0.3, 2.0, size=2))
+    k = int(rng.integers(-1, n + 1))
+    x, y = rng.uniform(-20, cols + 20), rng.uniform(-20, rows + 20)  # near, on or off the image
+    intensity = (float(rng.uniform(-200, 100)), float(rng.uniform(200, 5000)))
+    got = extract_crop(pixels, spacing, k, x, y, spec, mirror=mirror, intensity=intensity, rotation_deg=rot,
+                       scale=scale)
+    want = _crop_from_whole_planes(pixels, spacing, k, x, y, spec, mirror, intensity, rot, scale)
+    np.testing.assert_array_equal(got, want)

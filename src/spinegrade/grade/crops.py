@@ -37,29 +37,49 @@ def extract_crop(pixels: np.ndarray, pixel_spacing: tuple[float, float], slice_i
     cols = x + u / cs
     rows = y + v / rs
     k0 = int(round(float(slice_index)))
-    offs = (np.arange(spec.n_slices) - spec.n_slices // 2) * spec.slice_step
-    out = np.zeros((spec.n_slices, spec.out_px, spec.out_px), dtype=np.float32)
-    for i, o in enumerate(offs):
-        k = int(np.clip(k0 + o, 0, n - 1))
-        out[i] = bilinear(np.asarray(pixels[k], dtype=np.float32), rows, cols, cval=lo)
+    ks = np.clip(k0 + (np.arange(spec.n_slices) - spec.n_slices // 2) * spec.slice_step, 0, n - 1)
+    grid = _Grid(pixels.shape[1:], rows, cols)
+    # only the window the samples touch is read and converted (of a memory-mapped cache: only its pages)
+    out = grid.sample(np.asarray(pixels[(ks, *grid.window)], dtype=np.float32), cval=lo)
     return ((out - lo) / (hi - lo)).astype(np.float32)
+
+
+class _Grid:
+    """Where bilinear sampling at fractional (row, col) positions reads a plane of `shape`, worked out once and
+    applied to any number of planes of that shape. `window` (two slices) is the part of a plane the samples
+    touch; `sample` takes that part of one plane or of a stack of them."""
+
+    def __init__(self, shape: tuple[int, int], rows: np.ndarray, cols: np.ndarray):
+        n, m = shape
+        r, c = np.asarray(rows, dtype=np.float64), np.asarray(cols, dtype=np.float64)
+        self.inside = (r >= 0) & (r <= n - 1) & (c >= 0) & (c <= m - 1)
+        r0 = np.clip(np.floor(r), 0, max(n - 2, 0)).astype(np.intp)
+        c0 = np.clip(np.floor(c), 0, max(m - 2, 0)).astype(np.intp)
+        r1, c1 = np.minimum(r0 + 1, n - 1), np.minimum(c0 + 1, m - 1)
+        fr, fc = np.clip(r - r0, 0.0, 1.0), np.clip(c - c0, 0.0, 1.0)
+        self.fr, self.fc, self.gr, self.gc = fr, fc, 1 - fr, 1 - fc
+        top, left = (int(r0.min()), int(c0.min())) if r0.size else (0, 0)
+        bottom, right = (int(r1.max()) + 1, int(c1.max()) + 1) if r0.size else (0, 0)
+        self.window = (slice(top, bottom), slice(left, right))
+        w = right - left  # flat positions in the window of each corner
+        self.corners = [((a - top) * w + (b - left)) for a, b in ((r0, c0), (r0, c1), (r1, c0), (r1, c1))]
+
+    def sample(self, part: np.ndarray, cval: float = 0.0) -> np.ndarray:
+        """Samples of `part` (the window of one plane, or (planes, *window)), in its dtype."""
+        lead = part.shape[:-2]
+        p = part.astype(np.float64, copy=False).reshape(*lead, -1)
+        p00, p01, p10, p11 = (np.take(p, i, axis=-1) for i in self.corners)
+        top = p00 * self.gc + p01 * self.fc
+        bottom = p10 * self.gc + p11 * self.fc
+        return np.where(self.inside, top * self.gr + bottom * self.fr, float(cval)).astype(part.dtype, copy=False)
 
 
 def bilinear(plane: np.ndarray, rows: np.ndarray, cols: np.ndarray, cval: float = 0.0) -> np.ndarray:
     """Sample a 2D plane at fractional (row, col) positions by linear interpolation; positions outside the
     pixel centres' extent read `cval`. The values of `scipy.ndimage.map_coordinates(plane, [rows, cols],
     order=1, mode="constant", cval=cval)` (tested), without importing scipy in the prediction path."""
-    n, m = plane.shape
-    r, c = np.asarray(rows, dtype=np.float64), np.asarray(cols, dtype=np.float64)
-    inside = (r >= 0) & (r <= n - 1) & (c >= 0) & (c <= m - 1)
-    r0 = np.clip(np.floor(r), 0, max(n - 2, 0)).astype(np.intp)
-    c0 = np.clip(np.floor(c), 0, max(m - 2, 0)).astype(np.intp)
-    r1, c1 = np.minimum(r0 + 1, n - 1), np.minimum(c0 + 1, m - 1)
-    fr, fc = np.clip(r - r0, 0.0, 1.0), np.clip(c - c0, 0.0, 1.0)
-    p = plane.astype(np.float64, copy=False)
-    top = p[r0, c0] * (1 - fc) + p[r0, c1] * fc
-    bottom = p[r1, c0] * (1 - fc) + p[r1, c1] * fc
-    return np.where(inside, top * (1 - fr) + bottom * fr, float(cval)).astype(plane.dtype, copy=False)
+    grid = _Grid(plane.shape, rows, cols)
+    return grid.sample(plane[grid.window], cval)
 
 
 def mirror_for(condition: str, role: str) -> bool:
