@@ -16,7 +16,8 @@
 #      on this machine's cores;
 #   7. bench/scale.py on cuda over the demo's cohort: prepare, training crops/s with the loader's share of a
 #      step, batch predict studies/s, at 10, 40 and 120 studies.
-# SKIP="name name" leaves those steps out (e.g. SKIP="bench_prepare" where its figures are already known).
+# SKIP="NAME NAME" leaves those steps out (step names: machine demo predict-cuda predict-cpu compare bench_predict
+# bench_train_throughput bench_startup bench_prepare scale).
 # The real-study steps need ../shared/realdata beside the checkout, as the benches do; they skip without it.
 set -uo pipefail
 W=${1:?usage: gpu_check.sh WORK_DIR [LOG]}
@@ -47,7 +48,7 @@ if torch.cuda.is_available():
     print("gpu", p.name, round(p.total_memory / 2**30), "GiB")'
 
 DEMO=$W/demo
-step "demo on cuda" 280 "$PY" -m spinegrade demo --out "$DEMO" --device cuda --workers 8
+step demo 280 "$PY" -m spinegrade demo --out "$DEMO" --device cuda --workers 8
 RUN=$DEMO/run
 if [ -f "$RUN/config.json" ]; then
   # the same studies on both devices: 12 of the demo's synthetic studies, and the real ones where present
@@ -55,9 +56,9 @@ if [ -f "$RUN/config.json" ]; then
   for s in $(ls "$DEMO/data/train_images" | head -12); do ln -sfn "$DEMO/data/train_images/$s" "$PICK/$s"; done
   REAL=$HERE/../shared/realdata/rsna2024_dicom_train_2studies/train_images
   [ -d "$REAL" ] && for s in "$REAL"/*/; do ln -sfn "${s%/}" "$PICK/$(basename "$s")"; done
-  step "predict on cuda" 90 "$PY" -m spinegrade predict "$PICK" --model "$RUN" --out "$W/pred_cuda" --device cuda
-  step "predict on cpu" 120 "$PY" -m spinegrade predict "$PICK" --model "$RUN" --out "$W/pred_cpu" --device cpu
-  step "cuda against cpu" 30 "$PY" - "$W/pred_cuda/submission.csv" "$W/pred_cpu/submission.csv" <<'EOF'
+  step predict-cuda 90 "$PY" -m spinegrade predict "$PICK" --model "$RUN" --out "$W/pred_cuda" --device cuda
+  step predict-cpu 120 "$PY" -m spinegrade predict "$PICK" --model "$RUN" --out "$W/pred_cpu" --device cpu
+  step compare 30 "$PY" - "$W/pred_cuda/submission.csv" "$W/pred_cpu/submission.csv" <<'EOF'
 import sys
 import numpy as np
 import pandas as pd
@@ -75,15 +76,15 @@ else
   MODEL=()
 fi
 
-step "bench_predict cuda" 120 "$PY" "$HERE/bench/bench_predict.py" "${MODEL[@]}" --device cuda
-step "bench_train_throughput cuda" 60 "$PY" "$HERE/bench/bench_train_throughput.py" --device cuda --steps 20 --batch 64
-step "bench_startup" 90 "$PY" "$HERE/bench/bench_startup.py" "${MODEL[@]}" --repeat 3
-step "bench_prepare" 120 "$PY" "$HERE/bench/bench_prepare.py" --studies 10 --repeat 2
+step bench_predict 120 "$PY" "$HERE/bench/bench_predict.py" "${MODEL[@]}" --device cuda
+step bench_train_throughput 60 "$PY" "$HERE/bench/bench_train_throughput.py" --device cuda --steps 20 --batch 64
+step bench_startup 90 "$PY" "$HERE/bench/bench_startup.py" "${MODEL[@]}" --repeat 3
+step bench_prepare 120 "$PY" "$HERE/bench/bench_prepare.py" --studies 10 --repeat 2
 if [ -f "$RUN/config.json" ]; then  # the demo's cohort is scale.py's (same generator, seed 2024): none made again
   mkdir -p "$W/scale" && ln -sfn "$DEMO/data" "$W/scale/cohort-seed2024"
   SCALE=(--keep "$W/scale" --seed 2024 --sizes 10 40 120)
 else
   SCALE=(--sizes 10 40)
 fi
-step "scale" 240 "$PY" "$HERE/bench/scale.py" --device cuda --workers 8 --loader-workers 4 "${MODEL[@]}" "${SCALE[@]}"
+step scale 240 "$PY" "$HERE/bench/scale.py" --device cuda --workers 8 --loader-workers 8 "${MODEL[@]}" "${SCALE[@]}"
 echo "=== done"

@@ -30,7 +30,9 @@ def test_an_explicit_number_of_loader_workers_is_kept_on_any_device():
 def test_automatic_loader_workers_none_on_cpu_spare_cores_on_a_gpu(cores):
     cores(16)
     assert loader_workers(-1, torch.device("cpu")) == 0
-    assert loader_workers(-1, torch.device("cuda")) == MAX_AUTO_LOADER_WORKERS == 4
+    assert loader_workers(-1, torch.device("cuda")) == MAX_AUTO_LOADER_WORKERS == 8
+    cores(6)
+    assert loader_workers(-1, torch.device("cuda")) == 5
     cores(16, ranks=8)  # torchrun: 8 ranks share 16 cores, one runs each rank
     assert loader_workers(-1, torch.device("cuda", 3)) == 1
     cores(2)

@@ -188,7 +188,7 @@ def _add_train(sub) -> None:
     p.add_argument("--no-amp", action="store_true", help="full precision on GPU")
     p.add_argument("--seed", type=int, default=None, help="random seed (0)")
     p.add_argument("--workers", type=int, default=None,
-                   help="data loader processes (default: automatic, 0 on a CPU and up to 4 per GPU)")
+                   help="data loader processes (default: automatic, 0 on a CPU and up to 8 per GPU)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
     p.add_argument("--strict", action="store_true", help="--data: exit non-zero (2) when a trained model fails its "
                    "check (a localiser no better than a fixed template or with wrong-level points, a grader no "

@@ -6,8 +6,10 @@ import os
 
 from .errors import DataError
 
-# The most data loader processes the automatic setting starts per training process on a GPU.
-MAX_AUTO_LOADER_WORKERS = 4
+# The most data loader processes the automatic setting starts per training process on a GPU. With 4, on an
+# H200 with 16 cores, the loader took 64-75 % of each spinal grader step (3,000 crops/s against the network's
+# 17,000; bench/gpu_check.sh's scale step), so 8.
+MAX_AUTO_LOADER_WORKERS = 8
 
 
 def resolve_device(spec: str, local_rank: int = 0):

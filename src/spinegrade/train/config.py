@@ -139,7 +139,7 @@ class LoopConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = True  # mixed precision where the device is a GPU
     seed: int = 0
-    workers: int = -1  # data loader processes; -1: automatic (device.loader_workers: 0 on a CPU, up to 4 on a GPU)
+    workers: int = -1  # data loader processes; -1: automatic (device.loader_workers: 0 on a CPU, up to 8 on a GPU)
 
 
 @dataclass
