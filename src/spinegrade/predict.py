@@ -64,11 +64,11 @@ def find_studies(input_path: Path) -> list[StudyJob]:
     entries = [x for x in p.iterdir() if not x.name.startswith(".")]
     real = [x for x in entries if _real_dir(x)]
     if real:
-        is_folder_of_studies = any(any(_real_dir(y) for y in d.iterdir()) for d in real)
+        is_folder_of_studies = any(_has_real_subfolder(d) for d in real)
     else:
         linked = _study_folders(p)
         is_folder_of_studies = (bool(linked) and len(linked) == len(entries)
-                                and any(any(_real_dir(y) for y in d.iterdir()) for d in linked))
+                                and any(_has_real_subfolder(d) for d in linked))
     if is_folder_of_studies:
         return [StudyJob(d.name, d) for d in _study_folders(p)]
     return [StudyJob(p.name, p)]
@@ -76,6 +76,13 @@ def find_studies(input_path: Path) -> list[StudyJob]:
 
 def _real_dir(p: Path) -> bool:
     return p.is_dir() and not p.is_symlink()
+
+
+def _has_real_subfolder(d: Path) -> bool:
+    try:
+        return any(_real_dir(y) for y in d.iterdir())
+    except OSError:  # unreadable: the reader will say so for the study
+        return False
 
 
 def _study_folders(parent: Path) -> list[Path]:

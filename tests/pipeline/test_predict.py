@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import shutil
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
@@ -48,6 +50,20 @@ def test_a_folder_of_links_to_studies_is_a_folder_of_studies(synth_cohort, tmp_p
     (lone / "1.dcm").write_bytes(b"")
     (lone / "other").symlink_to(picked[0], target_is_directory=True)
     assert [j.path for j in find_studies(lone)] == [lone]
+
+
+def test_an_unreadable_study_folder_does_not_stop_finding_the_others(synth_cohort, monkeypatch):
+    images = synth_cohort / "train_images"
+    iterdir = Path.iterdir
+    readable = list(iterdir(images))[-1]  # the last one looked into: all before it refuse
+
+    def refusing(self):
+        if self.parent == images and self != readable:
+            raise PermissionError(13, "Permission denied", str(self))
+        return iterdir(self)
+
+    monkeypatch.setattr(Path, "iterdir", refusing)
+    assert [j.study_id for j in find_studies(images)] == sorted(p.name for p in iterdir(images))
 
 
 def test_predict_dataset_root(synth_cohort, tiny_run, tmp_path):
