@@ -8,7 +8,13 @@ import pytest
 import torch
 
 from spinegrade.batch import default_readers
-from spinegrade.device import MAX_AUTO_LOADER_WORKERS, full_float32, inference_device, loader_workers, spare_cores
+from spinegrade.device import (
+    MAX_AUTO_LOADER_WORKERS,
+    full_float32,
+    inference_device,
+    loader_workers,
+    spare_cores,
+)
 
 
 @pytest.fixture
@@ -85,7 +91,7 @@ def test_full_float32_turns_tf32_off_on_a_gpu_only(tf32_flags):
 
 def test_training_asks_for_float32_when_mixed_precision_is_off(tf32_flags, monkeypatch, tmp_path):
     """fit() calls full_float32 with its device whenever mixed precision is off, as it always is on a CPU."""
-    import spinegrade.train.engine as engine
+    from spinegrade.train import engine
     from spinegrade.train.config import LoopConfig
     from spinegrade.train.distributed import setup
 
