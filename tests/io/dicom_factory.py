@@ -275,3 +275,16 @@ def damage(good: bytes, edits, cut: int | None, tail: bytes = b"") -> bytes:
     if cut is not None:
         b = b[:cut % (len(b) + 1)]
     return bytes(b) + tail
+
+
+def add_short_rle(series_dir) -> Path:
+    """Beside a series' files, an RLE copy of its first whose frame decodes past its header's 31 rows: pylibjpeg-rle
+    panics on it (its Rust panic message goes to stderr unless the reader keeps it off)."""
+    import pydicom
+    from pydicom.uid import RLELossless, generate_uid
+
+    ds = pydicom.dcmread(min(Path(series_dir).glob("*.dcm")))
+    ds.compress(RLELossless)
+    ds.Rows, ds.SOPInstanceUID = 31, generate_uid()
+    ds.save_as(Path(series_dir) / "short.dcm")
+    return Path(series_dir) / "short.dcm"

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pydicom
@@ -15,6 +16,9 @@ import pytest
 from pydicom.uid import RLELossless
 
 from spinegrade.cli import main
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "io"))
+from dicom_factory import add_short_rle  # noqa: E402
 
 
 @pytest.fixture
@@ -38,19 +42,11 @@ def _bomb(series_dir):
     return series_dir / "bomb.dcm"
 
 
-def _short_rle(series_dir):
-    """An RLE file of this series whose frame decodes past its header's 31 rows (pylibjpeg-rle panics on it)."""
-    ds = pydicom.dcmread(sorted(series_dir.glob("*.dcm"))[0])
-    ds.compress(RLELossless)
-    ds.Rows, ds.SOPInstanceUID = 31, pydicom.uid.generate_uid()
-    ds.save_as(series_dir / "short.dcm")
-
-
 @pytest.mark.parametrize("n_studies", [1, 2])
 def test_a_panicking_decoder_leaves_no_crash_text_on_stderr(study, tiny_run, tmp_path, n_studies):
     """One study is read in the command's process, two by reader processes: either way the panic message of
     pylibjpeg-rle stays off stderr, the file is named in the outputs and every study is graded."""
-    _short_rle(min(study.iterdir()))
+    add_short_rle(min(study.iterdir()))
     folder = tmp_path / "in"
     folder.mkdir()
     for k in range(n_studies):

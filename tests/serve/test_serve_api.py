@@ -26,12 +26,17 @@ def test_upload_grades_and_shows_the_study(make_app, synth_zip, synth_study, wai
 
     reads = []
     real_load_study = reader.load_study
-    def load_study(*a, **k):  # counts the reads that decode pixels (the upload's check reads headers only)
+    def load_study(*a, **k):  # counts the reads here that decode pixels (the upload's check reads headers only)
         if k.get("load_pixels", True):
             reads.append(a[0])
         return real_load_study(*a, **k)
 
     monkeypatch.setattr(reader, "load_study", load_study)
+    from spinegrade.serve import app as server
+
+    apart = []
+    real_read_apart = server.read_apart
+    monkeypatch.setattr(server, "read_apart", lambda *a, **k: apart.append(a[0]) or real_read_apart(*a, **k))
     from spinegrade.report import html
 
     redrawn = []
@@ -45,7 +50,9 @@ def test_upload_grades_and_shows_the_study(make_app, synth_zip, synth_study, wai
         assert job["study"] == synth_study.name
         done = wait_for_job(client, job["job"])
         assert done["status"] == "done" and done["progress"] == 1.0, done
-        assert len(reads) == 1  # grades, key images, report and SR all from one read of the study
+        # grades, key images, report and SR all from one read of the study, in a reader process: the server's
+        # own process decodes no pixels
+        assert len(apart) == 1 and reads == []
         assert not redrawn  # the report shows the key images the page drew
         page = client.get(job["url"]).text
         assert DISCLAIMER in page and 'class="grades"' in page

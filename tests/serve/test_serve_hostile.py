@@ -4,13 +4,24 @@ server must answer 4xx, stay up, and keep no files from a refused upload."""
 from __future__ import annotations
 
 import io
+import os
+import shutil
 import struct
+import sys
 import threading
 import zipfile
+from pathlib import Path
 
 import pydicom
 from fastapi.testclient import TestClient
 from pydicom.uid import RLELossless
+
+from spinegrade import batch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "io"))
+from dicom_factory import add_short_rle  # noqa: E402
+
+_real_read_job = batch._read_job
 
 
 
@@ -125,3 +136,44 @@ def test_concurrent_uploads_are_all_graded(make_app, synth_zip, wait_for_job):
             t.join()
         assert [a.status_code for a in answers] == [202, 202, 202]
         assert {wait_for_job(client, a.json()["job"])["status"] for a in answers} == {"done"}
+
+
+# --- reading a study apart from the server -------------------------------------------------------------------
+def _read_or_die(path, descriptions, study_id):
+    """batch._read_job, except that a study holding a file named `die` kills its reader, as a decoder's crash
+    would (module level: the reader process finds it by name)."""
+    if (Path(path) / "die").exists():
+        os._exit(1)
+    return _real_read_job(path, descriptions, study_id)
+
+
+def _two_studies(synth_cohort, tmp_path) -> tuple[Path, Path, Path]:
+    folder = tmp_path / "studies"
+    first, second = sorted((synth_cohort / "train_images").iterdir())[:2]
+    return folder, shutil.copytree(first, folder / first.name), shutil.copytree(second, folder / second.name)
+
+
+def test_a_study_that_kills_its_reader_fails_alone_and_the_server_goes_on(make_app, synth_cohort, tmp_path,
+                                                                          wait_for_job, monkeypatch):
+    monkeypatch.setattr(batch, "_read_job", _read_or_die)
+    folder, doomed, fine = _two_studies(synth_cohort, tmp_path)
+    (doomed / "die").write_bytes(b"")
+    with TestClient(make_app(studies_dir=folder)) as client:
+        bad = wait_for_job(client, client.post(f"/api/open?name={doomed.name}").json()["job"])
+        assert bad["status"] == "error"
+        assert bad["message"] == f"Could not read this study: {batch.READER_DIED}"
+        good = wait_for_job(client, client.post(f"/api/open?name={fine.name}").json()["job"])
+        assert good["status"] == "done"
+
+
+def test_a_panicking_decoder_leaves_no_crash_text_in_the_server_log(make_app, synth_cohort, tmp_path, wait_for_job,
+                                                                    capfd, monkeypatch):
+    """The server grades in a thread beside its web server; reading in a reader process of its own keeps
+    pylibjpeg-rle's panic message off the server's stderr (it reached it before)."""
+    monkeypatch.setenv("RUST_BACKTRACE", "0")
+    folder, study, _ = _two_studies(synth_cohort, tmp_path)
+    add_short_rle(min(study.iterdir()))
+    with TestClient(make_app(studies_dir=folder)) as client:
+        job_id = client.post(f"/api/open?name={study.name}").json()["job"]
+        assert wait_for_job(client, job_id)["status"] == "done"
+    assert "panicked" not in capfd.readouterr().err

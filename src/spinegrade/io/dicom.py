@@ -871,7 +871,8 @@ def _native_stderr_quiet(active: bool):
     message reads like a crash. In a process with one Python thread (the command line, prepare's workers,
     predict's readers; threads named SILENT_THREAD aside), file descriptor 2 goes to /dev/null for the call
     (Python's warnings are off there too, see `_decode_any`; the DICOM node grades in such processes too); with
-    other threads (serve grades beside its web server) it is left alone, as they may be logging."""
+    other threads it is left alone, as they may be logging (serve, whose grading thread runs beside its web
+    server, reads each study in a reader process of its own for this reason among others)."""
     saved = None
     if active and _alone():
         try:

@@ -12,7 +12,9 @@ Design:
 - The server holds at most `max_disk_bytes` on disk: finished jobs are removed, oldest first, to make room
   for an upload; a failed job keeps its message and no files.
 - Grading runs in one background thread (one study at a time: the model and the study share the memory);
-  the page polls `/api/jobs/<id>` and shows the stage.
+  the page polls `/api/jobs/<id>` and shows the stage. The study is read and decoded in a reader process of its
+  own (`read_apart`), as batch `predict` reads: a decoder that crashes on a hostile file ends that job with a
+  message, not the server, and a panicking decoder's text stays off the server's log.
 - Logs name job ids and study folder names only, never a patient name or id from the files.
 - With a DICOMweb server configured (`dicomweb`), the page also lists its studies (QIDO-RS: Study Instance
   UID, date, description, number of series; patient names are neither asked for nor shown); grading one
@@ -101,6 +103,19 @@ class Job:
 
 # --- predictors ----------------------------------------------------------------------------------------
 
+def read_apart(study_path: Path, descriptions: dict | None = None) -> Study:
+    """Read a study in a reader process of its own, as batch `predict` does: a decoder that crashes (or the
+    out-of-memory killer) costs this job, not the server, and a panicking decoder's message stays off the
+    server's log (the reader has one working thread; the server has several)."""
+    from ..batch import read_ahead
+    from ..predict import StudyJob
+
+    ((_, study, _),) = read_ahead([StudyJob(study_path.name, study_path, descriptions)], readers=1)
+    if isinstance(study, BaseException):
+        raise study
+    return study
+
+
 def model_predictor(run_dir: str | Path, device: str = "cpu", foramina: str | Path | None = None) -> Predictor:
     """Grade with a trained run or a bundled model; its networks are loaded once, on the first job."""
     from ..foramina.model import BUNDLED_DIR
@@ -115,7 +130,7 @@ def model_predictor(run_dir: str | Path, device: str = "cpu", foramina: str | Pa
 
         if not loaded:
             loaded.append(ModelPredictor(run_dir, device, foramina))
-        study = loaded[0].read(Path(study_path))
+        study = read_apart(Path(study_path))
         return loaded[0].predict_loaded(study), study
 
     return predict
@@ -131,7 +146,6 @@ def label_predictor(dataset_root: str | Path) -> Predictor:
     ds = RsnaDataset(dataset_root)
 
     def predict(study_path: Path) -> tuple[StudyResult, Study]:
-        from ..io.dicom import load_study
         from ..results import study_result_from_labels
 
         name = study_path.name
@@ -141,7 +155,7 @@ def label_predictor(dataset_root: str | Path) -> Predictor:
             labels = dict(zip(vocab.TARGETS, ds.label_vector(name), strict=True))
         except KeyError:
             raise DataError(f"study {name} has no labels in {ds.root.name}") from None
-        study = load_study(study_path, descriptions=ds.descriptions_for(name) or None, stored=True)
+        study = read_apart(study_path, descriptions=ds.descriptions_for(name) or None)
         return study_result_from_labels(study, ds.coords_for(name), labels), study
 
     return predict
