@@ -92,21 +92,38 @@ def _read_job(path: str, descriptions: dict | None, study_id: str):
     return study, time.perf_counter() - t0
 
 
-def _reader_init(parent: int) -> None:
-    """In each reader process: end with the process that started it. Killed with kill -9, that process cannot
-    stop its readers, and a reader waiting for work would wait forever (holding the caller's pipes open)."""
+def _alive(pid: int) -> bool:
+    """Whether process `pid` is running (a zombie, dead but not yet reaped, is not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # there, but not ours
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _reader_init(caller: int) -> None:
+    """In each reader process: end with the process that asked for it (`caller`). Killed with kill -9, that
+    process cannot stop its readers, and a reader waiting for work would wait forever (holding the caller's pipes
+    open). A reader is the caller's child (fork, spawn) or a fork server's (which lives while its children do)."""
     import signal
     import threading
 
-    try:  # Linux: the kernel sends SIGKILL when the parent dies
+    try:  # Linux: the kernel sends SIGKILL when the parent dies (the caller, or the fork server)
         import ctypes
 
         ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
+    child = os.getppid() == caller
 
-    def watch() -> None:  # anywhere else (and for a parent that died before prctl): look every half second
-        while os.getppid() == parent:
+    def watch() -> None:  # the caller's child: until it is re-parented; else: until the caller is gone
+        while os.getppid() == caller if child else _alive(caller):
             time.sleep(0.5)
         os._exit(1)
 
@@ -118,13 +135,17 @@ def _reader_init(parent: int) -> None:
 READER_DIED = "the reader process died while reading it (a decoder crash, or out of memory)"
 
 
-def read_ahead(jobs: list, readers: int) -> Iterator[tuple[object, object, float]]:
+def read_ahead(jobs: list, readers: int, start: str | None = None) -> Iterator[tuple[object, object, float]]:
     """(job, Study or the exception reading it raised, seconds) for each job, in the jobs' order.
 
     With `readers` > 0, that many processes read the next studies while the caller works on the current one;
     at most `readers + 2` studies wait in memory. A reader that dies (a decoder crash, the kernel's
     out-of-memory killer) takes the pool down: it is rebuilt, the studies in flight are read again, and one that
     kills a reader of its own is reported as failed.
+
+    start: how readers start. Default: fork where there is one (see below). "forkserver" (where there is one,
+    else spawn) for a caller with threads of its own that may hold locks when it forks (a web server): readers
+    are then forked from a clean process that already imported the reader.
     """
     if readers <= 0:
         for job in jobs:
@@ -140,7 +161,13 @@ def read_ahead(jobs: list, readers: int) -> Iterator[tuple[object, object, float
 
     # fork where there is one, as torch's DataLoader does: spawn would re-run the caller's script in each reader
     # (a script without a `__main__` guard then kills its readers), and starts slower. The readers never touch torch.
-    ctx = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn")
+    methods = multiprocessing.get_all_start_methods()
+    if start == "forkserver":
+        ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+        if ctx.get_start_method() == "forkserver":
+            ctx.set_forkserver_preload(["spinegrade.batch", "spinegrade.io.dicom"])
+    else:
+        ctx = multiprocessing.get_context(start or ("fork" if "fork" in methods else "spawn"))
 
     def submit(pool, i: int):
         try:

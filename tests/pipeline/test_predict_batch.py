@@ -147,3 +147,54 @@ def test_studies_graded_together_give_the_same_grades(batch_folder, tiny_run, un
     assert np.allclose(a.iloc[:, 1:].to_numpy(), b.iloc[:, 1:].to_numpy(), atol=1e-6)
     doc = json.loads((out / "predictions.json").read_text())  # the graders ran, not only the prior
     assert all(any(f["source"] == "model" for f in st["findings"]) for st in doc["studies"])
+
+
+_READ_AND_WAIT = """
+import sys, time
+from pathlib import Path
+
+if __name__ == "__main__":
+    from spinegrade.batch import read_ahead
+    from spinegrade.predict import StudyJob
+
+    study = Path(sys.argv[1])
+    reading = read_ahead([StudyJob(study.name, study)] * 8, readers=2, start=sys.argv[2])
+    next(reading)
+    print("reading", flush=True)
+    time.sleep(120)
+"""
+
+
+def _marked(mark: str) -> list[int]:
+    """Processes whose environment holds SPINEGRADE_TEST_MARK=mark (a caller and every process it started)."""
+    pids = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/environ", "rb") as f:
+                    if f"SPINEGRADE_TEST_MARK={mark}".encode() in f.read().split(b"\0"):
+                        pids.append(int(d))
+            except OSError:
+                pass
+    return pids
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc")
+@pytest.mark.parametrize("start", ["fork", "forkserver"])
+def test_readers_end_with_a_caller_killed_with_kill_9(start, synth_cohort, tmp_path):
+    """Forked readers are the caller's children; a fork server's (serve's readers) are not, and the fork server
+    lives while they do: both kinds must still end once the caller is killed (before, a fork server's readers and
+    the server itself waited for work for ever)."""
+    mark = f"{os.getpid()}-{start}"
+    study = min((synth_cohort / "train_images").iterdir())
+    proc = subprocess.Popen([sys.executable, "-c", _READ_AND_WAIT, str(study), start], stdout=subprocess.PIPE,
+                            text=True, env={**os.environ, "SPINEGRADE_TEST_MARK": mark})
+    assert proc.stdout.readline().strip() == "reading"
+    started = _marked(mark)
+    assert len(started) >= 3  # the caller and its two readers (and a fork server, a resource tracker)
+    proc.kill()
+    proc.wait()
+    end = time.monotonic() + 20
+    while [p for p in _marked(mark) if p != proc.pid] and time.monotonic() < end:
+        time.sleep(0.2)
+    assert [p for p in _marked(mark) if p != proc.pid] == []

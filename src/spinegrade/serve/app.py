@@ -106,11 +106,13 @@ class Job:
 def read_apart(study_path: Path, descriptions: dict | None = None) -> Study:
     """Read a study in a reader process of its own, as batch `predict` does: a decoder that crashes (or the
     out-of-memory killer) costs this job, not the server, and a panicking decoder's message stays off the
-    server's log (the reader has one working thread; the server has several)."""
+    server's log (the reader has one working thread; the server has several). Readers come from a fork server,
+    not a fork of this process: a thread of the web server may hold a lock at the moment of a fork."""
     from ..batch import read_ahead
     from ..predict import StudyJob
 
-    ((_, study, _),) = read_ahead([StudyJob(study_path.name, study_path, descriptions)], readers=1)
+    ((_, study, _),) = read_ahead([StudyJob(study_path.name, study_path, descriptions)], readers=1,
+                                  start="forkserver")
     if isinstance(study, BaseException):
         raise study
     return study
