@@ -165,7 +165,7 @@ def read_ahead(jobs: list, readers: int, start: str | None = None) -> Iterator[t
     if start == "forkserver":
         ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
         if ctx.get_start_method() == "forkserver":
-            ctx.set_forkserver_preload(["spinegrade.batch", "spinegrade.io.dicom"])
+            ctx.set_forkserver_preload([__name__, f"{__package__}.io.dicom"])
     else:
         ctx = multiprocessing.get_context(start or ("fork" if "fork" in methods else "spawn"))
 

@@ -63,14 +63,10 @@ def find_studies(input_path: Path) -> list[StudyJob]:
     # links decide only where the folder holds nothing else (a folder of links to studies: a picked subset).
     entries = [x for x in p.iterdir() if not x.name.startswith(".")]
     real = [x for x in entries if _real_dir(x)]
-    if real:
-        is_folder_of_studies = any(_has_real_subfolder(d) for d in real)
-    else:
-        linked = _study_folders(p)
-        is_folder_of_studies = (bool(linked) and len(linked) == len(entries)
-                                and any(_has_real_subfolder(d) for d in linked))
-    if is_folder_of_studies:
-        return [StudyJob(d.name, d) for d in _study_folders(p)]
+    folders = _study_folders(p)
+    deciding = real or (folders if len(folders) == len(entries) else [])
+    if any(_has_real_subfolder(d) for d in deciding):
+        return [StudyJob(d.name, d) for d in folders]
     return [StudyJob(p.name, p)]
 
 

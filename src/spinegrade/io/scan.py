@@ -119,6 +119,7 @@ _VRS_READ = frozenset({"US", "IS", "DS", "UI", "CS"})  # what `_WANTED` asks of 
 _READ_SEQUENCES = frozenset(_tags(_SQ))
 _ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 _UNDEFINED = 0xFFFFFFFF
+_ITEM_HEAD = struct.Struct("<HHI")  # an item's or a delimiter's tag and length
 _MAX_DEPTH = 8  # sequences nested deeper go the pydicom route
 
 
@@ -293,7 +294,7 @@ def _sequence(data: bytes, pos: int, length: int, depth: int) -> int | None:
     while undefined or pos < end:
         if pos + 8 > end:
             return None
-        group, element, item_length = struct.unpack_from("<HHI", data, pos)
+        group, element, item_length = _ITEM_HEAD.unpack_from(data, pos)
         pos += 8
         tag = group << 16 | element
         if tag == _SEQUENCE_END:
@@ -344,7 +345,6 @@ def _item(data: bytes, pos: int, end: int, depth: int, delimited: bool) -> int |
             return None
         pos += length
     return pos
-
 
 
 def _convert(raw: bytes, vr: str, need: str):
