@@ -362,3 +362,33 @@ def test_the_scans_transfer_syntaxes_answer_as_pydicoms_uid():
         for prop in ("is_implicit_VR", "is_little_endian", "is_deflated", "is_compressed", "is_encapsulated"):
             assert getattr(mine, prop) == getattr(theirs, prop), (uid, prop)
     assert scan.syntax("1.2.840.10008.1.2") is None and scan.syntax("1.2.840.10008.1.2.1.99") is None
+
+
+@pytest.mark.parametrize("told", ["smaller", "over the bound"])
+def test_a_file_that_grew_after_its_size_was_taken_is_read_whole(tmp_path, monkeypatch, told):
+    """The fast route reads a file's stated size and one byte more; when the file holds more (it grew between
+    the stat and the read) it reads on, up to its bound: the same slice as before, or, past the bound, the pydicom
+    route. `told` is what the stat said: a size below the file's, or (with the bound lowered) a size under a bound
+    that the file exceeds."""
+    path = write_dicom(tmp_path / "a.dcm", make_dataset(slice_pixels(value=300, rows=48, cols=40)))
+    real = path.stat().st_size
+    expect = _decode_stored(_read_header_fast(path, 10**6, True))
+    stat = dicom.os.fstat
+
+    class Stat:
+        def __init__(self, st, size):
+            self.st_size = size
+
+    if told == "over the bound":
+        monkeypatch.setattr(scan, "MAX_FILE_BYTES", real - 10)
+    monkeypatch.setattr(dicom.os, "fstat", lambda fd: Stat(stat(fd), real - 1000))
+    fast = _read_header_fast(path, 10**6, True)
+    if told == "smaller":
+        assert fast is not None and isinstance(fast.ds, scan.FlatHeader)
+        got = _decode_stored(fast)
+        assert got.dtype == expect.dtype and np.array_equal(got, expect)
+    else:
+        assert fast is None  # more than the bound: left to pydicom
+        slow = _read_header(path, 10**6, True)
+        assert not isinstance(slow, SkippedFile) and not isinstance(slow.ds, scan.FlatHeader)
+        assert np.array_equal(_decode_stored(slow), expect)

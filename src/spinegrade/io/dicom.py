@@ -497,9 +497,14 @@ def _read_header_fast(path: Path, max_pixels: int, with_pixels: bool) -> _Slice 
     header is a `scan.FlatHeader`; None sends the file down the pydicom route, which names any problem."""
     try:
         with open(path, "rb") as fp:  # a large file (a long multi-frame one) is left to pydicom unread
-            if os.fstat(fp.fileno()).st_size > scan.MAX_FILE_BYTES:
+            expected = os.fstat(fp.fileno()).st_size
+            if expected > scan.MAX_FILE_BYTES:
                 return None
-            data = fp.read(scan.MAX_FILE_BYTES + 1)  # bounded: the file may have grown since
+            # its size and one byte more: a read of the whole bound would allocate 16 MB for every file (4x the
+            # time of reading a small one); a file that has grown since is read on, still bounded
+            data = fp.read(expected + 1)
+            if len(data) > expected:
+                data += fp.read(scan.MAX_FILE_BYTES + 1 - len(data))
     except OSError:
         return None
     size = len(data)
