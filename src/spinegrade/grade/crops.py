@@ -28,7 +28,10 @@ def extract_crop(pixels: np.ndarray, pixel_spacing: tuple[float, float], slice_i
     rs, cs = float(pixel_spacing[0]), float(pixel_spacing[1])
     half = spec.size_mm * scale / 2.0
     t = (np.arange(spec.out_px) + 0.5) / spec.out_px * 2 * half - half  # mm offsets of sample centres
-    u, v = np.meshgrid(t, t)  # u along columns (x), v along rows (y)
+    # u along columns (x), v along rows (y): the meshgrid of t, as a row and a column that broadcast to it (every
+    # value below is the one the full grids give; unrotated, the sampling positions are worked out once per row
+    # and once per column)
+    u, v = t[None, :], t[:, None]
     if mirror:
         u = -u
     if rotation_deg:
@@ -37,7 +40,7 @@ def extract_crop(pixels: np.ndarray, pixel_spacing: tuple[float, float], slice_i
     cols = x + u / cs
     rows = y + v / rs
     k0 = int(round(float(slice_index)))
-    ks = np.clip(k0 + (np.arange(spec.n_slices) - spec.n_slices // 2) * spec.slice_step, 0, n - 1)
+    ks = [min(max(k0 + (i - spec.n_slices // 2) * spec.slice_step, 0), n - 1) for i in range(spec.n_slices)]
     grid = _Grid(pixels.shape[1:], rows, cols)
     # only the window the samples touch is read and converted (of a memory-mapped cache: only its pages)
     out = grid.sample(np.asarray(pixels[(ks, *grid.window)], dtype=np.float32), cval=lo)
@@ -47,28 +50,36 @@ def extract_crop(pixels: np.ndarray, pixel_spacing: tuple[float, float], slice_i
 class _Grid:
     """Where bilinear sampling at fractional (row, col) positions reads a plane of `shape`, worked out once and
     applied to any number of planes of that shape. `window` (two slices) is the part of a plane the samples
-    touch; `sample` takes that part of one plane or of a stack of them."""
+    touch; `sample` takes that part of one plane or of a stack of them. `rows` and `cols` may be any two arrays
+    that broadcast together (a column and a row: each worked out once), the samples taking their broadcast
+    shape."""
 
     def __init__(self, shape: tuple[int, int], rows: np.ndarray, cols: np.ndarray):
         n, m = shape
         r, c = np.asarray(rows, dtype=np.float64), np.asarray(cols, dtype=np.float64)
         self.inside = (r >= 0) & (r <= n - 1) & (c >= 0) & (c <= m - 1)
-        r0 = np.clip(np.floor(r), 0, max(n - 2, 0)).astype(np.intp)
-        c0 = np.clip(np.floor(c), 0, max(m - 2, 0)).astype(np.intp)
-        r1, c1 = np.minimum(r0 + 1, n - 1), np.minimum(c0 + 1, m - 1)
-        fr, fc = np.clip(r - r0, 0.0, 1.0), np.clip(c - c0, 0.0, 1.0)
+        # (np.minimum/np.maximum: np.clip's values, without its Python wrapper's cost on small arrays)
+        r0 = np.minimum(np.maximum(np.floor(r), 0), max(n - 2, 0)).astype(np.intp)
+        c0 = np.minimum(np.maximum(np.floor(c), 0), max(m - 2, 0)).astype(np.intp)
+        fr = np.minimum(np.maximum(r - r0, 0.0), 1.0)
+        fc = np.minimum(np.maximum(c - c0, 0.0), 1.0)
         self.fr, self.fc, self.gr, self.gc = fr, fc, 1 - fr, 1 - fc
-        top, left = (int(r0.min()), int(c0.min())) if r0.size else (0, 0)
-        bottom, right = (int(r1.max()) + 1, int(c1.max()) + 1) if r0.size else (0, 0)
+        if r0.size and c0.size:
+            top, left = int(r0.min()), int(c0.min())
+            bottom, right = min(int(r0.max()) + 1, n - 1) + 1, min(int(c0.max()) + 1, m - 1) + 1
+        else:
+            top = left = bottom = right = 0
         self.window = (slice(top, bottom), slice(left, right))
-        w = right - left  # flat positions in the window of each corner
-        self.corners = [((a - top) * w + (b - left)) for a, b in ((r0, c0), (r0, c1), (r1, c0), (r1, c1))]
+        w = right - left  # flat positions in the window of each corner (row r0 or r1, column c0 or c1)
+        r0w, c0w = (r0 - top) * w, c0 - left
+        r1w, c1w = r0w + (w if n > 1 else 0), c0w + (1 if m > 1 else 0)
+        self.corners = [a + b for a, b in ((r0w, c0w), (r0w, c1w), (r1w, c0w), (r1w, c1w))]  # (broadcast)
 
     def sample(self, part: np.ndarray, cval: float = 0.0) -> np.ndarray:
         """Samples of `part` (the window of one plane, or (planes, *window)), in its dtype."""
         lead = part.shape[:-2]
         p = part.astype(np.float64, copy=False).reshape(*lead, -1)
-        p00, p01, p10, p11 = (np.take(p, i, axis=-1) for i in self.corners)
+        p00, p01, p10, p11 = (p.take(i, axis=-1) for i in self.corners)
         top = p00 * self.gc + p01 * self.fc
         bottom = p10 * self.gc + p11 * self.fc
         return np.where(self.inside, top * self.gr + bottom * self.fr, float(cval)).astype(part.dtype, copy=False)
