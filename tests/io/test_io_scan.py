@@ -392,3 +392,32 @@ def test_a_file_that_grew_after_its_size_was_taken_is_read_whole(tmp_path, monke
         slow = _read_header(path, 10**6, True)
         assert not isinstance(slow, SkippedFile) and not isinstance(slow.ds, scan.FlatHeader)
         assert np.array_equal(_decode_stored(slow), expect)
+
+
+def test_an_implicit_vr_file_is_checked_as_an_explicit_vr_one_is(tmp_path):
+    """Reading a header decodes the values the reader uses and leaves the rest for when they are read, whatever
+    the transfer syntax: a damaged value of a public element nothing reads (DiffusionBValue, FD, 6 bytes: no whole
+    number of doubles) costs nothing in an implicit-VR file either (its VR is the dictionary's, never a bit flip),
+    as in an explicit-VR one (there as UN); a damaged value the reader uses is said in both."""
+    from pydicom.dataelem import DataElement
+
+    notes = {}
+    for name, ts in (("explicit", ExplicitVRLittleEndian), ("implicit", ImplicitVRLittleEndian)):
+        folder = tmp_path / name
+        write_series(folder, 3, transfer_syntax=ts, rescale=(1.25, -7.5))
+        last = folder / "3.dcm"  # not the series' first file (whose header is decoded whole)
+        ds = pydicom.dcmread(last)
+        ds[0x00189087] = DataElement(0x00189087, "OB", bytes(range(1, 7)))
+        write_dicom(last, ds, ts)
+        data = last.read_bytes()
+        if name == "explicit":
+            at = data.index(b"\x18\x00\x87\x90OB")
+            data = data[:at + 4] + b"UN" + data[at + 6:]  # UN has the same layout as OB
+        assert data.count(b"1.25") == 1
+        last.write_bytes(data.replace(b"1.25", b"1;25"))
+        (s,) = dicom.load_series(folder)
+        assert s.n_slices == 3
+        notes[name] = s.notes
+    assert notes["explicit"] == notes["implicit"]
+    assert "RescaleSlope '1;25' ignored (not one finite number) in some files" in notes["implicit"]
+    assert not any("(0018,9087)" in n for n in notes["implicit"])

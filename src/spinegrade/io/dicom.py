@@ -81,6 +81,19 @@ def _read_tags() -> frozenset:
     return frozenset(tag_for_keyword(k) for k in _READ_KEYWORDS)
 
 
+@functools.lru_cache(maxsize=4096)
+def _dictionary_vr(tag: int) -> str | None:
+    """The VR pydicom's dictionary gives a public tag (what it decodes an implicit-VR value as), else None."""
+    from pydicom.datadict import dictionary_VR
+
+    if tag >> 16 & 1:  # private: the VR depends on the private creator
+        return None
+    try:
+        return dictionary_VR(tag)
+    except KeyError:
+        return None
+
+
 @functools.lru_cache(maxsize=1)
 def _dicom_vrs() -> frozenset:
     from pydicom.valuerep import VR
@@ -555,11 +568,15 @@ def _drop_damaged(ds: Dataset, only_read: bool = False) -> list[str]:
     """Decode every element (sequences included); remove those that cannot be decoded and say which.
 
     `only_read`: decode only the elements read from every file (`_READ_TAGS`), sequences, and any element
-    whose VR is not a DICOM VR; the others stay undecoded until first read (pydicom decodes on access)."""
+    whose VR is not a DICOM VR; the others stay undecoded until first read (pydicom decodes on access). In an
+    implicit-VR file an element's VR is its tag's in the dictionary (as pydicom decodes it): a public element is
+    left undecoded by the same rule, a private or unknown one is decoded."""
     problems = []
     for tag in list(ds.keys()):
         if only_read:
             vr = ds.get_item(tag).VR
+            if vr is None:  # implicit VR
+                vr = _dictionary_vr(tag)
             if vr in _dicom_vrs() and vr != "SQ" and tag not in _read_tags():
                 continue
         try:
