@@ -6,7 +6,9 @@ Reads, with `load_series`/`load_study` and pixels decoded, by each route in turn
 - the two real studies in ../shared/realdata (RLE, flat anonymised headers; skipped with a message when absent);
 - a generated series of --files 256 x 256 native files whose headers carry what clinical headers do: nested
   sequences (a referenced image with its purpose code, a request, an empty sequence, a private one) with
-  undefined and defined lengths, which the scan reads since this bench was written (before: pydicom's route).
+  undefined and defined lengths, which the scan reads since this bench was written (before: pydicom's route);
+- the same files in implicit VR, which pydicom's route reads either way (the "scan" column: with the scan's
+  refusal first, as the reader runs).
 Prints milliseconds per file and the speed-up. Nothing is asserted.
 """
 
@@ -41,6 +43,7 @@ def main() -> None:
     ap.add_argument("--files", type=int, default=60)
     a = ap.parse_args()
     from dicom_factory import add_clinical_sequences, make_dataset, slice_pixels, write_dicom
+    from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
     from spinegrade.io import dicom
 
@@ -63,13 +66,16 @@ def main() -> None:
     else:
         print(f"real data not found at {TWO}: skipping the real-study row")
     with tempfile.TemporaryDirectory() as tmp:
-        for undefined in (True, False):
-            folder = Path(tmp) / f"clinical_{undefined}"
+        for undefined, ts in ((True, ExplicitVRLittleEndian), (False, ExplicitVRLittleEndian),
+                              (True, ImplicitVRLittleEndian)):
+            folder = Path(tmp) / f"clinical_{undefined}_{ts}"
             for k in range(a.files):
                 ds = make_dataset(slice_pixels(256, 256), position=(0, 0, 4 * k), instance=k + 1)
-                write_dicom(folder / f"{k}.dcm", add_clinical_sequences(ds, undefined, rich=True))
+                write_dicom(folder / f"{k}.dcm", add_clinical_sequences(ds, undefined, rich=True), ts)
             read = lambda f=folder: dicom.load_series(f)
             name = f"clinical headers ({'undefined' if undefined else 'defined'} lengths)"
+            if ts == ImplicitVRLittleEndian:
+                name = "clinical headers, implicit VR (pydicom's)"
             rows.append((name, a.files, timed(a.repeat, {"scan": route(True, read), "pydicom": route(False, read)})))
     print(f"\n{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; best of {a.repeat}, routes alternated")
     print(f"{'files':<44}{'n':>5}{'scan ms/file':>14}{'pydicom ms/file':>17}{'speed-up':>10}")
