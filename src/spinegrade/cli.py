@@ -90,7 +90,8 @@ def _add_prepare(sub) -> None:
     p = sub.add_parser("prepare", help="decode every series of a dataset once into a fast cache")
     p.add_argument("--data", type=Path, required=True, help="dataset root in the RSNA layout")
     p.add_argument("--cache", type=Path, required=True, help="cache folder to write")
-    p.add_argument("--workers", type=int, default=1, help="processes")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="decoding processes (default: one per usable core, at most 16)")
     p.add_argument("--export-png", type=Path, default=None,
                    help="also write one 256x256 PNG per labelled instance + index.csv here")
     p.add_argument("--png-task", choices=["labelled", "seed-axial"], default="labelled",
@@ -106,7 +107,7 @@ def _cmd_prepare(a) -> int:
     r = prepare_dataset(a.data, a.cache, workers=a.workers, export_png=a.export_png, images=a.images,
                         png_task=a.png_task)
     print(f"prepared {r['decoded']} series, {r['skipped_existing']} already cached, "
-          f"{len(r['failed'])} failed -> {a.cache}")
+          f"{len(r['failed'])} failed -> {a.cache} ({r['workers']} decoding processes)")
     for f in r["failed"]:
         print(f"  skipped study {f['study_id']}: {f['error']}", file=sys.stderr)
     if a.export_png:
@@ -151,7 +152,7 @@ def _add_train(sub) -> None:
                    help="weight of the localisers' spatial cross-entropy beside the per-pixel loss (0.1; 0: per-pixel "
                         "only, which learns which level is which late or not at all)")
     g.add_argument("--grader-epochs", type=int, default=None, help="epochs of the graders (overrides --epochs)")
-    g.add_argument("--prepare-workers", type=int, default=None, metavar="N", help="decoding processes (2)")
+    g.add_argument("--prepare-workers", type=int, default=None, metavar="N", help="decoding processes (one per usable core, at most 16)")
     f = p.add_argument_group("foramina (--slices)")
     f.add_argument("--all-folds", action="store_true", help="train one run per fold under RUN/fold<K> and a CV table")
     f.add_argument("--pretrained", action="store_true",

@@ -51,14 +51,18 @@ def inference_device(spec: str, local_rank: int = 0):
     return dev
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity: a container's or a batch job's share)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def spare_cores(cap: int) -> int:
     """This process's share of the machine's cores (those it may run on, divided among the ranks torchrun
     started on this machine) less the one that runs it, between 0 and `cap`."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    per_rank = cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    per_rank = usable_cores() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
     return max(0, min(cap, per_rank - 1))
 
 

@@ -13,6 +13,7 @@ from spinegrade import vocab
 from spinegrade.cli import main
 from spinegrade.data.prepare import Cache, prepare_dataset
 from spinegrade.data.synth import synthesize_cohort
+from spinegrade.device import usable_cores
 from spinegrade.io.dicom import load_study
 
 
@@ -51,6 +52,23 @@ def test_prepare_20_studies_two_workers_then_rerun_decodes_nothing(cohort20, tmp
             assert (cs.role, cs.source_series_id) == (s.role, s.source_series_id or s.series_id)
 
 
+@pytest.mark.parametrize("cores, expect", [(3, 3), (64, 8)])  # 64 cores: 16 at most, and 8 studies
+def test_prepare_starts_one_process_per_core_unless_told_and_caches_the_same(synth_cohort, tmp_path, monkeypatch,
+                                                                              cores, expect):
+    import spinegrade.device
+
+    monkeypatch.setattr(spinegrade.device, "usable_cores", lambda: cores)
+    auto = prepare_dataset(synth_cohort, tmp_path / "auto", workers=None, progress=False)
+    one = prepare_dataset(synth_cohort, tmp_path / "one", workers=1, progress=False)
+    assert auto["workers"] == expect and one["workers"] == 1
+    assert auto["failed"] == one["failed"] == [] and auto["decoded"] == one["decoded"] > 0
+    a, b = Cache(tmp_path / "auto"), Cache(tmp_path / "one")
+    assert a.study_ids() == b.study_ids() and len(a.study_ids()) == 8
+    for sid in a.study_ids():
+        for x, y in zip(a.load_study(sid).series, b.load_study(sid).series, strict=True):
+            assert x.series_id == y.series_id and np.array_equal(x.stored.values, y.stored.values)
+
+
 def test_changed_study_is_decoded_again_and_bad_study_skipped(synth_cohort, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(synth_cohort, data)
@@ -72,6 +90,7 @@ def test_cli_prepare_reports_and_exports_png(synth_cohort, tmp_path, capsys):
     assert main(["prepare", "--data", str(synth_cohort), "--cache", str(cache), "--export-png", str(png)]) == 0
     out = capsys.readouterr().out
     assert "prepared" in out and "index.csv" in out
+    assert f"({min(usable_cores(), 16, 8)} decoding processes)" in out  # by default one per core (8 studies)
     idx = pd.read_csv(png / "index.csv")
     assert list(idx.columns) == ["path", "study_id", "series_id", "instance_number", "condition", "level", "severity"]
     coords = pd.read_csv(synth_cohort / "train_label_coordinates.csv")

@@ -33,6 +33,9 @@ from ..files import atomic_path, atomic_write_text
 # 1: float32 pixels (spinegrade up to 0.x of issue 12); 2: stored integers + per-slice transform.
 CACHE_FORMAT = 2
 _STUDY_MARKER = "_study.json"
+# The most decoding processes the automatic setting starts: each holds the study it decodes (up to a few hundred
+# MB of pixels), and 8 processes already prepared 116 synthetic studies/s on a 16-core GPU machine (README).
+MAX_AUTO_WORKERS = 16
 
 
 def _stored(s: Series) -> StoredPixels:
@@ -220,12 +223,21 @@ def _prepare_one(study_dir: str, cache_dir: str, source_root: str, descriptions:
     return {"study_id": sid, "decoded": len(study.series), "skipped_existing": 0, "old_format": old_format}
 
 
-def prepare_dataset(data: Path, cache: Path, workers: int = 1, export_png: Path | None = None,
+def auto_workers() -> int:
+    """Decoding processes when none are asked for: one per usable core, at most MAX_AUTO_WORKERS."""
+    from ..device import usable_cores
+
+    return max(1, min(usable_cores(), MAX_AUTO_WORKERS))
+
+
+def prepare_dataset(data: Path, cache: Path, workers: int | None = 1, export_png: Path | None = None,
                     images: str | None = None, study_ids: list | None = None, progress: bool = True,
                     png_task: str = "labelled") -> dict:
     """Decode a dataset (RSNA layout) into `cache`; optionally export PNG slices + index.csv.
 
-    Returns counts: decoded (series), skipped_existing (series), failed [{study_id, error}], and png_rows.
+    `workers`: decoding processes, each decoding whole studies (None, 0 or less: `auto_workers()`; never more
+    than there are studies). Returns counts: decoded (series), skipped_existing (series), failed [{study_id, error}],
+    png_rows, and workers (the processes used).
     """
     from ..progress import bar as progress_bar
     from .rsna import RsnaDataset
@@ -236,7 +248,9 @@ def prepare_dataset(data: Path, cache: Path, workers: int = 1, export_png: Path 
     ids = [int(s) for s in (study_ids if study_ids is not None else ds.study_ids)]
     jobs = [(str(ds.study_dir(s)), str(cache), str(ds.images_dir), _desc(ds, s)) for s in ids
             if ds.study_dir(s).is_dir()]
-    result = {"decoded": 0, "skipped_existing": 0, "failed": [], "studies": len(jobs), "rebuilt_old_format": []}
+    workers = max(1, min(workers if workers and workers > 0 else auto_workers(), len(jobs)))
+    result = {"decoded": 0, "skipped_existing": 0, "failed": [], "studies": len(jobs), "rebuilt_old_format": [],
+              "workers": workers}
     bar = progress_bar(total=len(jobs), desc="prepare", unit="studies", disable=not progress)
 
     def collect(r: dict) -> None:
@@ -249,7 +263,7 @@ def prepare_dataset(data: Path, cache: Path, workers: int = 1, export_png: Path 
                 result["rebuilt_old_format"].append(r["study_id"])
         bar.update(1)
 
-    if workers > 1 and len(jobs) > 1:
+    if workers > 1:
         with ProcessPoolExecutor(max_workers=workers) as pool:
             for fut in as_completed([pool.submit(_prepare_one, *j) for j in jobs]):
                 collect(fut.result())

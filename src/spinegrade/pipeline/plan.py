@@ -45,7 +45,7 @@ class PipelinePlan(RunConfig):
     folds: int = 5
     val_fold: int = 0
     stage: str = "all"
-    workers: int = 2  # prepare processes
+    workers: int = 0  # prepare processes (0: one per usable core, at most 16: data.prepare.auto_workers)
     localizers: dict[str, LocalizerSpec] = field(default_factory=lambda: {v: default_localizer(v) for v in VIEWS})
     graders: dict[str, GraderSpec] = field(default_factory=lambda: {f: default_grader(f) for f in vocab.FAMILIES})
     localizer_loop: LoopConfig = field(default_factory=_localizer_loop)
