@@ -2,7 +2,8 @@
 
 Each trial copies a study, gives a few of its files (or one whole series) hostile values in the tags the reader
 uses (geometry, pixel description, rescale, identity, acquisition tags) or rewrites a series' geometry or pixels
-(every slice at one position, constant or random pixels, one slice turned, ...), then runs
+(every slice at one position, constant or random pixels, one slice turned, rewritten in implicit VR with or
+without damaged header bytes, ...), then runs
 `spinegrade predict --report --dicom-sr` on it in this process. A finding is:
 - an exception escaping the command, or a traceback in its output;
 - a Python exception's name in a skip reason, warning or error (a message that is a library's, not ours);
@@ -10,6 +11,7 @@ uses (geometry, pixel description, rescale, identity, acquisition tags) or rewri
 A refused study (exit status 2 with one clear line) is not a finding: it is printed as `refused` for review.
 
     python scripts/fuzz_predict.py [--study DIR] [--model foramina-sagt1-v1|RUN] [--trials 100] [--seed 0]
+        [--change KIND (one series changed so in every trial)]
 
 Default study: the first of ../shared/realdata/rsna2024_dicom_train_2studies (exits with a message when the
 real data is absent). About 1-3 s per trial on one core. Exit status 1 when anything was found. A development
@@ -34,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pydicom
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, generate_uid
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "io"))
@@ -72,7 +74,7 @@ def tag_values(rng: random.Random) -> dict:
 SERIES_CHANGES = ("same_position", "jittered_positions", "one_slice_turned", "zero_pixels", "constant_pixels",
                   "maximum_pixels", "noise_pixels", "one_slice_left", "one_sop_uid", "tiny_spacing",
                   "half_cropped", "every_file_twice", "half_turned", "huge_spacing", "oblique",
-                  "clinical_sequences", "damaged_sequences")
+                  "clinical_sequences", "damaged_sequences", "implicit_vr", "implicit_vr_damaged")
 
 
 def change_series(files: list[Path], kind: str, rng: random.Random) -> None:
@@ -116,6 +118,9 @@ def change_series(files: list[Path], kind: str, rng: random.Random) -> None:
             from dicom_factory import add_clinical_sequences  # tests/io: the corpus builders
 
             add_clinical_sequences(ds, undefined=rng.random() < 0.5, rich=True)
+        elif kind.startswith("implicit_vr"):  # as a node may store what it receives: uncompressed, implicit VR
+            ds.decompress()
+            ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
         elif kind == "oblique":  # the whole series tilted by 35 degrees about its row direction
             r = np.asarray([float(v) for v in ds.ImageOrientationPatient[:3]])
             c = np.asarray([float(v) for v in ds.ImageOrientationPatient[3:]])
@@ -130,6 +135,24 @@ def change_series(files: list[Path], kind: str, rng: random.Random) -> None:
                 at = rng.randrange(lo, hi)
                 data[at:at + 1] = bytes([rng.randrange(256)])
             f.write_bytes(bytes(data))
+        elif kind == "implicit_vr_damaged" and rng.random() < 0.5:  # a few random bytes in half of its headers
+            data = bytearray(f.read_bytes())
+            meta_end, hi = _meta_end(data), data.rindex(b"\xe0\x7f\x10\x00")
+            for _ in range(rng.randint(1, 4)):
+                at = rng.randrange(132 if rng.random() < 0.2 else meta_end, hi)  # the file meta now and then
+                data[at:at + 1] = bytes([rng.choice([0, 0xFF, rng.randrange(256)])])
+            f.write_bytes(bytes(data))
+
+
+def _meta_end(data: bytes) -> int:
+    """Where the file meta group (explicit VR, after the preamble) ends."""
+    pos = 132
+    while data[pos:pos + 2] == b"\x02\x00":
+        if data[pos + 4:pos + 6] in (b"OB", b"OW", b"UN", b"UT", b"SQ", b"UC", b"UR"):
+            pos += 12 + int.from_bytes(data[pos + 8:pos + 12], "little")
+        else:
+            pos += 8 + int.from_bytes(data[pos + 6:pos + 8], "little")
+    return pos
 
 
 def set_tag(ds, keyword: str, value) -> None:
@@ -141,7 +164,8 @@ def set_tag(ds, keyword: str, value) -> None:
         setattr(ds, keyword, value)
 
 
-def trial(study: Path, model: str, rng: random.Random, work: Path) -> tuple[str, list[str]]:
+def trial(study: Path, model: str, rng: random.Random, work: Path, change: str | None = None
+          ) -> tuple[str, list[str]]:
     """One mutated copy of `study` through predict: (what was done, findings)."""
     from spinegrade.cli import main
 
@@ -162,8 +186,8 @@ def trial(study: Path, model: str, rng: random.Random, work: Path) -> tuple[str,
         with contextlib.suppress(Exception):
             ds.save_as(f)
     what = f"{len(targets)} file(s): {same if same else keywords}"
-    if rng.random() < 0.3:
-        kind = rng.choice(SERIES_CHANGES)
+    if change or rng.random() < 0.3:
+        kind = change or rng.choice(SERIES_CHANGES)
         one = rng.choice(series)
         try:
             change_series(sorted(one.glob("*.dcm")), kind, rng)
@@ -205,6 +229,8 @@ def main() -> int:
     ap.add_argument("--model", default="foramina-sagt1-v1", help="a run folder or a bundled model's name")
     ap.add_argument("--trials", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--change", choices=SERIES_CHANGES, default=None,
+                    help="make this change to one series in every trial (default: one in 3 trials, drawn)")
     a = ap.parse_args()
     if a.study is None and not TWO.is_dir():
         print(f"the real studies are not at {TWO}: pass --study", file=sys.stderr)
@@ -215,7 +241,7 @@ def main() -> int:
     n_found = 0
     for t in range(a.trials):
         with tempfile.TemporaryDirectory(prefix="fuzz_predict_") as tmp:
-            what, found = trial(study, a.model, rng, Path(tmp))
+            what, found = trial(study, a.model, rng, Path(tmp), a.change)
         for f in found:
             n_found += 1
             print(f"FOUND seed {a.seed} trial {t} ({what}): {f}", flush=True)

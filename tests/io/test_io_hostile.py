@@ -189,6 +189,27 @@ def test_unknown_vrs_cost_the_element_not_the_file_or_the_study(tmp_path, capsys
     assert "Traceback" not in out.err and "damaged header element (0008,103E)" in out.out
 
 
+@pytest.mark.parametrize("ts", [pydicom.uid.ExplicitVRLittleEndian, pydicom.uid.ImplicitVRLittleEndian])
+def test_an_unknown_or_damaged_transfer_syntax_costs_the_file_with_a_reason_that_says_so(tmp_path, ts):
+    """A file meta naming a transfer syntax DICOM does not define (a damaged UID, or a private one): the file
+    is skipped with a reason naming the syntax, not the library's "UID is not a transfer syntax"."""
+    folder = tmp_path / "study" / "7"
+    write_series(folder, 4, transfer_syntax=ts)
+    uid = str(ts).encode() + b"\0" * (len(str(ts)) % 2)  # as the file holds it, padded to even length
+    # 2.dcm: a well-formed UID that is no transfer syntax (1.2.890...); 3.dcm: a NUL byte inside it
+    for name, new in (("2.dcm", uid.replace(b"1.2.840", b"1.2.890")), ("3.dcm", uid.replace(b"10008", b"10\x0008"))):
+        data = (folder / name).read_bytes()
+        assert data.count(uid) == 1
+        (folder / name).write_bytes(data.replace(uid, new))
+    (s,) = load_study(tmp_path / "study").series
+    assert s.n_slices == 2
+    reasons = _reasons(s.skipped)
+    assert set(reasons) == {"2.dcm", "3.dcm"}
+    for why in reasons.values():
+        assert why.startswith("unknown transfer syntax '1.2.8") and "in the file meta" in why, why
+        assert "Error" not in why
+
+
 # --- links and odd directory entries -----------------------------------------------------------------------
 def test_a_link_loop_inside_a_study_is_not_followed(tmp_path):
     write_series(tmp_path / "123" / "7", 3)

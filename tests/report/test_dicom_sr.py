@@ -88,3 +88,35 @@ def test_findings_without_a_point_stay_in_the_report(synth_result, tmp_path):
     instances = _study_instances(study)
     for g in roi_groups:
         assert g.roi.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID in instances
+
+
+@pytest.mark.parametrize("damaged", ["dataset", "both"])
+def test_a_source_image_of_no_known_storage_class(synth_result, tmp_path, damaged):
+    """A damaged SOP Class UID in the source images: the file meta's class serves when it is sound; when the
+    images name no storage class at all, no SR is made and the error names the file and the class (never
+    highdicom's KeyError)."""
+    import shutil
+
+    from spinegrade.errors import DataError
+
+    study, result = synth_result
+    root = Path(study.series[0].files[0]).parents[1]
+    copy = Path(shutil.copytree(root, tmp_path / root.name))
+    moved = replace(study, series=[replace(s, files=[str(copy / Path(f).relative_to(root)) for f in s.files])
+                                   for s in study.series])
+    for f in copy.rglob("*.dcm"):
+        ds = pydicom.dcmread(f)
+        ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.99"
+        if damaged == "both":
+            ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.99"
+        ds.save_as(f)
+    if damaged == "dataset":
+        sr, roi_groups, _ = _groups(write_sr(result, moved, tmp_path / "sr.dcm"))
+        assert len(roi_groups) == 25
+        assert {g.roi.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPClassUID for g in roi_groups} == \
+            {"1.2.840.10008.5.1.4.1.1.4"}  # MR Image Storage, from the file meta
+    else:
+        with pytest.raises(DataError, match=r"\.dcm: SOP Class UID '1\.2\.840\.10008\.5\.1\.4\.1\.1\.99' is not a "
+                                            r"storage class DICOM defines: the SR could not reference this image"):
+            write_sr(result, moved, tmp_path / "sr.dcm")
+        assert not (tmp_path / "sr.dcm").exists()

@@ -456,6 +456,9 @@ def _read_header(path: Path, max_pixels: int, with_pixels: bool = False) -> _Sli
             # so that a damaged element (an unknown VR from a bit flip) costs that element, not the study.
             damaged = [*_drop_damaged(getattr(ds, "file_meta", Dataset()), only_read=True),
                        *_drop_damaged(ds, only_read=True)]
+            unknown = _unknown_syntax(ds)
+            if unknown:
+                return SkippedFile(str(path), unknown)
             problem, data_length, value = _pixel_data_problem(fp, ds, size)
             raw = None
             if with_pixels and not problem and value is not None:
@@ -640,6 +643,16 @@ def _transfer_syntax(ds: Dataset) -> UID | scan.Syntax | None:
     if not ts:
         return None
     return scan.syntax(str(ts)) if isinstance(ds, scan.FlatHeader) else _uid(str(ts))
+
+
+def _unknown_syntax(ds: Dataset) -> str | None:
+    """Why a file's transfer syntax cannot be read, when its file meta names one that pydicom does not know (a
+    damaged UID, or a private one): nothing about its encoding can then be trusted."""
+    ts = _transfer_syntax(ds)
+    if ts is None or ts.is_transfer_syntax:
+        return None
+    return (f"unknown transfer syntax {str(ts)!r} in the file meta (damaged, or a private one): its pixels "
+            "cannot be read")
 
 
 @functools.lru_cache(maxsize=256)

@@ -42,7 +42,7 @@ def write_key_images_sc(images: list[KeyImage], study, folder: str | Path, *, se
     for n, img in enumerate(images, start=1):
         series = study.get(img.series_id)
         fallback = series.sop_instance_uids[img.slice_index] if series.sop_instance_uids else ""
-        ref = _evidence_item(_header(series.files[img.slice_index]), fallback)
+        ref = _evidence_item(_header(series.files[img.slice_index]), fallback, series.files[img.slice_index])
         orientation = (_orientation(img.edges["right"]), _orientation(img.edges["bottom"]))
         rgb = np.asarray(Image.open(io.BytesIO(img.png)).convert("RGB"))
         sc = hd.sc.SCImage.from_ref_dataset(

@@ -147,14 +147,15 @@ def _header(path: str):
     return read_header(path)  # damaged elements dropped: the source's header was read the same way for grading
 
 
-def _evidence_item(ds, fallback_uid: str = ""):
-    """A minimal dataset naming one source instance, with the patient/study attributes highdicom copies."""
+def _evidence_item(ds, fallback_uid: str = "", path: str = ""):
+    """A minimal dataset naming one source instance (the file `path`), with the patient/study attributes
+    highdicom copies."""
     from pydicom.dataset import Dataset
 
     meta = getattr(ds, "file_meta", None)
     item = Dataset()
-    item.SOPClassUID = ds.get("SOPClassUID") or (meta.get("MediaStorageSOPClassUID") if meta else None) \
-        or MR_IMAGE_STORAGE
+    item.SOPClassUID = _image_class(ds.get("SOPClassUID"), meta.get("MediaStorageSOPClassUID") if meta else None,
+                                    path)
     item.SOPInstanceUID = ds.get("SOPInstanceUID") or (meta.get("MediaStorageSOPInstanceUID") if meta else None) \
         or fallback_uid
     item.StudyInstanceUID = ds.get("StudyInstanceUID", "")
@@ -166,13 +167,39 @@ def _evidence_item(ds, fallback_uid: str = ""):
     return item
 
 
+def _image_class(own, meta_class, path: str) -> str:
+    """The SOP class a source image is referenced by: its own, else its file meta's (RSNA files have only that),
+    else MR Image Storage when it names none. Raises DataError when it names only classes that are not image
+    storage classes DICOM defines (a damaged UID): a reference to it could not be made, nor trusted."""
+    named = [str(v) for v in (own, meta_class) if v]
+    for uid in named:
+        if _storage_class(uid):
+            return uid
+    if not named:
+        return MR_IMAGE_STORAGE
+    raise DataError(f"{path}: SOP Class UID {named[0]!r} is not a storage class DICOM defines: the SR could not "
+                    "reference this image")
+
+
+def _storage_class(uid: str) -> bool:
+    """Whether highdicom knows the IOD of this SOP class (it must, to reference an image of it)."""
+    try:
+        from highdicom._standard_utils import get_sop_class_iod_map  # what highdicom itself looks the class up in
+    except ImportError:  # a private module: should it move, pydicom's dictionary of storage classes decides
+        from pydicom.uid import UID
+
+        return UID(uid).type == "SOP Class" and UID(uid).keyword.endswith("Storage")
+    return uid in get_sop_class_iod_map()
+
+
 def _reference(study, p: Point):
     series = study.get(p.series_id)
     fallback = series.sop_instance_uids[p.slice_index] if series.sop_instance_uids else ""
-    return _evidence_item(_header(series.files[p.slice_index]), fallback)
+    path = series.files[p.slice_index]
+    return _evidence_item(_header(path), fallback, path)
 
 
 def _reference_any(study):
     """Evidence when no finding has a point: the first image of the study, so the SR still names its study."""
     s = study.series[0]
-    return _evidence_item(_header(s.files[0]), s.sop_instance_uids[0] if s.sop_instance_uids else "")
+    return _evidence_item(_header(s.files[0]), s.sop_instance_uids[0] if s.sop_instance_uids else "", s.files[0])
