@@ -231,6 +231,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--change", choices=SERIES_CHANGES, default=None,
                     help="make this change to one series in every trial (default: one in 3 trials, drawn)")
+    ap.add_argument("--keep", type=Path, default=None, help="copy the study of each trial with a finding here")
     a = ap.parse_args()
     if a.study is None and not TWO.is_dir():
         print(f"the real studies are not at {TWO}: pass --study", file=sys.stderr)
@@ -242,6 +243,8 @@ def main() -> int:
     for t in range(a.trials):
         with tempfile.TemporaryDirectory(prefix="fuzz_predict_") as tmp:
             what, found = trial(study, a.model, rng, Path(tmp), a.change)
+            if found and a.keep is not None:
+                shutil.copytree(Path(tmp) / study.name, a.keep / f"seed{a.seed}_trial{t}")
         for f in found:
             n_found += 1
             print(f"FOUND seed {a.seed} trial {t} ({what}): {f}", flush=True)

@@ -210,6 +210,41 @@ def test_an_unknown_or_damaged_transfer_syntax_costs_the_file_with_a_reason_that
         assert "Error" not in why
 
 
+def test_a_pixel_description_in_another_known_vr_costs_the_file_with_a_reason(tmp_path):
+    """A bit flip that turns a VR into another DICOM VR: BitsStored read as text (AS), the photometric
+    interpretation as numbers (US). The value decodes, but no decoder can use it: the file is skipped with a reason
+    naming the element (was pydicom's "TypeError: '<=' not supported between instances of 'int' and 'str'")."""
+    folder = tmp_path / "study" / "7"
+    write_series(folder, 4)
+    flip_vr(folder / "2.dcm", b"\x28\x00\x01\x01", b"AS")  # BitsStored
+    flip_vr(folder / "3.dcm", b"\x28\x00\x04\x00", b"US")  # PhotometricInterpretation: 6 numbers
+    (s,) = load_study(tmp_path / "study").series
+    assert s.n_slices == 2
+    reasons = _reasons(s.skipped)
+    assert set(reasons) == {"2.dcm", "3.dcm"}
+    assert reasons["2.dcm"] == "damaged header: BitsStored is '\\x0c' (VR AS), not a number"
+    assert reasons["3.dcm"].startswith("damaged header: PhotometricInterpretation is [")
+    assert reasons["3.dcm"].endswith("(VR US), not text")
+
+
+def test_a_header_whose_sequence_breaks_off_is_skipped_as_damaged_not_as_unreadable_from_disk(tmp_path):
+    """pydicom says "No tag to read" with an OSError when a sequence's items run out: that is the file's
+    structure, not the disk, so the reason must not read "cannot read"."""
+    from dicom_factory import add_clinical_sequences
+
+    folder = tmp_path / "study" / "7"
+    write_series(folder, 3)
+    ds = pydicom.dcmread(folder / "3.dcm")
+    write_dicom(folder / "3.dcm", add_clinical_sequences(ds, undefined=True))
+    data = (folder / "3.dcm").read_bytes()
+    end = data.index(b"\xfe\xff\x0d\xe0\x00\x00\x00\x00") + 8  # the first item's delimiter, inside a sequence
+    (folder / "3.dcm").write_bytes(data[:end])
+    (s,) = load_study(tmp_path / "study").series
+    assert s.n_slices == 2
+    why = _reasons(s.skipped)["3.dcm"]
+    assert why.startswith("damaged or truncated header: its elements cannot be followed (No tag to read at "), why
+
+
 # --- links and odd directory entries -----------------------------------------------------------------------
 def test_a_link_loop_inside_a_study_is_not_followed(tmp_path):
     write_series(tmp_path / "123" / "7", 3)

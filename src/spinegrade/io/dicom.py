@@ -456,7 +456,7 @@ def _read_header(path: Path, max_pixels: int, with_pixels: bool = False) -> _Sli
             # so that a damaged element (an unknown VR from a bit flip) costs that element, not the study.
             damaged = [*_drop_damaged(getattr(ds, "file_meta", Dataset()), only_read=True),
                        *_drop_damaged(ds, only_read=True)]
-            unknown = _unknown_syntax(ds)
+            unknown = _unknown_syntax(ds) or _pixel_description_problem(ds)
             if unknown:
                 return SkippedFile(str(path), unknown)
             problem, data_length, value = _pixel_data_problem(fp, ds, size)
@@ -468,6 +468,8 @@ def _read_header(path: Path, max_pixels: int, with_pixels: bool = False) -> _Sli
     except InvalidDicomError:
         return SkippedFile(str(path), "not a DICOM file (no 'DICM' marker after the 128-byte preamble)")
     except OSError as e:
+        if e.errno is None:  # not the system's: pydicom's own word for a header whose structure breaks off
+            return SkippedFile(str(path), f"damaged or truncated header: its elements cannot be followed ({e})")
         return SkippedFile(str(path), f"cannot read: {e.strerror or e}")
     except (KeyboardInterrupt, SystemExit):
         raise
@@ -643,6 +645,27 @@ def _transfer_syntax(ds: Dataset) -> UID | scan.Syntax | None:
     if not ts:
         return None
     return scan.syntax(str(ts)) if isinstance(ds, scan.FlatHeader) else _uid(str(ts))
+
+
+# The image pixel module's numbers, as pydicom's decoders read them from a dataset.
+_PIXEL_NUMBERS = ("SamplesPerPixel", "Rows", "Columns", "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation",
+                  "PlanarConfiguration")
+
+
+def _pixel_description_problem(ds: Dataset) -> str | None:
+    """Why the pixel description cannot be decoded by: a number of it that is not one (a text or several values,
+    as a damaged VR gives: a decoder would fail on it with a TypeError), or a PhotometricInterpretation that is
+    not text. Empty values are left to the checks that follow."""
+    from numbers import Number
+
+    for kw, kind, what in (*((k, Number, "a number") for k in _PIXEL_NUMBERS),
+                           ("PhotometricInterpretation", str, "text")):
+        value = ds.get(kw)
+        if value is None or value == "" or isinstance(value, kind):
+            continue
+        shown = repr(value[:32] if isinstance(value, (bytes, str)) else value)[:60]
+        return f"damaged header: {kw} is {shown} (VR {ds[kw].VR}), not {what}"
+    return None
 
 
 def _unknown_syntax(ds: Dataset) -> str | None:
