@@ -2,8 +2,8 @@
 
 Each trial copies a study, gives a few of its files (or one whole series) hostile values in the tags the reader
 uses (geometry, pixel description, rescale, identity, acquisition tags) or rewrites a series' geometry or pixels
-(every slice at one position, constant or random pixels, one slice turned, rewritten in implicit VR with or
-without damaged header bytes, ...), then runs
+(every slice at one position, constant or random pixels, one slice turned, random bytes in its headers,
+rewritten in implicit VR with or without damaged header bytes, ...), then runs
 `spinegrade predict --report --dicom-sr` on it in this process. A finding is:
 - an exception escaping the command, or a traceback in its output;
 - a Python exception's name in a skip reason, warning or error (a message that is a library's, not ours);
@@ -74,7 +74,7 @@ def tag_values(rng: random.Random) -> dict:
 SERIES_CHANGES = ("same_position", "jittered_positions", "one_slice_turned", "zero_pixels", "constant_pixels",
                   "maximum_pixels", "noise_pixels", "one_slice_left", "one_sop_uid", "tiny_spacing",
                   "half_cropped", "every_file_twice", "half_turned", "huge_spacing", "oblique",
-                  "clinical_sequences", "damaged_sequences", "implicit_vr", "implicit_vr_damaged")
+                  "clinical_sequences", "damaged_sequences", "implicit_vr", "implicit_vr_damaged", "damaged_header")
 
 
 def change_series(files: list[Path], kind: str, rng: random.Random) -> None:
@@ -135,7 +135,7 @@ def change_series(files: list[Path], kind: str, rng: random.Random) -> None:
                 at = rng.randrange(lo, hi)
                 data[at:at + 1] = bytes([rng.randrange(256)])
             f.write_bytes(bytes(data))
-        elif kind == "implicit_vr_damaged" and rng.random() < 0.5:  # a few random bytes in half of its headers
+        elif kind in ("implicit_vr_damaged", "damaged_header") and rng.random() < 0.5:  # bytes in half its headers
             data = bytearray(f.read_bytes())
             meta_end, hi = _meta_end(data), data.rindex(b"\xe0\x7f\x10\x00")
             for _ in range(rng.randint(1, 4)):

@@ -90,28 +90,37 @@ def test_findings_without_a_point_stay_in_the_report(synth_result, tmp_path):
         assert g.roi.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID in instances
 
 
+def _changed_copy(study, tmp_path, change):
+    """The study with every file copied under tmp_path and changed by `change(dataset)`."""
+    import shutil
+
+    root = Path(study.series[0].files[0]).parents[1]
+    copy = Path(shutil.copytree(root, tmp_path / root.name))
+    for f in copy.rglob("*.dcm"):
+        ds = pydicom.dcmread(f)
+        change(ds)
+        ds.save_as(f)
+    return replace(study, series=[replace(s, files=[str(copy / Path(f).relative_to(root)) for f in s.files])
+                                  for s in study.series])
+
+
 @pytest.mark.parametrize("damaged", ["dataset", "both"])
 def test_a_source_image_of_no_known_storage_class(synth_result, tmp_path, damaged):
     """A damaged SOP Class UID in the source images: the file meta's class serves when it is sound; when the
     images name no storage class at all, no SR is made and the error names the file and the class (never
     highdicom's KeyError)."""
-    import shutil
-
     from spinegrade.errors import DataError
 
     study, result = synth_result
-    root = Path(study.series[0].files[0]).parents[1]
-    copy = Path(shutil.copytree(root, tmp_path / root.name))
-    moved = replace(study, series=[replace(s, files=[str(copy / Path(f).relative_to(root)) for f in s.files])
-                                   for s in study.series])
-    for f in copy.rglob("*.dcm"):
-        ds = pydicom.dcmread(f)
+
+    def damage(ds):
         ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.99"
         if damaged == "both":
             ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.99"
-        ds.save_as(f)
+
+    moved = _changed_copy(study, tmp_path, damage)
     if damaged == "dataset":
-        sr, roi_groups, _ = _groups(write_sr(result, moved, tmp_path / "sr.dcm"))
+        _, roi_groups, _ = _groups(write_sr(result, moved, tmp_path / "sr.dcm"))
         assert len(roi_groups) == 25
         assert {g.roi.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPClassUID for g in roi_groups} == \
             {"1.2.840.10008.5.1.4.1.1.4"}  # MR Image Storage, from the file meta
@@ -120,3 +129,33 @@ def test_a_source_image_of_no_known_storage_class(synth_result, tmp_path, damage
                                             r"storage class DICOM defines: the SR could not reference this image"):
             write_sr(result, moved, tmp_path / "sr.dcm")
         assert not (tmp_path / "sr.dcm").exists()
+
+
+@pytest.mark.parametrize("keyword, value", [
+    ("PatientSex", "Q"), ("PatientName", "A\\B"), ("PatientBirthDate", "notadate"), ("StudyDate", "2024\\2025"),
+    ("StudyTime", "xx"), ("SOPInstanceUID", "1.2.3\\4.5"), ("SeriesInstanceUID", "")])
+def test_hostile_patient_study_and_instance_values_cost_at_most_the_sr_with_a_reason(synth_result, tmp_path,
+                                                                                     keyword, value):
+    """Values highdicom would refuse the whole SR for (a sex, date or time that is not one, several values):
+    the attribute is left empty; a SOP Instance UID of several values gives way to the file meta's; an image
+    without a Series Instance UID cannot be referenced, and the error names its file."""
+    from spinegrade.errors import DataError
+
+    study, result = synth_result
+    moved = _changed_copy(study, tmp_path, lambda ds: setattr(ds, keyword, value))
+    out = tmp_path / "sr.dcm"
+    if keyword == "SeriesInstanceUID":
+        with pytest.raises(DataError, match=r"\.dcm: the source image has no usable SOP, Study or Series Instance "
+                                            r"UID: the SR could not reference it"):
+            write_sr(result, moved, out)
+        return
+    _, roi_groups, _ = _groups(write_sr(result, moved, out))
+    assert len(roi_groups) == 25
+    raw = pydicom.dcmread(out)
+    if keyword == "SOPInstanceUID":
+        metas = {pydicom.dcmread(f, stop_before_pixels=True).file_meta.MediaStorageSOPInstanceUID
+                 for s in moved.series for f in s.files}
+        refs = {g.roi.ContentSequence[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID for g in roi_groups}
+        assert refs and refs <= metas
+    else:
+        assert raw.get(keyword) in ("", None)

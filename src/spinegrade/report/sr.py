@@ -16,6 +16,7 @@ UIDs such as "100206310.1.1": the class falls back to the file meta, then MR Ima
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -156,15 +157,49 @@ def _evidence_item(ds, fallback_uid: str = "", path: str = ""):
     item = Dataset()
     item.SOPClassUID = _image_class(ds.get("SOPClassUID"), meta.get("MediaStorageSOPClassUID") if meta else None,
                                     path)
-    item.SOPInstanceUID = ds.get("SOPInstanceUID") or (meta.get("MediaStorageSOPInstanceUID") if meta else None) \
-        or fallback_uid
-    item.StudyInstanceUID = ds.get("StudyInstanceUID", "")
-    item.SeriesInstanceUID = ds.get("SeriesInstanceUID", "")
+    item.SOPInstanceUID = _one_uid(ds.get("SOPInstanceUID")) \
+        or _one_uid(meta.get("MediaStorageSOPInstanceUID") if meta else None) or _one_uid(fallback_uid)
+    item.StudyInstanceUID = _one_uid(ds.get("StudyInstanceUID"))
+    item.SeriesInstanceUID = _one_uid(ds.get("SeriesInstanceUID"))
     for kw in _PATIENT_STUDY_KEYWORDS:
-        setattr(item, kw, ds.get(kw, ""))
+        setattr(item, kw, _conformant(kw, ds.get(kw)))
     if not item.SOPInstanceUID or not item.StudyInstanceUID or not item.SeriesInstanceUID:
-        raise DataError("a source image lacks SOP/Study/Series Instance UID: the SR could not reference it")
+        raise DataError(f"{path}: the source image has no usable SOP, Study or Series Instance UID: the SR could not "
+                        "reference it")
     return item
+
+
+def _one_uid(value) -> str:
+    """A UID as one printable string, or "" where the header holds none (several values, nothing). A UID that
+    breaks DICOM's form in other ways is kept: it is what the archive has filed the image under."""
+    if not isinstance(value, str):  # (pydicom's several values are a MultiValue)
+        return ""
+    text = value.strip().rstrip("\0")
+    return text if text and text.isprintable() and " " not in text else ""
+
+
+def _conformant(keyword: str, value):
+    """A patient or study attribute as the SR may copy it, or "" (empty: allowed for each of them) where a
+    damaged or hostile value would make highdicom refuse the whole SR: several values, a date, time or sex that
+    is not one."""
+    import datetime
+
+    from pydicom.multival import MultiValue
+
+    if value is None or isinstance(value, MultiValue):
+        return ""
+    text = str(value).strip()
+    if keyword == "PatientSex":
+        return text if text in ("M", "F", "O") else ""
+    if keyword.endswith("Date"):
+        try:
+            datetime.datetime.strptime(text, "%Y%m%d")
+        except ValueError:
+            return ""
+        return text if len(text) == 8 and text.isdigit() else ""
+    if keyword.endswith("Time"):
+        return text if re.fullmatch(r"([01][0-9]|2[0-3])([0-5][0-9]([0-5][0-9](\.[0-9]{1,6})?)?)?", text) else ""
+    return value
 
 
 def _image_class(own, meta_class, path: str) -> str:
@@ -183,8 +218,8 @@ def _image_class(own, meta_class, path: str) -> str:
 
 def _storage_class(uid: str) -> bool:
     """Whether highdicom knows the IOD of this SOP class (it must, to reference an image of it)."""
-    try:
-        from highdicom._standard_utils import get_sop_class_iod_map  # what highdicom itself looks the class up in
+    try:  # what highdicom itself looks the class up in
+        from highdicom._standard_utils import get_sop_class_iod_map
     except ImportError:  # a private module: should it move, pydicom's dictionary of storage classes decides
         from pydicom.uid import UID
 
