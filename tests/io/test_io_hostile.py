@@ -227,6 +227,18 @@ def test_a_pixel_description_in_another_known_vr_costs_the_file_with_a_reason(tm
     assert reasons["3.dcm"].endswith("(VR US), not text")
 
 
+def test_a_uid_of_several_values_is_kept_as_the_file_writes_it(tmp_path):
+    """A backslash in a SOP Instance UID makes it several values: the series keeps it as written ("a\\b"), not as
+    a Python list's text."""
+    folder = tmp_path / "study" / "7"
+    write_series(folder, 3)
+    ds = pydicom.dcmread(folder / "2.dcm")
+    ds.SOPInstanceUID = "1.2.3\\4.5"
+    ds.save_as(folder / "2.dcm")
+    (s,) = load_study(tmp_path / "study").series
+    assert s.n_slices == 3 and "1.2.3\\4.5" in s.sop_instance_uids
+
+
 def test_a_header_whose_sequence_breaks_off_is_skipped_as_damaged_not_as_unreadable_from_disk(tmp_path):
     """pydicom says "No tag to read" with an OSError when a sequence's items run out: that is the file's
     structure, not the disk, so the reason must not read "cannot read"."""

@@ -14,6 +14,7 @@ file name or InstanceNumber.
 
 from __future__ import annotations
 
+import collections.abc
 import functools
 import io
 import math
@@ -750,6 +751,13 @@ def _pixel_data_problem(fp, ds: Dataset, size: int
     return None, length, (start + hdr, vr, False)
 
 
+def _value_text(v) -> str:
+    """A value as the file writes it: several values (a damaged UID with a backslash) joined by backslashes, not
+    as a Python list."""
+    several = isinstance(v, collections.abc.Sequence) and not isinstance(v, (str, bytes))  # (a MultiValue)
+    return "\\".join(str(x) for x in v) if several else str(v)
+
+
 def _int(v) -> int | None:
     try:
         return int(v)
@@ -829,7 +837,7 @@ def _slice_from_header(path: Path, ds: Dataset, frame: int | None = None) -> _Sl
     return _Slice(
         path=path, ds=ds, transfer_syntax=str(ts) if ts else "", rows=int(ds.Rows), cols=int(ds.Columns),
         orientation=orientation, position=position, spacing=spacing or (1.0, 1.0), spacing_source=source,
-        instance=instance, series_uid=str(ds.get("SeriesInstanceUID", "")), problems=problems, frame=frame,
+        instance=instance, series_uid=_value_text(ds.get("SeriesInstanceUID", "")), problems=problems, frame=frame,
         rescale=rescale,
     )
 
@@ -1205,7 +1213,7 @@ def _to_series(g: _Group, study_id: str, series_id: str, source_id: str) -> Seri
         study_id=str(study_id), series_id=str(series_id), role="", role_reason="",
         description=str(tags.get("SeriesDescription", "")), geometry=geometry, instance_numbers=instances,
         pixels=g.pixels, files=[str(s.path) for s in g.slices],
-        sop_instance_uids=[str(s.ds.get("SOPInstanceUID", "")) for s in g.slices],
+        sop_instance_uids=[_value_text(s.ds.get("SOPInstanceUID", "")) for s in g.slices],
         transfer_syntax=", ".join(syntaxes), tags=tags, skipped=list(g.skipped), notes=notes,
         source_series_id=str(source_id), geometry_known=g.orientation is not None,
         stored=g.pixels if isinstance(g.pixels, StoredPixels) else None,
