@@ -152,7 +152,8 @@ def _add_train(sub) -> None:
                    help="weight of the localisers' spatial cross-entropy beside the per-pixel loss (0.1; 0: per-pixel "
                         "only, which learns which level is which late or not at all)")
     g.add_argument("--grader-epochs", type=int, default=None, help="epochs of the graders (overrides --epochs)")
-    g.add_argument("--prepare-workers", type=int, default=None, metavar="N", help="decoding processes (one per usable core, at most 16)")
+    g.add_argument("--prepare-workers", type=int, default=None, metavar="N",
+                   help="decoding processes (one per usable core, at most 16)")
     f = p.add_argument_group("foramina (--slices)")
     f.add_argument("--all-folds", action="store_true", help="train one run per fold under RUN/fold<K> and a CV table")
     f.add_argument("--pretrained", action="store_true",

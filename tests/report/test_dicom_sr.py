@@ -91,8 +91,10 @@ def test_findings_without_a_point_stay_in_the_report(synth_result, tmp_path):
 
 
 def _changed_copy(study, tmp_path, change):
-    """The study with every file copied under tmp_path and changed by `change(dataset)`."""
+    """The study read again from a copy of its files under tmp_path, each changed by `change(dataset)`."""
     import shutil
+
+    from spinegrade.io.dicom import load_study
 
     root = Path(study.series[0].files[0]).parents[1]
     copy = Path(shutil.copytree(root, tmp_path / root.name))
@@ -100,8 +102,9 @@ def _changed_copy(study, tmp_path, change):
         ds = pydicom.dcmread(f)
         change(ds)
         ds.save_as(f)
-    return replace(study, series=[replace(s, files=[str(copy / Path(f).relative_to(root)) for f in s.files])
-                                  for s in study.series])
+    moved = load_study(copy)
+    assert [s.series_id for s in moved.series] == [s.series_id for s in study.series]
+    return moved
 
 
 @pytest.mark.parametrize("damaged", ["dataset", "both"])
@@ -133,7 +136,8 @@ def test_a_source_image_of_no_known_storage_class(synth_result, tmp_path, damage
 
 @pytest.mark.parametrize("keyword, value", [
     ("PatientSex", "Q"), ("PatientName", "A\\B"), ("PatientBirthDate", "notadate"), ("StudyDate", "2024\\2025"),
-    ("StudyTime", "xx"), ("SOPInstanceUID", "1.2.3\\4.5"), ("SeriesInstanceUID", "")])
+    ("StudyTime", "xx"), ("SOPInstanceUID", "1.2.3\\4.5"), ("SeriesInstanceUID", ""),
+    ("MediaStorageSOPInstanceUID", "1.2.3\\4.5")])  # and the dataset's too: no UID left to reference by
 def test_hostile_patient_study_and_instance_values_cost_at_most_the_sr_with_a_reason(synth_result, tmp_path,
                                                                                      keyword, value):
     """Values highdicom would refuse the whole SR for (a sex, date or time that is not one, several values):
@@ -142,9 +146,16 @@ def test_hostile_patient_study_and_instance_values_cost_at_most_the_sr_with_a_re
     from spinegrade.errors import DataError
 
     study, result = synth_result
-    moved = _changed_copy(study, tmp_path, lambda ds: setattr(ds, keyword, value))
+    def change(ds):
+        if keyword.startswith("MediaStorage"):
+            setattr(ds.file_meta, keyword, value)
+            ds.SOPInstanceUID = value
+        else:
+            setattr(ds, keyword, value)
+
+    moved = _changed_copy(study, tmp_path, change)
     out = tmp_path / "sr.dcm"
-    if keyword == "SeriesInstanceUID":
+    if keyword in ("SeriesInstanceUID", "MediaStorageSOPInstanceUID"):
         with pytest.raises(DataError, match=r"\.dcm: the source image has no usable SOP, Study or Series Instance "
                                             r"UID: the SR could not reference it"):
             write_sr(result, moved, out)

@@ -654,9 +654,9 @@ _PIXEL_NUMBERS = ("SamplesPerPixel", "Rows", "Columns", "BitsAllocated", "BitsSt
 
 
 def _pixel_description_problem(ds: Dataset) -> str | None:
-    """Why the pixel description cannot be decoded by: a number of it that is not one (a text or several values,
-    as a damaged VR gives: a decoder would fail on it with a TypeError), or a PhotometricInterpretation that is
-    not text. Empty values are left to the checks that follow."""
+    """Why no decoder can use the file's pixel description: one of its numbers is not a number (text, or
+    several values, as a VR damaged into another gives: a decoder fails on it with a TypeError), or its
+    PhotometricInterpretation is not text. Empty values are left to the checks that follow."""
     from numbers import Number
 
     for kw, kind, what in (*((k, Number, "a number") for k in _PIXEL_NUMBERS),

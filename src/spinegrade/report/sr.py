@@ -175,7 +175,7 @@ def _one_uid(value) -> str:
     if not isinstance(value, str):  # (pydicom's several values are a MultiValue)
         return ""
     text = value.strip().rstrip("\0")
-    return text if text and text.isprintable() and " " not in text else ""
+    return text if text and text.isprintable() and not set(text) & {" ", "\\"} else ""
 
 
 def _conformant(keyword: str, value):
@@ -206,7 +206,7 @@ def _image_class(own, meta_class, path: str) -> str:
     """The SOP class a source image is referenced by: its own, else its file meta's (RSNA files have only that),
     else MR Image Storage when it names none. Raises DataError when it names only classes that are not image
     storage classes DICOM defines (a damaged UID): a reference to it could not be made, nor trusted."""
-    named = [str(v) for v in (own, meta_class) if v]
+    named = [u for u in (_one_uid(own), _one_uid(meta_class)) if u]
     for uid in named:
         if _storage_class(uid):
             return uid
