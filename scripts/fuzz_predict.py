@@ -3,8 +3,8 @@
 Each trial copies a study, gives a few of its files (or one whole series) hostile values in the tags the reader
 uses (geometry, pixel description, rescale, identity, acquisition tags) or rewrites a series' geometry or pixels
 (every slice at one position, constant or random pixels, one slice turned, random bytes in its headers,
-rewritten in implicit VR with or without damaged header bytes, ...), then runs
-`spinegrade predict --report --dicom-sr` on it in this process. A finding is:
+rewritten in implicit VR or as one Enhanced MR multi-frame file, with or without damaged header bytes, ...),
+then runs `spinegrade predict --report --dicom-sr` on it in this process. A finding is:
 - an exception escaping the command, or a traceback in its output;
 - a Python exception's name in a skip reason, warning or error (a message that is a library's, not ours);
 - a submission that is not 25 finite rows summing to 1 per target.
@@ -74,11 +74,21 @@ def tag_values(rng: random.Random) -> dict:
 SERIES_CHANGES = ("same_position", "jittered_positions", "one_slice_turned", "zero_pixels", "constant_pixels",
                   "maximum_pixels", "noise_pixels", "one_slice_left", "one_sop_uid", "tiny_spacing",
                   "half_cropped", "every_file_twice", "half_turned", "huge_spacing", "oblique",
-                  "clinical_sequences", "damaged_sequences", "implicit_vr", "implicit_vr_damaged", "damaged_header")
+                  "clinical_sequences", "damaged_sequences", "implicit_vr", "implicit_vr_damaged", "damaged_header",
+                  "enhanced_mr", "enhanced_mr_damaged")
 
 
 def change_series(files: list[Path], kind: str, rng: random.Random) -> None:
     """Rewrite every file of one series so that the series as a whole is hostile."""
+    if kind.startswith("enhanced_mr"):  # the series as one Enhanced MR multi-frame file (and damaged bytes in it)
+        from dicom_factory import to_enhanced_mr  # tests/io: the corpus builders
+
+        one = to_enhanced_mr(files, files[0].parent / "enhanced.dcm")
+        for f in files:
+            f.unlink()
+        if kind.endswith("_damaged"):
+            _damage_header(one, rng, 1, 6)
+        return
     for i, f in enumerate(files):
         if kind == "one_slice_left" and i > 0:
             f.unlink()
@@ -136,12 +146,17 @@ def change_series(files: list[Path], kind: str, rng: random.Random) -> None:
                 data[at:at + 1] = bytes([rng.randrange(256)])
             f.write_bytes(bytes(data))
         elif kind in ("implicit_vr_damaged", "damaged_header") and rng.random() < 0.5:  # bytes in half its headers
-            data = bytearray(f.read_bytes())
-            meta_end, hi = _meta_end(data), data.rindex(b"\xe0\x7f\x10\x00")
-            for _ in range(rng.randint(1, 4)):
-                at = rng.randrange(132 if rng.random() < 0.2 else meta_end, hi)  # the file meta now and then
-                data[at:at + 1] = bytes([rng.choice([0, 0xFF, rng.randrange(256)])])
-            f.write_bytes(bytes(data))
+            _damage_header(f, rng, 1, 4)
+
+
+def _damage_header(f: Path, rng: random.Random, lo: int, hi: int) -> None:
+    """Overwrite lo..hi random bytes of a file's header (its dataset, now and then its file meta)."""
+    data = bytearray(f.read_bytes())
+    meta_end, end = _meta_end(data), data.rindex(b"\xe0\x7f\x10\x00")
+    for _ in range(rng.randint(lo, hi)):
+        at = rng.randrange(132 if rng.random() < 0.2 else meta_end, end)
+        data[at:at + 1] = bytes([rng.choice([0, 0xFF, rng.randrange(256)])])
+    f.write_bytes(bytes(data))
 
 
 def _meta_end(data: bytes) -> int:
