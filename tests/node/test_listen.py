@@ -45,7 +45,9 @@ def test_real_studies_sent_by_orthanc_come_back_as_srs(orthanc, node, real_copie
         path.write_bytes(orthanc.file(sr["ID"]))
         expected = predictor.predict_path(folder)  # the same files graded here, without the network
         check_sr(path, expected, uid, held[uid])
-        assert node.state(uid).gradings == 1 and node.state(uid).sr_sent
+        # the SR is in Orthanc while the node's C-STORE is still being answered: the node marks it sent after
+        assert wait_until(lambda uid=uid: node.state(uid).sr_sent, timeout=60)
+        assert node.state(uid).gradings == 1
     text = caplog.text
     assert "association" in text and "graded" in text and "SR sent" in text
 

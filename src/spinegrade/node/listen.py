@@ -343,11 +343,12 @@ class Node:
             sr_path = self._grade_files(key)
         except Exception as e:  # a broken study is logged and left; the node serves on
             msg = in_words(e)
+            # said before the state changes: whoever sees the study failed finds the reason in the log
+            log.error("study %s: grading failed, no SR sent: %s", st.study_uid, msg)
             with self._lock:
                 if st.state == sp.GRADING:
                     self._transition(key, st, sp.FAILED, fingerprint=fp, gradings=st.gradings + 1, error=msg,
                                      sr_sent=False)
-            log.error("study %s: grading failed, no SR sent: %s", st.study_uid, msg)
             return
         finally:
             with self._lock:
@@ -409,13 +410,14 @@ class Node:
             log.error("study %s: SR not delivered (kept in the store; retried at the next start): %s",
                       st.study_uid, e)
             return
+        # said before the state changes: whoever sees the SR sent finds it in the log
+        log.info("study %s: SR%s sent to %s", st.study_uid,
+                 f" and {len(files) - 1} key images" if self.cfg.key_images else "", self.cfg.destination)
         with self._lock:
             st.sr_sent = True
             self.spool.save(key, st)
             if not self.cfg.keep_images and st.state == sp.GRADED:
                 self.spool.drop_images(key)
-        log.info("study %s: SR%s sent to %s", st.study_uid,
-                 f" and {len(files) - 1} key images" if self.cfg.key_images else "", self.cfg.destination)
 
 
 def listen(cfg: NodeConfig) -> int:
