@@ -192,11 +192,13 @@ def _conformant(keyword: str, value):
     if keyword == "PatientSex":
         return text if text in ("M", "F", "O") else ""
     if keyword.endswith("Date"):
-        try:
-            datetime.datetime.strptime(text, "%Y%m%d")
-        except ValueError:
+        if not (len(text) == 8 and text.isdigit()):
             return ""
-        return text if len(text) == 8 and text.isdigit() else ""
+        try:
+            datetime.date(int(text[:4]), int(text[4:6]), int(text[6:]))
+        except ValueError:  # a month or day that does not exist
+            return ""
+        return text
     if keyword.endswith("Time"):
         return text if re.fullmatch(r"([01][0-9]|2[0-3])([0-5][0-9]([0-5][0-9](\.[0-9]{1,6})?)?)?", text) else ""
     return value
