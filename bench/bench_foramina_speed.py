@@ -16,8 +16,9 @@ from pathlib import Path
 import torch
 
 from spinegrade import vocab
-from spinegrade.foramina.data import read_gray, read_point_slices, write_synthetic_point_slices
-from spinegrade.foramina.model import ForaminaModel
+from spinegrade.slicemodel.data import read_gray
+from spinegrade.slicemodel.foramina import read_point_slices, write_synthetic_point_slices
+from spinegrade.slicemodel.model import SliceModel
 
 SLICES = Path(__file__).resolve().parents[2] / "shared/realdata/rsna2024_sagT1_foramina_vbs2004"
 
@@ -32,7 +33,7 @@ def main() -> None:
     folder = SLICES if SLICES.is_dir() else write_synthetic_point_slices(Path(tempfile.mkdtemp()) / "s", 20)
     ps = read_point_slices(folder, check_files=False)
     t0 = time.perf_counter()
-    model = ForaminaModel.load(a.model)
+    model = SliceModel.load(a.model)
     load_s = time.perf_counter() - t0
     paths = list(ps.slices["path"][: a.slices])
     imgs = [read_gray(ps.root / p) for p in paths]

@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from spinegrade.foramina.pipeline import foramina_config, train_foramina
+from spinegrade.slicemodel.pipeline import slice_config, train_slices
 
 SLICES = Path(__file__).resolve().parents[2] / "shared/realdata/rsna2024_sagT1_foramina_vbs2004"
 HELD_OUT_DICOM = ("100206310", "1002894806")
@@ -56,8 +56,8 @@ def main() -> None:
         run = a.out / f"fold{k}"
         if not (run / "summary.json").exists():
             t0 = time.time()
-            cfg = foramina_config(a.slices, folds=a.folds, val_fold=k, device=a.device, exclude_studies=HELD_OUT_DICOM)
-            train_foramina(cfg, run, resume=(run / "config.json").exists(),
+            cfg = slice_config(a.slices, folds=a.folds, val_fold=k, device=a.device, exclude_studies=HELD_OUT_DICOM)
+            train_slices(cfg, run, resume=(run / "config.json").exists(),
                            log=lambda m, k=k: print(f"[fold {k}] {m}", flush=True))
             print(f"[fold {k}] done in {time.time() - t0:.0f} s", flush=True)
         rows.append(fold_row(run, k))

@@ -14,15 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from pathlib import Path
-
-import torch
 
 from spinegrade import vocab
 from spinegrade.files import atomic_write_text
-from spinegrade.foramina.model import BUNDLED_DIR, CALIBRATION, GRADER, LOCALIZER, PRIOR, SPLIT
-from spinegrade.foramina.pipeline import foramina_config, train_foramina
+from spinegrade.slicemodel.bundled import pack_run
+from spinegrade.slicemodel.model import BUNDLED_DIR, CALIBRATION, PRIOR, SPLIT
+from spinegrade.slicemodel.pipeline import slice_config, train_slices
 
 NAME = "foramina-sagt1-v1"
 HELD_OUT_DICOM = ("100206310", "1002894806")
@@ -44,15 +42,6 @@ def target_prior(train_csv: Path, exclude) -> dict[str, list[float]]:
     return out
 
 
-def pack_checkpoint(src: Path, dst: Path) -> None:
-    """Copy a best.pt with its float weights halved and the run-local paths dropped."""
-    ck = torch.load(src, map_location="cpu", weights_only=True)
-    ck["state_dict"] = {k: v.half() if v.is_floating_point() else v for k, v in ck["state_dict"].items()}
-    ck.get("config", {}).pop("slices", None)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(ck, dst)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--realdata", type=Path, default=REPO.parent / "shared" / "realdata")
@@ -61,14 +50,10 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=BUNDLED_DIR / NAME)
     a = ap.parse_args()
     slices = a.realdata / "rsna2024_sagT1_foramina_vbs2004"
-    cfg = foramina_config(slices, val_fold=None, device=a.device, exclude_studies=HELD_OUT_DICOM)
-    summary = train_foramina(cfg, a.work, resume=(a.work / "config.json").exists())
+    cfg = slice_config(slices, val_fold=None, device=a.device, exclude_studies=HELD_OUT_DICOM)
+    summary = train_slices(cfg, a.work, resume=(a.work / "config.json").exists())
     out = a.out
-    out.mkdir(parents=True, exist_ok=True)
-    for name in (LOCALIZER, GRADER):
-        pack_checkpoint(a.work / name / "best.pt", out / name / "best.pt")
-    for name in (CALIBRATION, SPLIT):
-        shutil.copy(a.work / name, out / name)
+    pack_run(a.work, out, (CALIBRATION, SPLIT))
     prior = target_prior(a.realdata / "rsna2024_labels" / "train.csv", HELD_OUT_DICOM)
     atomic_write_text(out / PRIOR, json.dumps({"source": "RSNA 2024 train.csv, weight-optimal constant per target, "
                                                          "studies 100206310 and 1002894806 left out",

@@ -15,6 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 REALDATA = Path(os.environ.get("SPINEGRADE_REALDATA", REPO.parent / "shared" / "realdata"))
 TWO_STUDIES = REALDATA / "rsna2024_dicom_train_2studies"
 FORAMINA = REALDATA / "rsna2024_sagT1_foramina_vbs2004"  # real Sagittal T1 slices with foramen points
+SAGT2 = REALDATA / "sudirman_sagT2_discs_yolospine"  # real mid-sagittal T2 slices with disc and stenosis boxes
 
 
 REAL_STUDIES = (100206310, 1002894806)
@@ -80,6 +81,11 @@ def two_studies() -> Path:
 @pytest.fixture(scope="session")
 def foramina_set() -> Path:
     return need_realdata(FORAMINA)
+
+
+@pytest.fixture(scope="session")
+def sagt2_set() -> Path:
+    return need_realdata(SAGT2)
 
 
 @pytest.fixture(scope="session")

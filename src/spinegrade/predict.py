@@ -18,7 +18,11 @@ from . import __version__, vocab
 from .batch import Shard
 from .errors import DataError, in_words
 from .io.types import Study
-from .results import SeriesUse, StudyResult
+from .results import CANAL_STENOSIS_YES_NO, SeriesUse, StudyResult
+
+# why a grade is the prior, said with it in predictions.json, the report and the SR
+PRIOR_NOTE = "prior: no model trained on real images grades this target yet (the training set's class frequencies)"
+PRIOR_NOTE_RUN = "prior: the run could not place or grade this target (a series or level missing)"
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -101,11 +105,12 @@ def _study_folders(parent: Path) -> list[Path]:
 
 
 FORAMINA_IN_RUN = "foramina"  # a study run may carry a slice-trained foramen model in this subfolder
+CANAL_POINTS = ("run", "bundled")  # who places the canal points when a study run is given
 
 
 def _foramina_model_path(model: Path | str) -> Path | None:
     """The foramen model that `model` is or includes (a run, a folder of runs, a bundled name), else None."""
-    from .foramina.model import BUNDLED_DIR, is_member
+    from .slicemodel.model import BUNDLED_DIR, is_member
 
     p = Path(model)
     if p.is_dir():
@@ -117,53 +122,73 @@ def _foramina_model_path(model: Path | str) -> Path | None:
 
 @dataclass
 class Predictor:
-    """A trained run's localiser and graders, loaded once, applied to any number of studies.
+    """A study run's localiser and graders, and the slice models, loaded once, applied to any number of studies.
 
-    `run_dir` is a study run (`train --data`), or a foramen model alone (a `train --slices` run, a folder of them,
-    or a bundled model's name): then the ten foraminal grades come from it and the other fifteen are the prior.
-    `foramina` names a foramen model to grade the foraminal targets with instead of the run's own grader.
+    `run_dir` is a study run (`train --data`); or a slice model alone (a `train --slices` run, a folder of them,
+    or a bundled model's name): a foramen model gives the ten foraminal grades, a canal model the five canal
+    points and their yes/no stenosis probabilities; or None: the bundled models (`slicemodel.model.
+    default_bundled`), and the prior for every grade none of them gives. `foramina` names a foramen model to
+    grade the foraminal targets with instead of the run's own grader; `canal_points` says who places the canal
+    points beside a study run: its own localiser ("run", the default) or the bundled canal model ("bundled").
     """
 
-    run_dir: Path | str
+    run_dir: Path | str | None = None
     device: str = "cpu"
     foramina: Path | str | None = None
+    canal_points: str = "run"
     timings: dict = field(default_factory=lambda: {"read": 0.0, "localize": 0.0, "grade": 0.0})
 
     def __post_init__(self) -> None:
         from .device import inference_device
+        from .slicemodel.model import SliceModel, bundled_models, default_bundled
 
+        if self.canal_points not in CANAL_POINTS:
+            raise DataError(f"canal points from {self.canal_points!r}: expected one of {', '.join(CANAL_POINTS)}")
         dev = inference_device(self.device)
         self.device_type = dev.type
-        self.foramina_model = None
+        self.foramina_model = self.canal_model = None
+        self.localizer, self.grader = None, None
+        bundled = default_bundled()
+        if self.run_dir is None:  # out of the box: every bundled model, each for its task
+            if self.foramina is None and "foramina" in bundled:
+                self.foramina = bundled["foramina"]
+            if "canal" in bundled:
+                self.canal_model = SliceModel.load(bundled["canal"], dev, task="canal")
         fpath = _foramina_model_path(self.foramina) if self.foramina is not None else None
         if self.foramina is not None and fpath is None:
-            from .foramina.model import bundled_models
-
             raise DataError(f"{self.foramina}: not a foramen model (a `train --slices` run, a folder of them, or a "
                             f"bundled model: {', '.join(bundled_models()) or 'none installed'})")
-        own = _foramina_model_path(self.run_dir)
-        standalone = own is not None and own.name != FORAMINA_IN_RUN
-        if fpath is None:
-            fpath = own
+        standalone = None
+        if self.run_dir is not None:
+            own = _foramina_model_path(self.run_dir)
+            if own is not None and own.name != FORAMINA_IN_RUN:
+                standalone = SliceModel.load(own, dev)
+                if standalone.task.name == "canal":
+                    self.canal_model = standalone
+                elif fpath is None:
+                    fpath = own
+            elif fpath is None:
+                fpath = own
         if fpath is not None:
-            from .foramina.model import ForaminaModel
-
-            self.foramina_model = ForaminaModel.load(fpath, dev)
-        if standalone:
+            self.foramina_model = SliceModel.load(fpath, dev, task="foramina")
+        if self.run_dir is None or standalone is not None:
             self.run_dir = None
-            self.localizer, self.grader = None, None
             return
         self.run_dir = Path(self.run_dir)
         if not self.run_dir.is_dir():
             raise DataError(f"{self.run_dir}: no such run folder nor bundled model (train one with "
                             f"`spinegrade train --data` or `--slices`)")
-        from .grade.grader import Grader  # here, not above: a foramen model alone needs neither (nor scipy)
+        from .grade.grader import Grader  # here, not above: a slice model alone needs neither (nor scipy)
         from .localize.localizer import Localizer
 
         self.localizer = Localizer(self.run_dir, dev)
         self.grader = Grader(self.run_dir, dev)
         if not self.localizer.models and not self.grader.models:
             raise DataError(f"{self.run_dir}: holds no trained localiser or grader (localizer/*/best.pt, grader/*/best.pt)")
+        if self.canal_points == "bundled":
+            if "canal" not in bundled:
+                raise DataError("--canal-points bundled: no bundled canal model is installed")
+            self.canal_model = SliceModel.load(bundled["canal"], dev, task="canal")
 
     def describe(self) -> dict:
         """Which models grade what: written into predictions.json and shown by the report."""
@@ -173,15 +198,34 @@ class Predictor:
         if self.foramina_model is not None:
             d["foramina"] = {"name": self.foramina_model.name, "members": len(self.foramina_model.members),
                              "grades": list(vocab.FAMILY_CONDITIONS[vocab.FORAMINAL])}
+        if self.canal_model is not None:
+            d["canal"] = {"name": self.canal_model.name, "members": len(self.canal_model.members),
+                          "places": [vocab.CANAL], "observes": [CANAL_STENOSIS_YES_NO]}
         d["name"] = " + ".join(x for x in (Path(self.run_dir).name if self.run_dir else "",
-                                           self.foramina_model.name if self.foramina_model else "") if x)
+                                           self.foramina_model.name if self.foramina_model else "",
+                                           self.canal_model.name if self.canal_model else "") if x)
         return d
+
+    def summary(self) -> str:
+        """One line: which model graded or placed what."""
+        parts = []
+        if self.grader is not None:
+            parts.append(f"{Path(self.run_dir).name}: the run's grades")
+        if self.foramina_model is not None:
+            parts.append(f"{self.foramina_model.name}: the 10 foraminal grades")
+        if self.canal_model is not None:
+            parts.append(f"{self.canal_model.name}: the 5 canal points and their yes/no stenosis probability")
+        if self.grader is None:
+            n = 25 - (10 if self.foramina_model is not None else 0)
+            parts.append(f"prior: the other {n} grades")
+        return "; ".join(parts)
 
     def _prior_findings(self) -> list:
         from .results import Finding
 
         prior = self.foramina_model.prior() if self.foramina_model is not None else {}
-        return [Finding(c, lv, prior.get(vocab.target(c, lv), [1 / 3] * 3), "prior")
+        why = PRIOR_NOTE_RUN if self.grader is not None else PRIOR_NOTE
+        return [Finding(c, lv, prior.get(vocab.target(c, lv), [1 / 3] * 3), "prior", note=why)
                 for c in vocab.CONDITIONS for lv in vocab.LEVELS]
 
     def predict_loaded(self, study: Study) -> StudyResult:
@@ -190,20 +234,39 @@ class Predictor:
     def predict_many(self, studies: list[Study]) -> list[StudyResult]:
         """Grade several loaded studies; their crops go through each grader together (see `Grader.grade_many`)."""
         t0 = time.perf_counter()
-        located = self.localizer.localize_many(studies) if self.localizer else [([], []) for _ in studies]
+        canal = [self._place_canal(s) for s in studies]
+        given = {i: pts for i, (pts, _, _) in enumerate(canal)} if self.canal_model is not None else None
+        if self.localizer:
+            located = self.localizer.localize_many(studies, given)
+        else:
+            from .localize.localizer import axial_projections
+
+            located = [(pts + axial_projections(s, pts), []) for s, (pts, _, _) in zip(studies, canal)]
+        for (_, warn), (_, _, notes) in zip(located, canal):
+            warn.extend(notes)
         t1 = time.perf_counter()
         graded = (self.grader.grade_many([(s, pts) for s, (pts, _) in zip(studies, located)]) if self.grader
                   else [self._prior_findings() for _ in studies])
-        out = [self._finish(s, pts, warn, f) for s, (pts, warn), f in zip(studies, located, graded)]
+        out = [self._finish(s, pts, warn, f, obs) for s, (pts, warn), f, (_, obs, _)
+               in zip(studies, located, graded, canal)]
         t2 = time.perf_counter()
         self.timings["localize"] += t1 - t0
         self.timings["grade"] += t2 - t1
         return out
 
-    def _finish(self, study: Study, points: list, warnings: list[str], findings: list) -> StudyResult:
+    def _place_canal(self, study: Study) -> tuple[list, list, list[str]]:
+        """The canal model's five points, its yes/no observations and notes (nothing without a canal model)."""
+        if self.canal_model is None:
+            return [], [], []
+        from .slicemodel.dicom import place_canal
+
+        return place_canal(self.canal_model, study)
+
+    def _finish(self, study: Study, points: list, warnings: list[str], findings: list,
+                observations: list | None = None) -> StudyResult:
         """The foramen model's grades (if any) over the grader's, and the study's result."""
         if self.foramina_model is not None:
-            from .foramina.dicom import grade_foramina
+            from .slicemodel.dicom import grade_foramina
 
             canal = [p.patient[0] for p in points if p.patient and vocab.CONDITION_BY_KEY[p.condition].family
                      == vocab.SPINAL]
@@ -237,8 +300,11 @@ class Predictor:
         skipped = [{"path": _relative(k.path, study.path), "reason": k.reason}
                    for k in [*study.skipped, *(k for s in study.series for k in s.skipped)]]
         if n_prior:
-            warnings.append(f"{n_prior} of 25 grades are the training prior (no point to grade them at)")
-        return StudyResult(study.study_id, study.path, series, points, findings, warnings, skipped)
+            warnings.append(f"{n_prior} of 25 grades are the training prior (no point to grade them at)"
+                            if self.grader is not None else
+                            f"{n_prior} of 25 grades are the prior: no model trained on real images grades them yet")
+        return StudyResult(study.study_id, study.path, series, points, findings, warnings, skipped,
+                           list(observations or []))
 
     def read(self, path: Path, descriptions: dict | None = None, study_id: str | None = None) -> Study:
         """Read a study folder (timed as `read`)."""
@@ -264,8 +330,8 @@ def _relative(path: str, root: str) -> str:
         return Path(path).name
 
 
-def predict_study(study_path: Path, run_dir: Path, device: str = "cpu", descriptions: dict | None = None,
-                  foramina: Path | str | None = None) -> StudyResult:
+def predict_study(study_path: Path, run_dir: Path | None = None, device: str = "cpu",
+                  descriptions: dict | None = None, foramina: Path | str | None = None) -> StudyResult:
     """One study folder -> StudyResult (loads the run's models; use `Predictor` for many studies)."""
     return Predictor(run_dir, device, foramina).predict_path(Path(study_path), descriptions)
 
@@ -280,8 +346,9 @@ def submission_frame(results: list[StudyResult]) -> pd.DataFrame:
 KEEP_FOR_REPORT = 20  # studies whose pixels a batch keeps in memory for its report
 
 
-def predict(input_path: Path, model: Path, out: Path, device: str = "cpu", strict: bool = False,
+def predict(input_path: Path, model: Path | str | None, out: Path, device: str = "cpu", strict: bool = False,
             report: bool = False, dicom_sr: bool = False, log=print, foramina: Path | str | None = None,
+            canal_points: str = "run",
             readers: int | None = None, resume: bool = False, shard: Shard | None = None,
             batch_studies: int | None = None) -> dict:
     """Predict every study under INPUT; write submission.csv, predictions.json, report.json into `out`.
@@ -314,7 +381,9 @@ def predict(input_path: Path, model: Path, out: Path, device: str = "cpu", stric
 
         ctx = setup(device, backend="gloo", timeout_hours=72.0)  # the group only carries the final barrier
         device = str(ctx.device)
-    predictor = Predictor(model, device, foramina)  # before the folder is made: a bad model leaves nothing behind
+    # before the folder is made: a bad model leaves nothing behind
+    predictor = Predictor(model, device, foramina, canal_points)
+    log(f"models: {predictor.summary()}")
     load_s = time.perf_counter() - t_start
     make_output_folder(out)
     mine = shard.take(jobs)
@@ -400,7 +469,8 @@ def predict(input_path: Path, model: Path, out: Path, device: str = "cpu", stric
         if not ctx.is_main:
             return mine_summary
         return merge_shards(out, strict=strict, report=report, log=log, batch=run, studies=studies)
-    return _finish(out, [folder], strict, report, log, {"batch": run}, studies, n_jobs=len(jobs))
+    return _finish(out, [folder], strict, report, log, {"batch": run, "models": predictor.summary()}, studies,
+                   n_jobs=len(jobs))
 
 
 def _write_srs(results: list[StudyResult], studies: list[Study], out: Path) -> None:

@@ -44,6 +44,7 @@ class Finding:
     source: str = "model"  # model | prior (series missing or level not found) | labels
     label: int | None = None  # ground-truth class index when known
     model: str = ""  # the model that graded it when not the run's own grader (e.g. a bundled foramen model)
+    note: str = ""  # why it is what it is, where that needs saying (e.g. why a grade is the prior)
 
     @property
     def row_id_suffix(self) -> str:
@@ -52,6 +53,22 @@ class Finding:
     @property
     def grade(self) -> int:
         return int(max(range(len(self.probs)), key=lambda i: self.probs[i]))
+
+
+@dataclass
+class Observation:
+    """A finding outside the 25 graded targets, with a probability of its own: e.g. canal stenosis yes/no,
+    learned from another cohort's real images, which is evidence about the canal, not an RSNA grade."""
+
+    name: str  # e.g. "canal_stenosis_yes_no"
+    level: str
+    probability: float
+    model: str
+    note: str = ""
+
+
+# the canal model's yes/no finding (see slicemodel/canal.py): its name in predictions.json, the report and the SR
+CANAL_STENOSIS_YES_NO = "canal_stenosis_yes_no"
 
 
 @dataclass
@@ -72,6 +89,7 @@ class StudyResult:
     findings: list[Finding]
     warnings: list[str] = field(default_factory=list)
     skipped: list[dict] = field(default_factory=list)  # files not used: {"path" (in the study), "reason"}
+    observations: list[Observation] = field(default_factory=list)
 
     def finding(self, condition: str, level: str) -> Finding:
         for f in self.findings:
@@ -103,7 +121,8 @@ class StudyResult:
                    points=[Point(**p) for p in d.get("points", [])],
                    findings=[Finding(**f) for f in d.get("findings", [])],
                    warnings=list(d.get("warnings", [])),
-                   skipped=[dict(k) for k in d.get("skipped", [])])
+                   skipped=[dict(k) for k in d.get("skipped", [])],
+                   observations=[Observation(**o) for o in d.get("observations", [])])
 
 
 def write_predictions(path: Path, studies: list[StudyResult], model: dict, failed: list[dict]) -> None:

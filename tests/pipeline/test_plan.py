@@ -64,7 +64,7 @@ FLAG_EFFECTS = {
 }
 # not plan fields: what to train from, where to write, whether to continue
 NOT_IN_PLAN = {"--data", "--index", "--slices", "--out", "--resume", "--strict", "--help"}
-# the foramen models' own options (tests/foramina/test_pipeline.py checks them): refused with --data
+# the foramen models' own options (tests/slicemodel/test_pipeline.py checks them): refused with --data
 FORAMINA_ONLY = {"--all-folds": [], "--pretrained": [], "--crop-frac": ["0.2"], "--exclude-studies": ["1"],
                  "--no-calibrate": []}
 

@@ -54,6 +54,36 @@ def _per_target(lab: pd.DataFrame, sub: pd.DataFrame) -> dict:
     return out
 
 
+def point_offsets(p, loc) -> dict:
+    """How far a predicted point lies from a labelled one (`Study.locate_row`'s answer): in mm (3D and in the
+    labelled slice's plane) and in slices (signed; on the labelled series)."""
+    d = np.asarray(p.patient) - loc.patient
+    off_plane = float(d @ loc.series.geometry.normal)
+    return {"error_mm": float(np.linalg.norm(d)), "in_plane_mm": float(np.sqrt(max(0.0, d @ d - off_plane**2))),
+            "slice_off": int(p.slice_index - loc.slice_index)}
+
+
+def canal_point_table(result, study, coords: pd.DataFrame) -> list[dict]:
+    """Per level: the prediction's spinal canal point on the Sagittal T2 against the labelled one (rows of
+    `coords` with series_id, instance_number, condition, level, x, y): mm in plane, instances off, its source."""
+    out = []
+    for r in coords.itertuples(index=False):
+        cond, lv = vocab.parse_condition(r.condition), vocab.parse_level(r.level)
+        loc = study.locate_row(r)
+        if cond != vocab.CANAL or loc is None or loc.series.role != vocab.SAGITTAL_T2:
+            continue
+        cands = [p for p in result.points if p.condition == cond and p.level == lv and p.role == vocab.SAGITTAL_T2]
+        if not cands:
+            out.append({"study_id": result.study_id, "level": lv, "in_plane_mm": np.nan, "instances_off": np.nan,
+                        "source": ""})
+            continue
+        off = point_offsets(cands[0], loc)
+        out.append({"study_id": result.study_id, "level": lv, "in_plane_mm": off["in_plane_mm"],
+                    "instances_off": int(cands[0].instance_number) - int(r.instance_number),
+                    "source": cands[0].source})
+    return out
+
+
 def localisation_errors(results, study_coords: dict, cache) -> dict:
     """Distance (mm, patient space) between each labelled point and the prediction for the same condition,
     level and view; summarised per family and per level, with the share of predictions on the wrong level
@@ -75,14 +105,13 @@ def localisation_errors(results, study_coords: dict, cache) -> dict:
                              "slice_off": np.nan, "wrong_level": np.nan})
                 continue
             p = cands[0]
-            d = np.asarray(p.patient) - gt
-            off_plane = float(d @ s.geometry.normal)
+            off = point_offsets(p, loc)
             others = [float(np.linalg.norm(np.asarray(p.patient) - o.patient)) for r2, o in located
                       if r2.condition == r.condition and r2.level != r.level and o.series.role == s.role]
-            rows.append({"family": fam, "level": r.level, "error_mm": float(np.linalg.norm(d)),
-                         "in_plane_mm": float(np.sqrt(max(0.0, d @ d - off_plane**2))),
-                         "slice_off": abs(p.slice_index - k) if p.series_id == s.series_id else np.nan,
-                         "wrong_level": float(bool(others) and min(others) < float(np.linalg.norm(d)))})
+            rows.append({"family": fam, "level": r.level, "error_mm": off["error_mm"],
+                         "in_plane_mm": off["in_plane_mm"],
+                         "slice_off": abs(off["slice_off"]) if p.series_id == s.series_id else np.nan,
+                         "wrong_level": float(bool(others) and min(others) < off["error_mm"])})
     df = pd.DataFrame(rows, columns=["family", "level", "error_mm", "in_plane_mm", "slice_off", "wrong_level"])
 
     def summ(d: pd.DataFrame) -> dict:

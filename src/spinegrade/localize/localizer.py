@@ -44,6 +44,24 @@ def _climb(h: np.ndarray, px: int, py: int) -> tuple[int, int]:
         px, py = nx, ny
 
 
+def axial_levels(axials: list[Series], centres: dict[str, np.ndarray]) -> list[tuple]:
+    """(level, series, slice, x, y) for each level centre (patient space) that an axial series covers: its
+    nearest axial slice and the centre projected onto it."""
+    out = []
+    for lv, centre in centres.items():
+        best = nearest_slice_among(centre, [a.geometry for a in axials])
+        if best is not None:
+            out.append((lv, axials[best[0]], *best[1:4]))
+    return out
+
+
+def axial_projections(study: Study, canal: list[Point]) -> list[Point]:
+    """The canal points carried to the axial slice of each level (what picks the axial slice a grader reads)."""
+    axials = study.by_role(vocab.AXIAL_T2)
+    centres = {p.level: np.asarray(p.patient) for p in canal if p.patient}
+    return [_point(vocab.CANAL, lv, s, k, x, y, "projection") for lv, s, k, x, y in axial_levels(axials, centres)]
+
+
 class Localizer:
     """The three view networks of a run, ready to place points on a study."""
 
@@ -182,11 +200,7 @@ class Localizer:
                ) -> tuple[np.ndarray, Callable[[np.ndarray], list[Point]]]:
         """At each level: the axial slice nearest the level's centre (patient space), the canal projected onto
         it, and the left/right subarticular recesses from the axial heatmaps (every level's slice in one pass)."""
-        levels = []  # (level, series, slice, x, y) of each level an axial series covers
-        for lv, centre in centres.items():
-            best = nearest_slice_among(centre, [a.geometry for a in axials])
-            if best is not None:
-                levels.append((lv, axials[best[0]], *best[1:4]))
+        levels = axial_levels(axials, centres)
         graded = vocab.AXIAL_T2 in self.models
         images = []
         inputs: dict[str, SeriesInput] = {}  # a single-stack axial series serves every level: resize it once
@@ -226,14 +240,21 @@ class Localizer:
         """All points for a study, and warnings for what could not be placed."""
         return self.localize_many([study])[0]
 
-    def localize_many(self, studies: list[Study]) -> list[tuple[list[Point], list[str]]]:
+    def localize_many(self, studies: list[Study], canal_given: dict[int, list[Point]] | None = None
+                      ) -> list[tuple[list[Point], list[str]]]:
         """`localize` for several studies at once: each view's images of all of them go through its network
-        together (in passes of `batch` images), which is what fills a GPU; the points are each study's own."""
+        together (in passes of `batch` images), which is what fills a GPU; the points are each study's own.
+
+        `canal_given` (study index -> its five canal points, placed by another model) replaces this run's
+        Sagittal T2 network: those points then drive the foramen search and the axial slices.
+        """
         warnings: list[list[str]] = [[] for _ in studies]
         points: list[list[Point]] = [[] for _ in studies]
-        t2s = [s.first(vocab.SAGITTAL_T2) if vocab.SAGITTAL_T2 in self.models else None for s in studies]
+        own_t2 = canal_given is None and vocab.SAGITTAL_T2 in self.models
+        t2s = [s.first(vocab.SAGITTAL_T2) if own_t2 else None for s in studies]
         t1s = [s.first(vocab.SAGITTAL_T1) if vocab.SAGITTAL_T1 in self.models else None for s in studies]
         canal = self._run(vocab.SAGITTAL_T2, {i: self._canal(t2) for i, t2 in enumerate(t2s) if t2 is not None})
+        canal.update({i: pts for i, pts in (canal_given or {}).items() if pts})
         foramina = self._run(vocab.SAGITTAL_T1, {i: self._foramina(t1, canal.get(i, []))
                                                  for i, t1 in enumerate(t1s) if t1 is not None})
         axial_jobs = {}
@@ -244,7 +265,7 @@ class Localizer:
                 warnings[i].append("no Sagittal T2/STIR series: spinal canal levels not localised")
             if i not in foramina:
                 warnings[i].append("no Sagittal T1 series: foramina not localised")
-            if c and f:
+            if c and f and t2s[i] is not None:
                 c = canal[i] = self.centre_canal(t2s[i], c, f)
                 points[i] = [p for p in points[i] if not (p.condition == vocab.CANAL and p.role == t2s[i].role)] + c
             centres = {p.level: np.asarray(p.patient) for p in c}

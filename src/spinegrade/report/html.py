@@ -94,7 +94,8 @@ def grade_table_html(result: StudyResult) -> str:
             uncertain = f.source != "prior" and f.probs[g] < UNCERTAIN_BELOW
             # An uncertain grade is not coloured like a confident finding: grey, with the word said.
             cls = "sevx uncertain" if uncertain else f"sev{g}" + (" prior" if f.source == "prior" else "")
-            note = '<span class="note">prior: not localised</span>' if f.source == "prior" else ''
+            note = (f'<span class="note">{html.escape(f.note or "prior: not localised")}</span>'
+                    if f.source == "prior" else '')
             if uncertain:
                 note += f'<span class="note">uncertain (top probability under {UNCERTAIN_BELOW:.0%})</span>'
             if f.model:
@@ -108,6 +109,22 @@ def grade_table_html(result: StudyResult) -> str:
     return (f'<table class="grades"><thead><tr><th>Condition</th>{head}</tr></thead>'
             f'<tbody>{"".join(rows)}</tbody></table><p class="legend">{legend} '
             '(grade with the highest probability; N/M = Normal/Mild; grey with "?" = uncertain)</p>')
+
+
+def observations_html(result: StudyResult) -> str:
+    """Findings outside the 25 grades (e.g. canal stenosis yes/no learned from another cohort), each with its
+    model and what it is, or '' where there are none."""
+    if not result.observations:
+        return ""
+    rows = "".join(
+        f'<tr data-observation="{html.escape(o.name)}" data-level="{html.escape(o.level)}">'
+        f'<td>{html.escape(o.name.replace("_", " "))}</td><td>{html.escape(vocab.LEVEL_NAMES[o.level])}</td>'
+        f'<td>{o.probability:.0%}</td><td>{html.escape(o.model)}</td></tr>' for o in result.observations)
+    notes = "".join(f'<p class="note">{html.escape(n)}</p>' for n in dict.fromkeys(o.note for o in result.observations
+                                                                                  if o.note))
+    return ('<h3>Other findings (not graded on the RSNA scale)</h3><table class="observations"><thead><tr>'
+            '<th>Finding</th><th>Level</th><th>Probability</th><th>Model</th></tr></thead>'
+            f'<tbody>{rows}</tbody></table>{notes}')
 
 
 def series_table_html(result: StudyResult) -> str:
@@ -141,7 +158,7 @@ def study_section_html(result: StudyResult, images: list[KeyImage], model: Mappi
     imgs = figures_html(images) if images else '<p class="warn">No key images.</p>'
     return (f'<section class="study" id="study-{html.escape(result.study_id)}">'
             f'<h2>Study {html.escape(result.study_id)} <small>({source})</small></h2>'
-            f'{_kv(model)}<h3>Grades</h3>{grade_table_html(result)}{warn}'
+            f'{_kv(model)}<h3>Grades</h3>{grade_table_html(result)}{observations_html(result)}{warn}'
             f'<h3>Key images</h3>{imgs}<h3>Series used</h3>{series_table_html(result)}</section>')
 
 

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from .. import DISCLAIMER, __version__, vocab
-from ..files import atomic_path
 from ..errors import DataError
+from ..files import atomic_path
 from ..results import Finding, Point, StudyResult
 
 PRIVATE_SCHEME = "99SPINEGRADE"
@@ -36,6 +36,15 @@ FINDING_CODES: dict[str, tuple[str, str]] = {
     vocab.FORAMINAL: ("NFN", "Neural foraminal narrowing"),
     vocab.SUBARTICULAR: ("SAS", "Subarticular stenosis"),
 }
+# where a grade came from: a model, or the prior (no model graded it), said per grade
+SOURCE_NAME = ("GSRC", "Grade source")
+SOURCE_CODES: dict[str, tuple[str, str]] = {"model": ("GMODEL", "Graded by a model"),
+                                            "prior": ("GPRIOR", "Prior: not graded by a model"),
+                                            "labels": ("GLABEL", "Ground-truth label")}
+# a yes/no finding outside the RSNA scale (see results.Observation)
+OBSERVATION_CODES: dict[str, tuple[str, str]] = {
+    "canal_stenosis_yes_no": ("SCSYN", "Canal stenosis yes/no (another cohort's finding; not an RSNA grade)")}
+OBSERVATION_PROBABILITY = ("PYES", "Probability of yes")
 _LEVEL_SITES = {  # pydicom codedict names of the SCT disc-level codes
     "l1_l2": "LevelOfL1L2IntervertebralDisc",
     "l2_l3": "LevelOfL2L3IntervertebralDisc",
@@ -80,23 +89,24 @@ def write_sr(result: StudyResult, study, out_path: str | Path, *, series_number:
                 tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=vocab.target(c, lv)),
                 finding_type=finding_type, finding_sites=[site], algorithm_id=algorithm,
                 measurements=_probabilities(f, algorithm),
-                qualitative_evaluations=[hd.sr.QualitativeEvaluation(
-                    name=codes.SCT.Severity, value=private_code(*GRADE_CODES[f.grade]))],
+                qualitative_evaluations=[
+                    hd.sr.QualitativeEvaluation(name=codes.SCT.Severity, value=private_code(*GRADE_CODES[f.grade])),
+                    hd.sr.QualitativeEvaluation(name=private_code(*SOURCE_NAME),
+                                                value=private_code(*SOURCE_CODES.get(f.source, SOURCE_CODES["model"])))],
             )
-            point = _point_for(result, c, lv)
-            if point is None:
-                groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(**common))
-                continue
-            key = (point.series_id, point.slice_index)
-            ref = read[key] = read.get(key) or _reference(study, point)
-            evidence[ref.SOPInstanceUID] = ref
-            # SCOORD pixel coordinates put (0, 0) at the top-left corner of the first pixel; ours are centres
-            region = hd.sr.ImageRegion(
-                graphic_type=hd.sr.GraphicTypeValues.POINT,
-                graphic_data=np.array([[point.x + 0.5, point.y + 0.5]]),
-                source_image=hd.sr.SourceImageForRegion(referenced_sop_class_uid=ref.SOPClassUID,
-                                                        referenced_sop_instance_uid=ref.SOPInstanceUID))
-            groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(referenced_region=region, **common))
+            groups.append(_group(hd, study, _point_for(result, c, lv), common, read, evidence))
+    for o in result.observations:
+        if o.name not in OBSERVATION_CODES:
+            continue
+        by = hd.sr.AlgorithmIdentification(name=o.model or model_name, version=__version__)
+        site = hd.sr.FindingSite(anatomic_location=getattr(codes.SCT, _LEVEL_SITES[o.level]))
+        common = dict(
+            tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=f"{o.name}_{o.level}"),
+            finding_type=private_code(*OBSERVATION_CODES[o.name]), finding_sites=[site], algorithm_id=by,
+            measurements=[hd.sr.Measurement(name=private_code(*OBSERVATION_PROBABILITY), value=float(o.probability),
+                                            unit=codes.UCUM.NoUnits, algorithm_id=by)])
+        canal = [p for p in result.points_for(vocab.CANAL, o.level) if p.role == vocab.SAGITTAL_T2]
+        groups.append(_group(hd, study, canal[0] if canal else None, common, read, evidence))
     if not evidence:
         evidence = {"": _reference_any(study)}
     observer = hd.sr.ObserverContext(
@@ -124,6 +134,22 @@ def write_sr(result: StudyResult, study, out_path: str | Path, *, series_number:
     with atomic_path(out) as tmp:
         sr.save_as(tmp, enforce_file_format=True)
     return out
+
+
+def _group(hd, study, point: Point | None, common: dict, read: dict, evidence: dict):
+    """A measurement group on its point's source instance (TID 1410), or image-level (TID 1501) without one."""
+    if point is None:
+        return hd.sr.MeasurementsAndQualitativeEvaluations(**common)
+    key = (point.series_id, point.slice_index)
+    ref = read[key] = read.get(key) or _reference(study, point)
+    evidence[ref.SOPInstanceUID] = ref
+    # SCOORD pixel coordinates put (0, 0) at the top-left corner of the first pixel; ours are centres
+    region = hd.sr.ImageRegion(
+        graphic_type=hd.sr.GraphicTypeValues.POINT,
+        graphic_data=np.array([[point.x + 0.5, point.y + 0.5]]),
+        source_image=hd.sr.SourceImageForRegion(referenced_sop_class_uid=ref.SOPClassUID,
+                                                referenced_sop_instance_uid=ref.SOPInstanceUID))
+    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(referenced_region=region, **common)
 
 
 def _probabilities(f: Finding, algorithm) -> list:

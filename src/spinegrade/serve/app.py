@@ -54,7 +54,7 @@ from starlette.concurrency import run_in_threadpool
 from .. import __version__, vocab
 from ..errors import DataError, SpinegradeError, in_words
 from ..io.types import Study
-from ..report.html import grade_table_html, page, series_table_html, write_report
+from ..report.html import grade_table_html, observations_html, page, series_table_html, write_report
 from ..report.overlays import key_images, save_key_images, why_no_key_images
 from ..results import StudyResult
 
@@ -118,13 +118,14 @@ def read_apart(study_path: Path, descriptions: dict | None = None) -> Study:
     return study
 
 
-def model_predictor(run_dir: str | Path, device: str = "cpu", foramina: str | Path | None = None) -> Predictor:
-    """Grade with a trained run or a bundled model; its networks are loaded once, on the first job."""
-    from ..foramina.model import BUNDLED_DIR
+def model_predictor(run_dir: str | Path | None = None, device: str = "cpu",
+                    foramina: str | Path | None = None) -> Predictor:
+    """Grade with a trained run, a bundled model, or (None) the bundled models; the networks are loaded once, on
+    the first job."""
+    from ..slicemodel.bundled import BUNDLED_DIR
 
-    run = Path(run_dir)
-    if not run.is_dir() and not (BUNDLED_DIR / str(run_dir)).is_dir():
-        raise SpinegradeError(f"{run}: model run folder not found")
+    if run_dir is not None and not Path(run_dir).is_dir() and not (BUNDLED_DIR / str(run_dir)).is_dir():
+        raise SpinegradeError(f"{run_dir}: model run folder not found")
     loaded: list = []
 
     def predict(study_path: Path) -> tuple[StudyResult, Study]:
@@ -718,7 +719,7 @@ def _job_page(viewer: Viewer, job: Job) -> str:
         warn += f'<p class="warn" id="stored">SR not stored: {html.escape(job.store_error)}</p>'
     body = (
         f'{_header(title, _model_line(viewer) + f" &middot; graded in {job.seconds:.1f} s")}<main>'
-        f'<div class="card"><h2>Grades</h2>{grade_table_html(r)}{warn}'
+        f'<div class="card"><h2>Grades</h2>{grade_table_html(r)}{observations_html(r)}{warn}'
         f'<p><a href="/jobs/{job.id}/report.html">Report (one HTML file)</a>{sr} &middot; '
         '<a href="/">Open another study</a></p></div>'
         f'<div class="card tabs"><h2>Key images</h2>{"".join(tabs)}<div class="views">{"".join(views)}</div></div>'

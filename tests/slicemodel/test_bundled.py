@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from spinegrade import vocab
-from spinegrade.foramina.model import BUNDLED_DIR, ForaminaModel, bundled_models
 from spinegrade.predict import predict
+from spinegrade.slicemodel.model import BUNDLED_DIR, SliceModel, bundled_models
 
 NAME = "foramina-sagt1-v1"
 HELD_OUT_DICOM = {"100206310", "1002894806"}
@@ -18,7 +18,7 @@ HELD_OUT_DICOM = {"100206310", "1002894806"}
 
 def test_the_bundled_model_ships_with_its_card_and_prior():
     assert NAME in bundled_models()
-    model = ForaminaModel.load(NAME)
+    model = SliceModel.load(NAME)
     card = model.card()
     for words in ("non-commercial", "RSNA", "research", "not a diagnosis", "cross-validated"):
         assert words.lower() in card.lower(), words
@@ -46,3 +46,4 @@ def test_predict_with_the_bundled_model_on_the_real_studies(real_rsna, tmp_path)
         assert len(pts) == 10
     html = (out / "report.html").read_text()
     assert f"by {NAME}" in html and "Sagittal T1" in html
+

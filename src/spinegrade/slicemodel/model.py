@@ -1,6 +1,6 @@
-"""A trained foramen model at inference: localise the five levels on a slice, grade the asked foramina.
+"""A trained slice model at inference: place its task's landmarks on a slice, grade the asked points.
 
-`ForaminaModel.load` takes a run folder (`localizer/best.pt`, `grader/best.pt`, `calibration.json`), a folder
+`SliceModel.load` takes a run folder (`localizer/best.pt`, `grader/best.pt`, `calibration.json`), a folder
 of such runs (their predictions are averaged: a fold ensemble), or the name of a model bundled with the
 package. Everything that shapes the input (letterbox size, crop size, normalisation) is read back from the
 checkpoints, never from code defaults. Input images are any 2D array covering the slice's whole field of
@@ -16,58 +16,47 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import vocab
 from ..errors import DataError
 from ..localize.heatmap import decode_heatmaps
+from .bundled import (  # noqa: F401 - re-exported
+    BUNDLED_DIR,
+    GRADER,
+    LOCALIZER,
+    bundle_info,
+    bundled_models,
+    default_bundled,
+    is_member,
+    resolve_model_path,
+)
 from .data import Frame, normalise_intensity
 from .grader import GraderSpec, crop_batch
 from .localizer import LocalizerSpec, heatmap_to_box
+from .task import SliceTask, task_of_kind
 from .warp import letterbox_affine, warp, zscore
 
-LOCALIZER = "localizer"
-GRADER = "grader"
 CALIBRATION = "calibration.json"
 PRIOR = "prior.json"
 SPLIT = "split.csv"
-BUNDLED_DIR = Path(__file__).resolve().parents[1] / "bundled"
 # Test-time augmentation: crop offsets (fraction of the longer side) and zooms averaged over.
 TTA_SHIFTS = ((0.0, 0.0), (0.006, 0.0), (-0.006, 0.0), (0.0, 0.006), (0.0, -0.006))
 TTA_ZOOMS = (1.0, 0.92, 1.08)
-
-
-def bundled_models() -> list[str]:
-    """Names of the models shipped inside the package."""
-    return sorted(p.name for p in BUNDLED_DIR.iterdir() if (p / LOCALIZER).is_dir()) if BUNDLED_DIR.is_dir() else []
-
-
-def resolve_model_path(name_or_path: str | Path) -> Path:
-    """A run folder, a folder of runs, or a bundled model's name -> its folder; DataError if none."""
-    p = Path(name_or_path)
-    if p.is_dir():
-        return p
-    if (BUNDLED_DIR / str(name_or_path)).is_dir():
-        return BUNDLED_DIR / str(name_or_path)
-    raise DataError(f"{name_or_path}: not a run folder nor a bundled model (bundled: {', '.join(bundled_models()) or 'none'})")
-
-
-def is_member(path: Path) -> bool:
-    return (path / LOCALIZER / "best.pt").is_file() and (path / GRADER / "best.pt").is_file()
-
-
-def _load_net(path: Path, kind: str, device):
+def _load_net(path: Path, role: str, device):
+    """A localiser or grader checkpoint (its kind `<task>-<role>` says which task), and the checkpoint."""
     from ..train.checkpoint import load_model
 
     net, ckpt = load_model(path, device)  # one read: the checkpoint says what it is
-    if ckpt.get("kind") != kind:
-        raise DataError(f"{path}: a {ckpt.get('kind') or 'different'!r} checkpoint, expected {kind!r}")
+    kind = str(ckpt.get("kind") or "")
+    if not kind.endswith(f"-{role}"):
+        raise DataError(f"{path}: a {kind or 'different'!r} checkpoint, expected a slice {role}")
     return net, ckpt
 
 
 @dataclass
 class Member:
-    """One trained localiser + grader pair."""
+    """One trained localiser + grader pair of one task."""
 
     path: Path
+    task: SliceTask
     localizer: torch.nn.Module
     lspec: LocalizerSpec
     grader: torch.nn.Module
@@ -77,8 +66,11 @@ class Member:
 
     @classmethod
     def load(cls, path: Path, device="cpu") -> Member:
-        loc, lck = _load_net(path / LOCALIZER / "best.pt", "foramina-localizer", device)
-        gra, gck = _load_net(path / GRADER / "best.pt", "foramina-grader", device)
+        loc, lck = _load_net(path / LOCALIZER / "best.pt", "localizer", device)
+        gra, gck = _load_net(path / GRADER / "best.pt", "grader", device)
+        task = task_of_kind(lck["kind"])
+        if gck["kind"] != task.grader_kind:
+            raise DataError(f"{path}: its localiser is a {lck['kind']!r}, its grader a {gck['kind']!r}")
         cal = path / CALIBRATION
         t = float(json.loads(cal.read_text()).get("temperature", 1.0)) if cal.is_file() else 1.0
         studies: set = set()
@@ -88,23 +80,31 @@ class Member:
 
             with open(split, newline="", encoding="utf-8") as fh:
                 studies = {r["study_id"] for r in csv.DictReader(fh) if r.get("role") != "test"}
-        return cls(path, loc, LocalizerSpec.from_dict(lck["spec"]), gra, GraderSpec.from_dict(gck["spec"]), t, studies)
+        return cls(path, task, loc, LocalizerSpec.from_dict(lck["spec"]), gra, GraderSpec.from_dict(gck["spec"]), t, studies)
 
 
-class ForaminaModel:
-    """One or more members; `localize` and `grade` average over them."""
+class SliceModel:
+    """One or more members of one task; `localize` and `grade` average over them."""
 
     def __init__(self, members: list[Member], name: str, device="cpu"):
         if not members:
-            raise DataError(f"{name}: holds no trained foramen model ({LOCALIZER}/best.pt + {GRADER}/best.pt)")
+            raise DataError(f"{name}: holds no trained slice model ({LOCALIZER}/best.pt + {GRADER}/best.pt)")
+        tasks = {m.task.name for m in members}
+        if len(tasks) > 1:
+            raise DataError(f"{name}: its members are of different tasks ({', '.join(sorted(tasks))})")
         self.members, self.name, self.device = members, name, torch.device(device)
+        self.task = members[0].task
 
     @classmethod
-    def load(cls, name_or_path: str | Path, device="cpu") -> ForaminaModel:
+    def load(cls, name_or_path: str | Path, device="cpu", task: str | None = None) -> SliceModel:
+        """A run, a folder of runs or a bundled model; with `task`, DataError unless it is that task's."""
         path = resolve_model_path(name_or_path)
         dirs = [path] if is_member(path) else sorted(p for p in path.iterdir() if p.is_dir() and is_member(p))
         name = path.name if path.parent == BUNDLED_DIR else str(path)
-        return cls([Member.load(d, device) for d in dirs], name, device)
+        model = cls([Member.load(d, device) for d in dirs], name, device)
+        if task is not None and model.task.name != task:
+            raise DataError(f"{name_or_path}: a {model.task.name} model, not a {task} model")
+        return model
 
     @property
     def train_studies(self) -> set:
@@ -126,7 +126,7 @@ class ForaminaModel:
 
     @torch.inference_mode()
     def localize(self, img: np.ndarray, rows: int, cols: int) -> np.ndarray:
-        """(5, 3): per level the foramen's (x, y) in `img` pixels and the mean peak height (0..1)."""
+        """(C, 3): per channel of the task the landmark's (x, y) in `img` pixels and the mean peak height (0..1)."""
         img01 = torch.from_numpy(normalise_intensity(img))
         out = []
         for m in self.members:
@@ -141,23 +141,23 @@ class ForaminaModel:
 
     @torch.inference_mode()
     def localize_many(self, imgs: list[np.ndarray], rows: int, cols: int) -> np.ndarray:
-        """(N, 5, 3) for N slices of one series (one batch per member)."""
+        """(N, C, 3) for N slices of one series."""
         return np.stack([self.localize(im, rows, cols) for im in imgs])
 
     @torch.inference_mode()
     def grade(self, img: np.ndarray, rows: int, cols: int, asks: list[tuple[str, str, float, float]],
               tta: bool = True) -> np.ndarray:
-        """(N, 3) probabilities for N (condition, level, x, y) asks on one slice, x, y in `img` pixels."""
+        """(N, classes) probabilities for N (condition, level, x, y) asks on one slice, x, y in `img` pixels."""
         from ..inputs import condition_vector
 
         if not asks:
-            return np.zeros((0, vocab.N_CLASSES))
+            return np.zeros((0, len(self.task.classes)))
         img01 = normalise_intensity(img)
         shifts = TTA_SHIFTS if tta else ((0.0, 0.0),)
         zooms = TTA_ZOOMS if tta else (1.0,)
         views = [(s, z) for s in shifts for z in zooms]
         cond = torch.from_numpy(np.stack([condition_vector(c, lv) for c, lv, _, _ in asks]))
-        probs = np.zeros((len(asks), vocab.N_CLASSES))
+        probs = np.zeros((len(asks), len(self.task.classes)))
         for m in self.members:
             frame = Frame(rows, cols, img.shape, m.gspec.crop_px)
             side = max(rows, cols)

@@ -1,8 +1,9 @@
-"""Stage 1 on a slice: one heatmap per disc level, peaking at that level's foramen.
+"""Stage 1 on a slice: one heatmap per landmark channel (a task's: the foramen of each level; a disc centre and
+a canal point per level).
 
-A slice of the real set is labelled only at the foramina annotated on it; the others may well be visible but
-are unlabelled, not absent. So only the labelled level channels of a slice give a loss (masked supervision),
-and a channel's peak is read only where a level is asked for.
+A real slice is labelled only at the landmarks annotated on it; the others may well be visible but are
+unlabelled, not absent. So only the labelled channels of a slice give a loss (masked supervision), and a
+channel's peak is read only where it is asked for.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from ..localize.heatmap import decode_heatmaps, gaussian_heatmaps
 from .data import PointSlices, SpecDict, normalise_intensity
 from .warp import letterbox_affine, warp, zscore
 
-N_LEVELS = len(vocab.LEVELS)
+N_LEVELS = len(vocab.LEVELS)  # the foramen task's channels
 OUT_STRIDE = 2  # the heatmap network's output is half its input size
 
 
@@ -56,19 +57,15 @@ def _augment_affine(a: np.ndarray, t: np.ndarray, size: int, rng: np.random.Gene
 
 
 class LocalizerDataset:
-    """Items {image (1, S, S), target (5, S/2, S/2), mask (5,), points (5, 2) letterbox px, NaN unlabelled}."""
+    """Items {image (1, S, S), target (C, S/2, S/2), mask (C,), points (C, 2) letterbox px, NaN unlabelled}."""
 
     def __init__(self, ps: PointSlices, images: dict[str, np.ndarray], spec: LocalizerSpec, augment: bool,
-                 seed: int = 0):
+                 seed: int = 0, n_channels: int = N_LEVELS):
         self.ps, self.images, self.spec, self.augment, self.seed = ps, images, spec, augment, seed
+        self.n_channels = n_channels
         self.epoch = 0
         self.paths = list(ps.slices["path"])
-        groups = ps.points.groupby("path", sort=False) if ps.has_points else None
-        self.points: list[list[tuple[int, float, float]]] = []
-        for p in self.paths:
-            rows = groups.get_group(p) if groups is not None and p in groups.groups else []
-            self.points.append([(vocab.LEVELS.index(r.level), float(r.x), float(r.y))
-                                for r in (rows.itertuples(index=False) if len(rows) else [])])
+        self.points = ps.landmark_lists(vocab.LEVELS.index)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -88,11 +85,12 @@ class LocalizerDataset:
         x = warp(torch.from_numpy(normalise_intensity(img)), [(a, t)], s)[0]
         if self.augment and spec.gamma:
             x = x.clamp_min(0) ** float(np.exp(rng.uniform(-spec.gamma, spec.gamma)))
-        pts = np.full((N_LEVELS, 2), np.nan, dtype=np.float32)
-        mask = np.zeros(N_LEVELS, dtype=np.float32)
-        blobs = np.full((N_LEVELS, 3), np.nan)
+        n = self.n_channels
+        pts = np.full((n, 2), np.nan, dtype=np.float32)
+        mask = np.zeros(n, dtype=np.float32)
+        blobs = np.full((n, 3), np.nan)
         inv = np.linalg.inv(m_a)
-        targets = np.zeros((N_LEVELS, spec.heatmap_size, spec.heatmap_size), dtype=np.float32)
+        targets = np.zeros((n, spec.heatmap_size, spec.heatmap_size), dtype=np.float32)
         for lv, x0, y0 in self.points[i]:
             bx, by = frame.original_to_box(*frame.stored_to_original(x0, y0))
             p = inv @ (np.array([bx, by]) - m_t)  # letterbox -> augmented output position
@@ -140,9 +138,9 @@ class MaskedHeatmapTask:
 
 def localisation_errors(heatmaps: np.ndarray, packed: np.ndarray) -> np.ndarray:
     """Errors (px of a 250-px letterbox) of every labelled point of a batch of heatmaps."""
-    n = heatmaps.shape[0]
-    pts = packed[:, : N_LEVELS * 2].reshape(n, N_LEVELS, 2)
-    scale = packed[:, N_LEVELS * 2]
+    n, c = heatmaps.shape[:2]
+    pts = packed[:, : c * 2].reshape(n, c, 2)
+    scale = packed[:, c * 2]
     errs = []
     for i in range(n):
         dec = heatmap_to_box(decode_heatmaps(heatmaps[i])[:, :2])

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 from spinegrade import vocab
-from spinegrade.foramina.dicom import LATERAL_MM, grade_foramina
-from spinegrade.foramina.model import ForaminaModel
 from spinegrade.predict import predict
+from spinegrade.slicemodel.dicom import LATERAL_MM, grade_foramina
+from spinegrade.slicemodel.model import SliceModel
 
 pytestmark = pytest.mark.realdata
 
@@ -24,7 +24,7 @@ def studies(real_rsna):
 
 
 def test_each_side_is_graded_on_a_slice_to_that_side(run, studies):
-    model = ForaminaModel.load(run)
+    model = SliceModel.load(run)
     for study in studies.values():
         points, findings, notes = grade_foramina(model, study)
         assert len(findings) == 10 and not notes
@@ -48,7 +48,7 @@ def test_predict_with_a_foramen_model_alone_writes_all_rows(run, real_rsna, tmp_
     sub = pd.read_csv(out / "submission.csv")
     assert len(sub) == 50 and np.allclose(sub[list(vocab.SEVERITY_KEYS)].sum(axis=1), 1)
     doc = json.loads((out / "predictions.json").read_text())
-    assert doc["model"]["foramina"]["name"] == ForaminaModel.load(run).name
+    assert doc["model"]["foramina"]["name"] == SliceModel.load(run).name
     for s in doc["studies"]:
         by_source = {}
         for f in s["findings"]:

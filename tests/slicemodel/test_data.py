@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from spinegrade.errors import DataError
-from spinegrade.foramina.data import (Frame, read_point_slices, study_folds, write_synthetic_point_slices)
-from spinegrade.foramina.grader import GraderSpec, crop_batch
-from spinegrade.foramina.warp import crop_affine, letterbox_affine, warp
+from spinegrade.slicemodel.data import Frame, study_folds
+from spinegrade.slicemodel.foramina import read_point_slices, write_synthetic_point_slices
+from spinegrade.slicemodel.grader import GraderSpec, crop_batch
+from spinegrade.slicemodel.warp import crop_affine, letterbox_affine, warp
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,72 @@
+"""The models shipped inside the package, found and described without torch (`spinegrade info` lists them).
+
+Each is a folder under `spinegrade/bundled/` holding a trained slice model (`localizer/`, `grader/`), its
+`MODEL_CARD.md` and a `bundle.json`: its task, the grades it gives or points it places, its cross-validated
+figure, its terms of use, and whether `predict` uses it by default.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import DataError
+
+LOCALIZER = "localizer"
+GRADER = "grader"
+BUNDLED_DIR = Path(__file__).resolve().parents[1] / "bundled"
+
+BUNDLE = "bundle.json"  # a bundled model's description, read without torch: task, what it grades, figures, terms
+
+
+def bundled_models() -> list[str]:
+    """Names of the models shipped inside the package."""
+    return sorted(p.name for p in BUNDLED_DIR.iterdir() if (p / LOCALIZER).is_dir()) if BUNDLED_DIR.is_dir() else []
+
+
+def bundle_info(name: str) -> dict:
+    """A bundled model's bundle.json (name, task, grades, places, cv, terms, default), {} where it has none."""
+    p = BUNDLED_DIR / name / BUNDLE
+    return {"name": name, **json.loads(p.read_text())} if p.is_file() else {}
+
+
+def default_bundled() -> dict[str, str]:
+    """The bundled model `predict` uses for each task when no model is named: task -> name."""
+    out: dict[str, str] = {}
+    for name in bundled_models():
+        info = bundle_info(name)
+        if info.get("default"):
+            out[info["task"]] = name
+    return out
+
+
+def resolve_model_path(name_or_path: str | Path) -> Path:
+    """A run folder, a folder of runs, or a bundled model's name -> its folder; DataError if none."""
+    p = Path(name_or_path)
+    if p.is_dir():
+        return p
+    if (BUNDLED_DIR / str(name_or_path)).is_dir():
+        return BUNDLED_DIR / str(name_or_path)
+    raise DataError(f"{name_or_path}: not a run folder nor a bundled model (bundled: {', '.join(bundled_models()) or 'none'})")
+
+
+def is_member(path: Path) -> bool:
+    return (path / LOCALIZER / "best.pt").is_file() and (path / GRADER / "best.pt").is_file()
+
+
+def pack_run(run: Path, out: Path, extra: tuple[str, ...] = ("calibration.json", "split.csv")) -> None:
+    """Copy a trained run's two networks into a bundled model folder (float weights halved, run-local paths
+    dropped) with its `extra` files. Needs torch (a train install)."""
+    import shutil
+
+    import torch
+
+    out.mkdir(parents=True, exist_ok=True)
+    for name in (LOCALIZER, GRADER):
+        ck = torch.load(run / name / "best.pt", map_location="cpu", weights_only=True)
+        ck["state_dict"] = {k: v.half() if v.is_floating_point() else v for k, v in ck["state_dict"].items()}
+        ck.get("config", {}).pop("slices", None)
+        (out / name).mkdir(parents=True, exist_ok=True)
+        torch.save(ck, out / name / "best.pt")
+    for name in extra:
+        shutil.copy(run / name, out / name)

@@ -1,0 +1,128 @@
+"""The slice-trained models on a DICOM study: the foramen model picks each foramen's Sagittal T1 slice, places
+and grades it; the canal model finds the mid-sagittal slice of the Sagittal T2/STIR series, places the five
+canal points and gives each level's yes/no stenosis probability.
+
+The foramen model learned from whole slices stored as the scanner wrote them (anterior to the left, head up, as RSNA's
+sagittal series are); a series written the other way round is flipped into that orientation first and the
+points mapped back. Each foramen's slice is the one, among the slices 5-40 mm to that side of the midline
+(from the canal points when a study localiser gave them, else the middle of the stack), where the level's
+heatmap peaks highest. Left is the patient's left (+x in DICOM patient coordinates).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import vocab
+from ..io.types import Series, Study
+from ..results import CANAL_STENOSIS_YES_NO, Finding, Observation, Point
+from .model import SliceModel
+
+LATERAL_MM = (5.0, 40.0)
+CANAL_NOTE = ("probability of canal stenosis as yes/no, learned from real mid-sagittal T2 images of another cohort "
+              "(their annotators' finding, milder than RSNA's Moderate/Severe): evidence about the canal, not an "
+              "RSNA grade")
+
+
+def _flips(s: Series) -> tuple[bool, bool]:
+    """(flip columns, flip rows) that bring a sagittal slice to anterior-left, head-up."""
+    return bool(s.geometry.row_dir[1] < 0), bool(s.geometry.col_dir[2] > 0)
+
+
+def _oriented(s: Series, k: int, fx: bool, fy: bool) -> np.ndarray:
+    img = s.pixels[k]
+    if fx:
+        img = img[:, ::-1]
+    if fy:
+        img = img[::-1, :]
+    return np.ascontiguousarray(img)
+
+
+def grade_foramina(model: SliceModel, study: Study, midline_x: float | None = None
+                   ) -> tuple[list[Point], list[Finding], list[str]]:
+    """Points and findings for the 10 foraminal targets (fewer when a side has no candidate slice), and notes."""
+    t1 = study.first(vocab.SAGITTAL_T1)
+    if t1 is None or t1.pixels is None:
+        return [], [], ["no Sagittal T1 series: the foramen model could not grade"]
+    if not t1.geometry_known:
+        return [], [], [f"series {t1.series_id} has no patient geometry: left and right foramina cannot be told apart"]
+    rows, cols = t1.shape
+    fx, fy = _flips(t1)
+    imgs = [_oriented(t1, k, fx, fy) for k in range(t1.n_slices)]
+    loc = model.localize_many(imgs, rows, cols)  # (n, 5, 3) in oriented pixels
+    xs = np.array([t1.geometry.pixel_to_patient(k, cols / 2, rows / 2)[0] for k in range(t1.n_slices)])
+    mid = float(np.median(xs)) if midline_x is None else float(midline_x)
+    points: list[Point] = []
+    findings: list[Finding] = []
+    notes: list[str] = []
+    asks: dict[int, list] = {}
+    for side, sign in (("left", 1.0), ("right", -1.0)):
+        d = sign * (xs - mid)
+        cand = np.flatnonzero((d >= LATERAL_MM[0]) & (d <= LATERAL_MM[1]))
+        if not cand.size:
+            cand = np.flatnonzero(d > 0)
+        if not cand.size:
+            notes.append(f"no Sagittal T1 slice lies to the patient's {side} of the midline")
+            continue
+        cond = vocab.condition_at(vocab.FORAMINAL, side)
+        for li, lv in enumerate(vocab.LEVELS):
+            k = int(cand[np.argmax(loc[cand, li, 2])])
+            asks.setdefault(k, []).append((cond, lv, float(loc[k, li, 0]), float(loc[k, li, 1])))
+    for k, ask in asks.items():
+        probs = model.grade(imgs[k], rows, cols, ask)
+        for (cond, lv, x, y), p in zip(ask, probs):
+            # back to the series' own pixel grid (the model answers in the labels' pixel-index convention)
+            points.append(_point_on(t1, k, cond, lv, x, y, fx, fy, f"localizer:{model.name}"))
+            findings.append(Finding(cond, lv, [float(v) for v in p / p.sum()], "model", model=model.name))
+    return points, findings, notes
+
+
+def _point_on(s: Series, k: int, cond: str, lv: str, x: float, y: float, fx: bool, fy: bool, source: str) -> Point:
+    """A point found on the oriented slice k, back in the series' own pixel grid."""
+    rows, cols = s.shape
+    px = cols - 1 - x if fx else x
+    py = rows - 1 - y if fy else y
+    xyz = s.geometry.pixel_to_patient(k, px, py)
+    return Point(condition=cond, level=lv, series_id=s.series_id, role=s.role, instance_number=int(s.instance_numbers[k]),
+                 slice_index=k, x=float(px), y=float(py), patient=[float(v) for v in xyz],
+                 sop_instance_uid=s.sop_instance_uids[k] if k < len(s.sop_instance_uids) else "", source=source)
+
+
+def place_canal(model: SliceModel, study: Study) -> tuple[list[Point], list[Observation], list[str]]:
+    """The five spinal canal points on the mid-sagittal T2 slice, each level's yes/no stenosis probability, notes.
+
+    The mid-sagittal slice is the one, among the middle half of the stack, where the disc and canal heatmaps
+    peak highest together; each level's canal point may then move to a neighbouring slice where that level's
+    canal peaks higher (a tilted spine crosses several slices).
+    """
+    t2 = study.first(vocab.SAGITTAL_T2)
+    if t2 is None or t2.pixels is None:
+        return [], [], [f"no Sagittal T2/STIR series: {model.name} could not place the canal points"]
+    if not t2.geometry_known:
+        return [], [], [f"series {t2.series_id} has no patient geometry: {model.name} did not place the canal points"]
+    n_lv = len(vocab.LEVELS)
+    rows, cols = t2.shape
+    fx, fy = _flips(t2)
+    n = t2.n_slices
+    cands = list(range(n // 4, max(n - n // 4, n // 4 + 1)))
+    imgs = {k: _oriented(t2, k, fx, fy) for k in cands}
+    loc = model.localize_many([imgs[k] for k in cands], rows, cols)  # (m, 10, 3): discs, then canal points
+    best = int(np.argmax(loc[:, :, 2].sum(axis=1)))
+    source = f"localizer:{model.name}"
+    points: list[Point] = []
+    asks: dict[int, list] = {}
+    for li, lv in enumerate(vocab.LEVELS):
+        near = [j for j in (best - 1, best, best + 1) if 0 <= j < len(cands)]
+        j = max(near, key=lambda i: loc[i, n_lv + li, 2])
+        k = cands[j]
+        xc, yc = loc[j, n_lv + li, :2]
+        points.append(_point_on(t2, k, vocab.CANAL, lv, float(xc), float(yc), fx, fy, source))
+        xd, yd = loc[j, li, :2]
+        asks.setdefault(k, []).append((vocab.CANAL, lv, float(xd), float(yd)))
+    observations = []
+    for k, ask in asks.items():
+        probs = model.grade(imgs[k], rows, cols, ask)
+        for (_, lv, _, _), p in zip(ask, probs):
+            observations.append(Observation(CANAL_STENOSIS_YES_NO, lv, float(p[1] / p.sum()), model.name, CANAL_NOTE))
+    observations.sort(key=lambda o: vocab.LEVELS.index(o.level))
+    return points, observations, []
