@@ -406,6 +406,28 @@ def _cmd_report(a) -> int:
     return 0
 
 
+# --- export --------------------------------------------------------------------------------------------
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="write every trained network of a run as ONNX beside its checkpoint "
+                                      "(best.pt -> best.onnx), for installs without torch")
+    p.add_argument("--run", required=True, help="a run folder (study, slice or foramen run, a folder of folds), "
+                                                "a bundled model's folder or its name")
+    p.set_defaults(func=_cmd_export)
+
+
+def _cmd_export(a) -> int:
+    from .runtime import TRAIN_INSTALL, has_torch
+
+    if not has_torch():
+        raise DataError(f"export needs torch: {TRAIN_INSTALL}")
+    from .export import export_run
+    from .slicemodel.bundled import resolve_model_path
+
+    written = export_run(resolve_model_path(a.run), log=print)
+    print(f"exported {len(written)} network(s)")
+    return 0
+
+
 # --- serve ---------------------------------------------------------------------------------------------
 def _add_serve(sub) -> None:
     p = sub.add_parser("serve", help="local web page: upload or pick a study, see its grades and key images")
@@ -605,7 +627,7 @@ def _cmd_demo(a) -> int:
 
 # --- main ----------------------------------------------------------------------------------------------
 _ADDERS = [_add_info, _add_inspect, _add_synth, _add_prepare, _add_train, _add_evaluate, _add_predict, _add_report,
-           _add_serve, _add_listen, _add_demo]
+           _add_export, _add_serve, _add_listen, _add_demo]
 
 
 def build_parser() -> argparse.ArgumentParser:

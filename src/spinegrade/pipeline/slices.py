@@ -15,6 +15,7 @@ from .. import progress, vocab
 from ..data.slices import NORMALISATION, SliceDataset, png_source, read_index, study_folds
 from ..data.splits import split_frame, write_split
 from ..errors import DataError
+from ..export import export_trained
 from ..inputs import COND_DIM
 from ..train.checkpoint import LAST
 from ..train.config import CONFIG, TrainConfig
@@ -97,6 +98,7 @@ def train_slices(cfg: TrainConfig, out: str | Path, resume: bool = False, log=pr
             result = fit(model, train_ds, val_ds, task, cfg.loop, out, ctx, describe, resume=resume, log=log)
         if ctx.is_main:
             log(f"best epoch {result.best_epoch + 1}: {task.score_key} {result.best_score:.4f} -> {out / 'best.pt'}")
+            export_trained(out, log)
         return result
     finally:
         teardown(ctx)

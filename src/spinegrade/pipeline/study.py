@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .. import progress, vocab
 from ..errors import DataError
+from ..export import export_trained
 from ..train.config import CONFIG
 from .checks import check_grader, check_localizer, format_checks, run_checks
 from .plan import VIEWS, PipelinePlan
@@ -90,6 +91,7 @@ def train_study_pipeline(plan: PipelinePlan, out: Path, resume: bool = False, lo
         old = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
         for k in ("localizer", "grader"):
             old.setdefault(k, {}).update(summary[k])
+        export_trained(out, log)  # every network beside its checkpoint as ONNX, for installs without torch
         checks = run_checks(old)
         old["checks"] = [c.to_dict() for c in checks]
         atomic_write_text(out / "summary.json", json.dumps(old, indent=1))

@@ -21,6 +21,7 @@ import pandas as pd
 
 from .. import progress, vocab
 from ..errors import DataError
+from ..export import export_trained
 from ..files import atomic_write_text, write_csv_atomic
 from ..train.config import LoopConfig
 from .data import PointSlices, load_images, study_folds
@@ -343,6 +344,7 @@ def train_slices(cfg: SliceConfig, out: str | Path, resume: bool = False, log=pr
         teardown(ctx)
     if not ctx.is_main:
         return {}
+    export_trained(out, log)  # both networks beside their checkpoints as ONNX, for installs without torch
     if cfg.calibrate:
         _calibrate(out, by_role["inner_val"], images, log)
     summary = {"task": task.name, "train_seconds": round(time.time() - t0, 1),
@@ -409,9 +411,7 @@ def evaluate_slices(run: str | Path, slices: str | Path, out: str | Path, all_ro
     (severity, points, boxes), where present, only scores. Rows of studies the model trained on are left out
     unless `all_rows`. Writes predictions.csv and metrics.json into `out`.
     """
-    from ..device import inference_device
-
-    model = SliceModel.load(run, inference_device(device))
+    model = SliceModel.load(run, device)
     task = model.task
     found = task_of_folder(slices)
     if found.name != task.name:
