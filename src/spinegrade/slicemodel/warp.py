@@ -3,17 +3,23 @@
 An affine (A, t) maps an output pixel position p (continuous, x right, y down) to the stored-image position
 A @ p + t. Crops are specified in original pixels (isotropic) and composed with the stretch of the stored
 image, so a crop of a stretched JPEG and of the DICOM it came from show the same anatomy.
+
+Training resamples with torch (`warp`, `zscore`); inference with their numpy twins (`warp_numpy`,
+`zscore_numpy`), which compute what `F.grid_sample(align_corners=False, padding_mode="zeros")` and torch's
+unbiased std compute, in float32, so an install without torch sees the same inputs (tested against torch).
 """
 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from .data import Frame
+
+if TYPE_CHECKING:
+    import torch
 
 
 def letterbox_affine(frame: Frame) -> tuple[np.ndarray, np.ndarray]:
@@ -37,9 +43,9 @@ def crop_affine(frame: Frame, centre_orig, side_orig: float, out: int, angle_deg
     return a, t
 
 
-def warp(image: torch.Tensor, affines: list[tuple[np.ndarray, np.ndarray]], out: int) -> torch.Tensor:
-    """Sample `image` (H, W) float through each affine: (N, 1, out, out), zero outside the image."""
-    h, w = image.shape[-2:]
+def _grids(shape: tuple[int, int], affines: list[tuple[np.ndarray, np.ndarray]], out: int) -> np.ndarray:
+    """(N, out, out, 2) float32 sampling grids in grid_sample's [-1, 1] convention, one per affine."""
+    h, w = shape
     g = np.arange(out, dtype=np.float64) + 0.5
     px, py = np.meshgrid(g, g)  # (out, out) output pixel centres
     grids = []
@@ -47,9 +53,44 @@ def warp(image: torch.Tensor, affines: list[tuple[np.ndarray, np.ndarray]], out:
         sx = a[0, 0] * px + a[0, 1] * py + t[0]
         sy = a[1, 0] * px + a[1, 1] * py + t[1]
         grids.append(np.stack([sx / w * 2 - 1, sy / h * 2 - 1], axis=-1))
-    grid = torch.from_numpy(np.stack(grids).astype(np.float32))
+    return np.stack(grids).astype(np.float32)
+
+
+def warp(image: torch.Tensor, affines: list[tuple[np.ndarray, np.ndarray]], out: int) -> torch.Tensor:
+    """Sample `image` (H, W) float through each affine: (N, 1, out, out), zero outside the image."""
+    import torch
+    import torch.nn.functional as F
+
+    h, w = image.shape[-2:]
+    grid = torch.from_numpy(_grids((h, w), affines, out))
     src = image.reshape(1, 1, h, w).expand(len(affines), 1, h, w).float()
     return F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def warp_numpy(image: np.ndarray, affines: list[tuple[np.ndarray, np.ndarray]], out: int) -> np.ndarray:
+    """`warp` in numpy: (N, 1, out, out) float32, the same arithmetic in float32 as torch's CPU kernel."""
+    img = np.asarray(image, dtype=np.float32)
+    h, w = img.shape[-2:]
+    img = img.reshape(h, w)
+    grid = _grids((h, w), affines, out)
+    one = np.float32(1)
+    # grid_sample's unnormalisation (align_corners=False): (g + 1) * size / 2 - 0.5, its last two steps one fused
+    # multiply-add as torch's vectorised kernel does (rounded once: float64, then float32)
+    gp = (grid + one).astype(np.float64)
+    x = (gp[..., 0] * np.float32(w / 2) - 0.5).astype(np.float32)
+    y = (gp[..., 1] * np.float32(h / 2) - 0.5).astype(np.float32)
+    x0, y0 = np.floor(x), np.floor(y)
+    fx, fy = x - x0, y - y0
+    gx, gy = one - fx, one - fy
+    x0, y0 = x0.astype(np.int64), y0.astype(np.int64)
+
+    def at(yi, xi):  # the pixel values at integer positions, zero outside the image
+        inside = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
+        return np.where(inside, img[np.clip(yi, 0, h - 1), np.clip(xi, 0, w - 1)], np.float32(0))
+
+    res = at(y0, x0) * (gy * gx) + at(y0, x0 + 1) * (gy * fx) + at(y0 + 1, x0) * (fy * gx) \
+        + at(y0 + 1, x0 + 1) * (fy * fx)
+    return res.astype(np.float32)[:, None]
 
 
 def zscore(x: torch.Tensor) -> torch.Tensor:
@@ -57,3 +98,11 @@ def zscore(x: torch.Tensor) -> torch.Tensor:
     m = x.mean(dim=(-2, -1), keepdim=True)
     s = x.std(dim=(-2, -1), keepdim=True).clamp_min(1e-6)
     return (x - m) / s
+
+
+def zscore_numpy(x: np.ndarray) -> np.ndarray:
+    """`zscore` in numpy (torch's unbiased std), float32."""
+    x64 = np.asarray(x, dtype=np.float64)
+    m = x64.mean(axis=(-2, -1), keepdims=True)
+    s = np.maximum(x64.std(axis=(-2, -1), keepdims=True, ddof=1), 1e-6)
+    return ((x64 - m) / s).astype(np.float32)
