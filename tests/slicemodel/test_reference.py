@@ -1,6 +1,7 @@
 """The slice-model machinery grades as the foramen vertical did before it became one task of it: the bundled
 model's probabilities and points on real slices and on the real DICOM studies equal those recorded with the
-code before the refactor (`foramina_v1_reference.json`, written by the old `spinegrade.foramina`)."""
+code before the refactor (`foramina_v1_reference.json`, written by the old `spinegrade.foramina`), to float32
+rounding: the inputs are now resampled in numpy, whose rounding differs from torch's by about 1e-7 a pixel."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from spinegrade.slicemodel.foramina import read_point_slices
 from spinegrade.slicemodel.model import SliceModel
 from spinegrade.slicemodel.pipeline import predict_rows
 
+TOL = 1e-5
 REF = json.loads((Path(__file__).parent / "foramina_v1_reference.json").read_text())
 pytestmark = pytest.mark.realdata
 
@@ -32,7 +34,7 @@ def test_real_slices_graded_as_before(foramina_set):
     assert list(got.columns) == list(want.columns)
     assert (got[["path", "condition", "level"]].to_numpy() == want[["path", "condition", "level"]].to_numpy()).all()
     cols = [*vocab.SEVERITY_KEYS, "x_pred", "y_pred"]
-    assert np.abs(got[cols].to_numpy(float) - want[cols].to_numpy(float)).max() < 1e-6
+    assert np.abs(got[cols].to_numpy(float) - want[cols].to_numpy(float)).max() < TOL
 
 
 def test_real_dicom_studies_graded_as_before(real_rsna, tmp_path):
@@ -41,4 +43,4 @@ def test_real_dicom_studies_graded_as_before(real_rsna, tmp_path):
     want = REF["dicom"]
     assert len(want) == 20
     got = sub.loc[list(want), list(vocab.SEVERITY_KEYS)].to_numpy()
-    assert np.abs(got - np.array(list(want.values()))).max() < 1e-6
+    assert np.abs(got - np.array(list(want.values()))).max() < TOL

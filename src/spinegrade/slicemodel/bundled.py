@@ -51,7 +51,10 @@ def resolve_model_path(name_or_path: str | Path) -> Path:
 
 
 def is_member(path: Path) -> bool:
-    return (path / LOCALIZER / "best.pt").is_file() and (path / GRADER / "best.pt").is_file()
+    """A trained localiser + grader pair: their checkpoints, or only their exported networks."""
+    from ..runtime import has_network
+
+    return has_network(path / LOCALIZER / "best.pt") and has_network(path / GRADER / "best.pt")
 
 
 def pack_run(run: Path, out: Path, extra: tuple[str, ...] = ("calibration.json", "split.csv")) -> None:

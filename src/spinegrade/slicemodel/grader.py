@@ -11,11 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from ..inputs import condition_vector
 from .data import Frame, PointSlices, SpecDict, normalise_intensity
-from .warp import crop_affine, warp, zscore
+from .warp import crop_affine, warp, warp_numpy, zscore, zscore_numpy
 
 
 @dataclass(frozen=True)
@@ -39,14 +38,14 @@ class GraderSpec(SpecDict):
 
 
 def crop_batch(img01: np.ndarray, frame: Frame, spec: GraderSpec, centres_orig, angles=None, zooms=None
-               ) -> torch.Tensor:
+               ) -> np.ndarray:
     """(N, 1, crop_px, crop_px) z-scored crops of one normalised slice around original-pixel centres."""
     n = len(centres_orig)
     angles = np.zeros(n) if angles is None else angles
     zooms = np.ones(n) if zooms is None else zooms
     affs = [crop_affine(frame, c, spec.crop_side(frame), spec.crop_px, a, z)
             for c, a, z in zip(centres_orig, angles, zooms)]
-    return zscore(warp(torch.from_numpy(img01), affs, spec.crop_px))
+    return zscore_numpy(warp_numpy(img01, affs, spec.crop_px))
 
 
 class CropDataset:
@@ -81,6 +80,8 @@ class CropDataset:
             u, v = u + du, v + dv
             angle = rng.uniform(-spec.rotate, spec.rotate)
             zoom = float(np.exp(rng.uniform(np.log(1 - spec.zoom), np.log(1 + spec.zoom))))
+        import torch
+
         x = warp(torch.from_numpy(normalise_intensity(img)),
                  [crop_affine(frame, (float(u), float(v)), spec.crop_side(frame), spec.crop_px, angle, zoom)],
                  spec.crop_px)[0]

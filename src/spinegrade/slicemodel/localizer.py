@@ -11,8 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from .. import vocab
 from ..localize.heatmap import decode_heatmaps, gaussian_heatmaps
@@ -82,6 +80,8 @@ class LocalizerDataset:
         rng = np.random.default_rng([self.seed, self.epoch, i])
         if self.augment:
             a, t, (m_a, m_t) = _augment_affine(a, t, s, rng, spec)
+        import torch
+
         x = warp(torch.from_numpy(normalise_intensity(img)), [(a, t)], s)[0]
         if self.augment and spec.gamma:
             x = x.clamp_min(0) ** float(np.exp(rng.uniform(-spec.gamma, spec.gamma)))
@@ -120,14 +120,20 @@ class MaskedHeatmapTask:
 
     def loss(self, outputs, batch):
         t, m = batch["target"], batch["mask"]
+        import torch.nn.functional as F
+
         per_px = F.binary_cross_entropy_with_logits(outputs.float(), t, reduction="none") * (1 + self.pos_weight * t)
         per_ch = per_px.mean(dim=(2, 3)) * m
         return per_ch.sum() / m.sum().clamp_min(1)
 
     def targets(self, batch):
+        import torch
+
         return torch.cat([batch["points"].flatten(1), batch["scale250"][:, None]], dim=1)
 
     def score(self, outputs, targets):
+        import torch
+
         errs = localisation_errors(torch.sigmoid(outputs).numpy(), targets.numpy())
         if not errs.size:
             return {"val_err_mean_px": float("nan"), "val_err_median_px": float("nan")}

@@ -2,7 +2,8 @@
 
 `SliceModel.load` takes a run folder (`localizer/best.pt`, `grader/best.pt`, `calibration.json`), a folder
 of such runs (their predictions are averaged: a fold ensemble), or the name of a model bundled with the
-package. Everything that shapes the input (letterbox size, crop size, normalisation) is read back from the
+package. The networks run on torch or on ONNX Runtime (`runtime`: chosen when the model loads); the input is
+resampled in numpy either way. Everything that shapes the input (letterbox size, crop size, normalisation) is read back from the
 checkpoints, never from code defaults. Input images are any 2D array covering the slice's whole field of
 view (a stored 250 px JPEG or the DICOM matrix itself) plus the original `rows x cols`.
 """
@@ -14,11 +15,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from ..errors import DataError
 from ..localize.heatmap import decode_heatmaps
-from .bundled import (  # noqa: F401 - re-exported
+from ..runtime import Runtime, runtime, sigmoid, softmax
+from .bundled import (
     BUNDLED_DIR,
     GRADER,
     LOCALIZER,
@@ -32,7 +33,7 @@ from .data import Frame, normalise_intensity
 from .grader import GraderSpec, crop_batch
 from .localizer import LocalizerSpec, heatmap_to_box
 from .task import SliceTask, task_of_kind
-from .warp import letterbox_affine, warp, zscore
+from .warp import letterbox_affine, warp_numpy, zscore_numpy
 
 CALIBRATION = "calibration.json"
 PRIOR = "prior.json"
@@ -40,11 +41,9 @@ SPLIT = "split.csv"
 # Test-time augmentation: crop offsets (fraction of the longer side) and zooms averaged over.
 TTA_SHIFTS = ((0.0, 0.0), (0.006, 0.0), (-0.006, 0.0), (0.0, 0.006), (0.0, -0.006))
 TTA_ZOOMS = (1.0, 0.92, 1.08)
-def _load_net(path: Path, role: str, device):
-    """A localiser or grader checkpoint (its kind `<task>-<role>` says which task), and the checkpoint."""
-    from ..train.checkpoint import load_model
-
-    net, ckpt = load_model(path, device)  # one read: the checkpoint says what it is
+def _load_net(path: Path, role: str, rt: Runtime):
+    """A localiser or grader network (its kind `<task>-<role>` says which task), and its checkpoint's description."""
+    net, ckpt = rt.load(path)  # one read: the checkpoint says what it is
     kind = str(ckpt.get("kind") or "")
     if not kind.endswith(f"-{role}"):
         raise DataError(f"{path}: a {kind or 'different'!r} checkpoint, expected a slice {role}")
@@ -57,17 +56,18 @@ class Member:
 
     path: Path
     task: SliceTask
-    localizer: torch.nn.Module
+    localizer: object  # runtime.TorchNet | runtime.OnnxNet: numpy in, numpy out
     lspec: LocalizerSpec
-    grader: torch.nn.Module
+    grader: object
     gspec: GraderSpec
     temperature: float = 1.0
     train_studies: set = field(default_factory=set)
 
     @classmethod
     def load(cls, path: Path, device="cpu") -> Member:
-        loc, lck = _load_net(path / LOCALIZER / "best.pt", "localizer", device)
-        gra, gck = _load_net(path / GRADER / "best.pt", "grader", device)
+        rt = runtime(device)
+        loc, lck = _load_net(path / LOCALIZER / "best.pt", "localizer", rt)
+        gra, gck = _load_net(path / GRADER / "best.pt", "grader", rt)
         task = task_of_kind(lck["kind"])
         if gck["kind"] != task.grader_kind:
             raise DataError(f"{path}: its localiser is a {lck['kind']!r}, its grader a {gck['kind']!r}")
@@ -92,16 +92,18 @@ class SliceModel:
         tasks = {m.task.name for m in members}
         if len(tasks) > 1:
             raise DataError(f"{name}: its members are of different tasks ({', '.join(sorted(tasks))})")
-        self.members, self.name, self.device = members, name, torch.device(device)
+        self.members, self.name, self.runtime = members, name, runtime(device)
         self.task = members[0].task
 
     @classmethod
     def load(cls, name_or_path: str | Path, device="cpu", task: str | None = None) -> SliceModel:
-        """A run, a folder of runs or a bundled model; with `task`, DataError unless it is that task's."""
+        """A run, a folder of runs or a bundled model; with `task`, DataError unless it is that task's. `device`:
+        auto | cpu | cuda[:N], a torch.device or a `runtime.Runtime` (which also says torch or ONNX Runtime)."""
         path = resolve_model_path(name_or_path)
         dirs = [path] if is_member(path) else sorted(p for p in path.iterdir() if p.is_dir() and is_member(p))
         name = path.name if path.parent == BUNDLED_DIR else str(path)
-        model = cls([Member.load(d, device) for d in dirs], name, device)
+        rt = runtime(device)
+        model = cls([Member.load(d, rt) for d in dirs], name, rt)
         if task is not None and model.task.name != task:
             raise DataError(f"{name_or_path}: a {model.task.name} model, not a {task} model")
         return model
@@ -124,27 +126,24 @@ class SliceModel:
                 return cand.read_text()
         return ""
 
-    @torch.inference_mode()
     def localize(self, img: np.ndarray, rows: int, cols: int) -> np.ndarray:
         """(C, 3): per channel of the task the landmark's (x, y) in `img` pixels and the mean peak height (0..1)."""
-        img01 = torch.from_numpy(normalise_intensity(img))
+        img01 = normalise_intensity(img)
         out = []
         for m in self.members:
             frame = Frame(rows, cols, img.shape, m.lspec.input_size)
-            x = zscore(warp(img01, [letterbox_affine(frame)], m.lspec.input_size)).to(self.device)
-            hm = torch.sigmoid(m.localizer(x).float())[0].cpu().numpy()
+            x = zscore_numpy(warp_numpy(img01, [letterbox_affine(frame)], m.lspec.input_size))
+            hm = sigmoid(m.localizer(x))[0]
             dec = decode_heatmaps(hm)
             bx, by = heatmap_to_box(dec[:, 0]), heatmap_to_box(dec[:, 1])
             sx, sy = frame.original_to_stored(*frame.box_to_original(bx, by))
             out.append(np.stack([sx, sy, dec[:, 2]], axis=1))
         return np.median(np.stack(out), axis=0) if len(out) > 2 else np.mean(np.stack(out), axis=0)
 
-    @torch.inference_mode()
     def localize_many(self, imgs: list[np.ndarray], rows: int, cols: int) -> np.ndarray:
         """(N, C, 3) for N slices of one series."""
         return np.stack([self.localize(im, rows, cols) for im in imgs])
 
-    @torch.inference_mode()
     def grade(self, img: np.ndarray, rows: int, cols: int, asks: list[tuple[str, str, float, float]],
               tta: bool = True) -> np.ndarray:
         """(N, classes) probabilities for N (condition, level, x, y) asks on one slice, x, y in `img` pixels."""
@@ -156,7 +155,7 @@ class SliceModel:
         shifts = TTA_SHIFTS if tta else ((0.0, 0.0),)
         zooms = TTA_ZOOMS if tta else (1.0,)
         views = [(s, z) for s in shifts for z in zooms]
-        cond = torch.from_numpy(np.stack([condition_vector(c, lv) for c, lv, _, _ in asks]))
+        cond = np.stack([condition_vector(c, lv) for c, lv, _, _ in asks]).astype(np.float32)
         probs = np.zeros((len(asks), len(self.task.classes)))
         for m in self.members:
             frame = Frame(rows, cols, img.shape, m.gspec.crop_px)
@@ -167,8 +166,8 @@ class SliceModel:
                 for (du, dv), z in views:
                     centres.append((float(u) + du * side, float(v) + dv * side))
                     zs.append(z)
-            crops = crop_batch(img01, frame, m.gspec, centres, zooms=np.asarray(zs)).to(self.device)
-            logits = m.grader(crops, cond.repeat_interleave(len(views), 0).to(self.device)).float().cpu()
-            p = torch.softmax(logits / m.temperature, dim=1).numpy().reshape(len(asks), len(views), -1)
+            crops = crop_batch(img01, frame, m.gspec, centres, zooms=np.asarray(zs))
+            logits = m.grader(crops, np.repeat(cond, len(views), axis=0))
+            p = softmax(logits / np.float32(m.temperature), axis=1).reshape(len(asks), len(views), -1)
             probs += p.mean(axis=1)
         return probs / len(self.members)
