@@ -139,12 +139,12 @@ class Predictor:
     timings: dict = field(default_factory=lambda: {"read": 0.0, "localize": 0.0, "grade": 0.0})
 
     def __post_init__(self) -> None:
-        from .device import inference_device
+        from .runtime import runtime
         from .slicemodel.model import SliceModel, bundled_models, default_bundled
 
         if self.canal_points not in CANAL_POINTS:
             raise DataError(f"canal points from {self.canal_points!r}: expected one of {', '.join(CANAL_POINTS)}")
-        dev = inference_device(self.device)
+        dev = runtime(self.device)  # torch, or ONNX Runtime where torch is not installed (or not wanted)
         self.device_type = dev.type
         self.foramina_model = self.canal_model = None
         self.localizer, self.grader = None, None

@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .. import vocab
+from ..inputs import condition_vector
 from ..results import Finding, Point
+from ..runtime import Runtime, has_network, runtime, softmax
 from .data import CropDataset, inference_items
 from .spec import CropSpec
 
@@ -18,15 +19,13 @@ GRADER_DIR = "grader"
 class Grader:
     """The family models of a run (any that were trained); families without one answer their prior."""
 
-    def __init__(self, run_dir: Path, device: str | torch.device = "cpu"):
-        from ..train.checkpoint import load_model
-
-        self.device = torch.device(device)
-        self.models: dict[str, tuple[torch.nn.Module, dict]] = {}
+    def __init__(self, run_dir: Path, device: str | Runtime = "cpu"):
+        self.runtime = rt = runtime(device)
+        self.models: dict[str, tuple] = {}  # family -> (network: numpy in, numpy out; its checkpoint's description)
         for fam in vocab.FAMILIES:
             p = Path(run_dir) / GRADER_DIR / fam / "best.pt"
-            if p.exists():
-                self.models[fam] = load_model(p, self.device)
+            if has_network(p):
+                self.models[fam] = rt.load(p)
 
     def prior(self, family: str) -> list[float]:
         """The class prior of a family's training rows (uniform where no grader was trained)."""
@@ -57,11 +56,10 @@ class Grader:
             ds = CropDataset(items, fam, self.crop(fam))
             out = []
             for lo in range(0, len(items), max_batch):
-                batch = [ds[i] for i in range(lo, min(lo + max_batch, len(items)))]
-                with torch.inference_mode():
-                    x = torch.stack([b["image"] for b in batch]).to(self.device)
-                    c = torch.stack([b["cond"] for b in batch]).to(self.device)
-                    out.append(torch.softmax(model(x, c).float(), dim=1).cpu().numpy().astype(np.float64))
+                part = range(lo, min(lo + max_batch, len(items)))
+                x = np.stack([ds.image(i) for i in part])
+                c = np.stack([condition_vector(items[i].condition, items[i].level) for i in part])
+                out.append(softmax(model(x, c), axis=1))
             for it, o, row in zip(items, owner, np.concatenate(out)):
                 probs[o][(it.condition, it.level)] = (row / row.sum()).tolist()
         return [self._findings(p) for p in probs]

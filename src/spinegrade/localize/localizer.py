@@ -12,12 +12,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .. import vocab
 from ..geometry import nearest_slice_among
 from ..io.types import Series, Study
 from ..results import Point
+from ..runtime import Runtime, has_network, runtime, sigmoid
 from .data import SeriesInput, neighbours
 from .heatmap import decode_heatmaps, refine_peak
 
@@ -65,28 +65,24 @@ def axial_projections(study: Study, canal: list[Point]) -> list[Point]:
 class Localizer:
     """The three view networks of a run, ready to place points on a study."""
 
-    def __init__(self, run_dir: Path, device: str | torch.device = "cpu", batch: int | None = None):
-        from ..train.checkpoint import load_model
-
-        self.device = torch.device(device)
+    def __init__(self, run_dir: Path, device: str | Runtime = "cpu", batch: int | None = None):
+        self.runtime = rt = runtime(device)
         # images per pass: on a CPU small passes are fastest (unet-small, one thread: 300 images/s at 8, 230 at
         # 64 and 150 at 1, see bench/bench_predict.py); a GPU wants them large
-        self.batch = batch or (8 * torch.get_num_threads() if self.device.type == "cpu" else 256)
-        self.models: dict[str, tuple[torch.nn.Module, dict]] = {}
+        self.batch = batch or (8 * rt.threads if rt.type == "cpu" else 256)
+        self.models: dict[str, tuple] = {}  # view -> (network: numpy in, numpy out; its checkpoint's description)
         root = Path(run_dir) / LOCALIZER_DIR
         for view in (vocab.SAGITTAL_T2, vocab.SAGITTAL_T1, vocab.AXIAL_T2):
             p = root / view / "best.pt"
-            if p.exists():
-                self.models[view] = load_model(p, self.device)
+            if has_network(p):
+                self.models[view] = rt.load(p)
         t1 = self.models.get(vocab.SAGITTAL_T1)
         self.offsets = (t1[1].get("foramen_offsets") if t1 else None) or {
             "left": {lv: 15.0 for lv in vocab.LEVELS}, "right": {lv: -15.0 for lv in vocab.LEVELS}}
 
     def _heatmaps(self, view: str, images: np.ndarray) -> np.ndarray:
         model, _ = self.models[view]
-        with torch.inference_mode():
-            x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32)).to(self.device)
-            return torch.sigmoid(model(x).float()).cpu().numpy()
+        return sigmoid(model(images))
 
     def _size(self, view: str) -> int:
         return int(self.models[view][1]["preprocessing"]["input_size"])
