@@ -193,7 +193,7 @@ def test_an_interrupted_batch_leaves_outputs_complete_or_absent(sig, synth_cohor
         time.sleep(0.05)  # the folder appears once the model has loaded: the batch is under way
     proc.send_signal(getattr(signal, sig))
     # the reader processes hold the pipes open: this returns only once they ended too (after kill -9 they end
-    # with their parent, batch._reader_init; before that they waited for work for ever)
+    # with their parent, workers.end_with; before that they waited for work for ever)
     _, err = proc.communicate(timeout=120)
     if sig == "SIGINT" and proc.returncode != 0:  # it may have finished first on a fast machine
         assert proc.returncode == 130 and err.strip().splitlines()[-1] == "spinegrade predict: interrupted"
