@@ -27,7 +27,7 @@ from pathlib import Path
 
 from . import vocab
 from .errors import DataError
-from .workers import end_with
+from .workers import close_pool, end_with
 
 FORMAT = "spinegrade.batch/1"
 JOURNAL = "batch.jsonl"
@@ -159,7 +159,7 @@ def read_ahead(jobs: list, readers: int, start: str | None = None) -> Iterator[t
             except BrokenProcessPool:
                 # Some study in flight killed its reader, and the pool with it. This one is read again alone, so
                 # that if it is the one, it fails by itself; the others go to a new pool.
-                pool.shutdown(wait=False, cancel_futures=True)
+                close_pool(pool)
                 pool = new_pool(readers)
                 pending = {i: f if f.done() and f.exception() is None else submit(pool, i)
                            for i, f in pending.items()}
@@ -174,7 +174,7 @@ def read_ahead(jobs: list, readers: int, start: str | None = None) -> Iterator[t
             except Exception as e:  # noqa: BLE001 - the reader's error, whatever its type, is the study's
                 yield job, e, 0.0
     finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+        close_pool(pool)
 
 
 # --- the journal --------------------------------------------------------------------------------------------

@@ -51,3 +51,15 @@ def end_with(caller: int, kernel: bool = True) -> None:
     from .io.dicom import SILENT_THREAD
 
     threading.Thread(target=watch, name=f"{SILENT_THREAD}-parent-watch", daemon=True).start()
+
+
+def close_pool(pool) -> None:
+    """Shut a ProcessPoolExecutor down, its queued work cancelled, and wait until its manager thread has ended.
+
+    Never leave a pool to end on its own (`shutdown(wait=False)`): at the interpreter's exit concurrent.futures
+    wakes every pool's manager thread by writing to a pipe, outside the lock under which that thread closes the
+    pipe (CPython 3.11; later releases take a lock, gh-125451). A close between the check and the write printed
+    `OSError: [Errno 9] Bad file descriptor` (or "handle is closed") as a traceback after the command had ended.
+    Waiting costs nothing: the exit waited for the manager thread anyway, and a pool whose work is done or
+    cancelled ends at once, a broken one too (its processes are gone)."""
+    pool.shutdown(wait=True, cancel_futures=True)

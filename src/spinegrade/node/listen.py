@@ -28,6 +28,7 @@ from pathlib import Path
 from .. import __version__
 from ..errors import SpinegradeError, in_words
 from . import spool as sp
+from ..workers import close_pool
 from .send import Destination, NodeError, send_files
 
 log = logging.getLogger("spinegrade.node")
@@ -141,7 +142,7 @@ class Node:
             t.join(max(0.0, deadline - time.monotonic()))
         self._threads = []
         if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            close_pool(self._pool)
             self._pool = None
         log.info("node %s stopped", self.cfg.ae_title)
 
@@ -394,7 +395,7 @@ class Node:
         except BrokenProcessPool:
             with self._pool_lock:
                 if self._pool is not None and getattr(self._pool, "_broken", False) and not self._stop.is_set():
-                    self._pool.shutdown(wait=False)
+                    close_pool(self._pool)
                     self._start_pool()
             raise SpinegradeError("the grader process died on this study (it was replaced)") from None
         if error:
