@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from dicom_net import send_direct, synthetic_studies, wait_until
@@ -109,7 +110,7 @@ def test_killed_with_kill_9_it_leaves_no_process_behind(tiny_run, tmp_path):
                   "2", env={**os.environ, "SPINEGRADE_TEST_MARK": mark, "OMP_NUM_THREADS": "1"})
     try:  # it answers C-ECHO once both graders have loaded the run
         helpers = [p for p in marked(mark) if p != proc.pid]
-        commands = [open(f"/proc/{p}/cmdline", "rb").read() for p in helpers]
+        commands = [Path(f"/proc/{p}/cmdline").read_bytes() for p in helpers]
         assert sum(b"spawn_main" in c for c in commands) == 2, commands  # the two graders
         assert sum(b"resource_tracker" in c for c in commands) == 1, commands
         proc.kill()
