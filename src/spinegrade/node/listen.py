@@ -18,6 +18,7 @@ a PACS retries later. Logs name AE titles, addresses and Study Instance UIDs, ne
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -27,6 +28,7 @@ from pathlib import Path
 from .. import __version__
 from ..errors import SpinegradeError, in_words
 from . import spool as sp
+from ..workers import close_pool
 from .send import Destination, NodeError, send_files
 
 log = logging.getLogger("spinegrade.node")
@@ -140,7 +142,7 @@ class Node:
             t.join(max(0.0, deadline - time.monotonic()))
         self._threads = []
         if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            close_pool(self._pool)
             self._pool = None
         log.info("node %s stopped", self.cfg.ae_title)
 
@@ -373,7 +375,8 @@ class Node:
 
         self._pool = ProcessPoolExecutor(max_workers=max(1, self.cfg.jobs),
                                          mp_context=multiprocessing.get_context("spawn"),
-                                         initializer=_worker_init, initargs=(str(self.cfg.model), self.cfg.device))
+                                         initializer=_worker_init,
+                                         initargs=(str(self.cfg.model), self.cfg.device, os.getpid()))
         problems = {f.result() for f in [self._pool.submit(_worker_ready) for _ in range(max(1, self.cfg.jobs))]}
         problems.discard("")
         if problems:
@@ -392,7 +395,7 @@ class Node:
         except BrokenProcessPool:
             with self._pool_lock:
                 if self._pool is not None and getattr(self._pool, "_broken", False) and not self._stop.is_set():
-                    self._pool.shutdown(wait=False)
+                    close_pool(self._pool)
                     self._start_pool()
             raise SpinegradeError("the grader process died on this study (it was replaced)") from None
         if error:
@@ -447,11 +450,18 @@ def listen(cfg: NodeConfig) -> int:
 _WORKER: dict = {}
 
 
-def _worker_init(model: str, device: str) -> None:
+def _worker_init(model: str, device: str, node: int | None = None) -> None:
+    """In a grader process: end with the node (`node`: its pid; None in the node's own process), however it
+    ends; load the run."""
     import signal
 
     from ..predict import Predictor
+    from ..workers import end_with
 
+    # the node's threads start graders (a crashed one's replacement): the kernel's parent-death signal, which
+    # follows the starting thread, would take a grader down with a thread that ends first
+    if node is not None:
+        end_with(node, kernel=False)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the node stops its workers
 
     try:
