@@ -1,4 +1,5 @@
-"""Launching the command line under torchrun in tests (two CPU processes, gloo)."""
+"""Launching in tests: the command line under torchrun (two CPU processes, gloo); finding what a launched process
+started."""
 
 from __future__ import annotations
 
@@ -22,3 +23,18 @@ def torchrun(args: list[str], nproc: int = 2, timeout: float = 300) -> tuple[int
         os.killpg(proc.pid, signal.SIGKILL)
         stdout, stderr = proc.communicate()
     return proc.returncode, stdout, stderr
+
+
+def marked(mark: str) -> list[int]:
+    """Processes whose environment holds SPINEGRADE_TEST_MARK=mark (a process launched with it and every process
+    it started, whoever their parent is now)."""
+    pids = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/environ", "rb") as f:
+                    if f"SPINEGRADE_TEST_MARK={mark}".encode() in f.read().split(b"\0"):
+                        pids.append(int(d))
+            except OSError:
+                pass
+    return pids

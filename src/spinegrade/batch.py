@@ -27,6 +27,7 @@ from pathlib import Path
 
 from . import vocab
 from .errors import DataError
+from .workers import close_pool, end_with
 
 FORMAT = "spinegrade.batch/1"
 JOURNAL = "batch.jsonl"
@@ -92,46 +93,6 @@ def _read_job(path: str, descriptions: dict | None, study_id: str):
     return study, time.perf_counter() - t0
 
 
-def _alive(pid: int) -> bool:
-    """Whether process `pid` is running (a zombie, dead but not yet reaped, is not)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # there, but not ours
-        return True
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except (OSError, IndexError):
-        return True
-
-
-def _reader_init(caller: int) -> None:
-    """In each reader process: end with the process that asked for it (`caller`). Killed with kill -9, that
-    process cannot stop its readers, and a reader waiting for work would wait forever (holding the caller's pipes
-    open). A reader is the caller's child (fork, spawn) or a fork server's (which lives while its children do)."""
-    import signal
-    import threading
-
-    try:  # Linux: the kernel sends SIGKILL when the parent dies (the caller, or the fork server)
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-    child = os.getppid() == caller
-
-    def watch() -> None:  # the caller's child: until it is re-parented; else: until the caller is gone
-        while os.getppid() == caller if child else _alive(caller):
-            time.sleep(0.5)
-        os._exit(1)
-
-    from .io.dicom import SILENT_THREAD
-
-    threading.Thread(target=watch, name=f"{SILENT_THREAD}-parent-watch", daemon=True).start()
-
-
 READER_DIED = "the reader process died while reading it (a decoder crash, or out of memory)"
 
 
@@ -182,7 +143,8 @@ def read_ahead(jobs: list, readers: int, start: str | None = None) -> Iterator[t
     pending: dict[int, object] = {}
 
     def new_pool(n: int):
-        return ProcessPoolExecutor(n, mp_context=ctx, initializer=_reader_init, initargs=(os.getpid(),))
+        # each reader ends with this process, however it ends (kill -9 included)
+        return ProcessPoolExecutor(n, mp_context=ctx, initializer=end_with, initargs=(os.getpid(),))
 
     pool = new_pool(readers)
     nxt = 0
@@ -197,7 +159,7 @@ def read_ahead(jobs: list, readers: int, start: str | None = None) -> Iterator[t
             except BrokenProcessPool:
                 # Some study in flight killed its reader, and the pool with it. This one is read again alone, so
                 # that if it is the one, it fails by itself; the others go to a new pool.
-                pool.shutdown(wait=False, cancel_futures=True)
+                close_pool(pool)
                 pool = new_pool(readers)
                 pending = {i: f if f.done() and f.exception() is None else submit(pool, i)
                            for i, f in pending.items()}
@@ -212,7 +174,7 @@ def read_ahead(jobs: list, readers: int, start: str | None = None) -> Iterator[t
             except Exception as e:  # noqa: BLE001 - the reader's error, whatever its type, is the study's
                 yield job, e, 0.0
     finally:
-        pool.shutdown(wait=False, cancel_futures=True)
+        close_pool(pool)
 
 
 # --- the journal --------------------------------------------------------------------------------------------

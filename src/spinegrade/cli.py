@@ -53,8 +53,10 @@ def _cmd_info(a) -> int:
     for b in d["bundled"]:
         what = ", ".join(b.get("grades") or []) or "-"
         places = "; ".join(b.get("places") or [])
+        observes = "; ".join(b.get("observes") or [])
         print(f"  bundled {b['name']}: {b.get('series', '?')}; grades: {what}"
-              + (f"; places: {places}" if places else "") + (" (default)" if b.get("default") else "")
+              + (f"; places: {places}" if places else "") + (f"; observes: {observes}" if observes else "")
+              + (" (default)" if b.get("default") else "")
               + f"; CV: {b.get('cv', 'not stated')}; terms: {b.get('terms', 'see its MODEL_CARD.md')}")
     return 0
 

@@ -192,7 +192,7 @@ def test_study_without_any_image_raises_a_one_line_data_error(tmp_path):
         load_study(study)
     msg = str(e.value)
     assert str(study) in msg and "no readable DICOM image" in msg and "\n" not in msg
-    assert "empty file: 1" in msg and "not a DICOM file: 1" in msg
+    assert msg.endswith("among 2 files (empty file: 678/1.dcm; not a DICOM file: 678/2.dcm)")
 
 
 def test_cli_inspect_of_an_unreadable_folder_exits_2_with_one_line(tmp_path, capsys):

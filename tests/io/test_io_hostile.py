@@ -16,7 +16,7 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, RLE
 from dicom_factory import make_dataset, slice_pixels, write_dicom, write_series
 from spinegrade.cli import main
 from spinegrade.errors import DataError
-from spinegrade.io.dicom import load_series, load_study, read_slice
+from spinegrade.io.dicom import load_series, load_study, max_pixels_default, read_slice
 from spinegrade.io.inspect import inspect_study
 
 
@@ -53,6 +53,33 @@ def test_a_forged_huge_image_is_skipped_before_decoding(tmp_path):
         read_slice(tmp_path / "s" / "bomb.dcm")
 
 
+def test_a_study_whose_only_file_is_a_bomb_fails_naming_the_file(tmp_path, capsys):
+    """The error names the file and says why, budget included (was "among 1 files (image too large: 1)")."""
+    write_series(tmp_path / "s", 1, transfer_syntax=RLELossless)
+    (tmp_path / "study" / "7").mkdir(parents=True)
+    forge_size(tmp_path / "s" / "1.dcm", tmp_path / "study" / "7" / "bomb.dcm", 65535, 65535)
+    with pytest.raises(DataError) as e:
+        load_study(tmp_path / "study")
+    assert str(e.value) == (f"{tmp_path / 'study'}: no readable DICOM image found among 1 files (7/bomb.dcm: image "
+                            "too large: the header claims 65535 x 65535 = 4,294,836,225 pixels, over the reader's "
+                            f"budget of {max_pixels_default():,} (SPINEGRADE_MAX_PIXELS))")
+    assert main(["inspect", str(tmp_path / "study")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "7/bomb.dcm: image too large" in err[0]
+
+
+def test_many_unreadable_files_are_named_by_reason_the_first_three_of_each(tmp_path):
+    folder = tmp_path / "study"
+    folder.mkdir()
+    for k in range(5):
+        (folder / f"{k}.dcm").write_bytes(b"junk")
+    (folder / "5.dcm").write_bytes(b"")
+    with pytest.raises(DataError) as e:
+        load_study(folder)
+    assert str(e.value).endswith("among 6 files (not a DICOM file: 0.dcm, 1.dcm, 2.dcm and 2 more; empty file: "
+                                 "5.dcm)")
+
+
 def test_claims_beyond_what_the_compressed_data_can_hold_are_skipped(tmp_path):
     write_series(tmp_path / "s", 2, transfer_syntax=RLELossless)
     forge_size(tmp_path / "s" / "1.dcm", tmp_path / "s" / "liar.dcm", 4000, 4000)  # 16 Mpx: within the budget
@@ -65,7 +92,7 @@ def test_claims_beyond_what_the_compressed_data_can_hold_are_skipped(tmp_path):
 def test_the_pixel_budget_is_configurable(tmp_path, monkeypatch):
     write_series(tmp_path / "s", 2)  # 32 x 40 = 1280 pixels per file
     assert load_series(tmp_path / "s", max_pixels=1280)[0].n_slices == 2
-    with pytest.raises(DataError, match="image too large: 2"):
+    with pytest.raises(DataError, match=r"among 2 files \(image too large: 1\.dcm, 2\.dcm\)$"):
         load_series(tmp_path / "s", max_pixels=1279)
     monkeypatch.setenv("SPINEGRADE_MAX_PIXELS", "1000")
     with pytest.raises(DataError, match="no readable DICOM image found among 2 files"):
@@ -96,9 +123,10 @@ def test_a_rescale_that_would_overflow_float32_is_ignored_and_said(tmp_path, mon
     assert s.n_slices == 4 and np.isfinite(got).all()
     expected = [px[0], 2.0 * px[1], px[2] + 5.0, 2.0 * px[3] + 5.0]
     assert all(np.array_equal(got[k], np.asarray(e, dtype=np.float32)) for k, e in enumerate(expected))
-    assert s.notes == ["RescaleIntercept -1e+300 ignored (rescaled pixels would overflow float32) in some files",
-                       "RescaleSlope 'nan' ignored (not one finite number) in some files",
-                       "RescaleSlope 1e+308 ignored (rescaled pixels would overflow float32) in some files"]
+    assert s.notes == [("RescaleIntercept -1e+300 ignored (rescaled pixels would overflow float32) in 1 of 4 files: "
+                        "1.dcm"),
+                       "RescaleSlope 'nan' ignored (not one finite number) in 1 of 4 files: 2.dcm",
+                       "RescaleSlope 1e+308 ignored (rescaled pixels would overflow float32) in 1 of 4 files: 0.dcm"]
 
 
 @pytest.mark.parametrize("fast", [True, False])
@@ -187,6 +215,19 @@ def test_unknown_vrs_cost_the_element_not_the_file_or_the_study(tmp_path, capsys
     assert main(["inspect", str(tmp_path / "study")]) == 0
     out = capsys.readouterr()
     assert "Traceback" not in out.err and "damaged header element (0008,103E)" in out.out
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_a_damaged_element_in_some_files_is_said_with_their_names(tmp_path, monkeypatch, fast):
+    """The series' note names the files whose element was dropped (was "in some files")."""
+    monkeypatch.setattr("spinegrade.io.dicom.FAST_ROUTE", fast)
+    write_series(tmp_path / "study" / "7", 6)
+    for name in ("2.dcm", "5.dcm"):
+        flip_vr(tmp_path / "study" / "7" / name, b"\x08\x00\x3e\x10", b"QQ")  # SeriesDescription
+    (s,) = load_study(tmp_path / "study").series
+    assert s.n_slices == 6
+    assert s.notes == [("damaged header element (0008,103E) ignored (Unknown Value Representation 'QQ' in tag "
+                        "(0008,103E)) in 2 of 6 files: 2.dcm, 5.dcm")]
 
 
 @pytest.mark.parametrize("ts", [pydicom.uid.ExplicitVRLittleEndian, pydicom.uid.ImplicitVRLittleEndian])

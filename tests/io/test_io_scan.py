@@ -415,5 +415,5 @@ def test_an_implicit_vr_file_is_checked_as_an_explicit_vr_one_is(tmp_path):
         assert s.n_slices == 3
         notes[name] = s.notes
     assert notes["explicit"] == notes["implicit"]
-    assert "RescaleSlope '1;25' ignored (not one finite number) in some files" in notes["implicit"]
+    assert "RescaleSlope '1;25' ignored (not one finite number) in 1 of 3 files: 3.dcm" in notes["implicit"]
     assert not any("(0018,9087)" in n for n in notes["implicit"])

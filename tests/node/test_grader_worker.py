@@ -44,4 +44,5 @@ def test_a_study_that_cannot_be_read_is_an_error_in_words(worker, tmp_path):
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / "x.dcm").write_bytes(b"not dicom")
     error, _ = listen._grade_in_worker(str(tmp_path / "in"), "1.2.3", str(tmp_path / "out"), worker, True)
-    assert error.endswith(": no readable DICOM image found among 1 files (not a DICOM file: 1)")
+    assert error == (f"{tmp_path / 'in'}: no readable DICOM image found among 1 files (x.dcm: not a DICOM file (no "
+                     "'DICM' marker after the 128-byte preamble))")

@@ -11,7 +11,7 @@ import sys
 import time
 
 import pytest
-from launch import torchrun
+from launch import marked, torchrun
 
 from spinegrade.batch import JOURNAL, PARTIAL, Shard, parse_shard, shard_folders
 from spinegrade.cli import main
@@ -165,20 +165,6 @@ if __name__ == "__main__":
 """
 
 
-def _marked(mark: str) -> list[int]:
-    """Processes whose environment holds SPINEGRADE_TEST_MARK=mark (a caller and every process it started)."""
-    pids = []
-    for d in os.listdir("/proc"):
-        if d.isdigit():
-            try:
-                with open(f"/proc/{d}/environ", "rb") as f:
-                    if f"SPINEGRADE_TEST_MARK={mark}".encode() in f.read().split(b"\0"):
-                        pids.append(int(d))
-            except OSError:
-                pass
-    return pids
-
-
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc")
 @pytest.mark.parametrize("start", ["fork", "forkserver"])
 def test_readers_end_with_a_caller_killed_with_kill_9(start, synth_cohort, tmp_path):
@@ -190,11 +176,11 @@ def test_readers_end_with_a_caller_killed_with_kill_9(start, synth_cohort, tmp_p
     proc = subprocess.Popen([sys.executable, "-c", _READ_AND_WAIT, str(study), start], stdout=subprocess.PIPE,
                             text=True, env={**os.environ, "SPINEGRADE_TEST_MARK": mark})
     assert proc.stdout.readline().strip() == "reading"
-    started = _marked(mark)
+    started = marked(mark)
     assert len(started) >= 3  # the caller and its two readers (and a fork server, a resource tracker)
     proc.kill()
     proc.wait()
     end = time.monotonic() + 20
-    while [p for p in _marked(mark) if p != proc.pid] and time.monotonic() < end:
+    while [p for p in marked(mark) if p != proc.pid] and time.monotonic() < end:
         time.sleep(0.2)
-    assert [p for p in _marked(mark) if p != proc.pid] == []
+    assert [p for p in marked(mark) if p != proc.pid] == []

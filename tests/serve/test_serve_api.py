@@ -142,7 +142,8 @@ def test_a_study_that_cannot_be_read_gets_a_clear_message(make_app, tmp_path, wa
     with TestClient(make_app()) as client:
         r = _upload(client, data, "123.zip")  # no usable image: refused before it is queued
         assert r.status_code == 400
-        assert r.json()["detail"] == "123: no readable DICOM image found among 2 files (not a DICOM file: 2)"
+        assert r.json()["detail"] == ("123: no readable DICOM image found among 2 files (not a DICOM file: ok.txt, "
+                                      "series/1.dcm)")
         assert not client.app.state.viewer.jobs and not list((tmp_path / "work").iterdir())
         # readable images, but the study cannot be graded (no labels for a folder named "abc")
         zpath = tmp_path / "abc.zip"

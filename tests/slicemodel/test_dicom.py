@@ -59,3 +59,24 @@ def test_predict_with_a_foramen_model_alone_writes_all_rows(run, real_rsna, tmp_
         assert sum(p["role"] == vocab.SAGITTAL_T1 for p in s["points"]) == 10
     html = (out / "report.html").read_text()
     assert f"by {doc['model']['foramina']['name']}" in html and "model unknown" not in html
+
+
+def test_the_mid_sagittal_slice_is_the_middle_of_where_the_spine_is_seen():
+    from spinegrade.slicemodel.dicom import _mid_slice
+
+    # the spine seen on slices 6..10 (the best at 10, an edge): the middle of them, not the best
+    score = np.array([0.5, 0.2, 0.1, 0.4, 0.6, 0.3, 2.3, 2.5, 3.0, 3.3, 3.4, 0.5, 0.5])
+    assert _mid_slice(score) == 8
+    assert _mid_slice(np.array([0.1, 3.0, 3.1, 0.2])) == 2  # two slices: the better one
+    assert _mid_slice(np.array([1.0])) == 0
+
+
+def test_a_small_field_of_view_is_set_on_the_training_canvas():
+    from spinegrade.slicemodel.dicom import _field_of_view
+
+    img = np.arange(12, dtype=np.uint16).reshape(3, 4) + 1
+    out, (oy, ox) = _field_of_view(img, (1.0, 0.5), 6.0)  # 3 x 2 mm shown, 6 mm wanted: 6 rows, 12 columns
+    assert out.shape == (6, 12) and (oy, ox) == (1, 4)
+    assert (out[oy:oy + 3, ox:ox + 4] == img).all() and out.sum() == img.sum()
+    same, off = _field_of_view(img, (1.0, 1.0), 2.0)  # already wider than asked: untouched
+    assert same is img and off == (0, 0)

@@ -343,11 +343,24 @@ def _natural_key(p) -> list:
 
 
 def _nothing_readable(root: Path, skipped: list[SkippedFile]) -> str:
+    """Why a folder gave no image, naming the files: one file with its whole reason, more by kind of reason."""
     if not skipped:
         return f"{root}: no readable DICOM image found (the folder has no files)"
-    counts = Counter(_short_reason(k.reason) for k in skipped)
-    summary = ", ".join(f"{why}: {n}" for why, n in counts.most_common())
-    return f"{root}: no readable DICOM image found among {len(skipped)} files ({summary})"
+    if len(skipped) == 1:
+        detail = f"{os.path.relpath(skipped[0].path, root)}: {skipped[0].reason}"
+    else:
+        kinds: dict[str, list[str]] = {}
+        for k in skipped:
+            kinds.setdefault(_short_reason(k.reason), []).append(k.path)
+        detail = "; ".join(f"{why}: {_listed(paths, root)}"
+                           for why, paths in sorted(kinds.items(), key=lambda kv: -len(kv[1])))
+    return f"{root}: no readable DICOM image found among {len(skipped)} files ({detail})"
+
+
+def _listed(paths: list[str], root, most: int = 3) -> str:
+    """Files for a message: their paths from `root`, the first `most` of them, then how many more."""
+    names = [os.path.relpath(p, root) for p in paths[:most]]
+    return ", ".join(names) + (f" and {len(paths) - most} more" if len(paths) > most else "")
 
 
 def _short_reason(reason: str) -> str:
@@ -1183,8 +1196,15 @@ def _to_series(g: _Group, study_id: str, series_id: str, source_id: str) -> Seri
     if not isinstance(header, scan.FlatHeader):
         first.problems += _drop_damaged(header)
     notes = list(g.notes)
-    for problem in sorted({p for s in g.slices for p in s.problems}):
-        notes.append(f"{problem} in some files")
+    files: dict[str, dict[str, None]] = {}  # problem -> the files that have it, in order (a multi-frame file once)
+    for s in g.slices:
+        for problem in s.problems:
+            files.setdefault(problem, {})[str(s.path)] = None
+    if files:
+        total = len({s.path for s in g.slices})
+        folder = os.path.commonpath([str(s.path.parent) for s in g.slices])
+        for problem, paths in sorted(files.items()):
+            notes.append(f"{problem} in {len(paths)} of {total} files: {_listed(list(paths), folder)}")
     if first.spacing_source == "ImagerPixelSpacing":
         notes.append("no PixelSpacing: used ImagerPixelSpacing")
     elif first.spacing_source == "default":

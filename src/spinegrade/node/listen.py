@@ -18,6 +18,7 @@ a PACS retries later. Logs name AE titles, addresses and Study Instance UIDs, ne
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -27,6 +28,7 @@ from pathlib import Path
 from .. import __version__
 from ..errors import SpinegradeError, in_words
 from . import spool as sp
+from ..workers import close_pool
 from .send import Destination, NodeError, send_files
 
 log = logging.getLogger("spinegrade.node")
@@ -63,7 +65,7 @@ KEY_IMAGE_PREFIX = "key_"  # out/key_<view>.dcm: the Secondary Capture key image
 class NodeConfig:
     """Everything `spinegrade listen` is told (see the command's help)."""
 
-    model: Path
+    model: Path | None  # a run or a bundled model's name; None: the bundled models
     destination: Destination
     store: Path
     port: int = 11112
@@ -140,7 +142,7 @@ class Node:
             t.join(max(0.0, deadline - time.monotonic()))
         self._threads = []
         if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            close_pool(self._pool)
             self._pool = None
         log.info("node %s stopped", self.cfg.ae_title)
 
@@ -373,7 +375,8 @@ class Node:
 
         self._pool = ProcessPoolExecutor(max_workers=max(1, self.cfg.jobs),
                                          mp_context=multiprocessing.get_context("spawn"),
-                                         initializer=_worker_init, initargs=(str(self.cfg.model), self.cfg.device))
+                                         initializer=_worker_init,
+                                         initargs=(_model_arg(self.cfg.model), self.cfg.device, os.getpid()))
         problems = {f.result() for f in [self._pool.submit(_worker_ready) for _ in range(max(1, self.cfg.jobs))]}
         problems.discard("")
         if problems:
@@ -388,11 +391,11 @@ class Node:
         out = self.spool.out(key)
         try:
             error, no_key_images = self._pool.submit(_grade_in_worker, str(self.spool.images(key)), key, str(out),
-                                                     str(self.cfg.model), self.cfg.key_images).result()
+                                                     _model_arg(self.cfg.model), self.cfg.key_images).result()
         except BrokenProcessPool:
             with self._pool_lock:
                 if self._pool is not None and getattr(self._pool, "_broken", False) and not self._stop.is_set():
-                    self._pool.shutdown(wait=False)
+                    close_pool(self._pool)
                     self._start_pool()
             raise SpinegradeError("the grader process died on this study (it was replaced)") from None
         if error:
@@ -447,15 +450,27 @@ def listen(cfg: NodeConfig) -> int:
 _WORKER: dict = {}
 
 
-def _worker_init(model: str, device: str) -> None:
+def _model_arg(model: Path | None) -> str:
+    """The model as it crosses to a grader process: its path or name, '' for the bundled models."""
+    return "" if model is None else str(model)
+
+
+def _worker_init(model: str, device: str, node: int | None = None) -> None:
+    """In a grader process: end with the node (`node`: its pid; None in the node's own process), however it
+    ends; load the run."""
     import signal
 
     from ..predict import Predictor
+    from ..workers import end_with
 
+    # the node's threads start graders (a crashed one's replacement): the kernel's parent-death signal, which
+    # follows the starting thread, would take a grader down with a thread that ends first
+    if node is not None:
+        end_with(node, kernel=False)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the node stops its workers
 
     try:
-        _WORKER["predictor"] = Predictor(Path(model), device)
+        _WORKER["predictor"] = Predictor(Path(model) if model else None, device)
         _WORKER["error"] = ""
     except SpinegradeError as e:
         _WORKER["error"] = str(e)
@@ -480,7 +495,7 @@ def _grade_in_worker(images: str, study_id: str, out: str, model: str,
         result = pred.predict_loaded(study)
         out_dir = Path(out)
         write_predictions(out_dir / "predictions.json", [result],
-                          {"run": str(Path(model).resolve()), "spinegrade": __version__}, [])
+                          pred.describe(), [])
         write_sr(result, study, out_dir / "sr.dcm")
         for old in out_dir.glob(f"{KEY_IMAGE_PREFIX}*.dcm"):  # a regrading's views can differ from the last
             old.unlink()

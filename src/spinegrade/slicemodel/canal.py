@@ -39,6 +39,9 @@ N = len(vocab.LEVELS)
 DISC_CHANNELS = tuple(f"disc_{lv}" for lv in vocab.LEVELS)
 CANAL_CHANNELS = tuple(f"canal_{lv}" for lv in vocab.LEVELS)
 OTHER_DISC = -1  # a landmark channel never learned: a disc above L1/L2
+# The training slices' field of view: 384 px at about 0.8 mm (their README's estimate: 300-320 mm, resampled to
+# 384 px; the spacing is not given per slice). A DICOM slice is set on a canvas this wide before the model sees it.
+TRAINING_FOV_MM = 307.0
 
 
 def merge_discs(boxes: list[tuple[str, float, float, float, float]]) -> list[tuple[float, float]]:
@@ -196,9 +199,10 @@ class CanalTask(SliceTask):
     default_class_weights = "none"
     folder_kind = "Sagittal T2 folder (images/ with boxes.csv or images.csv)"
     # 384 px slices, a few hundred of them: a finer letterbox and many short epochs; a crop of the disc and
-    # the canal behind it
-    localizer_defaults = {"input_size": 160, "sigma": 1.5}
-    grader_defaults = {"crop_frac": 0.22}
+    # the canal behind it. One scanner's field of view: wide shifts and zooms, so the localiser does not learn
+    # where on the slice a level usually lies (its coordinate channels would), nor one anatomy size
+    localizer_defaults = {"input_size": 160, "sigma": 1.5, "shift": 0.2, "zoom": 0.25, "gamma": 0.4}
+    grader_defaults = {"crop_frac": 0.22, "zoom": 0.2}
     localizer_loop_defaults = {"epochs": 20, "batch_size": 8}
     grader_loop_defaults = {"epochs": 20, "batch_size": 32}
 

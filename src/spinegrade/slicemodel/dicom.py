@@ -16,6 +16,7 @@ import numpy as np
 from .. import vocab
 from ..io.types import Series, Study
 from ..results import CANAL_STENOSIS_YES_NO, Finding, Observation, Point
+from .canal import TRAINING_FOV_MM
 from .model import SliceModel
 
 LATERAL_MM = (5.0, 40.0)
@@ -88,12 +89,40 @@ def _point_on(s: Series, k: int, cond: str, lv: str, x: float, y: float, fx: boo
                  sop_instance_uid=s.sop_instance_uids[k] if k < len(s.sop_instance_uids) else "", source=source)
 
 
+def _field_of_view(img: np.ndarray, spacing: tuple[float, float], fov_mm: float) -> tuple[np.ndarray, tuple[int, int]]:
+    """The slice centred on a zero canvas at least `fov_mm` wide and high, and where it sits (rows, cols offset):
+    a model that learned whole slices of a given field of view then sees the anatomy at the size it learned.
+    A larger field of view is left as it is."""
+    h, w = img.shape
+    hh, ww = max(h, int(round(fov_mm / spacing[0]))), max(w, int(round(fov_mm / spacing[1])))
+    if (hh, ww) == (h, w):
+        return img, (0, 0)
+    oy, ox = (hh - h) // 2, (ww - w) // 2
+    out = np.zeros((hh, ww), dtype=img.dtype)
+    out[oy:oy + h, ox:ox + w] = img
+    return out, (oy, ox)
+
+
+def _mid_slice(score: np.ndarray) -> int:
+    """The middle of the run of slices around the best one where the spine is seen (landmark heights at least
+    half the best slice's): the canal is seen on several slices, the mid-sagittal plane is central among them."""
+    best = int(np.argmax(score))
+    lo = hi = best
+    while lo > 0 and score[lo - 1] >= score[best] / 2:
+        lo -= 1
+    while hi < len(score) - 1 and score[hi + 1] >= score[best] / 2:
+        hi += 1
+    return int(np.floor((lo + hi) / 2 + 0.5)) if best > (lo + hi) / 2 else int(np.ceil((lo + hi) / 2 - 0.5))
+
+
 def place_canal(model: SliceModel, study: Study) -> tuple[list[Point], list[Observation], list[str]]:
     """The five spinal canal points on the mid-sagittal T2 slice, each level's yes/no stenosis probability, notes.
 
-    The mid-sagittal slice is the one, among the middle half of the stack, where the disc and canal heatmaps
-    peak highest together; each level's canal point may then move to a neighbouring slice where that level's
-    canal peaks higher (a tilted spine crosses several slices).
+    Each slice is first set on a canvas of the training slices' field of view (a smaller field of view, as
+    RSNA's 240 mm, would otherwise show the anatomy larger than the model learned it). Among the middle half of
+    the stack, the slices where the disc and canal heatmaps peak at least half as high as on the best one show
+    the spine; the mid-sagittal slice is the middle of them, and all five points are placed on it (a spine
+    tilted across several slices is a known limit).
     """
     t2 = study.first(vocab.SAGITTAL_T2)
     if t2 is None or t2.pixels is None:
@@ -101,28 +130,27 @@ def place_canal(model: SliceModel, study: Study) -> tuple[list[Point], list[Obse
     if not t2.geometry_known:
         return [], [], [f"series {t2.series_id} has no patient geometry: {model.name} did not place the canal points"]
     n_lv = len(vocab.LEVELS)
-    rows, cols = t2.shape
     fx, fy = _flips(t2)
     n = t2.n_slices
     cands = list(range(n // 4, max(n - n // 4, n // 4 + 1)))
-    imgs = {k: _oriented(t2, k, fx, fy) for k in cands}
+    imgs, (oy, ox) = {}, (0, 0)
+    for k in cands:
+        imgs[k], (oy, ox) = _field_of_view(_oriented(t2, k, fx, fy), t2.pixel_spacing, TRAINING_FOV_MM)
+    rows, cols = imgs[cands[0]].shape
     loc = model.localize_many([imgs[k] for k in cands], rows, cols)  # (m, 10, 3): discs, then canal points
-    best = int(np.argmax(loc[:, :, 2].sum(axis=1)))
+    loc[:, :, 0] -= ox
+    loc[:, :, 1] -= oy
+    best = _mid_slice(loc[:, :, 2].sum(axis=1))
+    k = cands[best]
     source = f"localizer:{model.name}"
     points: list[Point] = []
-    asks: dict[int, list] = {}
+    ask = []
     for li, lv in enumerate(vocab.LEVELS):
-        near = [j for j in (best - 1, best, best + 1) if 0 <= j < len(cands)]
-        j = max(near, key=lambda i: loc[i, n_lv + li, 2])
-        k = cands[j]
-        xc, yc = loc[j, n_lv + li, :2]
+        xc, yc = loc[best, n_lv + li, :2]
         points.append(_point_on(t2, k, vocab.CANAL, lv, float(xc), float(yc), fx, fy, source))
-        xd, yd = loc[j, li, :2]
-        asks.setdefault(k, []).append((vocab.CANAL, lv, float(xd), float(yd)))
-    observations = []
-    for k, ask in asks.items():
-        probs = model.grade(imgs[k], rows, cols, ask)
-        for (_, lv, _, _), p in zip(ask, probs):
-            observations.append(Observation(CANAL_STENOSIS_YES_NO, lv, float(p[1] / p.sum()), model.name, CANAL_NOTE))
-    observations.sort(key=lambda o: vocab.LEVELS.index(o.level))
+        xd, yd = loc[best, li, :2]
+        ask.append((vocab.CANAL, lv, float(xd) + ox, float(yd) + oy))
+    probs = model.grade(imgs[k], rows, cols, ask)
+    observations = [Observation(CANAL_STENOSIS_YES_NO, lv, float(p[1] / p.sum()), model.name, CANAL_NOTE)
+                    for (_, lv, _, _), p in zip(ask, probs)]
     return points, observations, []
