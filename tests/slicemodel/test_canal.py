@@ -130,3 +130,31 @@ def test_the_real_sagittal_t2_folder_reads_into_levels(sagt2_set):
     assert 0.25 < (lab["y"] == 1).sum() / (lab["y"] >= 0).sum() < 0.4
     assert set(rate.nlargest(2).index) == {"l4_l5", "l5_s1"}
     assert ps.landmarks["channel"].between(5, 9).sum() == (lab["y"] == 1).sum()
+
+
+def _blobs(points, size=40):
+    from spinegrade.localize.heatmap import gaussian_heatmaps
+
+    return gaussian_heatmaps(np.array(points, dtype=float), size, 1.5)
+
+
+def test_levels_are_read_in_order_and_counted_up_when_channels_disagree():
+    from spinegrade.slicemodel.canal import decode_levels
+
+    discs = [(15, 6 + 6 * k) for k in range(6)]  # six discs top to bottom; the lowest five are L1/L2..L5/S1
+    canal = [(x + 4, y) for x, y in discs]
+    hm = np.zeros((10, 40, 40))
+    for li in range(5):  # each channel on its own disc, plus a faint other disc (the one above)
+        hm[li] = np.maximum(_blobs([(*discs[li + 1], 1.0)])[0], _blobs([(*discs[0], 0.4)])[0])
+        hm[5 + li] = _blobs([(*canal[li + 1], 0.8)])[0]
+    out = decode_levels(hm)
+    assert np.allclose(out[:5, :2], np.array(discs[1:]), atol=0.05)
+    assert np.allclose(out[5:, :2], np.array(canal[1:]), atol=0.05)
+    # L1/L2's and L2/L3's channels peak one disc too high (as another scanner's contrast made a model do):
+    # in order but skipping a disc, so the discs are counted up from the lowest
+    bad = hm.copy()
+    bad[0] = _blobs([(*discs[0], 1.0)])[0] + 0.3 * _blobs([(*discs[2], 1.0)])[0]
+    bad[1] = _blobs([(*discs[1], 1.0)])[0]
+    out = decode_levels(bad)
+    assert np.allclose(out[:5, :2], np.array(discs[1:]), atol=0.05)
+    assert np.allclose(out[5:, :2], np.array(canal[1:]), atol=0.05)

@@ -39,6 +39,7 @@ N = len(vocab.LEVELS)
 DISC_CHANNELS = tuple(f"disc_{lv}" for lv in vocab.LEVELS)
 CANAL_CHANNELS = tuple(f"canal_{lv}" for lv in vocab.LEVELS)
 OTHER_DISC = -1  # a landmark channel never learned: a disc above L1/L2
+DISC_PEAK_SHARE = 0.3  # a disc peak stands out at this share of the slice's highest disc response
 # The training slices' field of view: 384 px at about 0.8 mm (their README's estimate: 300-320 mm, resampled to
 # 384 px; the spacing is not given per slice). A DICOM slice is set on a canvas this wide before the model sees it.
 TRAINING_FOV_MM = 307.0
@@ -167,6 +168,54 @@ def read_canal_slices(folder: str | Path, check_files: bool = True) -> PointSlic
     return PointSlices(root, slices, points, truth, truth, landmarks)
 
 
+def _peaks(h: np.ndarray, floor: float) -> list[tuple[int, int]]:
+    """Local maxima (x, y) of a heatmap at or above `floor`, top to bottom."""
+    from scipy.ndimage import maximum_filter
+
+    m = (h == maximum_filter(h, size=5, mode="constant")) & (h >= floor)
+    ys, xs = np.nonzero(m)
+    return sorted(zip(xs.tolist(), ys.tolist()), key=lambda p: p[1])
+
+
+def decode_levels(hm: np.ndarray) -> np.ndarray:
+    """(10, 3) disc and canal points (x, y, height; heatmap pixels) read together from (10, H, W) heatmaps.
+
+    Each level's disc is its own channel's peak while the five lie in order, top to bottom, with no other disc
+    between them. Otherwise (a channel has taken the disc above its own, as another scanner's contrast makes
+    some do) the discs are counted up from the lowest, the rule the labels were made with: the lowest five peaks
+    of the five disc channels together are L5/S1 .. L1/L2. Each canal point is the highest canal response level
+    with its disc and up to 12 heatmap pixels behind it. Where fewer than five disc peaks stand out, each
+    channel is read alone.
+    """
+    from ..localize.heatmap import decode_heatmaps, refine_peak
+
+    own = decode_heatmaps(hm)
+    disc, canal = hm[:N].max(axis=0), hm[N:].max(axis=0)
+    peaks = _peaks(disc, DISC_PEAK_SHARE * float(disc.max()))
+    if len(peaks) < N:
+        return own
+    ys = own[:N, 1]
+    claimed = [(int(round(x)), int(round(y))) for x, y in own[:N, :2]]
+    between = [p for p in peaks if ys[0] < p[1] < ys[-1] and min(abs(p[0] - cx) + abs(p[1] - cy)
+                                                                  for cx, cy in claimed) > 2]
+    ordered = bool(np.all(np.diff(ys) > 2)) and not between
+    chosen = claimed if ordered else peaks[-N:]
+    out = np.zeros((2 * N, 3))
+    h, w = disc.shape
+    for li, (px, py) in enumerate(chosen):
+        out[li] = own[li] if ordered else refine_peak(disc, px, py)
+        up = (chosen[li - 1][1] + py) // 2 if li else max(0, py - (chosen[1][1] - chosen[0][1]) // 2)
+        down = (chosen[li + 1][1] + py) // 2 if li < N - 1 else min(h - 1, py + (py - chosen[li - 1][1]) // 2)
+        x0, x1 = max(0, px - 2), min(w, px + 13)
+        win = canal[up:max(up, down) + 1, x0:x1]
+        if not win.size:
+            out[N + li] = own[N + li]
+            continue
+        cy, cx = divmod(int(np.argmax(win)), win.shape[1])
+        out[N + li] = refine_peak(canal, x0 + cx, up + cy)
+    return out
+
+
 def _image_size(path: Path) -> tuple[int, int]:
     from PIL import Image
 
@@ -211,6 +260,11 @@ class CanalTask(SliceTask):
 
     def read(self, folder):
         return read_canal_slices(folder)
+
+    decode_together = True
+
+    def decode(self, heatmaps):
+        return decode_levels(heatmaps)
 
     def row_channels(self, level: str) -> tuple[int, ...]:
         li = vocab.LEVELS.index(level)

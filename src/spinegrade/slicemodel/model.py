@@ -127,18 +127,32 @@ class SliceModel:
         return ""
 
     def localize(self, img: np.ndarray, rows: int, cols: int) -> np.ndarray:
-        """(C, 3): per channel of the task the landmark's (x, y) in `img` pixels and the mean peak height (0..1)."""
+        """(C, 3): per channel of the task the landmark's (x, y) in `img` pixels and the mean peak height (0..1).
+
+        A task that reads its channels together (`decode_together`: the canal's ordered levels) decodes the
+        members' mean heatmaps; otherwise each member's peaks are decoded and their positions averaged.
+        """
         img01 = normalise_intensity(img)
-        out = []
+        out, maps = [], []
         for m in self.members:
             frame = Frame(rows, cols, img.shape, m.lspec.input_size)
             x = zscore_numpy(warp_numpy(img01, [letterbox_affine(frame)], m.lspec.input_size))
             hm = sigmoid(m.localizer(x))[0]
-            dec = decode_heatmaps(hm)
-            bx, by = heatmap_to_box(dec[:, 0]), heatmap_to_box(dec[:, 1])
-            sx, sy = frame.original_to_stored(*frame.box_to_original(bx, by))
-            out.append(np.stack([sx, sy, dec[:, 2]], axis=1))
+            maps.append((frame, hm))
+            if not self.task.decode_together:
+                out.append(self._to_stored(frame, decode_heatmaps(hm)))
+        if self.task.decode_together:
+            frame, first = maps[0]
+            same = [hm for f, hm in maps if hm.shape == first.shape]
+            return self._to_stored(frame, self.task.decode(np.mean(same, axis=0)))
         return np.median(np.stack(out), axis=0) if len(out) > 2 else np.mean(np.stack(out), axis=0)
+
+    @staticmethod
+    def _to_stored(frame: Frame, dec: np.ndarray) -> np.ndarray:
+        """Decoded heatmap peaks (x, y, height) -> (x, y) in the stored image's pixels, and the height."""
+        bx, by = heatmap_to_box(dec[:, 0]), heatmap_to_box(dec[:, 1])
+        sx, sy = frame.original_to_stored(*frame.box_to_original(bx, by))
+        return np.stack([sx, sy, dec[:, 2]], axis=1)
 
     def localize_many(self, imgs: list[np.ndarray], rows: int, cols: int) -> np.ndarray:
         """(N, C, 3) for N slices of one series."""

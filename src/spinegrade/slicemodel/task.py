@@ -55,6 +55,14 @@ class SliceTask:
     def read(self, folder: str | Path) -> PointSlices:
         raise NotImplementedError
 
+    decode_together = False  # True: `decode` reads all channels at once (else each channel's peak alone)
+
+    def decode(self, heatmaps: np.ndarray) -> np.ndarray:
+        """(C, 3) peaks (x, y, height) in heatmap pixels from (C, H, W) heatmaps (with `decode_together`)."""
+        from ..localize.heatmap import decode_heatmaps
+
+        return decode_heatmaps(heatmaps)
+
     def row_channels(self, level: str) -> tuple[int, ...]:
         """The localiser channels of a grade row: the first is where its crop is centred."""
         return (vocab.LEVELS.index(level),)
