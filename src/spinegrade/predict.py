@@ -110,7 +110,7 @@ CANAL_POINTS = ("run", "bundled")  # who places the canal points when a study ru
 
 def _foramina_model_path(model: Path | str) -> Path | None:
     """The foramen model that `model` is or includes (a run, a folder of runs, a bundled name), else None."""
-    from .slicemodel.model import BUNDLED_DIR, is_member
+    from .slicemodel.bundled import BUNDLED_DIR, is_member
 
     p = Path(model)
     if p.is_dir():
@@ -140,7 +140,8 @@ class Predictor:
 
     def __post_init__(self) -> None:
         from .runtime import runtime
-        from .slicemodel.model import SliceModel, bundled_models, default_bundled
+        from .slicemodel.bundled import bundled_models, default_bundled
+        from .slicemodel.model import SliceModel
 
         if self.canal_points not in CANAL_POINTS:
             raise DataError(f"canal points from {self.canal_points!r}: expected one of {', '.join(CANAL_POINTS)}")

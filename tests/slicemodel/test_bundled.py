@@ -10,7 +10,8 @@ import pytest
 
 from spinegrade import vocab
 from spinegrade.predict import predict
-from spinegrade.slicemodel.model import BUNDLED_DIR, SliceModel, bundled_models
+from spinegrade.slicemodel.bundled import BUNDLED_DIR, bundled_models
+from spinegrade.slicemodel.model import SliceModel
 
 NAME = "foramina-sagt1-v1"
 HELD_OUT_DICOM = {"100206310", "1002894806"}
@@ -47,3 +48,109 @@ def test_predict_with_the_bundled_model_on_the_real_studies(real_rsna, tmp_path)
     html = (out / "report.html").read_text()
     assert f"by {NAME}" in html and "Sagittal T1" in html
 
+
+
+CANAL_NAME = "canal-sagt2-v1"
+
+
+def test_info_lists_each_bundled_model_on_its_own_line():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "spinegrade", "info"], capture_output=True, text=True, check=True).stdout
+    lines = [ln for ln in out.splitlines() if "bundled" in ln and (NAME in ln or CANAL_NAME in ln)]
+    assert len(lines) == 2
+    fora = next(ln for ln in lines if NAME in ln)
+    canal = next(ln for ln in lines if CANAL_NAME in ln)
+    assert "left_neural_foraminal_narrowing" in fora and "0.519" in fora and "non-commercial" in fora
+    assert "canal" in canal and "AUC" in canal and "CC BY 4.0" in canal
+
+
+@pytest.mark.realdata
+def test_a_newcomers_predict_needs_no_model(real_rsna, tmp_path):
+    """`spinegrade predict STUDY --out OUT` with no --model: the bundled models grade and place what they can,
+    the prior answers the rest and says so; the canal points come from the bundled Sagittal T2 model and land
+    where the radiologists put theirs."""
+    from spinegrade.evaluate.study import canal_point_table
+    from spinegrade.predict import Predictor, find_studies
+
+    out = tmp_path / "pred"
+    r = predict(real_rsna, None, out, device="cpu", log=lambda *_: None, report=True, dicom_sr=True)
+    assert r["studies"] == 2 and CANAL_NAME in r["models"] and NAME in r["models"]
+    sub = pd.read_csv(out / "submission.csv")
+    assert len(sub) == 50
+    doc = json.loads((out / "predictions.json").read_text())
+    assert doc["model"]["canal"]["name"] == CANAL_NAME and doc["model"]["foramina"]["name"] == NAME
+    for s in doc["studies"]:
+        by_family = {}
+        for f in s["findings"]:
+            by_family.setdefault(vocab.CONDITION_BY_KEY[f["condition"]].family, []).append(f)
+        assert all(f["source"] == "model" and f["model"] == NAME for f in by_family[vocab.FORAMINAL])
+        for fam in (vocab.SPINAL, vocab.SUBARTICULAR):
+            assert all(f["source"] == "prior" and "prior" in f["note"] for f in by_family[fam])
+        canal = [p for p in s["points"] if p["condition"] == vocab.CANAL and p["role"] == vocab.SAGITTAL_T2]
+        assert len(canal) == 5 and all(p["source"] == f"localizer:{CANAL_NAME}" for p in canal)
+        axial = [p for p in s["points"] if p["condition"] == vocab.CANAL and p["role"] == vocab.AXIAL_T2]
+        assert axial and all(p["source"] == "projection" for p in axial)  # the canal points pick the axial slices
+        obs = s["observations"]
+        assert [o["level"] for o in obs] == list(vocab.LEVELS)
+        assert all(0 <= o["probability"] <= 1 and o["model"] == CANAL_NAME and "not an RSNA grade" in o["note"]
+                   for o in obs)
+    html = (out / "report.html").read_text()
+    assert "not graded on the RSNA scale" in html and "no model trained on real images" in html
+    import pydicom
+
+    sr = pydicom.dcmread(next(out.glob("*_sr.dcm")))
+    text = str(sr)
+    assert "Prior: not graded by a model" in text and "Canal stenosis yes/no" in text
+    # the acceptance figure: at least 9 of the 10 canal points within 5 mm in plane and 1 instance
+    coords = pd.read_csv(real_rsna / "train_label_coordinates.csv")
+    pr = Predictor(None)
+    rows = []
+    for job in find_studies(real_rsna):
+        study = pr.read(job.path, job.descriptions, job.study_id)
+        rows += canal_point_table(pr.predict_loaded(study), study, coords[coords["study_id"].astype(str) == job.study_id])
+    t = pd.DataFrame(rows)
+    assert len(t) == 10
+    ok = (t["in_plane_mm"] <= 5) & (t["instances_off"].abs() <= 1)
+    assert ok.sum() >= 9, t.to_string()
+
+
+def test_serve_and_listen_without_a_model_use_the_bundled_models():
+    from spinegrade.node import listen
+    from spinegrade.serve.app import model_predictor
+
+    assert callable(model_predictor())  # serve: no model named is no error
+    listen._worker_init("", "cpu")  # a grader process of `listen` started without --model
+    try:
+        pred = listen._WORKER["predictor"]
+        assert listen._WORKER["error"] == ""
+        assert pred.canal_model.name == CANAL_NAME and pred.foramina_model.name == NAME and pred.grader is None
+    finally:
+        listen._WORKER.clear()
+
+
+def test_a_run_takes_its_canal_points_from_the_bundled_model_when_told(tiny_run, synth_cohort, tmp_path):
+    from spinegrade.predict import Predictor, find_studies
+
+    job = find_studies(synth_cohort)[0]
+    own = Predictor(tiny_run)
+    bundled = Predictor(tiny_run, canal_points="bundled")
+    study = own.read(job.path, job.descriptions, job.study_id)
+    a, b = own.predict_loaded(study), bundled.predict_loaded(study)
+
+    def canal(res, role):
+        return [p for p in res.points if p.condition == vocab.CANAL and p.role == role]
+
+    assert {p.source for p in canal(a, vocab.SAGITTAL_T2)} == {"localizer"}
+    assert {p.source for p in canal(b, vocab.SAGITTAL_T2)} == {f"localizer:{CANAL_NAME}"}
+    assert len(canal(b, vocab.SAGITTAL_T2)) == 5 and len(b.observations) == 5
+    # the axial slice of each level follows the points that were placed
+    for res in (a, b):
+        t2 = {p.level: p for p in canal(res, vocab.SAGITTAL_T2)}
+        for p in canal(res, vocab.AXIAL_T2):
+            s = study.get(p.series_id)
+            k, _ = s.geometry.nearest_slice(np.asarray(t2[p.level].patient))
+            assert p.slice_index == k
+    with pytest.raises(Exception, match="canal points from"):
+        Predictor(tiny_run, canal_points="elsewhere")

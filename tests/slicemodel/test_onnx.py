@@ -13,7 +13,8 @@ import pytest
 from spinegrade import vocab
 from spinegrade.predict import predict
 from spinegrade.runtime import BACKEND_ENV, onnx_path, runtime
-from spinegrade.slicemodel.model import BUNDLED_DIR, GRADER, LOCALIZER, SliceModel, bundled_models
+from spinegrade.slicemodel.bundled import BUNDLED_DIR, GRADER, LOCALIZER, bundled_models
+from spinegrade.slicemodel.model import SliceModel
 
 pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")

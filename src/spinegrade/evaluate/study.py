@@ -97,7 +97,7 @@ def localisation_errors(results, study_coords: dict, cache) -> dict:
         located = [(r, study.locate_row(r)) for r in c.itertuples(index=False)]
         located = [(r, loc) for r, loc in located if loc is not None]
         for r, loc in located:
-            s, gt, k = loc.series, loc.patient, loc.slice_index
+            s = loc.series
             cands = [p for p in res.points if p.condition == r.condition and p.level == r.level and p.role == s.role]
             fam = vocab.CONDITION_BY_KEY[r.condition].family
             if not cands:

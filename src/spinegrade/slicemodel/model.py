@@ -19,16 +19,7 @@ import numpy as np
 from ..errors import DataError
 from ..localize.heatmap import decode_heatmaps
 from ..runtime import Runtime, runtime, sigmoid, softmax
-from .bundled import (
-    BUNDLED_DIR,
-    GRADER,
-    LOCALIZER,
-    bundle_info,
-    bundled_models,
-    default_bundled,
-    is_member,
-    resolve_model_path,
-)
+from .bundled import BUNDLED_DIR, GRADER, LOCALIZER, is_member, resolve_model_path
 from .data import Frame, normalise_intensity
 from .grader import GraderSpec, crop_batch
 from .localizer import LocalizerSpec, heatmap_to_box
