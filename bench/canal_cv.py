@@ -5,7 +5,7 @@ Each fold: `train --slices` (the canal task's default recipe) on the other folds
 scored: disc-centre error (px of the 384 px slice), levels right (the predicted disc nearest its own level's
 disc), canal-point error where a stenosis box marks it, stenosis AUC per level, on the localiser's points and
 (AUC) on the true disc centres. Runs resume where they stopped when started again with the same --out. Prints
-the table and writes <out>/canal_cv.csv.
+the table and writes <out>/canal_cv.csv; `--rescore` scores trained folds again with the current inference code.
 
     nice python bench/canal_cv.py [--out /tmp/canal_cv] [--run-folds 0 1] [--device cpu]
 """
@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from spinegrade import vocab
-from spinegrade.slicemodel.pipeline import slice_config, train_slices
+from spinegrade.slicemodel.pipeline import rescore_heldout, slice_config, train_slices
 
 SET = Path(__file__).resolve().parents[2] / "shared/realdata/sudirman_sagT2_discs_yolospine"
 
@@ -45,6 +45,8 @@ def main() -> None:
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--run-folds", type=int, nargs="*", default=None, help="only these folds (default: all)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--rescore", action="store_true",
+                    help="score trained folds' held-out patients again with the inference code as it is now")
     a = ap.parse_args()
     if not a.set.is_dir():
         raise SystemExit(f"{a.set}: the shared Sagittal T2 set is missing (put ../shared/realdata beside the repository)")
@@ -56,6 +58,8 @@ def main() -> None:
             cfg = slice_config(a.set, folds=a.folds, val_fold=k, device=a.device)
             train_slices(cfg, run, resume=(run / "config.json").exists(), log=lambda m, k=k: print(f"[fold {k}] {m}"))
             print(f"[fold {k}] {time.time() - t0:.0f} s")
+        elif a.rescore:
+            rescore_heldout(run, log=lambda m, k=k: print(f"[fold {k}] {m}"))
         rows.append(fold_row(run, k))
     df = pd.DataFrame(rows)
     mean = df.mean(numeric_only=True).to_frame().T.assign(fold="mean")

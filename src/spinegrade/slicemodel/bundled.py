@@ -59,10 +59,12 @@ def is_member(path: Path) -> bool:
 
 def pack_run(run: Path, out: Path, extra: tuple[str, ...] = ("calibration.json", "split.csv")) -> None:
     """Copy a trained run's two networks into a bundled model folder (float weights halved, run-local paths
-    dropped) with its `extra` files. Needs torch (a train install)."""
+    dropped, each exported to ONNX beside it) with its `extra` files. Needs torch (a train install)."""
     import shutil
 
     import torch
+
+    from ..export import export_run
 
     out.mkdir(parents=True, exist_ok=True)
     for name in (LOCALIZER, GRADER):
@@ -73,3 +75,4 @@ def pack_run(run: Path, out: Path, extra: tuple[str, ...] = ("calibration.json",
         torch.save(ck, out / name / "best.pt")
     for name in extra:
         shutil.copy(run / name, out / name)
+    export_run(out)

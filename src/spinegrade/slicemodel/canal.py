@@ -169,12 +169,26 @@ def read_canal_slices(folder: str | Path, check_files: bool = True) -> PointSlic
 
 
 def _peaks(h: np.ndarray, floor: float) -> list[tuple[int, int]]:
-    """Local maxima (x, y) of a heatmap at or above `floor`, top to bottom."""
+    """Local maxima (x, y) of a heatmap at or above `floor`, top to bottom, one per disc: two maxima closer than
+    half the median gap between neighbours are one disc (a vertebral body lies between two discs), the
+    higher kept."""
     from scipy.ndimage import maximum_filter
 
     m = (h == maximum_filter(h, size=5, mode="constant")) & (h >= floor)
     ys, xs = np.nonzero(m)
-    return sorted(zip(xs.tolist(), ys.tolist()), key=lambda p: p[1])
+    peaks = sorted(zip(xs.tolist(), ys.tolist()), key=lambda p: p[1])
+    if len(peaks) < 3:
+        return peaks
+    gap = float(np.median(np.diff([y for _, y in peaks])))
+    out = [peaks[0]]
+    for p in peaks[1:]:
+        q = out[-1]
+        if np.hypot(p[0] - q[0], p[1] - q[1]) < gap / 2:
+            if h[p[1], p[0]] > h[q[1], q[0]]:
+                out[-1] = p
+        else:
+            out.append(p)
+    return out
 
 
 def decode_levels(hm: np.ndarray) -> np.ndarray:

@@ -355,6 +355,25 @@ def train_slices(cfg: SliceConfig, out: str | Path, resume: bool = False, log=pr
     return summary
 
 
+def rescore_heldout(run: str | Path, log=print) -> dict:
+    """Score a trained run's held-out fold again with the inference code as it is now (after a change to how
+    points are decoded, say); rewrites heldout/ and the summary's figures. The networks are not touched."""
+    run = Path(run)
+    cfg = SliceConfig.from_dict(json.loads((run / CONFIG).read_text()))
+    ps = task_by_name(cfg.task).read(cfg.slices)
+    split = pd.read_csv(run / SPLIT, dtype={"study_id": str})
+    by_role = {r: ps.subset_studies(split.loc[split["role"] == r, "study_id"]) for r in ("train", "test")}
+    if not len(by_role["test"]):
+        raise DataError(f"{run}: trained without a held-out fold: nothing to score")
+    images = load_images(by_role["test"])
+    res = score_heldout(run, by_role["test"], by_role["train"], images, log)
+    p = run / "summary.json"
+    summary = json.loads(p.read_text()) if p.is_file() else {}
+    summary["heldout"] = res
+    atomic_write_text(p, json.dumps(summary, indent=1))
+    return res
+
+
 def score_heldout(run: Path, test_ps: PointSlices, train_ps: PointSlices, images, log) -> dict:
     """The held-out fold scored three ways: predicted points (honest), true points (oracle), without TTA."""
     model = SliceModel.load(run)
