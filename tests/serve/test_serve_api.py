@@ -205,5 +205,7 @@ def test_serve_binds_this_machine_unless_told(tmp_path):
 
     a = cli.build_parser().parse_args(["serve", "--labels", str(tmp_path)])
     assert a.host == "127.0.0.1" and a.max_upload_mb == 500
-    with pytest.raises(SystemExit):  # a model run or a labels folder is needed
-        cli.build_parser().parse_args(["serve"])
+    bare = cli.build_parser().parse_args(["serve"])  # no model named: the bundled models grade
+    assert bare.model is None and bare.labels is None and bare.host == "127.0.0.1"
+    with pytest.raises(SystemExit):  # a model and a labels folder exclude each other
+        cli.build_parser().parse_args(["serve", "--model", "x", "--labels", str(tmp_path)])

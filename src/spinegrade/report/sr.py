@@ -43,7 +43,7 @@ SOURCE_CODES: dict[str, tuple[str, str]] = {"model": ("GMODEL", "Graded by a mod
                                             "labels": ("GLABEL", "Ground-truth label")}
 # a yes/no finding outside the RSNA scale (see results.Observation)
 OBSERVATION_CODES: dict[str, tuple[str, str]] = {
-    "canal_stenosis_yes_no": ("SCSYN", "Canal stenosis yes/no (another cohort's finding; not an RSNA grade)")}
+    "canal_stenosis_yes_no": ("SCSYN", "Canal stenosis yes/no (other cohort; not an RSNA grade)")}
 OBSERVATION_PROBABILITY = ("PYES", "Probability of yes")
 _LEVEL_SITES = {  # pydicom codedict names of the SCT disc-level codes
     "l1_l2": "LevelOfL1L2IntervertebralDisc",

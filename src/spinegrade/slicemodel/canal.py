@@ -39,7 +39,8 @@ N = len(vocab.LEVELS)
 DISC_CHANNELS = tuple(f"disc_{lv}" for lv in vocab.LEVELS)
 CANAL_CHANNELS = tuple(f"canal_{lv}" for lv in vocab.LEVELS)
 OTHER_DISC = -1  # a landmark channel never learned: a disc above L1/L2
-DISC_PEAK_SHARE = 0.3  # a disc peak stands out at this share of the slice's highest disc response
+DISC_PEAK_SHARE = 0.5  # a disc peak is at least this share of the median of the levels' own peaks
+SPINE_BAND_PX = 6  # ... and this near (heatmap px) the line through them
 # The training slices' field of view: 384 px at about 0.8 mm (their README's estimate: 300-320 mm, resampled to
 # 384 px; the spacing is not given per slice). A DICOM slice is set on a canvas this wide before the model sees it.
 TRAINING_FOV_MM = 307.0
@@ -172,9 +173,11 @@ def _peaks(h: np.ndarray, floor: float) -> list[tuple[int, int]]:
     """Local maxima (x, y) of a heatmap at or above `floor`, top to bottom, one per disc: two maxima closer than
     half the median gap between neighbours are one disc (a vertebral body lies between two discs), the
     higher kept."""
-    from scipy.ndimage import maximum_filter
+    from numpy.lib.stride_tricks import sliding_window_view
 
-    m = (h == maximum_filter(h, size=5, mode="constant")) & (h >= floor)
+    # each pixel's 5 x 5 neighbourhood maximum (numpy: predicting imports no scipy)
+    around = sliding_window_view(np.pad(h, 2, constant_values=-np.inf), (5, 5)).max(axis=(-2, -1))
+    m = (h == around) & (h >= floor)
     ys, xs = np.nonzero(m)
     peaks = sorted(zip(xs.tolist(), ys.tolist()), key=lambda p: p[1])
     if len(peaks) < 3:
@@ -197,15 +200,19 @@ def decode_levels(hm: np.ndarray) -> np.ndarray:
     Each level's disc is its own channel's peak while the five lie in order, top to bottom, with no other disc
     between them. Otherwise (a channel has taken the disc above its own, as another scanner's contrast makes
     some do) the discs are counted up from the lowest, the rule the labels were made with: the lowest five peaks
-    of the five disc channels together are L5/S1 .. L1/L2. Each canal point is the highest canal response level
-    with its disc and up to 12 heatmap pixels behind it. Where fewer than five disc peaks stand out, each
+    of the five disc channels together are L5/S1 .. L1/L2 (a disc peak: at least half as high as the levels'
+    own peaks, on the spine, i.e. near the line through them). Each canal point is the highest canal response
+    level with its disc and up to 12 heatmap pixels behind it. Where fewer than five disc peaks stand out, each
     channel is read alone.
     """
     from ..localize.heatmap import decode_heatmaps, refine_peak
 
     own = decode_heatmaps(hm)
     disc, canal = hm[:N].max(axis=0), hm[N:].max(axis=0)
-    peaks = _peaks(disc, DISC_PEAK_SHARE * float(disc.max()))
+    # a disc peak: as high as half the levels' own peaks, on the spine (near the line through them)
+    a, b = np.polyfit(own[:N, 1], own[:N, 0], 1)
+    floor = DISC_PEAK_SHARE * float(np.median(own[:N, 2]))
+    peaks = [p for p in _peaks(disc, floor) if abs(p[0] - (a * p[1] + b)) <= SPINE_BAND_PX]
     if len(peaks) < N:
         return own
     ys = own[:N, 1]
