@@ -80,3 +80,5 @@ def test_a_small_field_of_view_is_set_on_the_training_canvas():
     assert (out[oy:oy + 3, ox:ox + 4] == img).all() and out.sum() == img.sum()
     same, off = _field_of_view(img, (1.0, 1.0), 2.0)  # already wider than asked: untouched
     assert same is img and off == (0, 0)
+    for bad in ((0.0, 1.0), (float("nan"), 1.0)):  # no usable spacing: untouched, no error
+        assert _field_of_view(img, bad, 300.0)[0] is img

@@ -94,6 +94,8 @@ def _field_of_view(img: np.ndarray, spacing: tuple[float, float], fov_mm: float)
     a model that learned whole slices of a given field of view then sees the anatomy at the size it learned.
     A larger field of view is left as it is."""
     h, w = img.shape
+    if not all(np.isfinite(s) and s > 0 for s in spacing):  # a header's spacing that is none: the slice as it is
+        return img, (0, 0)
     hh, ww = max(h, int(round(fov_mm / spacing[0]))), max(w, int(round(fov_mm / spacing[1])))
     if (hh, ww) == (h, w):
         return img, (0, 0)
