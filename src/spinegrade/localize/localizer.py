@@ -24,7 +24,8 @@ from .heatmap import decode_heatmaps, refine_peak
 LOCALIZER_DIR = "localizer"
 
 
-def _point(cond: str, level: str, s: Series, k: int, x: float, y: float, source: str) -> Point:
+def point_on_slice(cond: str, level: str, s: Series, k: int, x: float, y: float, source: str) -> Point:
+    """The point (x, y) of slice k of a series, with its patient coordinates and the slice's identifiers."""
     xyz = s.geometry.pixel_to_patient(k, x, y)
     return Point(condition=cond, level=level, series_id=s.series_id, role=s.role,
                  instance_number=int(s.instance_numbers[k]), slice_index=int(k), x=float(x), y=float(y),
@@ -59,7 +60,8 @@ def axial_projections(study: Study, canal: list[Point]) -> list[Point]:
     """The canal points carried to the axial slice of each level (what picks the axial slice a grader reads)."""
     axials = study.by_role(vocab.AXIAL_T2)
     centres = {p.level: np.asarray(p.patient) for p in canal if p.patient}
-    return [_point(vocab.CANAL, lv, s, k, x, y, "projection") for lv, s, k, x, y in axial_levels(axials, centres)]
+    return [point_on_slice(vocab.CANAL, lv, s, k, x, y, "projection")
+            for lv, s, k, x, y in axial_levels(axials, centres)]
 
 
 class Localizer:
@@ -105,7 +107,7 @@ class Localizer:
             pts = []
             for c, lv in enumerate(vocab.LEVELS):
                 x, y = inp.to_original(*decs[best][c, :2])
-                pts.append(_point(vocab.CANAL, lv, t2, k, x, y, "localizer"))
+                pts.append(point_on_slice(vocab.CANAL, lv, t2, k, x, y, "localizer"))
             return pts
 
         return np.stack([self._input(vocab.SAGITTAL_T2, inp.stack, k) for k in cands]), finish
@@ -166,7 +168,7 @@ class Localizer:
                         best = (j, dec)
                 k, dec = best
                 x, y = inp.to_original(*dec[:2])
-                pts.append(_point(vocab.condition_at(vocab.FORAMINAL, side), lv, t1, k, x, y, "localizer"))
+                pts.append(point_on_slice(vocab.condition_at(vocab.FORAMINAL, side), lv, t1, k, x, y, "localizer"))
             return pts
 
         return np.stack([self._input(vocab.SAGITTAL_T1, inp.stack, k) for k in slices]), finish
@@ -189,7 +191,7 @@ class Localizer:
             if k == p.slice_index or abs(k - p.slice_index) > 2:
                 out.append(p)
                 continue
-            out.append(_point(p.condition, p.level, t2, k, p.x, p.y, p.source))
+            out.append(point_on_slice(p.condition, p.level, t2, k, p.x, p.y, p.source))
         return out
 
     def _axial(self, axials: list[Series], centres: dict[str, np.ndarray]
@@ -208,12 +210,12 @@ class Localizer:
         def finish(hms: np.ndarray) -> list[Point]:
             pts = []
             for i, (lv, s, k, x, y) in enumerate(levels):
-                pts.append(_point(vocab.CANAL, lv, s, k, x, y, "projection"))
+                pts.append(point_on_slice(vocab.CANAL, lv, s, k, x, y, "projection"))
                 if graded:
                     inp, dec = inputs[s.series_id], decode_heatmaps(hms[i])
                     for c, cond in enumerate(vocab.FAMILY_CONDITIONS[vocab.SUBARTICULAR]):
                         xo, yo = inp.to_original(*dec[c, :2])
-                        pts.append(_point(cond, lv, s, k, xo, yo, "localizer"))
+                        pts.append(point_on_slice(cond, lv, s, k, xo, yo, "localizer"))
             return pts
 
         return (np.stack(images) if images else np.zeros((0,), np.float32)), finish

@@ -15,6 +15,7 @@ import numpy as np
 
 from .. import vocab
 from ..io.types import Series, Study
+from ..localize.localizer import point_on_slice
 from ..results import CANAL_STENOSIS_YES_NO, Finding, Observation, Point
 from .canal import TRAINING_FOV_MM
 from .model import SliceModel
@@ -81,12 +82,7 @@ def grade_foramina(model: SliceModel, study: Study, midline_x: float | None = No
 def _point_on(s: Series, k: int, cond: str, lv: str, x: float, y: float, fx: bool, fy: bool, source: str) -> Point:
     """A point found on the oriented slice k, back in the series' own pixel grid."""
     rows, cols = s.shape
-    px = cols - 1 - x if fx else x
-    py = rows - 1 - y if fy else y
-    xyz = s.geometry.pixel_to_patient(k, px, py)
-    return Point(condition=cond, level=lv, series_id=s.series_id, role=s.role, instance_number=int(s.instance_numbers[k]),
-                 slice_index=k, x=float(px), y=float(py), patient=[float(v) for v in xyz],
-                 sop_instance_uid=s.sop_instance_uids[k] if k < len(s.sop_instance_uids) else "", source=source)
+    return point_on_slice(cond, lv, s, k, cols - 1 - x if fx else x, rows - 1 - y if fy else y, source)
 
 
 def _field_of_view(img: np.ndarray, spacing: tuple[float, float], fov_mm: float) -> tuple[np.ndarray, tuple[int, int]]:
