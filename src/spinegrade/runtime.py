@@ -144,7 +144,7 @@ class Runtime:
         """(network, description) of a checkpoint path (`.../best.pt`); the description is the checkpoint
         without its weights."""
         ckpt = Path(ckpt)
-        if self.backend == "torch":
+        if self.backend == "torch" and ckpt.is_file():
             from .train.checkpoint import load_model
 
             module, desc = load_model(ckpt, self.torch_device)
@@ -153,8 +153,9 @@ class Runtime:
         if not path.is_file():
             raise DataError(f"{path}: no exported network beside {ckpt.name} (in a train install: "
                             f"`spinegrade export --run RUN`)")
-        try:
-            net = OnnxNet(path, _providers(self.device), _threads())
+        try:  # (on the torch backend too where a model ships its networks only as ONNX, as bundled ones may)
+            net = OnnxNet(path, _providers(self.device) if self.backend == "onnx" else _torch_side_providers(self),
+                          _threads())
         except DataError:
             raise
         except Exception as e:  # onnxruntime raises its own types for a damaged file
@@ -163,6 +164,15 @@ class Runtime:
             return net, net.description()
         except DataError as e:
             raise DataError(f"{path}: {e}") from None
+
+
+def _torch_side_providers(rt: Runtime) -> list:
+    """ONNX Runtime's providers for an ONNX-only network on the torch backend: its device's where ONNX Runtime
+    has them, else the CPU."""
+    try:
+        return _providers(rt.device)
+    except DataError:
+        return _providers("cpu")
 
 
 def runtime(device="cpu", backend: str | None = None) -> Runtime:

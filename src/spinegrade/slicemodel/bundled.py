@@ -21,7 +21,9 @@ BUNDLE = "bundle.json"  # a bundled model's description, read without torch: tas
 
 def bundled_models() -> list[str]:
     """Names of the models shipped inside the package."""
-    return sorted(p.name for p in BUNDLED_DIR.iterdir() if (p / LOCALIZER).is_dir()) if BUNDLED_DIR.is_dir() else []
+    if not BUNDLED_DIR.is_dir():
+        return []
+    return sorted(p.name for p in BUNDLED_DIR.iterdir() if (p / LOCALIZER).is_dir() or (p / BUNDLE).is_file())
 
 
 def bundle_info(name: str) -> dict:
@@ -57,9 +59,11 @@ def is_member(path: Path) -> bool:
     return has_network(path / LOCALIZER / "best.pt") and has_network(path / GRADER / "best.pt")
 
 
-def pack_run(run: Path, out: Path, extra: tuple[str, ...] = ("calibration.json", "split.csv")) -> None:
+def pack_run(run: Path, out: Path, extra: tuple[str, ...] = ("calibration.json", "split.csv"),
+             onnx_only: bool = False) -> None:
     """Copy a trained run's two networks into a bundled model folder (float weights halved, run-local paths
-    dropped, each exported to ONNX beside it) with its `extra` files. Needs torch (a train install)."""
+    dropped, each exported to ONNX beside it; with `onnx_only` the ONNX alone is kept, half the size) with its
+    `extra` files. Needs torch (a train install)."""
     import shutil
 
     import torch
@@ -76,3 +80,6 @@ def pack_run(run: Path, out: Path, extra: tuple[str, ...] = ("calibration.json",
     for name in extra:
         shutil.copy(run / name, out / name)
     export_run(out)
+    if onnx_only:
+        for name in (LOCALIZER, GRADER):
+            (out / name / "best.pt").unlink()

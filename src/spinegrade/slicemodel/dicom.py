@@ -70,12 +70,17 @@ def grade_foramina(model: SliceModel, study: Study, midline_x: float | None = No
         for li, lv in enumerate(vocab.LEVELS):
             k = int(cand[np.argmax(loc[cand, li, 2])])
             asks.setdefault(k, []).append((cond, lv, float(loc[k, li, 0]), float(loc[k, li, 1])))
+    graded, member_probs = [], []
     for k, ask in asks.items():
-        probs = model.grade(imgs[k], rows, cols, ask)
-        for (cond, lv, x, y), p in zip(ask, probs):
+        member_probs.append(model.grade(imgs[k], rows, cols, ask, per_member=True))
+        for cond, lv, x, y in ask:
             # back to the series' own pixel grid (the model answers in the labels' pixel-index convention)
             points.append(_point_on(t1, k, cond, lv, x, y, fx, fy, f"localizer:{model.name}"))
-            findings.append(Finding(cond, lv, [float(v) for v in p / p.sum()], "model", model=model.name))
+            graded.append((cond, lv))
+    if graded:  # the study's foramina read together where the model has a study-level stage
+        probs = model.finish_study(graded, np.concatenate(member_probs, axis=1))
+        findings = [Finding(c, lv, [float(v) for v in p / p.sum()], "model", model=model.name)
+                    for (c, lv), p in zip(graded, probs)]
     return points, findings, notes
 
 

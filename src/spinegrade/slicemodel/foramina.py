@@ -206,6 +206,7 @@ def score_rows(ps: PointSlices, pred: pd.DataFrame, train_ps: PointSlices | None
 class ForaminaTask(SliceTask):
     name = "foramina"
     folder_kind = "foramen slice folder (slices.csv + points.csv)"
+    stage_conditions = FORAMINAL
 
     def is_folder(self, folder: Path) -> bool:
         return (Path(folder) / SLICES_CSV).is_file() and (Path(folder) / POINTS_CSV).is_file()

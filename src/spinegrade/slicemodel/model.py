@@ -23,6 +23,7 @@ from .bundled import BUNDLED_DIR, GRADER, LOCALIZER, is_member, resolve_model_pa
 from .data import Frame, normalise_intensity
 from .grader import GraderSpec, crop_batch
 from .localizer import LocalizerSpec, heatmap_to_box
+from .study import StudyStage, find_stage
 from .task import SliceTask, task_of_kind
 from .warp import letterbox_affine, warp_numpy, zscore_numpy
 
@@ -85,6 +86,7 @@ class SliceModel:
             raise DataError(f"{name}: its members are of different tasks ({', '.join(sorted(tasks))})")
         self.members, self.name, self.runtime = members, name, runtime(device)
         self.task = members[0].task
+        self.stage: StudyStage | None = None  # the study-level stage, where the model folder holds one
 
     @classmethod
     def load(cls, name_or_path: str | Path, device="cpu", task: str | None = None) -> SliceModel:
@@ -95,6 +97,7 @@ class SliceModel:
         name = path.name if path.parent == BUNDLED_DIR else str(path)
         rt = runtime(device)
         model = cls([Member.load(d, rt) for d in dirs], name, rt)
+        model.stage = find_stage(path)
         if task is not None and model.task.name != task:
             raise DataError(f"{name_or_path}: a {model.task.name} model, not a {task} model")
         return model
@@ -150,19 +153,20 @@ class SliceModel:
         return np.stack([self.localize(im, rows, cols) for im in imgs])
 
     def grade(self, img: np.ndarray, rows: int, cols: int, asks: list[tuple[str, str, float, float]],
-              tta: bool = True) -> np.ndarray:
-        """(N, classes) probabilities for N (condition, level, x, y) asks on one slice, x, y in `img` pixels."""
+              tta: bool = True, per_member: bool = False) -> np.ndarray:
+        """(N, classes) probabilities for N (condition, level, x, y) asks on one slice, x, y in `img` pixels: the
+        members' mean, or with `per_member` each member's (M, N, classes), for `finish_study`."""
         from ..inputs import condition_vector
 
         if not asks:
-            return np.zeros((0, len(self.task.classes)))
+            return np.zeros((len(self.members), 0, len(self.task.classes)) if per_member else (0, len(self.task.classes)))
         img01 = normalise_intensity(img)
         shifts = TTA_SHIFTS if tta else ((0.0, 0.0),)
         zooms = TTA_ZOOMS if tta else (1.0,)
         views = [(s, z) for s in shifts for z in zooms]
         cond = np.stack([condition_vector(c, lv) for c, lv, _, _ in asks]).astype(np.float32)
-        probs = np.zeros((len(asks), len(self.task.classes)))
-        for m in self.members:
+        probs = np.zeros((len(self.members), len(asks), len(self.task.classes)))
+        for i, m in enumerate(self.members):
             frame = Frame(rows, cols, img.shape, m.gspec.crop_px)
             side = max(rows, cols)
             centres, zs = [], []
@@ -174,5 +178,13 @@ class SliceModel:
             crops = crop_batch(img01, frame, m.gspec, centres, zooms=np.asarray(zs))
             logits = m.grader(crops, np.repeat(cond, len(views), axis=0))
             p = softmax(logits / np.float32(m.temperature), axis=1).reshape(len(asks), len(views), -1)
-            probs += p.mean(axis=1)
-        return probs / len(self.members)
+            probs[i] = p.mean(axis=1)
+        return probs if per_member else probs.mean(axis=0)
+
+    def finish_study(self, rows: list[tuple[str, str]], member_probs: np.ndarray) -> np.ndarray:
+        """One study's graded rows ((condition, level) each) and each member's probabilities (M, N, classes) ->
+        the final (N, classes): the study-level stage applied to each member's answers, then averaged (without
+        a stage, the members' mean)."""
+        if self.stage is None or not len(rows):
+            return member_probs.mean(axis=0)
+        return np.mean([self.stage.apply_rows(rows, p) for p in member_probs], axis=0)

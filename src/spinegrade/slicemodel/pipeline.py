@@ -273,34 +273,36 @@ def _written(task: SliceTask, pred: pd.DataFrame) -> pd.DataFrame:
 
 def _predict(model: SliceModel, ps: PointSlices, images, tta: bool, true_points: bool, log
              ) -> tuple[list[dict], np.ndarray]:
-    """predict_rows' rows (in `ps.points` order) and their probabilities (N, classes)."""
+    """predict_rows' rows (in `ps.points` order) and their probabilities (N, classes). Each slice's rows are
+    graded on it; a model with a study-level stage then reads each study's rows together."""
     from .data import read_gray
 
     task = model.task
-    out, probs_all = [], np.zeros((len(ps.points), len(task.classes)))
+    n_rows = len(ps.points)
+    member_probs = np.zeros((len(model.members), n_rows, len(task.classes)))
+    xys: list = [None] * n_rows
     pts = ps.points.reset_index(drop=True)
     groups = pts.groupby("path", sort=False)
     for n, (path, rows) in enumerate(groups):
         img = images[path] if images is not None else read_gray(ps.root / path)
         frame = ps.frame(path, 0, img.shape)
         loc = model.localize(img, frame.rows, frame.cols)
-        asks, xys = [], []
-        for r in rows.itertuples(index=False):
-            chans = task.row_channels(r.level)
-            xy = [(float(loc[c, 0]), float(loc[c, 1])) for c in chans]
+        asks = []
+        for r, idx in zip(rows.itertuples(index=False), rows.index):
+            xy = [(float(loc[c, 0]), float(loc[c, 1])) for c in task.row_channels(r.level)]
             if true_points:
                 xy[0] = (float(r.x), float(r.y))
             asks.append((r.condition, r.level, *xy[0]))
-            xys.append(xy)
-        probs = model.grade(img, frame.rows, frame.cols, asks, tta=tta)
-        for (c, lv, _, _), p, xy, idx in zip(asks, probs, xys, rows.index):
-            probs_all[idx] = p
-            out.append({"_i": idx, "path": path, "condition": c, "level": lv, **task.prediction_row(p, xy)})
+            xys[idx] = xy
+        member_probs[:, rows.index] = model.grade(img, frame.rows, frame.cols, asks, tta=tta, per_member=True)
         if log and (n + 1) % 500 == 0:
             log(f"predicted {n + 1}/{groups.ngroups} slices")
-    out.sort(key=lambda r: r["_i"])
-    for r in out:
-        del r["_i"]
+    probs_all = np.zeros((n_rows, len(task.classes)))
+    for _, rows in pts.groupby("study_id", sort=False):
+        ix = rows.index.to_numpy()
+        probs_all[ix] = model.finish_study(list(zip(rows["condition"], rows["level"])), member_probs[:, ix])
+    out = [{"path": r.path, "condition": r.condition, "level": r.level, **task.prediction_row(p, xy)}
+           for r, p, xy in zip(pts.itertuples(index=False), probs_all, xys)]
     return out, probs_all
 
 
@@ -418,8 +420,47 @@ def train_all_folds(cfg: SliceConfig, out: str | Path, resume: bool = False, log
     df = pd.DataFrame(rows)
     write_csv_atomic(df, out / "cv.csv")
     summary = {"task": task.name, "folds": rows, "mean": df.mean(numeric_only=True).to_dict()}
+    if task.stage_conditions:
+        summary["study_stage"] = fit_study_stage(out, cfg, log)
     atomic_write_text(out / "cv.json", json.dumps(summary, indent=1))
     return summary
+
+
+def out_of_fold_rows(folds_dir: str | Path, slices: str | Path) -> pd.DataFrame:
+    """Every fold run's held-out predictions (`fold<K>/heldout/predictions.csv`: each model on the studies it
+    never saw), with their fold, study and true grade from the slice folder."""
+    folds_dir = Path(folds_dir)
+    ps = task_of_folder(slices).read(slices)
+    truth = ps.points[["path", "study_id", "condition", "level", "label"]]
+    parts = []
+    for run in sorted(folds_dir.glob("fold*")):
+        f = run / "heldout" / PREDICTIONS
+        if not f.is_file():
+            raise DataError(f"{run}: no held-out predictions ({f.name}): train that fold first")
+        pred = pd.read_csv(f, dtype={"path": str})
+        parts.append(pred.merge(truth, on=["path", "condition", "level"], how="left", validate="one_to_one")
+                     .assign(fold=int(run.name[4:])))
+    if not parts:
+        raise DataError(f"{folds_dir}: holds no fold<K> runs")
+    return pd.concat(parts, ignore_index=True)
+
+
+def fit_study_stage(folds_dir: str | Path, cfg: SliceConfig, log=print) -> dict:
+    """The study-level stage of a folder of fold runs, fitted on their out-of-fold predictions only, saved
+    beside them (`study_stage.json`: `SliceModel.load` of the folder applies it), and measured fold by fold
+    with a stage refitted without the fold it scores. Returns the measurement."""
+    from .study import STAGE_FILE, fit_stage, grid_of, stage_cv
+
+    task = task_by_name(cfg.task)
+    rows = out_of_fold_rows(folds_dir, cfg.slices)
+    conds, levels = task.stage_conditions, tuple(vocab.LEVELS)
+    cv = stage_cv(rows, conds, levels)
+    stage = fit_stage(*grid_of(rows, conds, levels)[:3], conds, levels)
+    stage.save(Path(folds_dir) / STAGE_FILE)
+    f = pd.DataFrame(cv["folds"])
+    log(f"study-level stage on {rows['study_id'].nunique()} studies' out-of-fold predictions: weighted log loss "
+        f"{f['first_stage'].mean():.3f} -> {f['study'].mean():.3f} (per-level calibration alone {f['own'].mean():.3f})")
+    return cv
 
 
 def evaluate_slices(run: str | Path, slices: str | Path, out: str | Path, all_rows: bool = False,

@@ -36,6 +36,8 @@ class SliceTask:
     grader_defaults: dict = {}
     localizer_loop_defaults: dict = {}
     grader_loop_defaults: dict = {}
+    # the conditions a study-level stage reads together (each at every level; `study.py`); () for none
+    stage_conditions: tuple[str, ...] = ()
 
     @property
     def localizer_kind(self) -> str:
