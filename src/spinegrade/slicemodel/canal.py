@@ -41,6 +41,9 @@ CANAL_CHANNELS = tuple(f"canal_{lv}" for lv in vocab.LEVELS)
 OTHER_DISC = -1  # a landmark channel never learned: a disc above L1/L2
 DISC_PEAK_SHARE = 0.5  # a disc peak is at least this share of the median of the levels' own peaks
 SPINE_BAND_PX = 6  # ... and this near (heatmap px) the line through them
+# Below L5/S1 a disc peak closer to the one above than this share of the median gap between the peaks above it is
+# the rudimentary S1/S2 disc of the sacrum (its segments are shorter than a lumbar level), not L5/S1.
+SACRAL_GAP_SHARE = 0.75
 # The training slices' field of view: 384 px at about 0.8 mm (their README's estimate: 300-320 mm, resampled to
 # 384 px; the spacing is not given per slice). A DICOM slice is set on a canvas this wide before the model sees it.
 TRAINING_FOV_MM = 307.0
@@ -215,6 +218,9 @@ def decode_levels(hm: np.ndarray) -> np.ndarray:
     peaks = [p for p in _peaks(disc, floor) if abs(p[0] - (a * p[1] + b)) <= SPINE_BAND_PX]
     if len(peaks) < N:
         return own
+    gaps = np.diff([p[1] for p in peaks])
+    if len(peaks) > N and gaps[-1] < SACRAL_GAP_SHARE * float(np.median(gaps[:-1])):
+        peaks = peaks[:-1]  # the lowest is a sacral segment's disc (S1/S2), closer to L5/S1 than a lumbar level
     ys = own[:N, 1]
     claimed = [(int(round(x)), int(round(y))) for x, y in own[:N, :2]]
     between = [p for p in peaks if ys[0] < p[1] < ys[-1] and min(abs(p[0] - cx) + abs(p[1] - cy)
