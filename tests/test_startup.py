@@ -24,8 +24,13 @@ HEAVY = ("torch", "monai", "pandas", "scipy", "pydicom")
 MARK = "spinegrade-startup:"  # the wrapper's last word on stderr, after whatever the command logged there
 # run the command as `python -m spinegrade` does, then report which heavy packages it imported
 _WRAPPER = """
-import json, sys
+import json, signal, sys
 from spinegrade.cli import main
+
+def _terminated(signum, frame):  # a server ended by SIGTERM still reports (uvicorn re-raises it once shut down)
+    raise SystemExit(128 + signum)
+
+signal.signal(signal.SIGTERM, _terminated)
 try:
     rc = main(sys.argv[1:])
 except SystemExit as e:  # --help exits through argparse
@@ -268,3 +273,205 @@ def test_report_imports_no_torch(mode, bundled_predictions, evaluated_run, tmp_p
     assert got == {"rc": 0, "heavy": []}
     text = html.read_text()
     assert text.count('src="data:image/png;base64,') == 3  # the three confusion matrices
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _mapped(pid: int) -> set[str]:
+    """Which of torch and ONNX Runtime process `pid` has loaded: their native libraries in its memory map."""
+    text = Path(f"/proc/{pid}/maps").read_text()
+    return {name for name, needles in (("torch", ("libtorch", "/torch/_C.")),
+                                       ("onnxruntime", ("onnxruntime_pybind11_state",)))
+            if any(n in text for n in needles)}
+
+
+class _Server:
+    """A serving command in a fresh interpreter (the wrapper), in a session of its own, its output in `log`.
+    `stop()` ends it with SIGTERM, as a service manager does, and returns the wrapper's report; `kill()` then
+    ends whatever of it is left (every process it started carries SPINEGRADE_TEST_MARK)."""
+
+    def __init__(self, args: list[str], log: Path, torch: bool = True, backend: str | None = None):
+        import uuid
+
+        self.log, self.mark = log, f"startup-{uuid.uuid4().hex}"
+        env = dict(_env(torch, backend), SPINEGRADE_TEST_MARK=self.mark, OMP_NUM_THREADS="1")
+        with open(log, "ab") as out:
+            self.proc = subprocess.Popen(_command(*args), stdout=out, stderr=subprocess.STDOUT, env=env,
+                                         start_new_session=True)
+
+    def running(self) -> bool:
+        assert self.proc.poll() is None, self.log.read_text()[-3000:]
+        return True
+
+    def helpers(self) -> list[int]:
+        """The processes it started that are still running (grader, fork server, resource tracker)."""
+        from launch import marked
+
+        from spinegrade.workers import alive
+
+        return [p for p in marked(self.mark) if p != self.proc.pid and alive(p)]
+
+    def stop(self) -> dict:
+        import signal
+
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(120)
+        return _report(self.log.read_text())
+
+    def kill(self) -> None:
+        import signal
+
+        from launch import marked
+
+        if self.proc.poll() is None:
+            self.proc.kill()
+        for pid in marked(self.mark):  # only live processes carrying this run's mark
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.proc.wait(30)
+
+
+def _wait_for(cond, timeout: float, step: float = 0.2):
+    """Poll `cond` until it returns something true (returned) or `timeout` seconds pass (AssertionError)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        got = cond()
+        if got:
+            return got
+        assert time.monotonic() < deadline, f"not within {timeout} s"
+        time.sleep(step)
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc")
+@pytest.mark.parametrize("mode", ONNX_MODES)
+def test_serve_grades_a_study_with_the_bundled_models_without_torch(mode, synth_cohort, tmp_path):
+    """`spinegrade serve` with no model named: a study opened from --studies-dir is graded by the bundled models
+    in the server's process (its reader in a fork-server child); neither imports torch."""
+    import urllib.request
+
+    study = next(p for p in sorted((synth_cohort / "train_images").iterdir()) if p.is_dir())
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    srv = _Server(["serve", "--port", str(port), "--studies-dir", str(study.parent)], tmp_path / "log", **mode)
+
+    def get(path: str, data: bytes | None = None):
+        with urllib.request.urlopen(urllib.request.Request(url + path, data=data), timeout=30) as r:
+            return r.status, r.read().decode()
+
+    def page():
+        try:
+            return srv.running() and get("/")[1]
+        except OSError:  # not listening yet
+            return None
+
+    try:
+        assert "bundled models" in _wait_for(page, timeout=120)
+        status, body = get(f"/api/open?name={study.name}", data=b"")
+        assert status == 202
+        job = json.loads(body)["job"]
+
+        def finished():
+            j = srv.running() and json.loads(get(f"/api/jobs/{job}")[1])
+            return j if j["status"] in ("done", "error") else None
+
+        done = _wait_for(finished, timeout=120)
+        assert done["status"] == "done", done
+        result = json.loads(get(f"/api/jobs/{job}/result")[1])
+        assert result["study_id"] == study.name and len(result["findings"]) == 25
+        by_model = {}
+        for f in result["findings"]:
+            by_model.setdefault(f["model"] if f["source"] == "model" else f["source"], []).append(f)
+        assert {k: len(v) for k, v in by_model.items()} == {"foramina-sagt1-v1": 10, "prior": 15}
+        assert sum(p["source"] == "localizer:canal-sagt2-v1" for p in result["points"]) == 5
+        assert _mapped(srv.proc.pid) == {"onnxruntime"}  # the networks were loaded in the server, on ONNX
+        helpers = srv.helpers()  # the fork server the readers come from, multiprocessing's resource tracker
+        assert helpers and all("torch" not in _mapped(p) for p in helpers)
+        got = srv.stop()
+    finally:
+        srv.kill()
+    # uvicorn shuts down cleanly on SIGTERM, then raises it again: 128 + 15, where an older uvicorn returns 0
+    assert got in ({"rc": 0, "heavy": ["pydicom"]}, {"rc": 143, "heavy": ["pydicom"]}), got
+
+
+COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc")
+@pytest.mark.parametrize("mode", ONNX_MODES)
+def test_listen_grades_a_study_with_an_exported_run_without_torch(mode, synth_cohort, tiny_run, tmp_path):
+    """`spinegrade listen` with the one-epoch run: a synthetic study C-STOREd to the node comes back as an SR at
+    the destination (an SCP here); neither the node nor its grader process imports torch."""
+    import threading
+
+    import highdicom as hd
+    import pydicom
+    from pynetdicom import AE, evt
+
+    received, stored = [], threading.Event()
+
+    def on_store(event):
+        path = tmp_path / f"sr-{len(received)}.dcm"
+        path.write_bytes(event.encoded_dataset())
+        received.append(path)
+        stored.set()
+        return 0x0000
+
+    pacs = AE(ae_title="STARTUPPACS")
+    pacs.add_supported_context(COMPREHENSIVE_3D_SR)
+    pacs_port, node_port = _free_port(), _free_port()
+    scp = pacs.start_server(("127.0.0.1", pacs_port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    study = next(p for p in sorted((synth_cohort / "train_images").iterdir()) if p.is_dir())
+    files = sorted(study.rglob("*.dcm"))
+    srv = _Server(["listen", "--model", str(tiny_run), "--port", str(node_port), "--destination",
+                   f"STARTUPPACS@127.0.0.1:{pacs_port}", "--quiet-seconds", "1", "--store", str(tmp_path / "store")],
+                  tmp_path / "log", **mode)
+
+    def echoes() -> bool:  # the node answers once its grader has loaded the run
+        srv.running()
+        scu = AE(ae_title="STARTUPSCU")
+        scu.add_requested_context("1.2.840.10008.1.1")
+        assoc = scu.associate("127.0.0.1", node_port, ae_title="SPINEGRADE")
+        ok = assoc.is_established and int(assoc.send_c_echo().Status) == 0
+        if assoc.is_established:
+            assoc.release()
+        return ok
+
+    try:
+        _wait_for(echoes, timeout=120, step=0.5)
+        datasets = [pydicom.dcmread(f) for f in files]
+        scu = AE(ae_title="STARTUPSCU")
+        for cls, ts in sorted({(str(d.SOPClassUID), str(d.file_meta.TransferSyntaxUID)) for d in datasets}):
+            scu.add_requested_context(cls, [ts])  # each file goes as it is encoded (RLE among them)
+        assoc = scu.associate("127.0.0.1", node_port, ae_title="SPINEGRADE")
+        assert assoc.is_established
+        assert {int(assoc.send_c_store(d).Status) for d in datasets} == {0}
+        assoc.release()
+        _wait_for(lambda: srv.running() and stored.is_set(), timeout=120)
+        graders = [p for p in srv.helpers() if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()]
+        assert len(graders) == 1
+        assert _mapped(graders[0]) == {"onnxruntime"}  # the run's networks, on ONNX Runtime
+        assert _mapped(srv.proc.pid) == set()  # the node's own process holds no network
+        got = srv.stop()
+    finally:
+        srv.kill()
+        scp.shutdown()
+    assert got == {"rc": 0, "heavy": ["pydicom"]}, got
+    assert len(received) == 1
+    sr = hd.sr.srread(received[0])
+    assert sr.SOPClassUID == COMPREHENSIVE_3D_SR
+    assert sr.StudyInstanceUID == pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID
+    groups = sr.content.get_planar_roi_measurement_groups() + sr.content.get_image_measurement_groups()
+    assert len(groups) == 25
+    for g in groups:
+        probs = [m.value for m in g.get_measurements() if m.name.meaning.startswith("Probability of")]
+        assert len(probs) == 3 and sum(probs) == pytest.approx(1, abs=1e-4)
