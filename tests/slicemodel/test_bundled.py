@@ -103,9 +103,8 @@ def test_a_newcomers_predict_needs_no_model(real_rsna, tmp_path):
     sr = pydicom.dcmread(next(out.glob("*_sr.dcm")))
     text = str(sr)
     assert "Prior: not graded by a model" in text and "Canal stenosis yes/no" in text
-    # where the points land against the radiologists' (bench/canal_points_real.py prints the table): the
-    # mid-sagittal slice is found (every point within one instance of the labelled one); in plane, on these
-    # two STIR-like RSNA series, the points are not yet where the issue's aim (9 of 10 within 5 mm) wants them
+    # where the points land against the radiologists' (bench/canal_points_real.py prints the table): at least
+    # 9 of the 10 within 5 mm in plane and 1 instance of the labelled ones
     coords = pd.read_csv(real_rsna / "train_label_coordinates.csv")
     pr = Predictor(None)
     rows = []
@@ -115,4 +114,4 @@ def test_a_newcomers_predict_needs_no_model(real_rsna, tmp_path):
     t = pd.DataFrame(rows)
     assert len(t) == 10 and (t["source"] == f"localizer:{CANAL_NAME}").all()
     assert (t["instances_off"].abs() <= 1).all(), t.to_string()
-    assert t["in_plane_mm"].notna().all()
+    assert ((t["in_plane_mm"] <= 5) & (t["instances_off"].abs() <= 1)).sum() >= 9, t.to_string()

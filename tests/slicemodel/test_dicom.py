@@ -82,3 +82,41 @@ def test_a_small_field_of_view_is_set_on_the_training_canvas():
     assert same is img and off == (0, 0)
     for bad in ((0.0, 1.0), (float("nan"), 1.0)):  # no usable spacing: untouched, no error
         assert _field_of_view(img, bad, 300.0)[0] is img
+
+
+def _column_slice(col_x=(60, 72), disc_x=40, size=128):
+    """A generated sagittal slice: a vertical bright fluid column between col_x, a darker disc band in front of it,
+    dark elsewhere (T2/STIR-like)."""
+    img = np.full((size, size), 20.0)
+    img[:, col_x[0]:col_x[1] + 1] = 200.0
+    img[50:58, disc_x - 15:56] = 90.0
+    return img
+
+
+def test_canal_point_moves_to_the_middle_of_the_fluid_column_at_its_disc():
+    from spinegrade.slicemodel.dicom import centre_of_canal
+
+    img = _column_slice()
+    discs = np.array([[40.0, 14 + 20 * i] for i in range(5)])  # a vertical spine, the level-2 disc at y=54
+    # the model's point at the back of the disc, a little low: moved to the column's middle, level with the disc
+    x, y = centre_of_canal(img, discs, 2, np.array([57.0, 58.0]), (0.5, 0.5))
+    assert x == pytest.approx(66.0, abs=0.6) and y == pytest.approx(54.0, abs=1e-6)
+    # already inside the column, or just behind it: the same middle
+    for start in (63.0, 70.0):
+        assert centre_of_canal(img, discs, 2, np.array([start, 54.0]), (0.5, 0.5))[0] == pytest.approx(66.0, abs=0.6)
+    # the first and last levels use the one neighbour they have
+    assert centre_of_canal(img, discs, 0, np.array([55.0, 14.0]), (0.5, 0.5))[0] == pytest.approx(66.0, abs=0.6)
+    assert centre_of_canal(img, discs, 4, np.array([55.0, 94.0]), (0.5, 0.5))[0] == pytest.approx(66.0, abs=0.6)
+
+
+def test_canal_point_stays_where_no_column_is_believable():
+    from spinegrade.slicemodel.dicom import centre_of_canal
+
+    discs = np.array([[40.0, 14 + 20 * i] for i in range(5)])
+    far = _column_slice(col_x=(100, 110))  # the only bright column 50+ px (25+ mm) behind the point
+    assert centre_of_canal(far, discs, 2, np.array([57.0, 54.0]), (0.5, 0.5)) == (57.0, 54.0)
+    img = _column_slice()
+    assert centre_of_canal(img, discs, 2, np.array([57.0, 54.0]), (float("nan"), 0.5)) == (57.0, 54.0)  # no spacing
+    assert centre_of_canal(img, discs, 2, np.array([40.0, 60.0]), (0.5, 0.5)) == (40.0, 60.0)  # no line across
+    same = np.array([[40.0, 54.0]] * 5)
+    assert centre_of_canal(img, same, 2, np.array([57.0, 54.0]), (0.5, 0.5)) == (57.0, 54.0)  # no spine axis

@@ -118,6 +118,78 @@ def _mid_slice(score: np.ndarray) -> int:
     return int(np.floor((lo + hi) / 2 + 0.5)) if best > (lo + hi) / 2 else int(np.ceil((lo + hi) / 2 - 0.5))
 
 
+CANAL_SEARCH_MM = (-3.0, 15.0)  # where the canal's bright column is looked for, along AP from the model's point
+CANAL_MOVE_MM = 12.0  # a centre further than this from the model's point is not believed (the point is kept)
+COLUMN_CONTRAST = 1.5  # the column's brightest at least this many times the dark edge in front of it
+DARK_SPAN_MM = 6.0  # the dark edge in front of the column (the disc's back, its ligament) is looked for this far
+
+
+def _bilinear(img: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
+    """img sampled at (xs, ys) (pixel-index coordinates), edge values beyond the slice."""
+    h, w = img.shape
+    xs, ys = np.clip(xs, 0, w - 1.001), np.clip(ys, 0, h - 1.001)
+    x0, y0 = np.floor(xs).astype(int), np.floor(ys).astype(int)
+    fx, fy = xs - x0, ys - y0
+    a = img[y0, x0] * (1 - fx) + img[y0, x0 + 1] * fx
+    b = img[y0 + 1, x0] * (1 - fx) + img[y0 + 1, x0 + 1] * fx
+    return a * (1 - fy) + b * fy
+
+
+def centre_of_canal(img: np.ndarray, discs: np.ndarray, li: int, canal: np.ndarray,
+                    spacing: tuple[float, float]) -> tuple[float, float]:
+    """The RSNA canal point of level `li`: the middle of the canal's bright fluid column (T2/STIR) at the level
+    of its disc, found on the line from the disc centre across the spine towards the model's canal point.
+
+    The model learned its canal point from another cohort's stenosis boxes, which sit on the narrowing at the
+    back of the disc, not always at the disc's own height; RSNA's readers put the point in the middle of the
+    canal, level with the disc. Along that line the profile runs
+    from the disc's back (dark) into the fluid (bright); the column is the bright run around the brightest
+    sample 3 mm in front of to 15 mm behind the model's point, cut at half-way between that peak and the darkest
+    sample up to 6 mm in front of it, and its middle is the point. The model's point stays where the slice
+    has no usable spacing, the line is degenerate, the brightest is not half again as bright as the edge in
+    front of it, the bright run has no dark edge in front of it (a bright disc, not the column) or the middle lies more than 12 mm from it or in front of the window."""
+    canal = np.asarray(canal, float)
+    disc = np.asarray(discs[li], float)
+    mm = float(np.mean(spacing)) if all(np.isfinite(v) and v > 0 for v in spacing) else 0.0
+    lo, hi = li - 1 if li else 0, li + 1 if li < len(discs) - 1 else li
+    axis = np.asarray(discs[hi], float) - np.asarray(discs[lo], float)  # along the spine, head to feet
+    if mm <= 0 or np.linalg.norm(axis) < 1e-6:
+        return float(canal[0]), float(canal[1])
+    axis /= np.linalg.norm(axis)
+    d = canal - disc
+    ap = d - (d @ axis) * axis  # across the spine, from the disc towards the canal
+    if np.linalg.norm(ap) < 1e-6:
+        return float(canal[0]), float(canal[1])
+    ap /= np.linalg.norm(ap)
+    t0 = float(d @ ap)
+    ts = np.arange(max(0.0, t0 + (CANAL_SEARCH_MM[0] - DARK_SPAN_MM) / mm), t0 + CANAL_SEARCH_MM[1] / mm, 0.5)
+    img = np.asarray(img, float)
+    prof = np.mean([_bilinear(img, disc[0] + ts * ap[0] + o * axis[0], disc[1] + ts * ap[1] + o * axis[1])
+                    for o in (-1.0, 0.0, 1.0)], axis=0)
+    prof = np.convolve(np.pad(prof, 1, mode="edge"), [0.25, 0.5, 0.25], mode="valid")
+    search = np.flatnonzero(ts >= t0 + CANAL_SEARCH_MM[0] / mm)
+    if not search.size:
+        return float(canal[0]), float(canal[1])
+    j = int(search[np.argmax(prof[search])])
+    front = np.flatnonzero((ts >= ts[j] - DARK_SPAN_MM / mm) & (ts <= ts[j]))
+    dark = float(prof[front].min())
+    if prof[j] < COLUMN_CONTRAST * max(dark, 1e-6):  # nothing brighter than what lies in front: no column
+        return float(canal[0]), float(canal[1])
+    cut = (prof[j] + dark) / 2
+    a = b = j
+    while a > 0 and prof[a - 1] > cut:
+        a -= 1
+    while b < len(ts) - 1 and prof[b + 1] > cut:
+        b += 1
+    if a == 0:  # no dark edge in front of it: something bright in front of the canal (the disc), not the column
+        return float(canal[0]), float(canal[1])
+    tc = (ts[a] + ts[b]) / 2
+    if abs(tc - t0) * mm > CANAL_MOVE_MM or tc < t0 + CANAL_SEARCH_MM[0] / mm:
+        return float(canal[0]), float(canal[1])
+    out = disc + tc * ap
+    return float(out[0]), float(out[1])
+
+
 def place_canal(model: SliceModel, study: Study) -> tuple[list[Point], list[Observation], list[str]]:
     """The five spinal canal points on the mid-sagittal T2 slice, each level's yes/no stenosis probability, notes.
 
@@ -125,7 +197,8 @@ def place_canal(model: SliceModel, study: Study) -> tuple[list[Point], list[Obse
     RSNA's 240 mm, would otherwise show the anatomy larger than the model learned it). Among the middle half of
     the stack, the slices where the disc and canal heatmaps peak at least half as high as on the best one show
     the spine; the mid-sagittal slice is the middle of them, and all five points are placed on it (a spine
-    tilted across several slices is a known limit).
+    tilted across several slices is a known limit). Each canal point is then put where RSNA's readers put theirs,
+    in the middle of the canal's fluid column level with its disc (`centre_of_canal`).
     """
     t2 = study.first(vocab.SAGITTAL_T2)
     if t2 is None or t2.pixels is None:
@@ -148,8 +221,10 @@ def place_canal(model: SliceModel, study: Study) -> tuple[list[Point], list[Obse
     source = f"localizer:{model.name}"
     points: list[Point] = []
     ask = []
+    discs = loc[best, :n_lv, :2]
+    img = _oriented(t2, k, fx, fy)
     for li, lv in enumerate(vocab.LEVELS):
-        xc, yc = loc[best, n_lv + li, :2]
+        xc, yc = centre_of_canal(img, discs, li, loc[best, n_lv + li, :2], t2.pixel_spacing)
         points.append(_point_on(t2, k, vocab.CANAL, lv, float(xc), float(yc), fx, fy, source))
         xd, yd = loc[best, li, :2]
         ask.append((vocab.CANAL, lv, float(xd) + ox, float(yd) + oy))
