@@ -16,30 +16,14 @@ import argparse
 import json
 from pathlib import Path
 
-from spinegrade import vocab
 from spinegrade.files import atomic_write_text
-from spinegrade.slicemodel.bundled import pack_run
+from spinegrade.slicemodel.bundled import pack_run, target_prior
 from spinegrade.slicemodel.model import BUNDLED_DIR, CALIBRATION, PRIOR, SPLIT
 from spinegrade.slicemodel.pipeline import slice_config, train_slices
 
 NAME = "foramina-sagt1-v1"
 HELD_OUT_DICOM = ("100206310", "1002894806")
 REPO = Path(__file__).resolve().parents[1]
-
-
-def target_prior(train_csv: Path, exclude) -> dict[str, list[float]]:
-    """Weight-optimal constant per target (frequency x metric weight) from train.csv, `exclude` left out."""
-    import pandas as pd
-
-    from spinegrade.metric import prior_probs
-
-    df = pd.read_csv(train_csv, dtype={"study_id": str})
-    df = df[~df["study_id"].isin(set(exclude))]
-    out = {}
-    for t in vocab.TARGETS:
-        y = df[t].map(lambda s: vocab.parse_severity(s) if isinstance(s, str) and s.strip() else float("nan"))
-        out[t] = [float(v) for v in prior_probs(y.to_numpy(), weighted=True)]
-    return out
 
 
 def main() -> None:

@@ -18,6 +18,7 @@ import pytest
 
 import spinegrade
 from spinegrade.models import list_models, model_kind
+from spinegrade.slicemodel.bundled import default_bundled
 
 SRC = Path(spinegrade.__file__).resolve().parents[1]
 HEAVY = ("torch", "monai", "pandas", "scipy", "pydicom")
@@ -265,7 +266,7 @@ def test_report_imports_no_torch(mode, bundled_predictions, evaluated_run, tmp_p
     got, out = _run("report", "--predictions", str(bundled_predictions), "--out", str(html), **mode)
     assert got == {"rc": 0, "heavy": []} and str(html) in out
     text = html.read_text()
-    assert f"Study {study}" in text and "by foramina-sagt1-v1" in text
+    assert f"Study {study}" in text and f"by {default_bundled()['foramina']}" in text
     assert text.count('src="data:image/png;base64,') >= 4  # the key images
 
     html = tmp_path / "run.html"
@@ -391,7 +392,7 @@ def test_serve_grades_a_study_with_the_bundled_models_without_torch(mode, synth_
         by_model = {}
         for f in result["findings"]:
             by_model.setdefault(f["model"] if f["source"] == "model" else f["source"], []).append(f)
-        assert {k: len(v) for k, v in by_model.items()} == {"foramina-sagt1-v1": 10, "prior": 15}
+        assert {k: len(v) for k, v in by_model.items()} == {default_bundled()["foramina"]: 10, "prior": 15}
         assert sum(p["source"] == "localizer:canal-sagt2-v1" for p in result["points"]) == 5
         assert _mapped(srv.proc.pid) == {"onnxruntime"}  # the networks were loaded in the server, on ONNX
         helpers = srv.helpers()  # the fork server the readers come from, multiprocessing's resource tracker

@@ -21,6 +21,7 @@ from spinegrade.slicemodel.model import SliceModel
 from spinegrade.slicemodel.pipeline import (
     SliceConfig,
     evaluate_slices,
+    fit_study_stage,
     out_of_fold_rows,
     predict_rows,
     train_all_folds,
@@ -124,6 +125,8 @@ def folds_run(folder, tmp_path_factory):
     out = tmp_path_factory.mktemp("stage") / "folds"
     cfg = SliceConfig(slices=str(folder), folds=3, device="cpu", inner_val=0.2, **TINY)
     summary = train_all_folds(cfg, out, log=lambda *_: None)
+    if not summary["study_stage"]["kept"]:
+        fit_study_stage(out, cfg, log=lambda *_: None, keep="always")
     return out, summary
 
 
@@ -140,6 +143,9 @@ def test_all_folds_fits_the_stage_on_out_of_fold_predictions_and_measures_it(fol
         test = set(split.loc[split["role"] == "test", "study_id"])
         assert set(oof.loc[oof["fold"] == k, "study_id"]) == test
     assert oof["label"].notna().all() and len(oof) == len(pd.read_csv(folder / "points.csv"))
+    # kept only where it beat the first stage on CV; the fixture then fits one anyway, to test applying it
+    means = pd.DataFrame(st["folds"]).mean(numeric_only=True)
+    assert st["kept"] == bool(means["study"] < means["first_stage"])
     stage = SliceModel.load(out).stage
     assert stage is not None and stage.n_studies == oof["study_id"].nunique()
 

@@ -83,3 +83,20 @@ def pack_run(run: Path, out: Path, extra: tuple[str, ...] = ("calibration.json",
     if onnx_only:
         for name in (LOCALIZER, GRADER):
             (out / name / "best.pt").unlink()
+
+
+def target_prior(train_csv: Path, exclude) -> dict[str, list[float]]:
+    """Weight-optimal constant per target (frequency x metric weight) from the challenge's train.csv, the studies
+    `exclude` left out: what a bundled model answers for the targets it does not grade (prior.json)."""
+    import pandas as pd
+
+    from .. import vocab
+    from ..metric import prior_probs
+
+    df = pd.read_csv(train_csv, dtype={"study_id": str})
+    df = df[~df["study_id"].isin(set(exclude))]
+    out = {}
+    for t in vocab.TARGETS:
+        y = df[t].map(lambda s: vocab.parse_severity(s) if isinstance(s, str) and s.strip() else float("nan"))
+        out[t] = [float(v) for v in prior_probs(y.to_numpy(), weighted=True)]
+    return out

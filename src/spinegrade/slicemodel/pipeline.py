@@ -414,8 +414,13 @@ def train_all_folds(cfg: SliceConfig, out: str | Path, resume: bool = False, log
     rows = []
     with progress.command(cfg.folds * _epochs(cfg), "epochs"):  # the ETA on each epoch's line: every fold
         for k in range(cfg.folds):
-            c = dataclasses.replace(cfg, val_fold=k)
-            rows.append(_fold_row(task, k, train_slices(c, out / f"fold{k}", resume=resume,
+            c, run = dataclasses.replace(cfg, val_fold=k), out / f"fold{k}"
+            if resume and (run / "summary.json").is_file():  # a fold that finished before: kept as it is
+                _prepare_run_dir(run, c, resume=True)  # (unless its configuration differs)
+                log(f"[fold {k}] finished before: kept")
+                rows.append(_fold_row(task, k, json.loads((run / "summary.json").read_text())))
+                continue
+            rows.append(_fold_row(task, k, train_slices(c, run, resume=resume,
                                                          log=lambda m, k=k: log(f"[fold {k}] {m}"))))
     df = pd.DataFrame(rows)
     write_csv_atomic(df, out / "cv.csv")
@@ -445,21 +450,29 @@ def out_of_fold_rows(folds_dir: str | Path, slices: str | Path) -> pd.DataFrame:
     return pd.concat(parts, ignore_index=True)
 
 
-def fit_study_stage(folds_dir: str | Path, cfg: SliceConfig, log=print) -> dict:
-    """The study-level stage of a folder of fold runs, fitted on their out-of-fold predictions only, saved
-    beside them (`study_stage.json`: `SliceModel.load` of the folder applies it), and measured fold by fold
-    with a stage refitted without the fold it scores. Returns the measurement."""
+def fit_study_stage(folds_dir: str | Path, cfg: SliceConfig, log=print, keep: str = "better") -> dict:
+    """The study-level stage of a folder of fold runs, fitted on their out-of-fold predictions only and measured
+    fold by fold with a stage refitted without the fold it scores. It is saved beside the runs
+    (`study_stage.json`: `SliceModel.load` of the folder then applies it) where its cross-validated weighted log
+    loss is below the first stage's (`keep="better"`), or always (`keep="always"`); an older stage file that
+    is not kept is removed. Returns the measurement, with `kept`."""
     from .study import STAGE_FILE, fit_stage, grid_of, stage_cv
 
     task = task_by_name(cfg.task)
     rows = out_of_fold_rows(folds_dir, cfg.slices)
     conds, levels = task.stage_conditions, tuple(vocab.LEVELS)
     cv = stage_cv(rows, conds, levels)
-    stage = fit_stage(*grid_of(rows, conds, levels)[:3], conds, levels)
-    stage.save(Path(folds_dir) / STAGE_FILE)
     f = pd.DataFrame(cv["folds"])
+    before, after = float(f["first_stage"].mean()), float(f["study"].mean())
+    cv["kept"] = keep == "always" or after < before
+    path = Path(folds_dir) / STAGE_FILE
+    if cv["kept"]:
+        fit_stage(*grid_of(rows, conds, levels)[:3], conds, levels).save(path)
+    else:
+        path.unlink(missing_ok=True)
     log(f"study-level stage on {rows['study_id'].nunique()} studies' out-of-fold predictions: weighted log loss "
-        f"{f['first_stage'].mean():.3f} -> {f['study'].mean():.3f} (per-level calibration alone {f['own'].mean():.3f})")
+        f"{before:.3f} -> {after:.3f} (per-level calibration alone {f['own'].mean():.3f}): "
+        + ("kept" if cv["kept"] else "not kept, no better than the first stage"))
     return cv
 
 
