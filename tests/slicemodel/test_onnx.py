@@ -13,7 +13,7 @@ import pytest
 from spinegrade import vocab
 from spinegrade.predict import predict
 from spinegrade.runtime import BACKEND_ENV, onnx_path, runtime
-from spinegrade.slicemodel.bundled import BUNDLED_DIR, GRADER, LOCALIZER, bundled_models
+from spinegrade.slicemodel.bundled import GRADER, LOCALIZER, bundled_models
 from spinegrade.slicemodel.model import SliceModel
 
 pytest.importorskip("torch")
@@ -33,13 +33,18 @@ def test_every_bundled_model_ships_its_networks_as_onnx_describing_themselves(na
 
     on_torch, on_onnx = _both(name)
     assert on_torch.task.name == on_onnx.task.name
-    for role in (LOCALIZER, GRADER):
-        ckpt = BUNDLED_DIR / name / role / "best.pt"
-        assert onnx_path(ckpt).is_file(), f"{name}/{role}: run `spinegrade export --run {name}`"
-        _, desc = ONNX.load(ckpt)
-        want = load_checkpoint(ckpt)
-        for key in ("kind", "model", "spec", "labels", "preprocessing"):
-            assert desc[key] == want[key], (name, role, key)
+    for member in on_onnx.members:  # one, or each fold model of a fold ensemble (which may ship ONNX only)
+        for role in (LOCALIZER, GRADER):
+            ckpt = member.path / role / "best.pt"
+            assert onnx_path(ckpt).is_file(), f"{name}/{role}: run `spinegrade export --run {name}`"
+            _, desc = ONNX.load(ckpt)
+            assert desc["kind"] == f"{on_onnx.task.name}-{role}"
+            if not ckpt.is_file():
+                assert all(desc.get(k) for k in ("model", "spec", "preprocessing")), (name, role)
+                continue
+            want = load_checkpoint(ckpt)
+            for key in ("kind", "model", "spec", "labels", "preprocessing"):
+                assert desc[key] == want[key], (name, role, key)
 
 
 def _real_slices(ps, n_studies: int = 6):
