@@ -25,10 +25,10 @@ import numpy as np
 
 from .. import __version__
 from ..errors import DataError, SpinegradeError
+from ..files import atomic_path, atomic_write_text
 from ..geometry import SeriesGeometry
 from ..inputs import series_intensity_range
 from ..io.types import Series, SkippedFile, StoredPixels, Study
-from ..files import atomic_path, atomic_write_text
 
 # 1: float32 pixels (spinegrade up to 0.x of issue 12); 2: stored integers + per-slice transform.
 CACHE_FORMAT = 2
@@ -182,9 +182,36 @@ class Cache:
         return Study(study_id=sid, path=marker.get("source", ""), series=series, skipped=skipped)
 
 
-def _prepare_one(study_dir: str, cache_dir: str, source_root: str, descriptions: dict | None) -> dict:
-    """Decode one study into the cache unless its signature is already there. Runs in a worker."""
-    from ..io.dicom import load_study
+# The pool of volume memory of this worker process (`_prepare_in_worker`).
+_WORKER_VOLUMES = None
+
+
+def _prepare_in_worker(study_dir: str, cache_dir: str, source_root: str, descriptions: dict | None) -> dict:
+    """`_prepare_one` in a worker process, its volumes from the process's own pool (kept between its studies)."""
+    global _WORKER_VOLUMES
+    from ..io.dicom import VolumePool
+
+    if _WORKER_VOLUMES is None:
+        _WORKER_VOLUMES = VolumePool()
+    return _prepare_one(study_dir, cache_dir, source_root, descriptions, _WORKER_VOLUMES)
+
+
+def _prepare_one(study_dir: str, cache_dir: str, source_root: str, descriptions: dict | None,
+                 volumes=None) -> dict:
+    """Decode one study into the cache unless its signature is already there. `volumes`: a `VolumePool` the
+    study's pixels are read into, released (for the next study) once they are written."""
+    if volumes is None:
+        from ..io.dicom import VolumePool
+
+        volumes = VolumePool()
+    try:
+        return _prepare_study(study_dir, cache_dir, source_root, descriptions, volumes)
+    finally:
+        volumes.release()
+
+
+def _prepare_study(study_dir: str, cache_dir: str, source_root: str, descriptions: dict | None, volumes) -> dict:
+    from ..io.dicom import load_study, volumes_from
 
     study_dir_p, cache_p = Path(study_dir), Path(cache_dir)
     sid = study_dir_p.name
@@ -201,7 +228,8 @@ def _prepare_one(study_dir: str, cache_dir: str, source_root: str, descriptions:
         except (OSError, ValueError):
             pass  # unreadable marker: decode again
     try:
-        study = load_study(study_dir_p, descriptions=descriptions, stored=True)
+        with volumes_from(volumes):
+            study = load_study(study_dir_p, descriptions=descriptions, stored=True)
     except SpinegradeError as e:
         return {"study_id": sid, "error": str(e)}
     except Exception as e:  # a batch goes on: report the study, never crash the run
@@ -265,11 +293,14 @@ def prepare_dataset(data: Path, cache: Path, workers: int | None = 1, export_png
 
     if workers > 1:
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            for fut in as_completed([pool.submit(_prepare_one, *j) for j in jobs]):
+            for fut in as_completed([pool.submit(_prepare_in_worker, *j) for j in jobs]):
                 collect(fut.result())
     else:
+        from ..io.dicom import VolumePool
+
+        volumes = VolumePool()  # this run's: its memory goes when the run ends
         for j in jobs:
-            collect(_prepare_one(*j))
+            collect(_prepare_one(*j, volumes))
     bar.close()
     result["failed"].sort(key=lambda f: f["study_id"])
     if result["rebuilt_old_format"]:
