@@ -251,6 +251,11 @@ def _prepare_study(study_dir: str, cache_dir: str, source_root: str, description
     return {"study_id": sid, "decoded": len(study.series), "skipped_existing": 0, "old_format": old_format}
 
 
+def _file_count(study_dir: str) -> int:
+    """How many files a study folder holds (its folders listed, nothing opened or stat-ed)."""
+    return sum(len(files) for _root, _dirs, files in os.walk(study_dir))
+
+
 def auto_workers() -> int:
     """Decoding processes when none are asked for: one per usable core, at most MAX_AUTO_WORKERS."""
     from ..device import usable_cores
@@ -277,6 +282,9 @@ def prepare_dataset(data: Path, cache: Path, workers: int | None = 1, export_png
     jobs = [(str(ds.study_dir(s)), str(cache), str(ds.images_dir), _desc(ds, s)) for s in ids
             if ds.study_dir(s).is_dir()]
     workers = max(1, min(workers if workers and workers > 0 else auto_workers(), len(jobs)))
+    if workers > 1:
+        # the largest studies first: a worker taking a big study last would keep the others waiting for it
+        jobs.sort(key=lambda j: -_file_count(j[0]))
     result = {"decoded": 0, "skipped_existing": 0, "failed": [], "studies": len(jobs), "rebuilt_old_format": [],
               "workers": workers}
     bar = progress_bar(total=len(jobs), desc="prepare", unit="studies", disable=not progress)
