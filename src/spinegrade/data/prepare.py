@@ -64,17 +64,25 @@ def _source_signature(study_dir: Path) -> dict:
 
 def _series_meta(s: Series, source_root: Path, stored: StoredPixels) -> dict:
     root = source_root.resolve()
-    folders: dict[str, Path] = {}  # each folder resolved once, not each of its files
+    # each folder resolved once, not each of its files: its path from the root and "/" ("" for the root itself),
+    # or None when it lies outside
+    folders: dict[str, str | None] = {}
 
-    def rel(p: str) -> str:
-        head, name = os.path.split(p)
-        if head not in folders:
-            folders[head] = Path(head).resolve()
-        full = Path(p).resolve() if os.path.islink(p) else folders[head] / name
+    def within(full: Path) -> str | None:
         try:
             return str(full.relative_to(root))
         except ValueError:
-            return str(p)
+            return None
+
+    def rel(p: str) -> str:
+        if os.path.islink(p):
+            return within(Path(p).resolve()) or str(p)
+        head, name = os.path.split(p)
+        if head not in folders:
+            r = within(Path(head).resolve())
+            folders[head] = None if r is None else ("" if r == "." else r + "/")
+        prefix = folders[head]
+        return str(p) if prefix is None else prefix + name
 
     return {
         "format": CACHE_FORMAT,
