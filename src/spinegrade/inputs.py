@@ -71,10 +71,15 @@ def _range_of_small_ints(sample: np.ndarray, convert) -> tuple[float, float]:
     stored values gives the order statistics that numpy's "linear" method interpolates between, and only those
     are converted (the transform, an inversion and a rescale in float32, never reverses the order of two values
     except all of them at once). tests/test_inputs.py checks the equality on random data."""
-    base = int(sample.min()) if sample.dtype.kind == "i" else 0  # bincount takes no negative values
-    ends = np.cumsum(np.bincount(sample.astype(np.int32) - base if base else sample))  # ends[j]: values <= base + j
+    signed = sample.dtype.kind == "i"
+    base = int(sample.min()) if signed else 0  # bincount takes no negative values
+    counts = np.bincount(sample.astype(np.int32) - base if base else sample)
+    ends = np.cumsum(counts)  # ends[j]: values <= base + j
     n = int(sample.size)
-    lo_hi = convert(np.array([sample.min(), sample.max()], dtype=sample.dtype))
+    # the smallest and largest values from the histogram (its length is the largest - base + 1), not two more
+    # passes over the strided sample
+    smallest = base if signed else int(np.argmax(counts > 0))
+    lo_hi = convert(np.array([smallest, base + len(counts) - 1], dtype=sample.dtype))
     descending = bool(lo_hi[0] > lo_hi[1])
 
     def kth(k: int) -> np.float32:  # the k-th smallest converted value (0-based)

@@ -25,10 +25,10 @@ import numpy as np
 
 from .. import __version__
 from ..errors import DataError, SpinegradeError
+from ..files import atomic_path, atomic_write_text
 from ..geometry import SeriesGeometry
 from ..inputs import series_intensity_range
 from ..io.types import Series, SkippedFile, StoredPixels, Study
-from ..files import atomic_path, atomic_write_text
 
 # 1: float32 pixels (spinegrade up to 0.x of issue 12); 2: stored integers + per-slice transform.
 CACHE_FORMAT = 2
@@ -64,17 +64,25 @@ def _source_signature(study_dir: Path) -> dict:
 
 def _series_meta(s: Series, source_root: Path, stored: StoredPixels) -> dict:
     root = source_root.resolve()
-    folders: dict[str, Path] = {}  # each folder resolved once, not each of its files
+    # each folder resolved once, not each of its files: its path from the root and "/" ("" for the root itself),
+    # or None when it lies outside
+    folders: dict[str, str | None] = {}
 
-    def rel(p: str) -> str:
-        head, name = os.path.split(p)
-        if head not in folders:
-            folders[head] = Path(head).resolve()
-        full = Path(p).resolve() if os.path.islink(p) else folders[head] / name
+    def within(full: Path) -> str | None:
         try:
             return str(full.relative_to(root))
         except ValueError:
-            return str(p)
+            return None
+
+    def rel(p: str) -> str:
+        if os.path.islink(p):
+            return within(Path(p).resolve()) or str(p)
+        head, name = os.path.split(p)
+        if head not in folders:
+            r = within(Path(head).resolve())
+            folders[head] = None if r is None else ("" if r == "." else r + "/")
+        prefix = folders[head]
+        return str(p) if prefix is None else prefix + name
 
     return {
         "format": CACHE_FORMAT,
@@ -182,9 +190,36 @@ class Cache:
         return Study(study_id=sid, path=marker.get("source", ""), series=series, skipped=skipped)
 
 
-def _prepare_one(study_dir: str, cache_dir: str, source_root: str, descriptions: dict | None) -> dict:
-    """Decode one study into the cache unless its signature is already there. Runs in a worker."""
-    from ..io.dicom import load_study
+# The pool of volume memory of this worker process (`_prepare_in_worker`).
+_WORKER_VOLUMES = None
+
+
+def _prepare_in_worker(study_dir: str, cache_dir: str, source_root: str, descriptions: dict | None) -> dict:
+    """`_prepare_one` in a worker process, its volumes from the process's own pool (kept between its studies)."""
+    global _WORKER_VOLUMES
+    from ..io.dicom import VolumePool
+
+    if _WORKER_VOLUMES is None:
+        _WORKER_VOLUMES = VolumePool()
+    return _prepare_one(study_dir, cache_dir, source_root, descriptions, _WORKER_VOLUMES)
+
+
+def _prepare_one(study_dir: str, cache_dir: str, source_root: str, descriptions: dict | None,
+                 volumes=None) -> dict:
+    """Decode one study into the cache unless its signature is already there. `volumes`: a `VolumePool` the
+    study's pixels are read into, released (for the next study) once they are written."""
+    if volumes is None:
+        from ..io.dicom import VolumePool
+
+        volumes = VolumePool()
+    try:
+        return _prepare_study(study_dir, cache_dir, source_root, descriptions, volumes)
+    finally:
+        volumes.release()
+
+
+def _prepare_study(study_dir: str, cache_dir: str, source_root: str, descriptions: dict | None, volumes) -> dict:
+    from ..io.dicom import load_study, volumes_from
 
     study_dir_p, cache_p = Path(study_dir), Path(cache_dir)
     sid = study_dir_p.name
@@ -201,7 +236,8 @@ def _prepare_one(study_dir: str, cache_dir: str, source_root: str, descriptions:
         except (OSError, ValueError):
             pass  # unreadable marker: decode again
     try:
-        study = load_study(study_dir_p, descriptions=descriptions, stored=True)
+        with volumes_from(volumes):
+            study = load_study(study_dir_p, descriptions=descriptions, stored=True)
     except SpinegradeError as e:
         return {"study_id": sid, "error": str(e)}
     except Exception as e:  # a batch goes on: report the study, never crash the run
@@ -221,6 +257,11 @@ def _prepare_one(study_dir: str, cache_dir: str, source_root: str, descriptions:
         "skipped": [{"path": k.path, "reason": k.reason} for k in study.skipped],
     }, indent=1))
     return {"study_id": sid, "decoded": len(study.series), "skipped_existing": 0, "old_format": old_format}
+
+
+def _file_count(study_dir: str) -> int:
+    """How many files a study folder holds (its folders listed, nothing opened or stat-ed)."""
+    return sum(len(files) for _root, _dirs, files in os.walk(study_dir))
 
 
 def auto_workers() -> int:
@@ -249,6 +290,9 @@ def prepare_dataset(data: Path, cache: Path, workers: int | None = 1, export_png
     jobs = [(str(ds.study_dir(s)), str(cache), str(ds.images_dir), _desc(ds, s)) for s in ids
             if ds.study_dir(s).is_dir()]
     workers = max(1, min(workers if workers and workers > 0 else auto_workers(), len(jobs)))
+    if workers > 1:
+        # the largest studies first: a worker taking a big study last would keep the others waiting for it
+        jobs.sort(key=lambda j: -_file_count(j[0]))
     result = {"decoded": 0, "skipped_existing": 0, "failed": [], "studies": len(jobs), "rebuilt_old_format": [],
               "workers": workers}
     bar = progress_bar(total=len(jobs), desc="prepare", unit="studies", disable=not progress)
@@ -265,11 +309,14 @@ def prepare_dataset(data: Path, cache: Path, workers: int | None = 1, export_png
 
     if workers > 1:
         with ProcessPoolExecutor(max_workers=workers) as pool:
-            for fut in as_completed([pool.submit(_prepare_one, *j) for j in jobs]):
+            for fut in as_completed([pool.submit(_prepare_in_worker, *j) for j in jobs]):
                 collect(fut.result())
     else:
+        from ..io.dicom import VolumePool
+
+        volumes = VolumePool()  # this run's: its memory goes when the run ends
         for j in jobs:
-            collect(_prepare_one(*j))
+            collect(_prepare_one(*j, volumes))
     bar.close()
     result["failed"].sort(key=lambda f: f["study_id"])
     if result["rebuilt_old_format"]:

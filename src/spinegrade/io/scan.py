@@ -405,9 +405,12 @@ def _series_tag(raw: bytes, vr: str, need: str):
 
 
 # --- pixels ------------------------------------------------------------------------------------------------
-def decode_fast(value: bytes, undefined: bool, ts: str, header) -> np.ndarray | None:
+def decode_fast(value: bytes, undefined: bool, ts: str, header, out: np.ndarray | None = None) -> np.ndarray | None:
     """Stored values (rows, cols) of one single-frame image, as pydicom's decoders give them, or None where
-    pydicom's decoder must decode it (another codec, an unusual bit depth or description, a codec error)."""
+    pydicom's decoder must decode it (another codec, an unusual bit depth or description, a codec error).
+
+    `out`: where to put them when it fits (their shape and type: a slice of the series' volume), so that they are
+    written once, not decoded, copied and stacked; the array returned is then `out`."""
     get = header.get
     rows, cols = get("Rows"), get("Columns")
     bits, stored, signed = get("BitsAllocated"), get("BitsStored"), get("PixelRepresentation")
@@ -420,7 +423,7 @@ def decode_fast(value: bytes, undefined: bool, ts: str, header) -> np.ndarray | 
     if ts == EXPLICIT_LE:
         if undefined or len(value) < n * dtype.itemsize:
             return None
-        arr = np.frombuffer(value, dtype=dtype, count=n)  # read-only: copied where the volume is stacked
+        arr = np.frombuffer(value, dtype=dtype, count=n)  # read-only: copied into the volume
     elif ts == RLE_LOSSLESS and undefined:
         frame = _single_frame(value)
         if frame is None:
@@ -430,22 +433,28 @@ def decode_fast(value: bytes, undefined: bool, ts: str, header) -> np.ndarray | 
         except ImportError:
             return None
         try:
-            out = decode_frame(frame, n, bits, "<")
+            decoded = decode_frame(frame, n, bits, "<")
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException:  # noqa: BLE001 - pylibjpeg-rle panics on some damaged data; pydicom's decoder then
             return None  # reports it (after trying its own RLE decoder)
-        if len(out) != n * dtype.itemsize:
+        if len(decoded) != n * dtype.itemsize:
             return None
-        arr = np.frombuffer(out, dtype=dtype)
+        arr = np.frombuffer(decoded, dtype=dtype)
     else:
         return None
     arr = arr.reshape(rows, cols)
+    into = out is not None and out.shape == arr.shape and out.dtype == dtype
     if bits > stored:  # pydicom ignores the unused high bits (PS3.5 8.1.1): masked, or sign-extended if signed
-        arr = arr if arr.flags.writeable else arr.copy()
-        shift = bits - stored
-        np.left_shift(arr, shift, out=arr)
-        np.right_shift(arr, shift, out=arr)
+        shift, dst = bits - stored, out if into else (arr if arr.flags.writeable else None)
+        if signed:
+            dst = np.left_shift(arr, shift, out=dst)
+            return np.right_shift(dst, shift, out=dst)
+        # unsigned: shifting left then right clears the high bits, as one pass of a mask does
+        return np.bitwise_and(arr, dtype.type((1 << stored) - 1), out=dst)
+    if into:
+        np.copyto(out, arr)
+        return out
     return arr
 
 
