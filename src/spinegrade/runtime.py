@@ -103,6 +103,9 @@ class OnnxNet:
         so = ort.SessionOptions()
         so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
         so.log_severity_level = 3  # no warnings about unused initialisers on every load
+        # no busy-waiting between runs: a model of several networks (a fold ensemble: ten sessions) would
+        # otherwise have each session's idle threads spin on the cores the running one needs
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(path), so, providers=providers)
         self.inputs = [i.name for i in self.session.get_inputs()]
 
