@@ -19,13 +19,12 @@ import time
 from pathlib import Path
 
 REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata"
-STUDIES = ("100206310", "1002894806")
 
 
 def main() -> None:
     from spinegrade.io.dicom import load_study
     from spinegrade.runtime import runtime
-    from spinegrade.slicemodel.bundled import bundle_info, bundled_models
+    from spinegrade.slicemodel.bundled import HELD_OUT_DICOM, bundle_info, bundled_models
     from spinegrade.slicemodel.dicom import grade_foramina
     from spinegrade.slicemodel.model import SliceModel
 
@@ -36,7 +35,7 @@ def main() -> None:
     ap.add_argument("--realdata", type=Path, default=REALDATA)
     a = ap.parse_args()
     models = a.models or [m for m in bundled_models() if bundle_info(m).get("task") == "foramina"]
-    dirs = [a.realdata / "rsna2024_dicom_train_2studies" / "train_images" / s for s in STUDIES]
+    dirs = [a.realdata / "rsna2024_dicom_train_2studies" / "train_images" / s for s in HELD_OUT_DICOM]
     dirs = [d for d in dirs if d.is_dir()]
     if not dirs:
         raise SystemExit(f"the real DICOM studies are not at {a.realdata} (put ../shared/realdata beside the repository)")

@@ -20,10 +20,10 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from spinegrade.slicemodel.bundled import HELD_OUT_DICOM
 from spinegrade.slicemodel.pipeline import fit_study_stage, slice_config, train_slices
 
 SLICES = Path(__file__).resolve().parents[2] / "shared/realdata/rsna2024_sagT1_foramina_vbs2004"
-HELD_OUT_DICOM = ("100206310", "1002894806")
 
 
 def fold_row(run: Path, k: int) -> dict:

@@ -21,6 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from spinegrade.files import atomic_write_text, write_csv_atomic
+from spinegrade.slicemodel.bundled import HELD_OUT_DICOM
 from spinegrade.slicemodel.data import load_images
 from spinegrade.slicemodel.model import CALIBRATION, GRADER, SPLIT, SliceModel
 from spinegrade.slicemodel.pipeline import (
@@ -34,7 +35,6 @@ from spinegrade.slicemodel.pipeline import (
 from spinegrade.slicemodel.task import task_by_name
 
 SLICES = Path(__file__).resolve().parents[2] / "shared/realdata/rsna2024_sagT1_foramina_vbs2004"
-HELD_OUT_DICOM = ("100206310", "1002894806")
 
 
 def run_fold(k: int, a, log) -> dict:

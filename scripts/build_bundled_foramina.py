@@ -17,12 +17,11 @@ import json
 from pathlib import Path
 
 from spinegrade.files import atomic_write_text
-from spinegrade.slicemodel.bundled import pack_run, target_prior
+from spinegrade.slicemodel.bundled import HELD_OUT_DICOM, pack_run, target_prior
 from spinegrade.slicemodel.model import BUNDLED_DIR, CALIBRATION, PRIOR, SPLIT
 from spinegrade.slicemodel.pipeline import slice_config, train_slices
 
 NAME = "foramina-sagt1-v1"
-HELD_OUT_DICOM = ("100206310", "1002894806")
 REPO = Path(__file__).resolve().parents[1]
 
 

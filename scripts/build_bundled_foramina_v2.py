@@ -23,13 +23,12 @@ from pathlib import Path
 
 from spinegrade import vocab
 from spinegrade.files import atomic_write_text
-from spinegrade.slicemodel.bundled import BUNDLE, pack_run, target_prior
+from spinegrade.slicemodel.bundled import BUNDLE, HELD_OUT_DICOM, pack_run, target_prior
 from spinegrade.slicemodel.model import BUNDLED_DIR, CALIBRATION, PRIOR, SPLIT
 from spinegrade.slicemodel.pipeline import slice_config, train_all_folds
 from spinegrade.slicemodel.study import STAGE_FILE
 
 NAME = "foramina-sagt1-v2"
-HELD_OUT_DICOM = ("100206310", "1002894806")
 REPO = Path(__file__).resolve().parents[1]
 # The 4th-place competition system's own out-of-fold predictions on the project's held-back rows (issue 24).
 FOURTH_PLACE = {"l1_l2": 0.130, "l2_l3": 0.273, "l3_l4": 0.486, "l4_l5": 0.615, "l5_s1": 0.701, "all": "0.473-0.484"}

@@ -16,7 +16,10 @@ LOCALIZER = "localizer"
 GRADER = "grader"
 BUNDLED_DIR = Path(__file__).resolve().parents[1] / "bundled"
 
-BUNDLE = "bundle.json"  # a bundled model's description, read without torch: task, what it grades, figures, terms
+BUNDLE = "bundle.json"
+# The two RSNA studies the project shares as DICOM: kept out of every bundled model's training, so that the models
+# can be checked on them honestly.
+HELD_OUT_DICOM = ("100206310", "1002894806")  # a bundled model's description, read without torch: task, what it grades, figures, terms
 
 
 def bundled_models() -> list[str]:

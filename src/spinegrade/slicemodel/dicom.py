@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import vocab
+from ..grade.crops import bilinear
 from ..io.types import Series, Study
 from ..localize.localizer import point_on_slice
 from ..results import CANAL_STENOSIS_YES_NO, Finding, Observation, Point
@@ -124,17 +125,6 @@ COLUMN_CONTRAST = 1.5  # the column's brightest at least this many times the dar
 DARK_SPAN_MM = 6.0  # the dark edge in front of the column (the disc's back, its ligament) is looked for this far
 
 
-def _bilinear(img: np.ndarray, xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
-    """img sampled at (xs, ys) (pixel-index coordinates), edge values beyond the slice."""
-    h, w = img.shape
-    xs, ys = np.clip(xs, 0, w - 1.001), np.clip(ys, 0, h - 1.001)
-    x0, y0 = np.floor(xs).astype(int), np.floor(ys).astype(int)
-    fx, fy = xs - x0, ys - y0
-    a = img[y0, x0] * (1 - fx) + img[y0, x0 + 1] * fx
-    b = img[y0 + 1, x0] * (1 - fx) + img[y0 + 1, x0 + 1] * fx
-    return a * (1 - fy) + b * fy
-
-
 def centre_of_canal(img: np.ndarray, discs: np.ndarray, li: int, canal: np.ndarray,
                     spacing: tuple[float, float]) -> tuple[float, float]:
     """The RSNA canal point of level `li`: the middle of the canal's bright fluid column (T2/STIR) at the level
@@ -164,7 +154,7 @@ def centre_of_canal(img: np.ndarray, discs: np.ndarray, li: int, canal: np.ndarr
     t0 = float(d @ ap)
     ts = np.arange(max(0.0, t0 + (CANAL_SEARCH_MM[0] - DARK_SPAN_MM) / mm), t0 + CANAL_SEARCH_MM[1] / mm, 0.5)
     img = np.asarray(img, float)
-    prof = np.mean([_bilinear(img, disc[0] + ts * ap[0] + o * axis[0], disc[1] + ts * ap[1] + o * axis[1])
+    prof = np.mean([bilinear(img, disc[1] + ts * ap[1] + o * axis[1], disc[0] + ts * ap[0] + o * axis[0])
                     for o in (-1.0, 0.0, 1.0)], axis=0)
     prof = np.convolve(np.pad(prof, 1, mode="edge"), [0.25, 0.5, 0.25], mode="valid")
     search = np.flatnonzero(ts >= t0 + CANAL_SEARCH_MM[0] / mm)
