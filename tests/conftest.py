@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -119,3 +120,8 @@ def tiny_run(synth_cohort, tmp_path_factory) -> Path:
     plan.localizer_loop.batch_size, plan.grader_loop.batch_size = 8, 32
     train_study_pipeline(plan, root / "run", log=lambda *_: None)
     return root / "run"
+
+
+# Under a name of its own: `import conftest` finds whichever folder's conftest pytest loaded last (tests/serve's,
+# say), so test modules import this one's helpers as `from root_conftest import ...`.
+sys.modules["root_conftest"] = sys.modules[__name__]

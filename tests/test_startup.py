@@ -155,22 +155,10 @@ ONNX_MODES = [pytest.param(dict(torch=True, backend="onnx"), id="torch-installed
               pytest.param(dict(torch=False), id="no-torch")]
 
 
-def _root_conftest():
-    """tests/conftest.py's helpers (a bare `import conftest` finds whichever folder's conftest pytest loaded last)."""
-    import importlib.util
-
-    name = "spinegrade_tests_root_conftest"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("conftest.py"))
-        sys.modules[name] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(sys.modules[name])
-    return sys.modules[name]
-
-
 def _small_folder(src: Path, dst: Path, csvs: tuple[str, ...], paths: set[str]) -> Path:
     """A labelled slice folder of `src`'s rows whose image path is in `paths`: its CSVs' header and those rows,
     byte for byte, and the images as symbolic links."""
-    _filter_lines = _root_conftest()._filter_lines
+    from root_conftest import _filter_lines
 
     dst.mkdir(parents=True)
     for name in csvs:
@@ -192,7 +180,7 @@ def _csv(path: Path) -> list[dict]:
 @pytest.mark.parametrize("mode", ONNX_MODES)
 def test_evaluate_with_the_bundled_foramen_model_imports_no_torch(mode, foramina_set, tmp_path):
     """The two real RSNA studies kept out of the model's training (20 foramina on 9 slices), scored."""
-    REAL_STUDIES = _root_conftest().REAL_STUDIES
+    from root_conftest import REAL_STUDIES
 
     slices = _csv(foramina_set / "slices.csv")
     paths = {r["path"] for r in slices if int(r["study_id"]) in REAL_STUDIES}

@@ -24,7 +24,7 @@ from spinegrade.data.rsna import (
 )
 from spinegrade.errors import DataError
 
-from conftest import REAL_STUDIES as STUDIES, build_real_dataset
+from root_conftest import REAL_STUDIES as STUDIES, build_real_dataset
 SPINAL = [vocab.target("spinal_canal_stenosis", lv) for lv in vocab.LEVELS]
 FIX01B = "rsna2024_coords_fix01b_hengck23/DATA_PROCESSED_DIR/train_label_coordinates.fix01b.csv"
 # Study 100206310's train.csv row as class indices (0 Normal/Mild, 1 Moderate, 2 Severe), in TARGETS order.
