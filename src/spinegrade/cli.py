@@ -188,6 +188,9 @@ def _add_train(sub) -> None:
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (AdamW, warm-up then cosine); "
                    "--index: default 1e-3; --data: both stages")
     p.add_argument("--weight-decay", type=float, default=None, help="default 1e-4")
+    p.add_argument("--ema", type=float, default=None, metavar="DECAY",
+                   help="keep a moving average of the weights (decay per step, e.g. 0.995) and validate and save it "
+                   "as best.pt; default off; --data/--slices: both stages")
     p.add_argument("--patience", type=int, default=None, help="stop after this many epochs without a better "
                    "validation score (0: never); --index: default 5; --data: both stages")
     p.add_argument("--val-fold", type=int, default=None, metavar="K", help="fold to validate on (0)")
@@ -228,7 +231,7 @@ def study_plan_from_args(a):
         grader_epochs=a.grader_epochs, class_weights=a.class_weights,
         condition_input=False if a.no_condition else None, augment=False if a.no_augment else None,
         epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay, patience=a.patience,
-        device=a.device, amp=False if a.no_amp else None, seed=a.seed, loader_workers=a.workers)
+        device=a.device, amp=False if a.no_amp else None, seed=a.seed, loader_workers=a.workers, ema=a.ema)
 
 
 def slice_config_from_args(a):
@@ -252,7 +255,8 @@ def slice_config_from_args(a):
         loop=LoopConfig(epochs=pick(a.epochs, dl.epochs), batch_size=pick(a.batch_size, dl.batch_size),
                         lr=pick(a.lr, dl.lr), weight_decay=pick(a.weight_decay, dl.weight_decay),
                         patience=pick(a.patience, dl.patience), device=pick(a.device, dl.device),
-                        amp=not a.no_amp, seed=pick(a.seed, dl.seed), workers=pick(a.workers, dl.workers)),
+                        amp=not a.no_amp, seed=pick(a.seed, dl.seed), workers=pick(a.workers, dl.workers),
+                        ema=pick(a.ema, dl.ema)),
         augment=AugmentConfig(enabled=not a.no_augment),
     )
 
@@ -281,7 +285,7 @@ def _cmd_train_slices(a) -> int:
         model_kwargs=a.model_kwargs, pretrained=a.pretrained, crop_px=a.image_size, crop_frac=a.crop_frac,
         localizer_model=a.localizer_model, localizer_model_kwargs=a.localizer_model_kwargs,
         localizer_size=a.localizer_size, localizer_epochs=a.localizer_epochs, grader_epochs=a.grader_epochs or a.epochs,
-        batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay, patience=a.patience,
+        batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay, patience=a.patience, ema=a.ema,
         class_weights=a.class_weights, augment=not a.no_augment, calibrate=not a.no_calibrate,
         exclude_studies=[s for s in a.exclude_studies.split(",") if s.strip()])
     if a.all_folds:

@@ -76,6 +76,7 @@ class PipelinePlan(RunConfig):
             # a learning rate of 0 trains nothing, but it is a legitimate way to see the checks catch a broken run
             if loop.epochs < 1 or loop.batch_size < 1 or not loop.lr >= 0:
                 raise DataError(f"{name} loop: epochs and batch size must be >= 1 and the learning rate >= 0")
+            loop.check_ema()
         return self
 
     @classmethod
@@ -115,10 +116,11 @@ def build_plan(data: str, *, base: PipelinePlan | None = None, cache: str | None
                condition_input: bool | None = None, augment: bool | None = None,
                epochs: int | None = None, batch_size: int | None = None, lr: float | None = None,
                weight_decay: float | None = None, patience: int | None = None, device: str | None = None,
-               amp: bool | None = None, seed: int | None = None, loader_workers: int | None = None) -> PipelinePlan:
+               amp: bool | None = None, seed: int | None = None, loader_workers: int | None = None,
+               ema: float | None = None) -> PipelinePlan:
     """The defaults (or `base`) with every option that is not None applied; validated.
 
-    Loop options (epochs .. loader_workers) apply to both stages' loops; `localizer_epochs` and
+    Loop options (epochs .. ema) apply to both stages' loops; `localizer_epochs` and
     `grader_epochs` then set one stage's epochs. `localizer_size` sets every view's input size, `crop_px`
     every family's crop size in pixels (the field of view in mm stays). `augment=False` turns off the
     localisers' augmentation and the graders' jitter.
@@ -152,6 +154,7 @@ def build_plan(data: str, *, base: PipelinePlan | None = None, cache: str | None
     for loop, stage_epochs in ((plan.localizer_loop, localizer_epochs), (plan.grader_loop, grader_epochs)):
         for name, value in (("epochs", epochs), ("batch_size", batch_size), ("lr", lr),
                             ("weight_decay", weight_decay), ("patience", patience), ("device", device),
-                            ("amp", amp), ("seed", seed), ("workers", loader_workers), ("epochs", stage_epochs)):
+                            ("amp", amp), ("seed", seed), ("workers", loader_workers), ("ema", ema),
+                            ("epochs", stage_epochs)):
             put(loop, name, value)
     return plan.validate()

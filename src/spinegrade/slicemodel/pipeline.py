@@ -79,6 +79,7 @@ class SliceConfig:
         for loop in (self.localizer_loop, self.grader_loop):
             if loop.epochs < 1 or loop.batch_size < 1:
                 raise DataError("epochs and batch size must be >= 1")
+            loop.check_ema()
         return self
 
     def to_dict(self) -> dict:
@@ -102,7 +103,7 @@ def slice_config(slices, *, task: str | None = None, folds: int = 5, val_fold: i
                     localizer_size: int | None = None,
                     localizer_epochs: int | None = None, grader_epochs: int | None = None,
                     batch_size: int | None = None, lr: float | None = None, weight_decay: float | None = None,
-                    patience: int | None = None, class_weights: str | None = None, augment: bool = True,
+                    patience: int | None = None, ema: float | None = None, class_weights: str | None = None, augment: bool = True,
                     calibrate: bool = True, exclude_studies=()) -> SliceConfig:
     """A SliceConfig from the task's defaults and whatever the caller (the command line) set; None keeps a
     default. The task is the folder's (`task.task_of_folder`) unless named."""
@@ -141,6 +142,8 @@ def slice_config(slices, *, task: str | None = None, folds: int = 5, val_fold: i
             loop.weight_decay = weight_decay
         if patience is not None:
             loop.patience = patience
+        if ema is not None:
+            loop.ema = ema
     if batch_size:
         gloop.batch_size = batch_size
     return SliceConfig(slices=str(slices), task=t.name, folds=folds, val_fold=val_fold, seed=seed, device=device, workers=workers,
@@ -165,7 +168,8 @@ def _prepare_run_dir(out: Path, cfg: SliceConfig, resume: bool) -> None:
     if p.exists():
         if not resume:
             raise DataError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-        changes = _changes(json.loads(p.read_text()), cfg.to_dict())
+        # read back through SliceConfig: a field added since the run was written takes its default
+        changes = _changes(SliceConfig.from_dict(json.loads(p.read_text())).to_dict(), cfg.to_dict())
         if changes:
             raise DataError(f"{out}: --resume with a different configuration: {'; '.join(changes)}")
     out.mkdir(parents=True, exist_ok=True)

@@ -140,6 +140,11 @@ class LoopConfig:
     amp: bool = True  # mixed precision where the device is a GPU
     seed: int = 0
     workers: int = -1  # data loader processes; -1: automatic (device.loader_workers: 0 on a CPU, up to 8 on a GPU)
+    ema: float = 0.0  # > 0: validate and keep an exponential moving average of the weights with this decay per step
+
+    def check_ema(self) -> None:
+        if not 0.0 <= self.ema < 1.0:
+            raise DataError(f"--ema {self.ema}: the weight average's decay per step must be >= 0 (off) and < 1")
 
 
 @dataclass
@@ -183,4 +188,5 @@ class TrainConfig(RunConfig):
             raise DataError(f"--image-size {self.image_size}: too small (>= 16 px)")
         if self.loop.epochs < 1 or self.loop.batch_size < 1:
             raise DataError("--epochs and --batch-size must be >= 1")
+        self.loop.check_ema()
         return self

@@ -3,8 +3,9 @@
 A *task* says how to call the model on a batch, what the loss is, and how to score the whole validation
 set (lower is better; the best epoch is the one with the lowest `task.score_key`). `ClassificationTask`
 is the graders' task; a heatmap localiser brings its own. The loop handles devices, mixed precision,
-DistributedDataParallel, warm-up + cosine learning rate, early stopping, and the run folder:
-`metrics.jsonl` (one JSON line per epoch), `curves.png`, `best.pt`, `last.pt` (resumable).
+DistributedDataParallel, warm-up + cosine learning rate, early stopping, weight averaging (`LoopConfig.ema`:
+validation and `best.pt` use the moving average, `last.pt` holds both), and the run folder: `metrics.jsonl`
+(one JSON line per epoch), `curves.png`, `best.pt`, `last.pt` (resumable).
 
 Reproducibility: the torch RNG is re-seeded from (seed, epoch, rank) at the start of every epoch and the
 sampler's order comes from (seed, epoch), so a resumed run repeats exactly what an uninterrupted run does,
@@ -28,6 +29,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 from ..device import full_float32
+from ..errors import DataError
 from ..metric import weighted_log_loss
 from .checkpoint import BEST, LAST, load_checkpoint, save_checkpoint, versions
 from .config import LoopConfig
@@ -172,6 +174,42 @@ def _keep_metrics_before(run_dir: Path, epoch: int) -> None:
     atomic_write_text(run_dir / METRICS, "".join(json.dumps(r) + "\n" for r in kept))
 
 
+class WeightAverage:
+    """An exponential moving average of a model's weights and buffers, updated after each optimiser step.
+
+    The decay ramps up as min(decay, (1 + n) / (10 + n)) over the first updates, so the average is not
+    dominated by the random initial weights in a short run. Integer buffers (batch-norm step counts) are copied.
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        import copy
+
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"weight-average decay {decay}: expected between 0 and 1")
+        self.decay, self.updates = float(decay), 0
+        self.module = copy.deepcopy(model).eval()
+        for p in self.module.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        mine = self.module.state_dict()
+        for k, v in model.state_dict().items():
+            if v.dtype.is_floating_point:
+                mine[k].mul_(d).add_(v.detach(), alpha=1 - d)
+            else:
+                mine[k].copy_(v)
+        self.updates += 1
+
+    def state_dict(self) -> dict:
+        return {"updates": self.updates, "state_dict": self.module.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.updates = int(state["updates"])
+        self.module.load_state_dict(state["state_dict"])
+
+
 def _is_better(score: float, best: float) -> bool:
     return math.isfinite(score) and score < best
 
@@ -225,11 +263,17 @@ def fit(model: torch.nn.Module, train_ds, val_ds, task: Task, loop: LoopConfig, 
     optimizer = torch.optim.AdamW(model.parameters(), lr=loop.lr, weight_decay=loop.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(steps, max(1, math.ceil(loop.warmup * steps))))
     scaler = torch.amp.GradScaler(device.type, enabled=amp)
+    average = WeightAverage(model, loop.ema) if loop.ema else None
     if last is not None:
         optimizer.load_state_dict(last["optimizer"])
         scheduler.load_state_dict(last["scheduler"])
         scaler.load_state_dict(last["scaler"])
+        if average is not None:
+            if "weight_average" not in last:
+                raise DataError(f"{run_dir / LAST}: written without a weight average; cannot resume with ema")
+            average.load_state_dict(last["weight_average"])
         del last
+    kept = model if average is None else average.module  # what is validated and saved as best.pt
 
     trained = 0
     for epoch in range(start, loop.epochs):
@@ -252,6 +296,8 @@ def fit(model: torch.nn.Module, train_ds, val_ds, task: Task, loop: LoopConfig, 
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
+            if average is not None:
+                average.update(model)
             n = len(next(iter(batch.values())))
             total += loss.item() * n
             count += n
@@ -259,7 +305,9 @@ def fit(model: torch.nn.Module, train_ds, val_ds, task: Task, loop: LoopConfig, 
         train_loss = mean_across(ctx, total, count)
 
         sync_buffers(ctx, model)
-        val = _validate(model, val_ds, task, loop, ctx, amp)
+        if average is not None:
+            sync_buffers(ctx, average.module)
+        val = _validate(kept, val_ds, task, loop, ctx, amp)
         score = val[task.score_key]
         # The first epoch always counts as best so that a run has a best.pt even when nothing is scorable.
         improved = _is_better(score, state["best"]) or state["best_epoch"] < 0
@@ -281,12 +329,13 @@ def fit(model: torch.nn.Module, train_ds, val_ds, task: Task, loop: LoopConfig, 
                 fh.write(json.dumps(record) + "\n")
             plot_curves(read_metrics(run_dir), run_dir / CURVES, task.score_key)
             common = {**describe, "epoch": epoch, "metrics": record, "versions": versions(),
-                      "state_dict": model.state_dict()}
+                      "state_dict": kept.state_dict()}
             if improved:
                 save_checkpoint(run_dir / BEST, common)
-            save_checkpoint(run_dir / LAST, {**common, "optimizer": optimizer.state_dict(),
-                                             "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
-                                             "early_stop": dict(state)})
+            extra = {} if average is None else {"weight_average": average.state_dict()}
+            save_checkpoint(run_dir / LAST, {**common, "state_dict": model.state_dict(), **extra,
+                                             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                                             "scaler": scaler.state_dict(), "early_stop": dict(state)})
             log(f"epoch {epoch + 1}/{loop.epochs}  train_loss {train_loss:.4f}  "
                 + "  ".join(f"{k} {v:.4f}" for k, v in val.items()) + ("  *" if improved else "")
                 + f"  ({record['seconds']:.1f}s)" + eta)

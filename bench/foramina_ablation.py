@@ -1,0 +1,249 @@
+"""One first-stage change measured alone on the 5 folds of a `bench/foramina_cv.py` folder, and ensembles of them.
+
+The crop grader learns on the true points (jittered), never on the localiser's, so the two networks can be
+changed one at a time: for each fold, the changed network is trained on that fold's training studies (same
+split and seed as the CV), the unchanged one is copied from the CV's fold (or from another ablation folder with
+--localizer-from / --grader-from), and the held-out fold is scored on the localiser's points (TTA + temperature,
+as the CV does): weighted log loss, localisation, and for a grader change the oracle (true points). Then the
+study-level stage on the new out-of-fold rows. Runs resume where they stopped when started again.
+
+    nice python bench/foramina_ablation.py --cv /tmp/foramina_cv --out /tmp/loc8 --localizer-epochs 8
+    nice python bench/foramina_ablation.py --cv /tmp/foramina_cv --out /tmp/ema --grader-ema 0.995
+    nice python bench/foramina_ablation.py --cv /tmp/foramina_cv --out /tmp/both --localizer-from /tmp/loc8 \\
+        --grader-from /tmp/ema
+
+`--ensemble A B ...` instead averages the held-out probabilities of ablation (or CV) folders that share their
+points (the same localisers), fold by fold: the cross-validated figure of a first stage with several graders.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from spinegrade import vocab
+from spinegrade.files import atomic_write_text, write_csv_atomic
+from spinegrade.slicemodel.bundled import HELD_OUT_DICOM
+from spinegrade.slicemodel.data import load_images
+from spinegrade.slicemodel.model import CALIBRATION, GRADER, LOCALIZER, SPLIT, SliceModel
+from spinegrade.slicemodel.pipeline import (
+    CONFIG,
+    PREDICTIONS,
+    SliceConfig,
+    _calibrate,
+    _train_grader,
+    _train_localizer,
+    fit_study_stage,
+    predict_rows,
+    slice_config,
+)
+from spinegrade.slicemodel.task import task_by_name
+
+SLICES = Path(__file__).resolve().parents[2] / "shared/realdata/rsna2024_sagT1_foramina_vbs2004"
+
+
+def _config(path: Path) -> SliceConfig:
+    return SliceConfig.from_dict(json.loads((path / CONFIG).read_text()))
+
+
+def changed_config(base: SliceConfig, a) -> SliceConfig:
+    """The CV fold's configuration with this ablation's changes (and the networks taken from elsewhere)."""
+    cfg = SliceConfig.from_dict(base.to_dict())
+    if a.localizer_from:
+        src = _config(a.localizer_from / f"fold{base.val_fold}")
+        cfg.localizer, cfg.localizer_loop = src.localizer, src.localizer_loop
+    if a.grader_from:
+        src = _config(a.grader_from / f"fold{base.val_fold}")
+        cfg.grader, cfg.grader_loop = src.grader, src.grader_loop
+    lchange = {k: v for k, v in (("input_size", a.localizer_size),) if v}
+    gchange = {k: v for k, v in (("crop_frac", a.crop_frac), ("crop_px", a.crop_px), ("jitter", a.jitter)) if v}
+    if a.grader_model:
+        gchange.update(network=a.grader_model, network_kwargs=tuple(sorted(json.loads(a.grader_kwargs).items())))
+    if a.pretrained:
+        gchange["pretrained"] = True
+    cfg.localizer = dataclasses.replace(cfg.localizer, **lchange)
+    cfg.grader = dataclasses.replace(cfg.grader, **gchange)
+    for loop, epochs, ema in ((cfg.localizer_loop, a.localizer_epochs, a.localizer_ema),
+                              (cfg.grader_loop, a.grader_epochs, a.grader_ema)):
+        if epochs:
+            loop.epochs = epochs
+        if ema is not None:
+            loop.ema = ema
+    return cfg.validate()
+
+
+def run_fold(k: int, a, log) -> dict:
+    from spinegrade.train.distributed import setup, teardown
+
+    cv_run, out = a.cv / f"fold{k}", a.out / f"fold{k}"
+    done = out / "summary.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    base = _config(cv_run)
+    cfg = changed_config(base, a)
+    new_loc = (cfg.localizer, cfg.localizer_loop) != (base.localizer, base.localizer_loop)
+    new_grader = (cfg.grader, cfg.grader_loop) != (base.grader, base.grader_loop)
+    loc_src = a.localizer_from / f"fold{k}" if a.localizer_from else cv_run
+    grader_src = a.grader_from / f"fold{k}" if a.grader_from else cv_run
+    train_loc = new_loc and not a.localizer_from
+    train_grader = new_grader and not a.grader_from
+    task = task_by_name(cfg.task)
+    ps = task.read(cfg.slices)
+    split = pd.read_csv(cv_run / SPLIT, dtype={"study_id": str})
+    role = dict(zip(split["study_id"], split["role"]))
+    by_role = {r: ps.subset_studies([s for s, v in role.items() if v == r]) for r in ("train", "inner_val", "test")}
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / CONFIG, json.dumps(cfg.to_dict(), indent=1))
+    shutil.copy(cv_run / SPLIT, out / SPLIT)
+    skip = shutil.ignore_patterns("last.pt", "*.onnx")
+    if not train_loc and not (out / LOCALIZER).is_dir():
+        shutil.copytree(loc_src / LOCALIZER, out / LOCALIZER, ignore=skip)
+    if not train_grader:
+        if not (out / GRADER).is_dir():
+            shutil.copytree(grader_src / GRADER, out / GRADER, ignore=skip)
+        shutil.copy(grader_src / CALIBRATION, out / CALIBRATION)
+    images = load_images(ps.subset_studies(list(role)), log=log)
+    seconds = {}
+    ctx = setup("cpu")
+    try:
+        for name, train, fn in (("localizer", train_loc, _train_localizer), ("grader", train_grader, _train_grader)):
+            if train:
+                t0 = time.time()
+                fn(cfg, by_role["train"], by_role["inner_val"], images, out, ctx, resume=True, log=log)
+                seconds[name] = round(time.time() - t0, 1)
+    finally:
+        teardown(ctx)
+    if train_grader:
+        _calibrate(out, by_role["inner_val"], images, log)
+    model = SliceModel.load(out, "cpu")
+    pred = predict_rows(model, by_role["test"], images)
+    write_csv_atomic(pred, out / "heldout" / PREDICTIONS)
+    heldout = {"predicted_points": task.score(by_role["test"], pred, by_role["train"])}
+    if train_grader:
+        graded = by_role["test"].labelled()
+        heldout["true_points"] = task.score(graded, predict_rows(model, graded, images, true_points=True),
+                                            by_role["train"])
+    summary = {"trained": sorted(seconds), "train_seconds": seconds, "heldout": heldout}
+    atomic_write_text(done, json.dumps(summary, indent=1))
+    return summary
+
+
+def _figures(run: Path) -> dict:
+    h = json.loads((run / "summary.json").read_text())["heldout"]
+    p, loc = h["predicted_points"], h["predicted_points"]["localisation_px250"]
+    return {"wll": p["weighted_log_loss"], "true_points": h.get("true_points", {}).get("weighted_log_loss"),
+            "within5": loc["within_5px"], "over20": loc["over_20px"], "median_px": loc["median"],
+            **{lv: p["per_level_wll"][lv] for lv in vocab.LEVELS}}
+
+
+def _with_mean(rows: list[dict]) -> pd.DataFrame:
+    df = pd.DataFrame(rows)
+    return pd.concat([df, df.mean(numeric_only=True).to_frame().T.assign(fold="mean")], ignore_index=True)
+
+
+def compare(a) -> None:
+    rows = []
+    for k in range(5):
+        out = a.out / f"fold{k}"
+        if not (out / "summary.json").is_file():
+            continue
+        b, n = _figures(a.cv / f"fold{k}"), _figures(out)
+        s = json.loads((out / "summary.json").read_text())
+        rows.append({"fold": k, "wll_cv": b["wll"], "wll_new": n["wll"], "true_pts_cv": b["true_points"],
+                     "true_pts_new": n["true_points"], "within5_cv": b["within5"], "within5_new": n["within5"],
+                     "over20_cv": b["over20"], "over20_new": n["over20"],
+                     "train_min": sum(s.get("train_seconds", {}).values()) / 60})
+    df = _with_mean(rows)
+    print(f"\n{a.out} against the CV {a.cv} (held-out folds; *_cv = the CV's own figures)")
+    print(df.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    per_level = _with_mean([{"fold": k, **{lv: _figures(a.out / f"fold{k}")[lv] for lv in vocab.LEVELS}}
+                            for k in df["fold"][:-1]])
+    print("per level (new):")
+    print(per_level.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    if len(rows) == 5:
+        st = fit_study_stage(a.out, slice_config(a.slices, folds=5, val_fold=0, device="cpu",
+                                                 exclude_studies=HELD_OUT_DICOM), log=print)
+        print(pd.DataFrame(st["folds"]).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+
+
+def ensemble(a) -> None:
+    """Average the held-out probabilities of folders with the same localisers, fold by fold, and score them."""
+    task = task_by_name("foramina")
+    ps = task.read(a.slices)
+    keys = ["path", "condition", "level"]
+    rows, level_rows = [], []
+    for k in range(5):
+        preds = [pd.read_csv(d / f"fold{k}" / "heldout" / PREDICTIONS) for d in a.ensemble]
+        first = preds[0]
+        for d, p in zip(a.ensemble[1:], preds[1:]):
+            if not p[keys].equals(first[keys]):
+                raise SystemExit(f"{d}/fold{k}: other held-out rows than {a.ensemble[0]}/fold{k}")
+            moved = np.hypot(p["x_pred"] - first["x_pred"], p["y_pred"] - first["y_pred"]).max()
+            if moved > 1e-3:
+                raise SystemExit(f"{d}/fold{k}: other points than {a.ensemble[0]} (by up to {moved:.2f} px): "
+                                 "an ensemble of graders needs the same localisers")
+        mean = first.copy()
+        cols = list(vocab.SEVERITY_KEYS)
+        mean[cols] = np.mean([p[cols].to_numpy() for p in preds], axis=0)
+        split = pd.read_csv(a.cv / f"fold{k}" / SPLIT, dtype={"study_id": str})
+        test = ps.subset_studies(split.loc[split["role"] == "test", "study_id"])
+        train = ps.subset_studies(split.loc[split["role"] == "train", "study_id"])
+        order = test.points[keys].reset_index(drop=True)
+        if not order.equals(first[keys]):
+            raise SystemExit(f"fold {k}: the held-out rows are not in the split's order")
+        res = task.score(test, mean, train)
+        singles = [task.score(test, p, train)["weighted_log_loss"] for p in preds]
+        rows.append({"fold": k, **{f"wll_{i}": s for i, s in enumerate(singles)}, "wll_ensemble": res["weighted_log_loss"]})
+        level_rows.append({"fold": k, **res["per_level_wll"]})
+    print("ensemble of " + ", ".join(f"{i}: {d}" for i, d in enumerate(a.ensemble)))
+    print(_with_mean(rows).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print("per level (ensemble):")
+    print(_with_mean(level_rows).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cv", type=Path, required=True, help="a bench/foramina_cv.py folder (its splits and networks)")
+    ap.add_argument("--out", type=Path, help="this ablation's folder")
+    ap.add_argument("--slices", type=Path, default=SLICES)
+    ap.add_argument("--localizer-from", type=Path, help="take each fold's localiser from this ablation folder")
+    ap.add_argument("--grader-from", type=Path, help="take each fold's grader from this ablation folder")
+    ap.add_argument("--localizer-size", type=int)
+    ap.add_argument("--localizer-epochs", type=int)
+    ap.add_argument("--localizer-ema", type=float)
+    ap.add_argument("--grader-epochs", type=int)
+    ap.add_argument("--grader-ema", type=float)
+    ap.add_argument("--grader-model")
+    ap.add_argument("--grader-kwargs", default="{}", help="JSON options of --grader-model")
+    ap.add_argument("--pretrained", action="store_true")
+    ap.add_argument("--crop-frac", type=float)
+    ap.add_argument("--crop-px", type=int)
+    ap.add_argument("--jitter", type=float)
+    ap.add_argument("--run-folds", type=int, nargs="*", default=None, help="train these folds only (no table)")
+    ap.add_argument("--ensemble", type=Path, nargs="+", help="score the average of these folders' folds instead")
+    a = ap.parse_args()
+    if a.ensemble:
+        ensemble(a)
+        return
+    if a.out is None:
+        ap.error("--out is required unless --ensemble")
+    if a.localizer_from and any(v is not None for v in (a.localizer_size, a.localizer_epochs, a.localizer_ema)):
+        ap.error("--localizer-from takes the localisers as they are: no localiser change beside it")
+    if a.grader_from and (any(v is not None for v in (a.grader_epochs, a.grader_ema, a.grader_model, a.crop_frac,
+                                                       a.crop_px, a.jitter)) or a.pretrained):
+        ap.error("--grader-from takes the graders as they are: no grader change beside it")
+    for k in a.run_folds if a.run_folds is not None else range(5):
+        run_fold(k, a, log=lambda m, k=k: print(f"[fold {k}] {m}", flush=True))
+    if a.run_folds is None:
+        compare(a)
+
+
+if __name__ == "__main__":
+    main()
