@@ -32,7 +32,7 @@ from spinegrade import vocab
 from spinegrade.files import atomic_write_text, write_csv_atomic
 from spinegrade.slicemodel.bundled import HELD_OUT_DICOM
 from spinegrade.slicemodel.data import load_images
-from spinegrade.slicemodel.model import CALIBRATION, GRADER, LOCALIZER, SPLIT, SliceModel
+from spinegrade.slicemodel.model import CALIBRATION, GRADER, LOCALIZER, REFINER, SPLIT, SliceModel
 from spinegrade.slicemodel.pipeline import (
     CONFIG,
     PREDICTIONS,
@@ -40,12 +40,16 @@ from spinegrade.slicemodel.pipeline import (
     _calibrate,
     _train_grader,
     _train_localizer,
+    _train_refiner,
     fit_study_stage,
     predict_rows,
     slice_config,
 )
+from spinegrade.slicemodel.refiner import RefinerSpec
 from spinegrade.slicemodel.task import task_by_name
+from spinegrade.train.engine import read_metrics
 
+READ_ONLY = ("tta_zooms", "second_peak_power", "second_peak_gap")  # LocalizerSpec fields used at inference only
 SLICES = Path(__file__).resolve().parents[2] / "shared/realdata/rsna2024_sagT1_foramina_vbs2004"
 
 
@@ -62,7 +66,18 @@ def changed_config(base: SliceConfig, a) -> SliceConfig:
     if a.grader_from:
         src = _config(a.grader_from / f"fold{base.val_fold}")
         cfg.grader, cfg.grader_loop = src.grader, src.grader_loop
+    if a.refiner_from:
+        src = _config(a.refiner_from / f"fold{base.val_fold}")
+        cfg.refiner, cfg.refiner_loop = src.refiner, src.refiner_loop
+    elif a.refine:
+        cfg.refiner = RefinerSpec()
+        if a.refiner_epochs:
+            cfg.refiner_loop.epochs = a.refiner_epochs
     lchange = {k: v for k, v in (("input_size", a.localizer_size),) if v}
+    if a.localizer_tta is not None:
+        lchange["tta_zooms"] = tuple(a.localizer_tta)
+    if a.second_peak_power is not None:
+        lchange["second_peak_power"] = a.second_peak_power
     gchange = {k: v for k, v in (("crop_frac", a.crop_frac), ("crop_px", a.crop_px), ("jitter", a.jitter)) if v}
     if a.grader_model:
         gchange.update(network=a.grader_model, network_kwargs=tuple(sorted(json.loads(a.grader_kwargs).items())))
@@ -88,12 +103,15 @@ def run_fold(k: int, a, log) -> dict:
         return json.loads(done.read_text())
     base = _config(cv_run)
     cfg = changed_config(base, a)
-    new_loc = (cfg.localizer, cfg.localizer_loop) != (base.localizer, base.localizer_loop)
+    # how a localiser is read (TTA views, second peak), not how it is trained: a change of these alone trains nothing
+    trained_as = dataclasses.replace(cfg.localizer, **{f: getattr(base.localizer, f) for f in READ_ONLY})
+    new_loc = (trained_as, cfg.localizer_loop) != (base.localizer, base.localizer_loop)
     new_grader = (cfg.grader, cfg.grader_loop) != (base.grader, base.grader_loop)
     loc_src = a.localizer_from / f"fold{k}" if a.localizer_from else cv_run
     grader_src = a.grader_from / f"fold{k}" if a.grader_from else cv_run
     train_loc = new_loc and not a.localizer_from
     train_grader = new_grader and not a.grader_from
+    train_refiner = cfg.refiner is not None and not a.refiner_from
     task = task_by_name(cfg.task)
     ps = task.read(cfg.slices)
     split = pd.read_csv(cv_run / SPLIT, dtype={"study_id": str})
@@ -105,6 +123,9 @@ def run_fold(k: int, a, log) -> dict:
     skip = shutil.ignore_patterns("last.pt", "*.onnx")
     if not train_loc and not (out / LOCALIZER).is_dir():
         shutil.copytree(loc_src / LOCALIZER, out / LOCALIZER, ignore=skip)
+        _set_spec(out / LOCALIZER / "best.pt", cfg.localizer.to_dict())  # the TTA views this folder reads it with
+    if a.refiner_from and not (out / REFINER).is_dir():
+        shutil.copytree(a.refiner_from / f"fold{k}" / REFINER, out / REFINER, ignore=skip)
     if not train_grader:
         if not (out / GRADER).is_dir():
             shutil.copytree(grader_src / GRADER, out / GRADER, ignore=skip)
@@ -113,7 +134,8 @@ def run_fold(k: int, a, log) -> dict:
     seconds = {}
     ctx = setup("cpu")
     try:
-        for name, train, fn in (("localizer", train_loc, _train_localizer), ("grader", train_grader, _train_grader)):
+        for name, train, fn in (("localizer", train_loc, _train_localizer), ("refiner", train_refiner, _train_refiner),
+                                ("grader", train_grader, _train_grader)):
             if train:
                 t0 = time.time()
                 fn(cfg, by_role["train"], by_role["inner_val"], images, out, ctx, resume=True, log=log)
@@ -130,9 +152,27 @@ def run_fold(k: int, a, log) -> dict:
         graded = by_role["test"].labelled()
         heldout["true_points"] = task.score(graded, predict_rows(model, graded, images, true_points=True),
                                             by_role["train"])
-    summary = {"trained": sorted(seconds), "train_seconds": seconds, "heldout": heldout}
+    else:  # the oracle grades the true points alone: the grader's own figure, wherever it was measured
+        src = json.loads((grader_src / "summary.json").read_text())["heldout"]
+        if "true_points" in src:
+            heldout["true_points"] = src["true_points"]
+    # every network's epochs as their runs logged them (trained here or copied with their metrics.jsonl)
+    epochs = {n: sum(r["seconds"] for r in read_metrics(out / n)) for n in (LOCALIZER, REFINER, GRADER)
+              if (out / n / "metrics.jsonl").is_file()}
+    summary = {"task": task.name, "trained_here": sorted(seconds), "train_seconds": round(sum(epochs.values()), 1),
+               "epoch_seconds": epochs, "split": {r: int(b.points["study_id"].nunique()) for r, b in by_role.items()},
+               "heldout": heldout}
     atomic_write_text(done, json.dumps(summary, indent=1))
     return summary
+
+
+def _set_spec(ckpt: Path, spec: dict) -> None:
+    import torch
+
+    ck = torch.load(ckpt, map_location="cpu", weights_only=True)
+    if ck.get("spec") != spec:
+        ck["spec"] = spec
+        torch.save(ck, ckpt)
 
 
 def _figures(run: Path) -> dict:
@@ -141,6 +181,11 @@ def _figures(run: Path) -> dict:
     return {"wll": p["weighted_log_loss"], "true_points": h.get("true_points", {}).get("weighted_log_loss"),
             "within5": loc["within_5px"], "over20": loc["over_20px"], "median_px": loc["median"],
             **{lv: p["per_level_wll"][lv] for lv in vocab.LEVELS}}
+
+
+def _minutes(summary: dict) -> float:
+    t = summary.get("train_seconds", summary.get("localizer_seconds", 0.0))
+    return (sum(t.values()) if isinstance(t, dict) else float(t or 0.0)) / 60
 
 
 def _with_mean(rows: list[dict]) -> pd.DataFrame:
@@ -159,7 +204,7 @@ def compare(a) -> None:
         rows.append({"fold": k, "wll_cv": b["wll"], "wll_new": n["wll"], "true_pts_cv": b["true_points"],
                      "true_pts_new": n["true_points"], "within5_cv": b["within5"], "within5_new": n["within5"],
                      "over20_cv": b["over20"], "over20_new": n["over20"],
-                     "train_min": sum(s.get("train_seconds", {}).values()) / 60})
+                     "train_min": _minutes(s)})
     df = _with_mean(rows)
     print(f"\n{a.out} against the CV {a.cv} (held-out folds; *_cv = the CV's own figures)")
     print(df.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
@@ -215,6 +260,11 @@ def main() -> None:
     ap.add_argument("--slices", type=Path, default=SLICES)
     ap.add_argument("--localizer-from", type=Path, help="take each fold's localiser from this ablation folder")
     ap.add_argument("--grader-from", type=Path, help="take each fold's grader from this ablation folder")
+    ap.add_argument("--refiner-from", type=Path, help="take each fold's refiner from this ablation folder")
+    ap.add_argument("--refine", action="store_true", help="train a refiner (a second look at each point)")
+    ap.add_argument("--refiner-epochs", type=int)
+    ap.add_argument("--localizer-tta", type=float, nargs="*", help="the localiser's TTA zooms (none: one view)")
+    ap.add_argument("--second-peak-power", type=float, help="grade each channel's second peak too (0: off)")
     ap.add_argument("--localizer-size", type=int)
     ap.add_argument("--localizer-epochs", type=int)
     ap.add_argument("--localizer-ema", type=float)

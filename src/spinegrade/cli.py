@@ -175,6 +175,8 @@ def _add_train(sub) -> None:
     f.add_argument("--exclude-studies", default="", metavar="ID,ID",
                    help="study ids to keep out of training (e.g. those later evaluated as DICOM)")
     f.add_argument("--no-calibrate", action="store_true", help="skip the temperature fitted on inner-validation studies")
+    f.add_argument("--no-refine", action="store_true",
+                   help="no refiner (the foramen recipe's second, closer look at each localiser point)")
     p.add_argument("--model", default=None, help="registered model name (see `spinegrade info`); default "
                    "seed-cnn for --index, the pipeline's grader for --data and --slices")
     p.add_argument("--model-kwargs", type=_json_object, default=None, metavar="JSON",
@@ -261,7 +263,7 @@ def slice_config_from_args(a):
     )
 
 
-_FORAMINA_ONLY = ("all_folds", "pretrained", "crop_frac", "exclude_studies", "no_calibrate")
+_FORAMINA_ONLY = ("all_folds", "pretrained", "crop_frac", "exclude_studies", "no_calibrate", "no_refine")
 
 
 def _refuse_foramina_options(a, source: str) -> None:
@@ -287,6 +289,7 @@ def _cmd_train_slices(a) -> int:
         localizer_size=a.localizer_size, localizer_epochs=a.localizer_epochs, grader_epochs=a.grader_epochs or a.epochs,
         batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay, patience=a.patience, ema=a.ema,
         class_weights=a.class_weights, augment=not a.no_augment, calibrate=not a.no_calibrate,
+        refine=False if a.no_refine else None,
         exclude_studies=[s for s in a.exclude_studies.split(",") if s.strip()])
     if a.all_folds:
         s = train_all_folds(cfg, a.out, resume=a.resume)

@@ -29,7 +29,7 @@ _TRAINING_STATE = ("state_dict", "optimizer", "scheduler", "scaler", "early_stop
 def input_shapes(desc: dict) -> list[tuple[int, ...]]:
     """One example input shape per network input (batch 2), from what the checkpoint says it was fed."""
     spec, pre, model = desc.get("spec") or {}, desc.get("preprocessing") or {}, desc["model"]
-    size = (spec.get("input_size") if desc["kind"].endswith("-localizer") else None) or spec.get("crop_px") \
+    size = (spec.get("input_size") if desc["kind"].endswith(("-localizer", "-refiner")) else None) or spec.get("crop_px") \
         or pre.get("input_size") or (pre.get("crop") or {}).get("out_px") or pre.get("image_size")
     if not size:
         raise DataError(f"a {desc['kind']!r} checkpoint that does not say its input size")

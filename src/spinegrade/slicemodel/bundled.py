@@ -14,6 +14,7 @@ from ..errors import DataError
 
 LOCALIZER = "localizer"
 GRADER = "grader"
+REFINER = "refiner"  # optional: a second look at each localiser point (refiner.py)
 BUNDLED_DIR = Path(__file__).resolve().parents[1] / "bundled"
 
 BUNDLE = "bundle.json"
@@ -64,7 +65,7 @@ def is_member(path: Path) -> bool:
 
 def pack_run(run: Path, out: Path, extra: tuple[str, ...] = ("calibration.json", "split.csv"),
              onnx_only: bool = False) -> None:
-    """Copy a trained run's two networks into a bundled model folder (float weights halved, run-local paths
+    """Copy a trained run's networks (localiser, grader, and its refiner where it has one) into a bundled model folder (float weights halved, run-local paths
     dropped, each exported to ONNX beside it; with `onnx_only` the ONNX alone is kept, half the size) with its
     `extra` files. Needs torch (a train install)."""
     import shutil
@@ -74,7 +75,8 @@ def pack_run(run: Path, out: Path, extra: tuple[str, ...] = ("calibration.json",
     from ..export import export_run
 
     out.mkdir(parents=True, exist_ok=True)
-    for name in (LOCALIZER, GRADER):
+    nets = [n for n in (LOCALIZER, REFINER, GRADER) if n != REFINER or (run / n / "best.pt").is_file()]
+    for name in nets:
         ck = torch.load(run / name / "best.pt", map_location="cpu", weights_only=True)
         ck["state_dict"] = {k: v.half() if v.is_floating_point() else v for k, v in ck["state_dict"].items()}
         ck.get("config", {}).pop("slices", None)
@@ -84,7 +86,7 @@ def pack_run(run: Path, out: Path, extra: tuple[str, ...] = ("calibration.json",
         shutil.copy(run / name, out / name)
     export_run(out)
     if onnx_only:
-        for name in (LOCALIZER, GRADER):
+        for name in nets:
             (out / name / "best.pt").unlink()
 
 

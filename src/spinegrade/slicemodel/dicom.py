@@ -52,7 +52,9 @@ def grade_foramina(model: SliceModel, study: Study, midline_x: float | None = No
     rows, cols = t1.shape
     fx, fy = _flips(t1)
     imgs = [_oriented(t1, k, fx, fy) for k in range(t1.n_slices)]
-    loc = model.localize_many(imgs, rows, cols)  # (n, 5, 3) in oriented pixels
+    # every slice looked at once (one view, no refiner) to choose each foramen's slice by its peak height;
+    # the chosen slices are then looked at as the slice sets were scored (`SliceModel.candidates`)
+    loc = np.stack([model.localize(im, rows, cols, tta=False, refine=False) for im in imgs])  # (n, 5, 3)
     xs = np.array([t1.geometry.pixel_to_patient(k, cols / 2, rows / 2)[0] for k in range(t1.n_slices)])
     mid = float(np.median(xs)) if midline_x is None else float(midline_x)
     points: list[Point] = []
@@ -69,11 +71,13 @@ def grade_foramina(model: SliceModel, study: Study, midline_x: float | None = No
             continue
         cond = vocab.condition_at(vocab.FORAMINAL, side)
         for li, lv in enumerate(vocab.LEVELS):
-            k = int(cand[np.argmax(loc[cand, li, 2])])
-            asks.setdefault(k, []).append((cond, lv, float(loc[k, li, 0]), float(loc[k, li, 1])))
+            asks.setdefault(int(cand[np.argmax(loc[cand, li, 2])]), []).append((cond, lv, li))
     graded, member_probs = [], []
-    for k, ask in asks.items():
-        member_probs.append(model.grade(imgs[k], rows, cols, ask, per_member=True))
+    for k, chosen in asks.items():
+        look = model.candidates(imgs[k], rows, cols)
+        ask = [(cond, lv, float(look[li, 0, 0]), float(look[li, 0, 1])) for cond, lv, li in chosen]
+        member_probs.append(model.grade(imgs[k], rows, cols, ask, per_member=True,
+                                        seconds=[tuple(look[li, 1]) for _, _, li in chosen]))
         for cond, lv, x, y in ask:
             # back to the series' own pixel grid (the model answers in the labels' pixel-index convention)
             points.append(_point_on(t1, k, cond, lv, x, y, fx, fy, f"localizer:{model.name}"))

@@ -207,6 +207,9 @@ class ForaminaTask(SliceTask):
     name = "foramina"
     folder_kind = "foramen slice folder (slices.csv + points.csv)"
     stage_conditions = FORAMINAL
+    refine = True
+    localizer_defaults = {"tta_zooms": (1.0, 0.92, 1.08), "second_peak_power": 4.0}
+    localizer_loop_defaults = {"epochs": 8}
 
     def is_folder(self, folder: Path) -> bool:
         return (Path(folder) / SLICES_CSV).is_file() and (Path(folder) / POINTS_CSV).is_file()

@@ -35,6 +35,15 @@ class LocalizerSpec(SpecDict):
     zoom: float = 0.12
     rotate: float = 8.0
     gamma: float = 0.25
+    # inference: the letterbox zoomed about its centre by each factor, the views' points' median (empty: one view)
+    tta_zooms: tuple = ()
+    # inference: each channel's second-highest peak (at least `second_peak_gap` heatmap pixels from the first) is
+    # graded too, its grade mixed in with weight h2^p / (h1^p + h2^p) for the peaks' heights h (p = 0: not used)
+    second_peak_power: float = 0.0
+    second_peak_gap: int = 3
+
+    def __post_init__(self):
+        object.__setattr__(self, "tta_zooms", tuple(float(z) for z in self.tta_zooms))  # a JSON list reads back
 
     @property
     def heatmap_size(self) -> int:
@@ -85,22 +94,32 @@ class LocalizerDataset:
         x = warp(torch.from_numpy(normalise_intensity(img)), [(a, t)], s)[0]
         if self.augment and spec.gamma:
             x = x.clamp_min(0) ** float(np.exp(rng.uniform(-spec.gamma, spec.gamma)))
-        n = self.n_channels
-        pts = np.full((n, 2), np.nan, dtype=np.float32)
-        mask = np.zeros(n, dtype=np.float32)
-        blobs = np.full((n, 3), np.nan)
         inv = np.linalg.inv(m_a)
-        targets = np.zeros((n, spec.heatmap_size, spec.heatmap_size), dtype=np.float32)
+        placed = []
         for lv, x0, y0 in self.points[i]:
             bx, by = frame.original_to_box(*frame.stored_to_original(x0, y0))
-            p = inv @ (np.array([bx, by]) - m_t)  # letterbox -> augmented output position
-            pts[lv] = p
-            mask[lv] = 1
-            blobs[lv] = (p[0] / OUT_STRIDE - 0.5, p[1] / OUT_STRIDE - 0.5, 1.0)  # heatmap pixel i is centred at i
-            one = gaussian_heatmaps(blobs[lv:lv + 1], spec.heatmap_size, spec.sigma)[0]
-            targets[lv] = np.maximum(targets[lv], one)  # both sides of one level on a slice: two blobs
+            placed.append((lv, inv @ (np.array([bx, by]) - m_t)))  # letterbox -> augmented output position
+        targets, mask, pts = blob_targets(placed, self.n_channels, spec.heatmap_size, spec.sigma)
         return {"image": zscore(x).float(), "target": torch.from_numpy(targets), "mask": torch.from_numpy(mask),
                 "points": torch.from_numpy(pts), "scale250": torch.tensor(250.0 / s, dtype=torch.float32)}
+
+
+def blob_targets(placed, n: int, size: int, sigma: float, inside: float | None = None):
+    """Heatmap targets (n, size, size), mask (n,) and scored points (n, 2) of labelled landmarks `placed` as
+    (channel, network-input pixel position): a Gaussian blob each (both sides of one level on a slice: two).
+    With `inside` (the input's side), a landmark outside the input stays labelled (masked in, no blob: nothing of
+    it here) but is not scored (NaN point)."""
+    pts = np.full((n, 2), np.nan, dtype=np.float32)
+    mask = np.zeros(n, dtype=np.float32)
+    targets = np.zeros((n, size, size), dtype=np.float32)
+    for c, p in placed:
+        mask[c] = 1
+        if inside is not None and not np.all((p >= 0) & (p < inside)):
+            continue
+        pts[c] = p
+        blob = np.array([[p[0] / OUT_STRIDE - 0.5, p[1] / OUT_STRIDE - 0.5, 1.0]])  # heatmap pixel i is centred at i
+        targets[c] = np.maximum(targets[c], gaussian_heatmaps(blob, size, sigma)[0])
+    return targets, mask, pts
 
 
 def heatmap_to_box(xy_heatmap: np.ndarray) -> np.ndarray:

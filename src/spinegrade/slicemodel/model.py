@@ -17,12 +17,13 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DataError
-from ..localize.heatmap import decode_heatmaps
-from ..runtime import Runtime, runtime, sigmoid, softmax
-from .bundled import BUNDLED_DIR, GRADER, LOCALIZER, is_member, resolve_model_path
+from ..localize.heatmap import decode_heatmaps, refine_peak
+from ..runtime import Runtime, has_network, runtime, sigmoid, softmax
+from .bundled import BUNDLED_DIR, GRADER, LOCALIZER, REFINER, is_member, resolve_model_path
 from .data import Frame, normalise_intensity
 from .grader import GraderSpec, crop_batch
-from .localizer import LocalizerSpec, heatmap_to_box
+from .localizer import OUT_STRIDE, LocalizerSpec, heatmap_to_box
+from .refiner import RefinerSpec, refine_points
 from .study import StudyStage, find_stage
 from .task import SliceTask, task_of_kind
 from .warp import letterbox_affine, warp_numpy, zscore_numpy
@@ -54,6 +55,8 @@ class Member:
     gspec: GraderSpec
     temperature: float = 1.0
     train_studies: set = field(default_factory=set)
+    refiner: object | None = None  # a second look at each point (refiner.py), where the run has one
+    rspec: RefinerSpec | None = None
 
     @classmethod
     def load(cls, path: Path, device="cpu") -> Member:
@@ -72,7 +75,21 @@ class Member:
 
             with open(split, newline="", encoding="utf-8") as fh:
                 studies = {r["study_id"] for r in csv.DictReader(fh) if r.get("role") != "test"}
-        return cls(path, task, loc, LocalizerSpec.from_dict(lck["spec"]), gra, GraderSpec.from_dict(gck["spec"]), t, studies)
+        ref, rspec = None, None
+        if has_network(path / REFINER / "best.pt"):
+            ref, rck = _load_net(path / REFINER / "best.pt", "refiner", rt)
+            if rck["kind"] != task.refiner_kind:
+                raise DataError(f"{path}: its localiser is a {lck['kind']!r}, its refiner a {rck['kind']!r}")
+            rspec = RefinerSpec.from_dict(rck["spec"])
+        return cls(path, task, loc, LocalizerSpec.from_dict(lck["spec"]), gra, GraderSpec.from_dict(gck["spec"]), t,
+                   studies, ref, rspec)
+
+
+def _zoomed(frame: Frame, z: float) -> tuple[np.ndarray, np.ndarray]:
+    """The letterbox affine with the view zoomed by `z` about the letterbox centre (z > 1: closer)."""
+    a, t = letterbox_affine(frame)
+    c = np.full(2, frame.size / 2)
+    return a / z, a @ (c - c / z) + t
 
 
 class SliceModel:
@@ -120,26 +137,74 @@ class SliceModel:
                 return cand.read_text()
         return ""
 
-    def localize(self, img: np.ndarray, rows: int, cols: int) -> np.ndarray:
+    def localize(self, img: np.ndarray, rows: int, cols: int, tta: bool = True, refine: bool = True) -> np.ndarray:
         """(C, 3): per channel of the task the landmark's (x, y) in `img` pixels and the mean peak height (0..1).
 
         A task that reads its channels together (`decode_together`: the canal's ordered levels) decodes the
-        members' mean heatmaps; otherwise each member's peaks are decoded and their positions averaged.
+        members' mean heatmaps; otherwise each member's peaks are decoded on the letterbox zoomed by each of its
+        spec's `tta_zooms` (with `tta`), the views' median taken, refined where the member has a refiner (and
+        `refine`), and the members' positions averaged (their median beyond two).
         """
+        return self._localize(img, rows, cols, tta, refine)[0]
+
+    def candidates(self, img: np.ndarray, rows: int, cols: int, tta: bool = True) -> np.ndarray:
+        """(C, 2, 3): per channel `localize`'s point (x, y, height) and a second candidate (x, y, weight): the
+        members' mean heatmap's highest peak away from the first (LocalizerSpec.second_peak_*), whose grade
+        `grade` mixes in with that weight. The weight is 0 where the model does not use a second peak."""
+        pts, maps = self._localize(img, rows, cols, tta, True)
+        out = np.zeros((len(pts), 2, 3))
+        out[:, 0] = pts
+        out[:, 1, :2] = pts[:, :2]
+        spec = self.members[0].lspec
+        if spec.second_peak_power <= 0 or not maps:
+            return out
+        frame, first = maps[0]
+        hm = np.mean([h for f, h in maps if h.shape == first.shape], axis=0)
+        bx, by = frame.original_to_box(*frame.stored_to_original(pts[:, 0], pts[:, 1]))
+        g = int(spec.second_peak_gap)
+        for c in range(len(pts)):
+            cx, cy = int(round(bx[c] / OUT_STRIDE - 0.5)), int(round(by[c] / OUT_STRIDE - 0.5))
+            near = np.zeros(hm[c].shape, dtype=bool)
+            near[max(0, cy - g):max(0, cy + g + 1), max(0, cx - g):max(0, cx + g + 1)] = True
+            if near.all() or not near.any():
+                continue
+            h1 = float(hm[c][near].max())
+            rest = np.where(near, 0.0, hm[c])
+            py, px = divmod(int(np.argmax(rest)), rest.shape[1])
+            second = self._to_stored(frame, np.array([refine_peak(rest, px, py)]))[0]
+            w1, w2 = max(h1, 1e-6) ** spec.second_peak_power, max(second[2], 0.0) ** spec.second_peak_power
+            out[c, 1] = (second[0], second[1], w2 / (w1 + w2))
+        return out
+
+    def _localize(self, img: np.ndarray, rows: int, cols: int, tta: bool, refine: bool):
+        """localize's points, and each member's plain-view (frame, heatmaps) for `candidates`."""
         img01 = normalise_intensity(img)
         out, maps = [], []
         for m in self.members:
             frame = Frame(rows, cols, img.shape, m.lspec.input_size)
-            x = zscore_numpy(warp_numpy(img01, [letterbox_affine(frame)], m.lspec.input_size))
-            hm = sigmoid(m.localizer(x))[0]
-            maps.append((frame, hm))
-            if not self.task.decode_together:
-                out.append(self._to_stored(frame, decode_heatmaps(hm)))
+            s = m.lspec.input_size
+            if self.task.decode_together:
+                hm = sigmoid(m.localizer(zscore_numpy(warp_numpy(img01, [letterbox_affine(frame)], s))))[0]
+                maps.append((frame, hm))
+                continue
+            zooms = (m.lspec.tta_zooms if tta else ()) or (1.0,)
+            hms = sigmoid(m.localizer(zscore_numpy(warp_numpy(img01, [_zoomed(frame, z) for z in zooms], s))))
+            views = []
+            maps.append((frame, hms[zooms.index(1.0)] if 1.0 in zooms else hms[0]))
+            for z, hm in zip(zooms, hms):
+                dec = decode_heatmaps(hm)
+                c = (s / 2) / OUT_STRIDE - 0.5  # the letterbox centre in heatmap pixels
+                dec[:, :2] = (dec[:, :2] - c) / z + c  # the view's heatmap -> the plain letterbox's
+                views.append(self._to_stored(frame, dec))
+            pts = np.median(np.stack(views), axis=0)
+            if m.refiner is not None and refine:
+                pts[:, :2] = refine_points(m.refiner, m.rspec, img01, rows, cols, pts[:, :2], sigmoid)
+            out.append(pts)
         if self.task.decode_together:
             frame, first = maps[0]
             same = [hm for f, hm in maps if hm.shape == first.shape]
-            return self._to_stored(frame, self.task.decode(np.mean(same, axis=0)))
-        return np.median(np.stack(out), axis=0) if len(out) > 2 else np.mean(np.stack(out), axis=0)
+            return self._to_stored(frame, self.task.decode(np.mean(same, axis=0))), []
+        return (np.median(np.stack(out), axis=0) if len(out) > 2 else np.mean(np.stack(out), axis=0)), maps
 
     @staticmethod
     def _to_stored(frame: Frame, dec: np.ndarray) -> np.ndarray:
@@ -148,18 +213,28 @@ class SliceModel:
         sx, sy = frame.original_to_stored(*frame.box_to_original(bx, by))
         return np.stack([sx, sy, dec[:, 2]], axis=1)
 
-    def localize_many(self, imgs: list[np.ndarray], rows: int, cols: int) -> np.ndarray:
+    def localize_many(self, imgs: list[np.ndarray], rows: int, cols: int, refine: bool = True) -> np.ndarray:
         """(N, C, 3) for N slices of one series."""
-        return np.stack([self.localize(im, rows, cols) for im in imgs])
+        return np.stack([self.localize(im, rows, cols, refine=refine) for im in imgs])
 
     def grade(self, img: np.ndarray, rows: int, cols: int, asks: list[tuple[str, str, float, float]],
-              tta: bool = True, per_member: bool = False) -> np.ndarray:
+              tta: bool = True, per_member: bool = False, seconds=None) -> np.ndarray:
         """(N, classes) probabilities for N (condition, level, x, y) asks on one slice, x, y in `img` pixels: the
-        members' mean, or with `per_member` each member's (M, N, classes), for `finish_study`."""
+        members' mean, or with `per_member` each member's (M, N, classes), for `finish_study`. `seconds`: per ask
+        a second candidate (x, y, weight) from `candidates`, whose grade is mixed in with that weight."""
         from ..inputs import condition_vector
 
         if not asks:
             return np.zeros((len(self.members), 0, len(self.task.classes)) if per_member else (0, len(self.task.classes)))
+        mix = [i for i, s in enumerate(seconds or ()) if s[2] > 0]
+        if mix:
+            both = list(asks) + [(asks[i][0], asks[i][1], seconds[i][0], seconds[i][1]) for i in mix]
+            p = self.grade(img, rows, cols, both, tta, per_member=True)
+            w = np.zeros(len(asks))
+            w[mix] = [seconds[i][2] for i in mix]
+            probs = p[:, :len(asks)] * (1 - w)[None, :, None]
+            probs[:, mix] += p[:, len(asks):] * w[mix][None, :, None]
+            return probs if per_member else probs.mean(axis=0)
         img01 = normalise_intensity(img)
         shifts = TTA_SHIFTS if tta else ((0.0, 0.0),)
         zooms = TTA_ZOOMS if tta else (1.0,)

@@ -27,7 +27,8 @@ from ..train.config import LoopConfig
 from .data import PointSlices, load_images, study_folds
 from .grader import GraderSpec
 from .localizer import LocalizerSpec
-from .model import CALIBRATION, GRADER, LOCALIZER, SPLIT, SliceModel
+from .model import CALIBRATION, GRADER, LOCALIZER, REFINER, SPLIT, SliceModel
+from .refiner import RefinerSpec
 from .task import SliceTask, task_by_name, task_of_folder
 
 CONFIG = "config.json"
@@ -43,6 +44,10 @@ def _default_localizer_loop() -> LoopConfig:
 
 def _default_grader_loop() -> LoopConfig:
     return LoopConfig(epochs=8, batch_size=64, lr=2e-3, weight_decay=1e-4, patience=0)
+
+
+def _default_refiner_loop() -> LoopConfig:
+    return LoopConfig(epochs=6, batch_size=32, lr=2e-3, weight_decay=1e-4, patience=0)
 
 
 @dataclass
@@ -62,6 +67,8 @@ class SliceConfig:
     grader: GraderSpec = field(default_factory=GraderSpec)
     localizer_loop: LoopConfig = field(default_factory=_default_localizer_loop)
     grader_loop: LoopConfig = field(default_factory=_default_grader_loop)
+    refiner: RefinerSpec | None = None  # None: no second look (runs written before the refiner have none)
+    refiner_loop: LoopConfig = field(default_factory=_default_refiner_loop)
     calibrate: bool = True
 
     def validate(self) -> SliceConfig:
@@ -76,7 +83,9 @@ class SliceConfig:
             raise DataError(f"localiser input size {self.localizer.input_size}: must be a multiple of 32")
         if self.grader.crop_px < 16 or not 0.02 < self.grader.crop_frac < 1:
             raise DataError("crop size: at least 16 px and a fraction of the slice between 0.02 and 1")
-        for loop in (self.localizer_loop, self.grader_loop):
+        if self.refiner is not None and self.refiner.input_size % 32:
+            raise DataError(f"refiner input size {self.refiner.input_size}: must be a multiple of 32")
+        for loop in (self.localizer_loop, self.grader_loop, self.refiner_loop):
             if loop.epochs < 1 or loop.batch_size < 1:
                 raise DataError("epochs and batch size must be >= 1")
             loop.check_ema()
@@ -85,6 +94,7 @@ class SliceConfig:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["localizer"], d["grader"] = self.localizer.to_dict(), self.grader.to_dict()
+        d["refiner"] = None if self.refiner is None else self.refiner.to_dict()
         return json.loads(json.dumps(d))
 
     @classmethod
@@ -92,6 +102,8 @@ class SliceConfig:
         d = {"task": "foramina", **d}  # runs written before the canal task have no task: foramen runs
         return cls(**{**d, "localizer": LocalizerSpec.from_dict(d.get("localizer", {})),
                       "grader": GraderSpec.from_dict(d.get("grader", {})),
+                      "refiner": None if d.get("refiner") is None else RefinerSpec.from_dict(d["refiner"]),
+                      "refiner_loop": dataclasses.replace(_default_refiner_loop(), **d.get("refiner_loop", {})),
                       "localizer_loop": LoopConfig(**d.get("localizer_loop", {})),
                       "grader_loop": LoopConfig(**d.get("grader_loop", {}))})
 
@@ -104,9 +116,11 @@ def slice_config(slices, *, task: str | None = None, folds: int = 5, val_fold: i
                     localizer_epochs: int | None = None, grader_epochs: int | None = None,
                     batch_size: int | None = None, lr: float | None = None, weight_decay: float | None = None,
                     patience: int | None = None, ema: float | None = None, class_weights: str | None = None, augment: bool = True,
-                    calibrate: bool = True, exclude_studies=()) -> SliceConfig:
+                    calibrate: bool = True, refine: bool | None = None, refiner_epochs: int | None = None,
+                    exclude_studies=()) -> SliceConfig:
     """A SliceConfig from the task's defaults and whatever the caller (the command line) set; None keeps a
-    default. The task is the folder's (`task.task_of_folder`) unless named."""
+    default. The task is the folder's (`task.task_of_folder`) unless named; `refine` defaults to the task's
+    recipe (`SliceTask.refine`)."""
     t = task_by_name(task) if task else task_of_folder(slices)
     lspec, gspec = LocalizerSpec(**t.localizer_defaults), GraderSpec(**t.grader_defaults)
     lchange: dict = {}
@@ -132,7 +146,11 @@ def slice_config(slices, *, task: str | None = None, folds: int = 5, val_fold: i
         gchange.update(jitter=0.0, zoom=0.0, rotate=0.0, gamma=0.0)
     lloop = dataclasses.replace(_default_localizer_loop(), **t.localizer_loop_defaults)
     gloop = dataclasses.replace(_default_grader_loop(), **t.grader_loop_defaults)
-    for loop, epochs in ((lloop, localizer_epochs), (gloop, grader_epochs)):
+    rloop = _default_refiner_loop()
+    rspec = RefinerSpec() if (t.refine if refine is None else refine) else None
+    if rspec is not None and not augment:
+        rspec = dataclasses.replace(rspec, zoom=0.0, rotate=0.0, gamma=0.0)
+    for loop, epochs in ((lloop, localizer_epochs), (gloop, grader_epochs), (rloop, refiner_epochs)):
         loop.amp = amp
         if epochs:
             loop.epochs = epochs
@@ -148,7 +166,8 @@ def slice_config(slices, *, task: str | None = None, folds: int = 5, val_fold: i
         gloop.batch_size = batch_size
     return SliceConfig(slices=str(slices), task=t.name, folds=folds, val_fold=val_fold, seed=seed, device=device, workers=workers,
                           localizer=dataclasses.replace(lspec, **lchange), grader=dataclasses.replace(gspec, **gchange),
-                          localizer_loop=lloop, grader_loop=gloop, calibrate=calibrate,
+                          localizer_loop=lloop, grader_loop=gloop, refiner=rspec, refiner_loop=rloop,
+                          calibrate=calibrate,
                           exclude_studies=[str(s) for s in exclude_studies]).validate()
 
 
@@ -202,21 +221,36 @@ def _describe(kind: str, name: str, in_ch: int, out_ch: int, kwargs: dict, spec:
             "config": cfg.to_dict()}
 
 
-def _train_localizer(cfg, train_ps, val_ps, images, out: Path, ctx, resume: bool, log) -> None:
+def _fit_heatmap(cfg, spec, loop, kind: str, folder: Path, dataset, train_ps, val_ps, images, ctx, resume: bool,
+                 log) -> None:
+    """Train one heatmap network of a slice run (the localiser, the refiner): its task's channels, the masked loss."""
     from ..models.heatmap import create_heatmap_model
     from ..train.engine import fit, seed_everything
-    from .localizer import LocalizerDataset, MaskedHeatmapTask
+    from .localizer import MaskedHeatmapTask
 
-    task, spec = task_by_name(cfg.task), cfg.localizer
-    n = len(task.channels)
+    n = len(task_by_name(cfg.task).channels)
     seed_everything(cfg.seed)
     kwargs = dict(spec.network_kwargs)
     net = create_heatmap_model(spec.network, 1, n, **kwargs)
-    loop = dataclasses.replace(cfg.localizer_loop, device=cfg.device, workers=cfg.workers, seed=cfg.seed)
-    fit(net, LocalizerDataset(train_ps, images, spec, augment=True, seed=cfg.seed, n_channels=n),
-        LocalizerDataset(val_ps, images, spec, augment=False, n_channels=n), MaskedHeatmapTask(spec.pos_weight), loop,
-        out / LOCALIZER, ctx, _describe(task.localizer_kind, spec.network, 1, n, kwargs, spec.to_dict(), cfg),
-        resume=resume, log=lambda s: log(f"[localizer] {s}"))
+    loop = dataclasses.replace(loop, device=cfg.device, workers=cfg.workers, seed=cfg.seed)
+    fit(net, dataset(train_ps, images, spec, augment=True, seed=cfg.seed, n_channels=n),
+        dataset(val_ps, images, spec, augment=False, seed=cfg.seed, n_channels=n), MaskedHeatmapTask(spec.pos_weight),
+        loop, folder, ctx, _describe(kind, spec.network, 1, n, kwargs, spec.to_dict(), cfg), resume=resume,
+        log=lambda s: log(f"[{folder.name}] {s}"))
+
+
+def _train_localizer(cfg, train_ps, val_ps, images, out: Path, ctx, resume: bool, log) -> None:
+    from .localizer import LocalizerDataset
+
+    _fit_heatmap(cfg, cfg.localizer, cfg.localizer_loop, task_by_name(cfg.task).localizer_kind, out / LOCALIZER,
+                 LocalizerDataset, train_ps, val_ps, images, ctx, resume, log)
+
+
+def _train_refiner(cfg, train_ps, val_ps, images, out: Path, ctx, resume: bool, log) -> None:
+    from .refiner import RefinerDataset
+
+    _fit_heatmap(cfg, cfg.refiner, cfg.refiner_loop, task_by_name(cfg.task).refiner_kind, out / REFINER,
+                 RefinerDataset, train_ps.labelled(), val_ps.labelled(), images, ctx, resume, log)
 
 
 def _train_grader(cfg, train_ps, val_ps, images, out: Path, ctx, resume: bool, log) -> None:
@@ -290,15 +324,18 @@ def _predict(model: SliceModel, ps: PointSlices, images, tta: bool, true_points:
     for n, (path, rows) in enumerate(groups):
         img = images[path] if images is not None else read_gray(ps.root / path)
         frame = ps.frame(path, 0, img.shape)
-        loc = model.localize(img, frame.rows, frame.cols)
-        asks = []
+        cand = model.candidates(img, frame.rows, frame.cols, tta=tta)
+        asks, seconds = [], []
         for r, idx in zip(rows.itertuples(index=False), rows.index):
-            xy = [(float(loc[c, 0]), float(loc[c, 1])) for c in task.row_channels(r.level)]
+            xy = [(float(cand[c, 0, 0]), float(cand[c, 0, 1])) for c in task.row_channels(r.level)]
+            second = tuple(cand[task.row_channels(r.level)[0], 1])
             if true_points:
-                xy[0] = (float(r.x), float(r.y))
+                xy[0], second = (float(r.x), float(r.y)), (0.0, 0.0, 0.0)
             asks.append((r.condition, r.level, *xy[0]))
+            seconds.append(second)
             xys[idx] = xy
-        member_probs[:, rows.index] = model.grade(img, frame.rows, frame.cols, asks, tta=tta, per_member=True)
+        member_probs[:, rows.index] = model.grade(img, frame.rows, frame.cols, asks, tta=tta, per_member=True,
+                                                  seconds=seconds)
         if log and (n + 1) % 500 == 0:
             log(f"predicted {n + 1}/{groups.ngroups} slices")
     probs_all = np.zeros((n_rows, len(task.classes)))
@@ -345,6 +382,8 @@ def train_slices(cfg: SliceConfig, out: str | Path, resume: bool = False, log=pr
     try:
         with progress.command(_epochs(cfg), "epochs"):
             _train_localizer(cfg, by_role["train"], by_role["inner_val"], images, out, ctx, resume, log)
+            if cfg.refiner is not None:
+                _train_refiner(cfg, by_role["train"], by_role["inner_val"], images, out, ctx, resume, log)
             _train_grader(cfg, by_role["train"], by_role["inner_val"], images, out, ctx, resume, log)
     finally:
         teardown(ctx)
@@ -402,8 +441,8 @@ def score_heldout(run: Path, test_ps: PointSlices, train_ps: PointSlices, images
 
 
 def _epochs(cfg: SliceConfig) -> int:
-    """The epochs one run trains: its localiser's and its grader's."""
-    return cfg.localizer_loop.epochs + cfg.grader_loop.epochs
+    """The epochs one run trains: its localiser's, its refiner's (where it has one) and its grader's."""
+    return cfg.localizer_loop.epochs + cfg.grader_loop.epochs + (cfg.refiner_loop.epochs if cfg.refiner else 0)
 
 
 def _fold_row(task: SliceTask, k: int, s: dict) -> dict:

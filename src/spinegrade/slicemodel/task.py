@@ -4,7 +4,7 @@ calibration, inference, fold ensembles) is the one machinery of this package.
 
 Two tasks exist: `foramina` (Sagittal T1 slices, one heatmap per level at the foramen, three severities) and
 `canal` (mid-sagittal T2 slices, a disc-centre and a canal heatmap per level, canal stenosis yes/no). A
-checkpoint's kind names its task (`<task>-localizer`, `<task>-grader`), so a model folder says what it is.
+checkpoint's kind names its task (`<task>-localizer`, `<task>-refiner`, `<task>-grader`), so a model folder says what it is.
 Torch-free.
 """
 
@@ -36,12 +36,17 @@ class SliceTask:
     grader_defaults: dict = {}
     localizer_loop_defaults: dict = {}
     grader_loop_defaults: dict = {}
+    refine = False  # the recipe trains a refiner (a second look at each localiser point; refiner.py)
     # the conditions a study-level stage reads together (each at every level; `study.py`); () for none
     stage_conditions: tuple[str, ...] = ()
 
     @property
     def localizer_kind(self) -> str:
         return f"{self.name}-localizer"
+
+    @property
+    def refiner_kind(self) -> str:
+        return f"{self.name}-refiner"
 
     @property
     def grader_kind(self) -> str:
