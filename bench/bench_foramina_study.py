@@ -5,7 +5,7 @@ then the time `grade_foramina` takes per study (pick each foramen's Sagittal T1 
 the study-level stage where the model has one), warm, best of --repeat. With --cv DIR (a `train --all-folds` or
 `bench/foramina_cv.py` folder) also each fold's training time from its summary and the study-level stage's fit.
 
-    python bench/bench_foramina_study.py [--models foramina-sagt1-v1 foramina-sagt1-v2] [--cv DIR] [--repeat 3]
+    python bench/bench_foramina_study.py [--models foramina-sagt1-v1 foramina-sagt1-v3] [--cv DIR] [--repeat 3]
 
 SPINEGRADE_BACKEND=onnx|torch picks the runtime; threads: OMP_NUM_THREADS, else the machine's usable cores.
 """
