@@ -61,12 +61,13 @@ FLAG_EFFECTS = {
     "--no-amp": (["--no-amp"], lambda p: not any(lp.amp for lp in _loops(p))),
     "--seed": (["--seed", "9"], lambda p: all(lp.seed == 9 for lp in _loops(p))),
     "--workers": (["--workers", "3"], lambda p: all(lp.workers == 3 for lp in _loops(p))),
+    "--ema": (["--ema", "0.99"], lambda p: all(lp.ema == 0.99 for lp in _loops(p))),
 }
 # not plan fields: what to train from, where to write, whether to continue
 NOT_IN_PLAN = {"--data", "--index", "--slices", "--out", "--resume", "--strict", "--help"}
 # the foramen models' own options (tests/slicemodel/test_pipeline.py checks them): refused with --data
 FORAMINA_ONLY = {"--all-folds": [], "--pretrained": [], "--crop-frac": ["0.2"], "--exclude-studies": ["1"],
-                 "--no-calibrate": []}
+                 "--no-calibrate": [], "--no-refine": []}
 
 
 def test_every_train_option_is_checked_here():

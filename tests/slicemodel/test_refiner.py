@@ -15,7 +15,7 @@ from spinegrade.runtime import runtime, sigmoid
 from spinegrade.slicemodel.bundled import REFINER, pack_run
 from spinegrade.slicemodel.data import Frame
 from spinegrade.slicemodel.foramina import read_point_slices
-from spinegrade.slicemodel.localizer import OUT_STRIDE, LocalizerSpec, heatmap_to_box
+from spinegrade.slicemodel.localizer import OUT_STRIDE, heatmap_to_box
 from spinegrade.slicemodel.model import SliceModel, _zoomed
 from spinegrade.slicemodel.pipeline import SliceConfig, predict_rows, slice_config, train_slices
 from spinegrade.slicemodel.refiner import RefinerDataset, RefinerSpec, refine_points
@@ -193,3 +193,30 @@ def test_true_points_are_graded_alone(run, folder):
     plain = predict_rows(model, sub, true_points=True)
     model.members[0].lspec = dataclasses.replace(model.members[0].lspec, second_peak_power=4.0)
     assert predict_rows(model, sub, true_points=True).equals(plain)  # the oracle grades the labelled point only
+
+
+def test_a_refined_second_peak_run_never_reads_the_truth(refined_run, folder, tmp_path):
+    """evaluate --slices with the refiner, three views and the second peak: identical without severity, x, y."""
+    import shutil
+
+    import pandas as pd
+    import torch
+
+    from spinegrade.slicemodel.pipeline import evaluate_slices
+
+    run = tmp_path / "run"  # the saved run, read with the recipe's second peak as well
+    shutil.copytree(refined_run, run)
+    ck = torch.load(run / "localizer" / "best.pt", map_location="cpu", weights_only=True)
+    ck["spec"]["second_peak_power"] = 4.0
+    torch.save(ck, run / "localizer" / "best.pt")
+    (run / "localizer" / "best.onnx").unlink(missing_ok=True)
+    m = SliceModel.load(run, "cpu").members[0]
+    assert m.refiner is not None and m.lspec.second_peak_power == 4.0 and len(m.lspec.tta_zooms) == 3
+    blind = tmp_path / "blind"
+    shutil.copytree(folder, blind)
+    pts = pd.read_csv(blind / "points.csv", dtype=str)
+    pts.drop(columns=["severity", "x", "y"]).to_csv(blind / "points.csv", index=False)
+    evaluate_slices(run, folder, tmp_path / "t", log=lambda *_: None)
+    evaluate_slices(run, blind, tmp_path / "n", log=lambda *_: None)
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "t" / "predictions.csv"),
+                                  pd.read_csv(tmp_path / "n" / "predictions.csv"))
