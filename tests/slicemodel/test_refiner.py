@@ -48,8 +48,7 @@ def test_window_targets_sit_on_the_true_points(folder):
         # validation windows are displaced (from a fixed draw), never centred on the truth
         centre = np.full(2, spec.input_size / 2)
         assert np.linalg.norm(item["points"][lv].numpy() - centre) > 0.01
-    assert np.array_equal(ds[0]["image"].numpy(), ds[0]["image"].numpy())
-    ds.set_epoch(3)
+    ds.set_epoch(3)  # validation windows do not change with the epoch
     assert np.array_equal(ds[0]["image"].numpy(), RefinerDataset(ps, ds.images, spec, augment=False)[0]["image"].numpy())
 
 

@@ -73,9 +73,9 @@ def test_best_checkpoint_holds_the_average_and_a_stopped_run_resumes_exactly(toy
     # last.pt: the raw weights (to resume) and the average; best.pt: the average of its epoch
     raw, averaged = last["state_dict"], last["weight_average"]["state_dict"]
     assert any(not torch.equal(raw[k], averaged[k]) for k in raw if raw[k].dtype.is_floating_point)
-    if best["epoch"] == last["epoch"]:
-        for k in averaged:
-            torch.testing.assert_close(best["state_dict"][k], averaged[k])
+    assert best["epoch"] == last["epoch"]  # this seed's best epoch is its last: best.pt is that epoch's average
+    for k in averaged:
+        torch.testing.assert_close(best["state_dict"][k], averaged[k])
     # the recorded validation score is that of the saved (averaged) model
     model, ckpt = load_model(straight)
     split, idx = read_split(straight), read_index(toy_index)

@@ -54,7 +54,7 @@ def grade_foramina(model: SliceModel, study: Study, midline_x: float | None = No
     imgs = [_oriented(t1, k, fx, fy) for k in range(t1.n_slices)]
     # every slice looked at once (one view, no refiner) to choose each foramen's slice by its peak height;
     # the chosen slices are then looked at as the slice sets were scored (`SliceModel.candidates`)
-    loc = np.stack([model.localize(im, rows, cols, tta=False, refine=False) for im in imgs])  # (n, 5, 3)
+    loc = model.localize_many(imgs, rows, cols, tta=False, refine=False)  # (n, 5, 3) in oriented pixels
     xs = np.array([t1.geometry.pixel_to_patient(k, cols / 2, rows / 2)[0] for k in range(t1.n_slices)])
     mid = float(np.median(xs)) if midline_x is None else float(midline_x)
     points: list[Point] = []

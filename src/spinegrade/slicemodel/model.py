@@ -213,9 +213,10 @@ class SliceModel:
         sx, sy = frame.original_to_stored(*frame.box_to_original(bx, by))
         return np.stack([sx, sy, dec[:, 2]], axis=1)
 
-    def localize_many(self, imgs: list[np.ndarray], rows: int, cols: int, refine: bool = True) -> np.ndarray:
+    def localize_many(self, imgs: list[np.ndarray], rows: int, cols: int, tta: bool = True, refine: bool = True
+                      ) -> np.ndarray:
         """(N, C, 3) for N slices of one series."""
-        return np.stack([self.localize(im, rows, cols, refine=refine) for im in imgs])
+        return np.stack([self.localize(im, rows, cols, tta, refine) for im in imgs])
 
     def grade(self, img: np.ndarray, rows: int, cols: int, asks: list[tuple[str, str, float, float]],
               tta: bool = True, per_member: bool = False, seconds=None) -> np.ndarray:

@@ -327,8 +327,9 @@ def _predict(model: SliceModel, ps: PointSlices, images, tta: bool, true_points:
         cand = model.candidates(img, frame.rows, frame.cols, tta=tta)
         asks, seconds = [], []
         for r, idx in zip(rows.itertuples(index=False), rows.index):
-            xy = [(float(cand[c, 0, 0]), float(cand[c, 0, 1])) for c in task.row_channels(r.level)]
-            second = tuple(cand[task.row_channels(r.level)[0], 1])
+            channels = task.row_channels(r.level)
+            xy = [(float(cand[c, 0, 0]), float(cand[c, 0, 1])) for c in channels]
+            second = tuple(cand[channels[0], 1])
             if true_points:
                 xy[0], second = (float(r.x), float(r.y)), (0.0, 0.0, 0.0)
             asks.append((r.condition, r.level, *xy[0]))
