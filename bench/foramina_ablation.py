@@ -111,7 +111,9 @@ def run_fold(k: int, a, log) -> dict:
     grader_src = a.grader_from / f"fold{k}" if a.grader_from else cv_run
     train_loc = new_loc and not a.localizer_from
     train_grader = new_grader and not a.grader_from
-    train_refiner = cfg.refiner is not None and not a.refiner_from
+    new_refiner = (cfg.refiner, cfg.refiner_loop) != (base.refiner, base.refiner_loop)
+    train_refiner = cfg.refiner is not None and new_refiner and not a.refiner_from
+    ref_src = a.refiner_from / f"fold{k}" if a.refiner_from else cv_run  # an unchanged refiner: the CV's own
     task = task_by_name(cfg.task)
     ps = task.read(cfg.slices)
     split = pd.read_csv(cv_run / SPLIT, dtype={"study_id": str})
@@ -124,8 +126,8 @@ def run_fold(k: int, a, log) -> dict:
     if not train_loc and not (out / LOCALIZER).is_dir():
         shutil.copytree(loc_src / LOCALIZER, out / LOCALIZER, ignore=skip)
         _set_spec(out / LOCALIZER / "best.pt", cfg.localizer.to_dict())  # the TTA views this folder reads it with
-    if a.refiner_from and not (out / REFINER).is_dir():
-        shutil.copytree(a.refiner_from / f"fold{k}" / REFINER, out / REFINER, ignore=skip)
+    if cfg.refiner is not None and not train_refiner and not (out / REFINER).is_dir():
+        shutil.copytree(ref_src / REFINER, out / REFINER, ignore=skip)
     if not train_grader:
         if not (out / GRADER).is_dir():
             shutil.copytree(grader_src / GRADER, out / GRADER, ignore=skip)

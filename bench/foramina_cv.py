@@ -81,7 +81,7 @@ def print_stage(st: dict) -> None:
     f = pd.DataFrame(st["folds"])
     f = pd.concat([f, f.mean(numeric_only=True).to_frame().T.assign(fold="mean")], ignore_index=True)
     print("\nstudy-level stage (fitted for each fold on the other folds' out-of-fold rows only): weighted log loss "
-          "of the held-out fold; own = per-level calibration alone, study = the full stage")
+          "of the held-out fold; own = out-of-fold calibration alone (one temperature and class bias), study = the full stage")
     print(f.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     better = all(r["study"] < r["first_stage"] for r in st["folds"])
     print(f"study-level stage better than the first stage on every fold: {'yes' if better else 'NO'}; "

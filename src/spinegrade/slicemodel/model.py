@@ -259,8 +259,9 @@ class SliceModel:
 
     def finish_study(self, rows: list[tuple[str, str]], member_probs: np.ndarray) -> np.ndarray:
         """One study's graded rows ((condition, level) each) and each member's probabilities (M, N, classes) ->
-        the final (N, classes): the study-level stage applied to each member's answers, then averaged (without
-        a stage, the members' mean)."""
+        the final (N, classes): the study-level stage applied to each member's answers (their temperature
+        undone: the stage calibrates them), then averaged (without a stage, the members' mean)."""
         if self.stage is None or not len(rows):
             return member_probs.mean(axis=0)
-        return np.mean([self.stage.apply_rows(rows, p) for p in member_probs], axis=0)
+        return np.mean([self.stage.apply_rows(rows, p, m.temperature) for p, m in zip(member_probs, self.members)],
+                       axis=0)

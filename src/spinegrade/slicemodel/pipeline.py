@@ -477,7 +477,8 @@ def train_all_folds(cfg: SliceConfig, out: str | Path, resume: bool = False, log
 
 def out_of_fold_rows(folds_dir: str | Path, slices: str | Path) -> pd.DataFrame:
     """Every fold run's held-out predictions (`fold<K>/heldout/predictions.csv`: each model on the studies it
-    never saw), with their fold, study and true grade from the slice folder."""
+    never saw), with their fold, the temperature that model gave them with, study and true grade from the slice
+    folder."""
     folds_dir = Path(folds_dir)
     ps = task_of_folder(slices).read(slices)
     truth = ps.points[["path", "study_id", "condition", "level", "label"]]
@@ -487,8 +488,10 @@ def out_of_fold_rows(folds_dir: str | Path, slices: str | Path) -> pd.DataFrame:
         if not f.is_file():
             raise DataError(f"{run}: no held-out predictions ({f.name}): train that fold first")
         pred = pd.read_csv(f, dtype={"path": str})
+        cal = run / CALIBRATION
+        t = float(json.loads(cal.read_text()).get("temperature", 1.0)) if cal.is_file() else 1.0
         parts.append(pred.merge(truth, on=["path", "condition", "level"], how="left", validate="one_to_one")
-                     .assign(fold=int(run.name[4:])))
+                     .assign(fold=int(run.name[4:]), temperature=t))
     if not parts:
         raise DataError(f"{folds_dir}: holds no fold<K> runs")
     return pd.concat(parts, ignore_index=True)
@@ -515,7 +518,7 @@ def fit_study_stage(folds_dir: str | Path, cfg: SliceConfig, log=print, keep: st
     else:
         path.unlink(missing_ok=True)
     log(f"study-level stage on {rows['study_id'].nunique()} studies' out-of-fold predictions: weighted log loss "
-        f"{before:.3f} -> {after:.3f} (per-level calibration alone {f['own'].mean():.3f}): "
+        f"{before:.3f} -> {after:.3f} (out-of-fold calibration alone {f['own'].mean():.3f}): "
         + ("kept" if cv["kept"] else "not kept, no better than the first stage"))
     return cv
 

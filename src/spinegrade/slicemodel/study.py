@@ -2,17 +2,22 @@
 
 Stenosis is correlated across the levels and sides of one patient; the first stage grades each crop alone. This
 stage takes the first stage's probabilities of every position of the study (a position not graded is marked
-missing) and gives each position's grade again: one multinomial logistic regression, every level and side
-pooled (`StudyStage.features` says what it reads: the position's own probabilities per level, its neighbours
-across and along the spine, the study's mean; a missing flag for each). Fitted with the metric's class weights
-(1, 2, 4), so it is also the calibration of the first stage, per level.
+missing) and gives each position's grade again. It is a correction of the first stage, not a new classifier:
+each position's own log-probabilities enter with one shared scale (a temperature fitted on out-of-fold rows),
+plus a class bias and, in mode `study`, a linear term in what the other side at the same level says (`features`);
+every level and side pooled, 7 numbers in all, fitted with the metric's class weights (1, 2, 4) and an L2 penalty
+chosen by grouped cross-validation. With no evidence the stage is the identity (scale 1, the rest 0).
+
+Its input is each fold model's answer with that model's own temperature undone (`untemper`): the temperatures
+fitted on each fold's small inner-validation set scatter (0.96 to 1.34 on the real foramina) where one fitted on
+every fold's out-of-fold rows is steadier, so the stage also replaces them.
 
 It must only ever be fitted on out-of-fold first-stage predictions: the predictions each fold's model made for
 the studies it never saw (`fit_stage` takes them with their fold, `stage_cv` measures it fold by fold with the
 stage refitted without the fold it scores). At inference it is applied to each fold model's predictions
 separately (each is a model's answer on an unseen study, as the stage learned them) and the results averaged.
 
-Inference (`StudyStage.apply`) is numpy only; fitting needs scikit-learn.
+Inference (`StudyStage.apply`) is numpy only; fitting needs scipy.
 """
 
 from __future__ import annotations
@@ -31,79 +36,79 @@ if TYPE_CHECKING:
     import pandas as pd
 
 STAGE_FILE = "study_stage.json"
+KIND = "study-stage-2"
 EPS = 1e-6
-C_GRID = (0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
-MODES = ("own", "study")  # own: each position's own probabilities only (per-level calibration); study: all of them
+LAM_GRID = (0.001, 0.003, 0.01, 0.03, 0.1)
+MODES = ("own", "study")  # own: each position's own probabilities only (calibration); study: the other side too
 
 
-def _log_ratios(p: np.ndarray) -> np.ndarray:
-    """(..., 3) probabilities -> (..., 2) log(moderate / normal_mild), log(severe / normal_mild)."""
-    lp = np.log(np.clip(p, EPS, 1.0))
-    return lp[..., 1:] - lp[..., :1]
+def untemper(p: np.ndarray, temperature: float) -> np.ndarray:
+    """(..., 3) probabilities a model gave with temperature T -> with T undone (softmax(T log p), renormalised)."""
+    if temperature == 1.0:
+        return np.asarray(p, dtype=float)
+    z = temperature * np.log(np.clip(p, EPS, 1.0))
+    z = np.exp(z - z.max(axis=-1, keepdims=True))
+    return z / z.sum(axis=-1, keepdims=True)
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    z = np.exp(z - z.max(axis=-1, keepdims=True))
+    return z / z.sum(axis=-1, keepdims=True)
 
 
 @dataclass
 class StudyStage:
-    """One weighted multinomial logistic regression over every position (levels and sides pooled: a level's own
-    weights enter through its one-hot and the own probabilities' interaction with it); `fill`: each position's
-    mean log-ratios, used where a position is missing; `conditions` the sides' conditions."""
+    """logits = (1 + scale) * log p_own + [0, features @ weights.T + bias] (classes moderate and severe against
+    normal/mild); `conditions` the sides' conditions."""
 
     conditions: tuple[str, ...]
     levels: tuple[str, ...]
     mode: str
-    weights: np.ndarray  # (classes, features)
-    bias: np.ndarray  # (classes,)
-    fill: np.ndarray  # (len(conditions), len(levels), 2)
-    c: float
+    weights: np.ndarray  # (2, features)
+    scale: float
+    bias: np.ndarray  # (2,)
+    lam: float
     n_studies: int = 0
 
     def features(self, probs: np.ndarray, present: np.ndarray, ci: int, li: int) -> np.ndarray:
         """Inputs for the position (ci, li) of N studies: probs (N, conditions, levels, 3), present (N, C, L).
+        own: none. study: how much more the other side at this level leans to Moderate or Severe than this one
+        (log((moderate + severe) / normal_mild), the difference; 0 where it is missing) and a missing flag."""
+        n = len(probs)
+        if self.mode == "own":
+            return np.zeros((n, 0))
+        if len(self.conditions) < 2:
+            return np.column_stack([np.zeros(n), np.ones(n)])
+        lp = np.log(np.clip(probs[:, :, li], EPS, 1.0))
+        score = np.logaddexp(lp[..., 1], lp[..., 2]) - lp[..., 0]  # (N, C)
+        cj = (ci + 1) % len(self.conditions)
+        other = present[:, cj, li]
+        return np.column_stack([np.where(other, score[:, cj] - score[:, ci], 0.0), (~other).astype(float)])
 
-        own: its two log-ratios, their product with the level's one-hot, the level's one-hot. study adds, as
-        log((moderate + severe) / normal_mild) with a missing flag each: the other side at this level, this side
-        and the other side one level up and one down, and the mean over every other present position."""
-        n, n_lv = len(probs), len(self.levels)
-        lr = np.where(present[..., None], _log_ratios(probs), self.fill[None])
-        own = lr[:, ci, li]
-        onehot = np.zeros((n, n_lv))
-        onehot[:, li] = 1.0
-        parts = [own, (own[:, :, None] * onehot[:, None, :]).reshape(n, -1), onehot]
-        if self.mode == "study":
-            score = np.logaddexp(lr[..., 0], lr[..., 1])
-            for dc, dl in ((1, 0), (0, -1), (0, 1), (1, -1), (1, 1)):
-                cj, lj = (ci + dc) % len(self.conditions), li + dl
-                if 0 <= lj < n_lv and (dc == 0 or len(self.conditions) > 1):
-                    parts += [np.where(present[:, cj, lj], score[:, cj, lj], 0.0)[:, None],
-                              (~present[:, cj, lj]).astype(float)[:, None]]
-                else:
-                    parts += [np.zeros((n, 1)), np.ones((n, 1))]
-            others = present.copy()
-            others[:, ci, li] = False
-            cnt = others.sum(axis=(1, 2))
-            mean = np.where(cnt > 0, (score * others).sum(axis=(1, 2)) / np.maximum(cnt, 1), 0.0)
-            parts += [mean[:, None], (cnt == 0).astype(float)[:, None]]
-        return np.concatenate(parts, axis=1)
+    def logits(self, own: np.ndarray, x: np.ndarray) -> np.ndarray:
+        z = (1.0 + self.scale) * np.log(np.clip(own, EPS, 1.0))
+        z[:, 1:] += x @ self.weights.T + self.bias
+        return z
 
     def apply(self, probs: np.ndarray, present: np.ndarray) -> np.ndarray:
-        """(N, C, L, 3) first-stage probabilities (rows where `present` is False are ignored) -> the stage's."""
+        """(N, C, L, 3) first-stage probabilities, temperature undone (rows where `present` is False are
+        ignored) -> the stage's."""
         out = np.zeros_like(probs, dtype=float)
         for li in range(len(self.levels)):
             for ci in range(len(self.conditions)):
-                z = self.features(probs, present, ci, li) @ self.weights.T + self.bias
-                z = np.exp(z - z.max(axis=1, keepdims=True))
-                out[:, ci, li] = z / z.sum(axis=1, keepdims=True)
+                out[:, ci, li] = _softmax(self.logits(probs[:, ci, li], self.features(probs, present, ci, li)))
         return out
 
-    def apply_rows(self, rows: list[tuple[str, str]], probs: np.ndarray) -> np.ndarray:
-        """One study's graded rows ((condition, level) each, probabilities (N, 3)) -> the stage's (N, 3). Rows of
-        a condition or level the stage does not know keep their probabilities; a position given twice (two
-        slices of one foramen) enters as the mean of its rows."""
+    def apply_rows(self, rows: list[tuple[str, str]], probs: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+        """One study's graded rows ((condition, level) each) and one model's probabilities for them (N, 3), given
+        with its temperature -> the stage's (N, 3). Rows of a condition or level the stage does not know keep
+        their probabilities; a position given twice (two slices of one foramen) enters as the mean of its rows."""
         c_ix = {c: i for i, c in enumerate(self.conditions)}
         l_ix = {lv: i for i, lv in enumerate(self.levels)}
+        raw = untemper(probs, temperature)
         grid = np.zeros((1, len(self.conditions), len(self.levels), 3))
         count = np.zeros((1, len(self.conditions), len(self.levels)))
-        for (c, lv), p in zip(rows, probs):
+        for (c, lv), p in zip(rows, raw):
             if c in c_ix and lv in l_ix:
                 grid[0, c_ix[c], l_ix[lv]] += p
                 count[0, c_ix[c], l_ix[lv]] += 1
@@ -117,18 +122,19 @@ class StudyStage:
         return out
 
     def to_dict(self) -> dict:
-        return {"kind": "study-stage", "mode": self.mode, "conditions": list(self.conditions),
-                "levels": list(self.levels), "n_studies": self.n_studies, "c": self.c,
-                "fill": self.fill.round(6).tolist(), "weights": self.weights.round(6).tolist(),
+        return {"kind": KIND, "mode": self.mode, "conditions": list(self.conditions),
+                "levels": list(self.levels), "n_studies": self.n_studies, "lam": self.lam,
+                "scale": round(float(self.scale), 6), "weights": self.weights.round(6).tolist(),
                 "bias": self.bias.round(6).tolist(),
+                "input": "each fold model's probabilities with its own temperature undone",
                 "fitted_on": "out-of-fold first-stage predictions (each fold's model on the studies it never saw)"}
 
     @classmethod
     def from_dict(cls, d: dict) -> StudyStage:
-        if d.get("kind") != "study-stage":
-            raise DataError(f"not a study stage (kind {d.get('kind')!r})")
-        return cls(tuple(d["conditions"]), tuple(d["levels"]), d["mode"], np.asarray(d["weights"], float),
-                   np.asarray(d["bias"], float), np.asarray(d["fill"], float), float(d["c"]), int(d.get("n_studies", 0)))
+        if d.get("kind") != KIND:
+            raise DataError(f"not a study stage of this version (kind {d.get('kind')!r}, expected {KIND!r})")
+        return cls(tuple(d["conditions"]), tuple(d["levels"]), d["mode"], np.asarray(d["weights"], float).reshape(2, -1),
+                   float(d["scale"]), np.asarray(d["bias"], float), float(d["lam"]), int(d.get("n_studies", 0)))
 
     def save(self, path: Path) -> None:
         from ..files import atomic_write_text
@@ -149,11 +155,12 @@ def find_stage(path: Path) -> StudyStage | None:
     return StudyStage.load(p) if p.is_file() else None
 
 
-# ---- fitting and measuring (scikit-learn) -------------------------------------------------------------------
+# ---- fitting and measuring (scipy) ----------------------------------------------------------------------------
 
 def grid_of(rows: pd.DataFrame, conditions, levels) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
-    """Rows (study_id, condition, level, normal_mild, moderate, severe[, label]) -> per study probs (N, C, L, 3),
-    present (N, C, L), labels (N, C, L; -1 where none), and the study ids."""
+    """Rows (study_id, condition, level, normal_mild, moderate, severe[, label][, temperature]) -> per study probs
+    (N, C, L, 3), present (N, C, L), labels (N, C, L; -1 where none), and the study ids. Where the rows carry the
+    `temperature` their model gave them with, it is undone (`untemper`): the stage's input."""
     studies = sorted(rows["study_id"].astype(str).unique())
     s_ix = {s: i for i, s in enumerate(studies)}
     c_ix = {c: i for i, c in enumerate(conditions)}
@@ -163,6 +170,9 @@ def grid_of(rows: pd.DataFrame, conditions, levels) -> tuple[np.ndarray, np.ndar
     count = np.zeros((n, len(conditions), len(levels)))
     labels = -np.ones((n, len(conditions), len(levels)), dtype=int)
     p = rows[list(vocab.SEVERITY_KEYS)].to_numpy(float)
+    if "temperature" in rows.columns:
+        t = rows["temperature"].to_numpy(float)[:, None]
+        p = _softmax(t * np.log(np.clip(p, EPS, 1.0)))
     lab = rows["label"].to_numpy() if "label" in rows.columns else None
     for j, (s, c, lv) in enumerate(zip(rows["study_id"].astype(str), rows["condition"], rows["level"])):
         if c not in c_ix or lv not in l_ix:
@@ -182,66 +192,77 @@ def _wll(y: np.ndarray, p: np.ndarray) -> float:
     return float(-(w * np.log(np.clip(p[np.arange(len(y)), y], 1e-15, 1.0))).sum() / w.sum())
 
 
-def _fit_weighted_lr(x: np.ndarray, y: np.ndarray, groups: np.ndarray, c: float | None):
-    """A weighted multinomial logistic regression; C chosen by grouped 5-fold CV where not given."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import GroupKFold
+def _fit_theta(stage: StudyStage, own: np.ndarray, x: np.ndarray, y: np.ndarray, lam: float) -> None:
+    """Set the stage's scale, weights and bias: weighted log loss (the metric's class weights) + lam * |theta|^2,
+    by L-BFGS from the identity."""
+    from scipy.optimize import minimize
 
-    w = np.asarray(vocab.SEVERITY_WEIGHTS)[y]
+    d = x.shape[1]
+    w = np.asarray(vocab.SEVERITY_WEIGHTS, float)[y]
+    w = w / w.sum()
+    lo = np.log(np.clip(own, EPS, 1.0))
+    onehot = np.eye(3)[y]
 
-    def fit(xx, yy, ww, cc):
-        return LogisticRegression(C=cc, max_iter=2000).fit(xx, yy, sample_weight=ww)
+    def unpack(th):
+        return th[0], th[1:1 + 2 * d].reshape(2, d), th[1 + 2 * d:]
 
-    if c is None:
-        best = None
-        for cc in C_GRID:
-            losses = []
-            for tr, te in GroupKFold(n_splits=5).split(x, y, groups):
-                m = fit(x[tr], y[tr], w[tr], cc)
-                losses.append(_wll(y[te], _full_proba(m, x[te])) * w[te].sum())
-            loss = sum(losses) / w.sum()
-            if best is None or loss < best[0]:
-                best = (loss, cc)
-        c = best[1]
-    return fit(x, y, w, c), c
+    def loss(th):
+        sc, wt, bi = unpack(th)
+        z = (1.0 + sc) * lo
+        z[:, 1:] += x @ wt.T + bi
+        z = z - z.max(axis=1, keepdims=True)
+        lse = np.log(np.exp(z).sum(axis=1))
+        q = np.exp(z - lse[:, None])
+        g = w[:, None] * (q - onehot)  # d loss / d z
+        grad = np.concatenate([[(g * lo).sum()], (g[:, 1:].T @ x).ravel(), g[:, 1:].sum(axis=0)])
+        return float(-(w * (z[np.arange(len(y)), y] - lse)).sum() + lam * (th ** 2).sum()), grad + 2 * lam * th
 
-
-def _full_proba(m, x: np.ndarray) -> np.ndarray:
-    """predict_proba over all three classes (a class absent from the fit gets 0)."""
-    p = np.zeros((len(x), 3))
-    p[:, m.classes_] = m.predict_proba(x)
-    return p
+    res = minimize(loss, np.zeros(1 + 2 * d + 2), jac=True, method="L-BFGS-B")
+    stage.scale, stage.weights, stage.bias = (float(res.x[0]), *unpack(res.x)[1:])
+    stage.lam = float(lam)
 
 
-def fit_stage(probs: np.ndarray, present: np.ndarray, labels: np.ndarray, conditions, levels, mode: str = "study",
-              c: float | None = None) -> StudyStage:
-    """Fit the stage on out-of-fold first-stage predictions (grid_of's arrays); C per level by grouped CV."""
-    if mode not in MODES:
-        raise ValueError(f"mode {mode!r}: {', '.join(MODES)}")
-    lr = _log_ratios(probs)
-    fill = np.zeros((len(conditions), len(levels), 2))
-    for ci in range(len(conditions)):
-        for li in range(len(levels)):
-            m = present[:, ci, li]
-            fill[ci, li] = lr[m, ci, li].mean(axis=0) if m.any() else 0.0
-    stage = StudyStage(tuple(conditions), tuple(levels), mode, np.zeros(0), np.zeros(3), fill, 0.0, int(len(probs)))
+def _design(stage: StudyStage, probs, present, labels):
+    """Every labelled present position's own probabilities, features, label and study index."""
+    own, xs, ys, gs = [], [], [], []
     study_ix = np.arange(len(probs))
-    xs, ys, gs = [], [], []
-    for li in range(len(levels)):
-        for ci in range(len(conditions)):
+    for li in range(len(stage.levels)):
+        for ci in range(len(stage.conditions)):
             keep = present[:, ci, li] & (labels[:, ci, li] >= 0)
+            own.append(probs[keep, ci, li])
             xs.append(stage.features(probs[keep], present[keep], ci, li))
             ys.append(labels[keep, ci, li])
             gs.append(study_ix[keep])
-    x, y, g = np.concatenate(xs), np.concatenate(ys), np.concatenate(gs)
+    return np.concatenate(own), np.concatenate(xs), np.concatenate(ys), np.concatenate(gs)
+
+
+def fit_stage(probs: np.ndarray, present: np.ndarray, labels: np.ndarray, conditions, levels, mode: str = "study",
+              lam: float | None = None) -> StudyStage:
+    """Fit the stage on out-of-fold first-stage predictions (grid_of's arrays, temperatures undone); the penalty
+    chosen among LAM_GRID by grouped (by study) 5-fold cross-validation where not given."""
+    if mode not in MODES:
+        raise ValueError(f"mode {mode!r}: {', '.join(MODES)}")
+    stage = StudyStage(tuple(conditions), tuple(levels), mode, np.zeros((2, 0)), 0.0, np.zeros(2), 0.0,
+                       int(len(probs)))
+    own, x, y, g = _design(stage, probs, present, labels)
     if len(np.unique(y)) < 2:
         raise DataError(f"fewer than two grades among {len(y)} labelled rows: no stage can be fitted")
-    m, cc = _fit_weighted_lr(x, y, g, c)
-    wts = np.zeros((3, x.shape[1]))
-    bias = np.full(3, -30.0)  # a class never seen gets (almost) no probability
-    wts[m.classes_] = m.coef_ if len(m.classes_) > 2 else np.vstack([-m.coef_, m.coef_]) / 2
-    bias[m.classes_] = m.intercept_ if len(m.classes_) > 2 else np.array([-m.intercept_[0], m.intercept_[0]]) / 2
-    stage.weights, stage.bias, stage.c = wts, bias, float(cc)
+    if lam is None:
+        folds = g % 5
+        best = None
+        for cand in LAM_GRID:
+            total = 0.0
+            for k in range(5):
+                tr, te = folds != k, folds == k
+                if not te.any() or not tr.any():
+                    continue
+                _fit_theta(stage, own[tr], x[tr], y[tr], cand)
+                wt = np.asarray(vocab.SEVERITY_WEIGHTS)[y[te]].sum()
+                total += _wll(y[te], _softmax(stage.logits(own[te], x[te]))) * wt
+            if best is None or total < best[0]:
+                best = (total, cand)
+        lam = best[1]
+    _fit_theta(stage, own, x, y, lam)
     return stage
 
 
@@ -261,10 +282,11 @@ def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> 
     return float(ece), table
 
 
-def stage_cv(rows: pd.DataFrame, conditions, levels, modes=MODES, c: float | None = None) -> dict:
+def stage_cv(rows: pd.DataFrame, conditions, levels, modes=MODES, lam: float | None = None) -> dict:
     """The stage measured fold by fold on out-of-fold rows (`fold`, `study_id`, condition, level, the three
-    probabilities, `label`): for each fold, the stage is fitted on the other folds' rows only and scores this one
-    (its C chosen inside those rows, unless `c` is given).
+    probabilities as the first stage gave them, `label`, and `temperature`, the one each fold model gave them
+    with): for each fold, the stage is fitted on the other folds' rows only and scores this one (its penalty
+    chosen inside those rows, unless `lam` is given).
     Returns per fold and per level the weighted log loss of the first stage and of each mode, and the pooled
     calibration (ECE, reliability table) of each."""
     out: dict = {"folds": [], "per_level": {}, "calibration": {}}
@@ -273,13 +295,14 @@ def stage_cv(rows: pd.DataFrame, conditions, levels, modes=MODES, c: float | Non
     for k in sorted(rows["fold"].unique()):
         tr, te = rows[rows["fold"] != k], rows[rows["fold"] == k]
         gtr = grid_of(tr, conditions, levels)
-        pte, prte, lte, _ = grid_of(te, conditions, levels)
+        pte, prte, lte, _ = grid_of(te, conditions, levels)  # the stage's input (temperatures undone)
+        first = grid_of(te.drop(columns="temperature", errors="ignore"), conditions, levels)[0]  # as given
         keep = prte & (lte >= 0)
         y = lte[keep]
-        row = {"fold": int(k), "n_rows": int(keep.sum()), "first_stage": _wll(y, pte[keep])}
-        pooled["first_stage"].append((pte[keep], np.broadcast_to(np.arange(len(levels)), lte.shape)[keep]))
+        row = {"fold": int(k), "n_rows": int(keep.sum()), "first_stage": _wll(y, first[keep])}
+        pooled["first_stage"].append((first[keep], None))
         for mode in modes:
-            st = fit_stage(*gtr[:3], conditions, levels, mode=mode, c=c)
+            st = fit_stage(*gtr[:3], conditions, levels, mode=mode, lam=lam)
             ps = st.apply(pte, prte)[keep]
             row[mode] = _wll(y, ps)
             pooled[mode].append((ps, None))
