@@ -14,6 +14,8 @@ study-level stage on the new out-of-fold rows. Runs resume where they stopped wh
 
 `--ensemble A B ...` instead averages the held-out probabilities of ablation (or CV) folders that share their
 points (the same localisers), fold by fold: the cross-validated figure of a first stage with several graders.
+`--add-graders-from A B` builds that model (the CV's fold runs with A's and B's graders as `grader-<A>/`...) and
+scores it as `predict` runs it; its study-level stage then takes the graders' mean temperature.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from spinegrade.slicemodel.pipeline import (
     _train_grader,
     _train_localizer,
     _train_refiner,
+    add_grader,
     fit_study_stage,
     predict_rows,
     slice_config,
@@ -168,6 +171,39 @@ def run_fold(k: int, a, log) -> dict:
     return summary
 
 
+def assemble_fold(k: int, a, log) -> dict:
+    """The CV's fold run with the graders of other folders of the same folds added (`add_grader`: one localiser,
+    several graders averaged), its held-out fold predicted by that model as `predict` would run it."""
+    cv_run, out = a.cv / f"fold{k}", a.out / f"fold{k}"
+    done = out / "summary.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    if not out.is_dir():
+        tmp = a.out / f".fold{k}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(cv_run, tmp, ignore=shutil.ignore_patterns("last.pt", "*.onnx", "heldout", "summary.json"))
+        for src in a.add_graders_from:
+            add_grader(tmp, src / f"fold{k}", src.name)
+        tmp.rename(out)
+    cfg = _config(out)
+    task = task_by_name(cfg.task)
+    ps = task.read(cfg.slices)
+    split = pd.read_csv(out / SPLIT, dtype={"study_id": str})
+    test = ps.subset_studies(split.loc[split["role"] == "test", "study_id"])
+    train = ps.subset_studies(split.loc[split["role"] == "train", "study_id"])
+    t0 = time.time()
+    model = SliceModel.load(out, "cpu")
+    pred = predict_rows(model, test, load_images(test, log=log))
+    write_csv_atomic(pred, out / "heldout" / PREDICTIONS)
+    summary = {"task": task.name, "trained_here": [], "graders": 1 + len(model.members[0].extra_graders),
+               "predict_seconds": round(time.time() - t0, 1),
+               "heldout": {"predicted_points": task.score(test, pred, train)}}
+    atomic_write_text(done, json.dumps(summary, indent=1))
+    log(f"{len(model.members[0].graders())} graders: weighted log loss "
+        f"{summary['heldout']['predicted_points']['weighted_log_loss']:.4f}")
+    return summary
+
+
 def _set_spec(ckpt: Path, spec: dict) -> None:
     import torch
 
@@ -280,12 +316,20 @@ def main() -> None:
     ap.add_argument("--jitter", type=float)
     ap.add_argument("--run-folds", type=int, nargs="*", default=None, help="train these folds only (no table)")
     ap.add_argument("--ensemble", type=Path, nargs="+", help="score the average of these folders' folds instead")
+    ap.add_argument("--add-graders-from", type=Path, nargs="+",
+                    help="the CV's folds with these folders' graders added (one member, several graders), scored")
     a = ap.parse_args()
     if a.ensemble:
         ensemble(a)
         return
     if a.out is None:
         ap.error("--out is required unless --ensemble")
+    if a.add_graders_from:
+        for k in a.run_folds if a.run_folds is not None else range(5):
+            assemble_fold(k, a, log=lambda m, k=k: print(f"[fold {k}] {m}", flush=True))
+        if a.run_folds is None:
+            compare(a)
+        return
     if a.localizer_from and any(v is not None for v in (a.localizer_size, a.localizer_epochs, a.localizer_ema)):
         ap.error("--localizer-from takes the localisers as they are: no localiser change beside it")
     if a.grader_from and (any(v is not None for v in (a.grader_epochs, a.grader_ema, a.grader_model, a.crop_frac,

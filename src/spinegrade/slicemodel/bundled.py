@@ -65,7 +65,8 @@ def is_member(path: Path) -> bool:
 
 def pack_run(run: Path, out: Path, extra: tuple[str, ...] = ("calibration.json", "split.csv"),
              onnx_only: bool = False) -> None:
-    """Copy a trained run's networks (localiser, grader, and its refiner where it has one) into a bundled model folder (float weights halved, run-local paths
+    """Copy a trained run's networks (localiser, grader, its refiner and further graders `grader-<tag>/` where it
+    has them) into a bundled model folder (float weights halved, run-local paths
     dropped, each exported to ONNX beside it; with `onnx_only` the ONNX alone is kept, half the size) with its
     `extra` files. Needs torch (a train install)."""
     import shutil
@@ -76,7 +77,8 @@ def pack_run(run: Path, out: Path, extra: tuple[str, ...] = ("calibration.json",
 
     out.mkdir(parents=True, exist_ok=True)
     nets = [n for n in (LOCALIZER, REFINER, GRADER) if n != REFINER or (run / n / "best.pt").is_file()]
-    for name in nets:
+    extra_graders = sorted(p.name for p in run.glob(f"{GRADER}-*") if (p / "best.pt").is_file())
+    for name in nets + extra_graders:
         ck = torch.load(run / name / "best.pt", map_location="cpu", weights_only=True)
         ck["state_dict"] = {k: v.half() if v.is_floating_point() else v for k, v in ck["state_dict"].items()}
         ck.get("config", {}).pop("slices", None)
@@ -84,9 +86,12 @@ def pack_run(run: Path, out: Path, extra: tuple[str, ...] = ("calibration.json",
         torch.save(ck, out / name / "best.pt")
     for name in extra:
         shutil.copy(run / name, out / name)
+    for name in extra_graders:  # each further grader's own temperature
+        if (run / name / "calibration.json").is_file():
+            shutil.copy(run / name / "calibration.json", out / name / "calibration.json")
     export_run(out)
     if onnx_only:
-        for name in nets:
+        for name in nets + extra_graders:
             (out / name / "best.pt").unlink()
 
 

@@ -43,9 +43,28 @@ def _load_net(path: Path, role: str, rt: Runtime):
     return net, ckpt
 
 
+def _temperature(folder: Path) -> float:
+    cal = folder / CALIBRATION
+    return float(json.loads(cal.read_text()).get("temperature", 1.0)) if cal.is_file() else 1.0
+
+
+def extra_grader_dirs(run: Path) -> list[Path]:
+    """A run's further graders (`grader-<tag>/`, each with its network and its own `calibration.json`): graders
+    trained on the same training studies, whose answers the member averages with its `grader/`'s."""
+    from ..runtime import has_network
+
+    return sorted(p for p in Path(run).glob(f"{GRADER}-*") if p.is_dir() and has_network(p / "best.pt"))
+
+
+def run_temperature(run: Path) -> float:
+    """The temperature a run's answers are given with, as the study-level stage undoes it: its grader's, or the
+    mean of its graders' where it has several (`Member.stage_temperature`)."""
+    return float(np.mean([_temperature(run)] + [_temperature(d) for d in extra_grader_dirs(run)]))
+
+
 @dataclass
 class Member:
-    """One trained localiser + grader pair of one task."""
+    """One trained localiser + grader pair of one task (and its refiner, and further graders, where it has them)."""
 
     path: Path
     task: SliceTask
@@ -57,6 +76,16 @@ class Member:
     train_studies: set = field(default_factory=set)
     refiner: object | None = None  # a second look at each point (refiner.py), where the run has one
     rspec: RefinerSpec | None = None
+    extra_graders: list = field(default_factory=list)  # (network, GraderSpec, temperature) of each grader-<tag>/
+
+    def graders(self) -> list[tuple[object, GraderSpec, float]]:
+        """Every grader of the member with its crop and temperature: `grade` averages their probabilities."""
+        return [(self.grader, self.gspec, self.temperature)] + list(self.extra_graders)
+
+    @property
+    def stage_temperature(self) -> float:
+        """What the study-level stage undoes (run_temperature): the graders' mean temperature."""
+        return float(np.mean([t for _, _, t in self.graders()]))
 
     @classmethod
     def load(cls, path: Path, device="cpu") -> Member:
@@ -66,8 +95,13 @@ class Member:
         task = task_of_kind(lck["kind"])
         if gck["kind"] != task.grader_kind:
             raise DataError(f"{path}: its localiser is a {lck['kind']!r}, its grader a {gck['kind']!r}")
-        cal = path / CALIBRATION
-        t = float(json.loads(cal.read_text()).get("temperature", 1.0)) if cal.is_file() else 1.0
+        t = _temperature(path)
+        extra = []
+        for d in extra_grader_dirs(path):
+            net, ck = _load_net(d / "best.pt", "grader", rt)
+            if ck["kind"] != task.grader_kind:
+                raise DataError(f"{d}: a {ck['kind']!r} grader beside a {task.grader_kind!r} one")
+            extra.append((net, GraderSpec.from_dict(ck["spec"]), _temperature(d)))
         studies: set = set()
         split = path / SPLIT
         if split.is_file():  # read with the csv module: predicting does not import pandas
@@ -82,7 +116,7 @@ class Member:
                 raise DataError(f"{path}: its localiser is a {lck['kind']!r}, its refiner a {rck['kind']!r}")
             rspec = RefinerSpec.from_dict(rck["spec"])
         return cls(path, task, loc, LocalizerSpec.from_dict(lck["spec"]), gra, GraderSpec.from_dict(gck["spec"]), t,
-                   studies, ref, rspec)
+                   studies, ref, rspec, extra)
 
 
 def _zoomed(frame: Frame, z: float) -> tuple[np.ndarray, np.ndarray]:
@@ -242,19 +276,21 @@ class SliceModel:
         views = [(s, z) for s in shifts for z in zooms]
         cond = np.stack([condition_vector(c, lv) for c, lv, _, _ in asks]).astype(np.float32)
         probs = np.zeros((len(self.members), len(asks), len(self.task.classes)))
+        side = max(rows, cols)
         for i, m in enumerate(self.members):
-            frame = Frame(rows, cols, img.shape, m.gspec.crop_px)
-            side = max(rows, cols)
-            centres, zs = [], []
-            for _, _, x, y in asks:
-                u, v = frame.stored_to_original(x, y)
-                for (du, dv), z in views:
-                    centres.append((float(u) + du * side, float(v) + dv * side))
-                    zs.append(z)
-            crops = crop_batch(img01, frame, m.gspec, centres, zooms=np.asarray(zs))
-            logits = m.grader(crops, np.repeat(cond, len(views), axis=0))
-            p = softmax(logits / np.float32(m.temperature), axis=1).reshape(len(asks), len(views), -1)
-            probs[i] = p.mean(axis=1)
+            for net, gspec, temperature in m.graders():
+                frame = Frame(rows, cols, img.shape, gspec.crop_px)
+                centres, zs = [], []
+                for _, _, x, y in asks:
+                    u, v = frame.stored_to_original(x, y)
+                    for (du, dv), z in views:
+                        centres.append((float(u) + du * side, float(v) + dv * side))
+                        zs.append(z)
+                crops = crop_batch(img01, frame, gspec, centres, zooms=np.asarray(zs))
+                logits = net(crops, np.repeat(cond, len(views), axis=0))
+                p = softmax(logits / np.float32(temperature), axis=1).reshape(len(asks), len(views), -1)
+                probs[i] += p.mean(axis=1)
+            probs[i] /= len(m.graders())
         return probs if per_member else probs.mean(axis=0)
 
     def finish_study(self, rows: list[tuple[str, str]], member_probs: np.ndarray) -> np.ndarray:
@@ -263,5 +299,5 @@ class SliceModel:
         undone: the stage calibrates them), then averaged (without a stage, the members' mean)."""
         if self.stage is None or not len(rows):
             return member_probs.mean(axis=0)
-        return np.mean([self.stage.apply_rows(rows, p, m.temperature) for p, m in zip(member_probs, self.members)],
+        return np.mean([self.stage.apply_rows(rows, p, m.stage_temperature) for p, m in zip(member_probs, self.members)],
                        axis=0)

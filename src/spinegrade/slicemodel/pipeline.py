@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,7 @@ from ..train.config import LoopConfig
 from .data import PointSlices, load_images, study_folds
 from .grader import GraderSpec
 from .localizer import LocalizerSpec
-from .model import CALIBRATION, GRADER, LOCALIZER, REFINER, SPLIT, SliceModel
+from .model import CALIBRATION, GRADER, LOCALIZER, REFINER, SPLIT, SliceModel, run_temperature
 from .refiner import RefinerSpec
 from .task import SliceTask, task_by_name, task_of_folder
 
@@ -488,13 +489,37 @@ def out_of_fold_rows(folds_dir: str | Path, slices: str | Path) -> pd.DataFrame:
         if not f.is_file():
             raise DataError(f"{run}: no held-out predictions ({f.name}): train that fold first")
         pred = pd.read_csv(f, dtype={"path": str})
-        cal = run / CALIBRATION
-        t = float(json.loads(cal.read_text()).get("temperature", 1.0)) if cal.is_file() else 1.0
         parts.append(pred.merge(truth, on=["path", "condition", "level"], how="left", validate="one_to_one")
-                     .assign(fold=int(run.name[4:]), temperature=t))
+                     .assign(fold=int(run.name[4:]), temperature=run_temperature(run)))
     if not parts:
         raise DataError(f"{folds_dir}: holds no fold<K> runs")
     return pd.concat(parts, ignore_index=True)
+
+
+def add_grader(run: str | Path, source: str | Path, tag: str) -> Path:
+    """Put `source`'s grader (with its temperature) into the run `run` as `grader-<tag>/`: the member then
+    averages both graders' answers (an ensemble of graders behind one localiser). Both runs must have been
+    trained on the same studies (the same split.csv), or the pair would have seen studies the other holds out."""
+    import shutil
+
+    run, source = Path(run), Path(source)
+    if not re.fullmatch(r"[A-Za-z0-9_.]+", tag):
+        raise DataError(f"grader tag {tag!r}: letters, digits, '_' and '.' only")
+    for r in (run, source):
+        if not (r / GRADER).is_dir() or not (r / SPLIT).is_file():
+            raise DataError(f"{r}: not a trained slice run (no {GRADER}/ or {SPLIT})")
+    if (run / SPLIT).read_bytes() != (source / SPLIT).read_bytes():
+        raise DataError(f"{source}: trained on other studies than {run} (their {SPLIT} differ): not one member")
+    dst = run / f"{GRADER}-{tag}"
+    if dst.exists():
+        raise DataError(f"{dst}: exists already")
+    tmp = run / f".{GRADER}-{tag}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(source / GRADER, tmp, ignore=shutil.ignore_patterns("last.pt"))
+    if (source / CALIBRATION).is_file():
+        shutil.copy(source / CALIBRATION, tmp / CALIBRATION)
+    tmp.rename(dst)
+    return dst
 
 
 def fit_study_stage(folds_dir: str | Path, cfg: SliceConfig, log=print, keep: str = "better") -> dict:

@@ -1,0 +1,86 @@
+"""Several graders behind one localiser (`grader-<tag>/` beside `grader/`): added only from a run of the same
+split, averaged per member with each its own crop and temperature, packed and run on ONNX Runtime, and the
+study-level stage undoing their mean temperature."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from spinegrade import vocab
+from spinegrade.errors import DataError
+from spinegrade.export import export_checkpoint
+from spinegrade.runtime import runtime
+from spinegrade.slicemodel.bundled import GRADER, pack_run
+from spinegrade.slicemodel.foramina import read_point_slices
+from spinegrade.slicemodel.model import CALIBRATION, SPLIT, SliceModel, run_temperature
+from spinegrade.slicemodel.pipeline import add_grader, predict_rows
+
+KEYS = list(vocab.SEVERITY_KEYS)
+
+
+def _other_grader(run, dst, crop_px: int, temperature: float):
+    """A copy of `run` whose grader reads a wider crop and is calibrated otherwise (a 'different' grader)."""
+    shutil.copytree(run, dst, ignore=shutil.ignore_patterns("*.onnx"))
+    ck = torch.load(dst / GRADER / "best.pt", map_location="cpu", weights_only=True)
+    ck["spec"]["crop_px"] = crop_px
+    torch.save(ck, dst / GRADER / "best.pt")
+    export_checkpoint(dst / GRADER / "best.pt")
+    (dst / CALIBRATION).write_text(json.dumps({"temperature": temperature}))
+    return dst
+
+
+@pytest.fixture(scope="module")
+def pair(run, tmp_path_factory):
+    base = tmp_path_factory.mktemp("ens")
+    main = base / "main"
+    shutil.copytree(run, main)
+    other = _other_grader(run, base / "other", crop_px=40, temperature=2.0)
+    add_grader(main, other, "wide")
+    return run, other, main
+
+
+def test_a_member_averages_its_graders_each_with_its_crop_and_temperature(pair, folder):
+    run, other, main = pair
+    model = SliceModel.load(main, "cpu")
+    m = model.members[0]
+    assert [g[1].crop_px for g in m.graders()] == [32, 40]
+    assert m.graders()[1][2] == 2.0 and m.stage_temperature == pytest.approx((m.temperature + 2.0) / 2)
+    assert run_temperature(main) == pytest.approx(m.stage_temperature)
+    ps = read_point_slices(folder)
+    sub = ps.subset_studies(sorted(set(ps.points["study_id"]))[:3])
+    a = predict_rows(SliceModel.load(run, "cpu"), sub)[KEYS].to_numpy()
+    b = predict_rows(SliceModel.load(other, "cpu"), sub)[KEYS].to_numpy()
+    both = predict_rows(model, sub)
+    assert not np.allclose(a, b, atol=1e-3)  # the two graders answer differently
+    assert np.allclose(both[KEYS].to_numpy(), (a + b) / 2, atol=1e-9)
+    # one localiser: the points are the first run's
+    assert np.allclose(both[["x_pred", "y_pred"]], predict_rows(SliceModel.load(run, "cpu"), sub)[["x_pred", "y_pred"]])
+    # packed ONNX-only, the added grader goes with its temperature and grades the same
+    pack_run(main, main.parent / "packed", onnx_only=True)
+    packed = main.parent / "packed"
+    assert (packed / "grader-wide" / "best.onnx").is_file() and (packed / "grader-wide" / CALIBRATION).is_file()
+    assert not (packed / "grader-wide" / "best.pt").exists()
+    onnx = predict_rows(SliceModel.load(packed, runtime("cpu", "onnx")), sub)
+    assert np.abs(onnx[KEYS].to_numpy() - both[KEYS].to_numpy()).max() < 2e-3
+
+
+def test_a_grader_is_added_only_from_a_run_of_the_same_studies(pair, tmp_path):
+    run, other, main = pair
+    with pytest.raises(DataError, match="exists already"):
+        add_grader(main, other, "wide")
+    with pytest.raises(DataError, match="tag"):
+        add_grader(main, other, "../x")
+    moved = tmp_path / "moved"
+    shutil.copytree(other, moved)
+    split = (moved / SPLIT).read_text().splitlines()
+    (moved / SPLIT).write_text("\n".join(split[:1] + split[2:]) + "\n")
+    with pytest.raises(DataError, match="trained on other studies"):
+        add_grader(main, moved, "other")
+    with pytest.raises(DataError, match="not a trained slice run"):
+        add_grader(main, tmp_path, "none")
+    assert not list(main.glob(".grader-*")) and sorted(p.name for p in main.glob("grader-*")) == ["grader-wide"]
