@@ -84,3 +84,24 @@ def test_a_grader_is_added_only_from_a_run_of_the_same_studies(pair, tmp_path):
     with pytest.raises(DataError, match="not a trained slice run"):
         add_grader(main, tmp_path, "none")
     assert not list(main.glob(".grader-*")) and sorted(p.name for p in main.glob("grader-*")) == ["grader-wide"]
+
+
+def test_train_grader_into_trains_on_the_runs_split_and_adds_it(run, folder, tmp_path):
+    from spinegrade.slicemodel.pipeline import train_grader_into
+    from spinegrade.train.config import LoopConfig
+
+    main = tmp_path / "main"
+    shutil.copytree(run, main)
+    cfg = json.loads((main / "config.json").read_text())
+    dst = train_grader_into(main, "short", loop=LoopConfig(epochs=2, batch_size=16, lr=3e-3, patience=0),
+                            log=lambda *_: None)
+    assert dst == main / "grader-short" and not list(main.glob(".grader-*"))
+    records = [json.loads(x) for x in (dst / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == 2  # its own loop, not the run's
+    t = json.loads((dst / CALIBRATION).read_text())
+    assert 0.05 < t["temperature"] < 20 and t["n_rows"] > 0
+    assert json.loads((main / "config.json").read_text()) == cfg  # the run itself is unchanged
+    m = SliceModel.load(main, "cpu").members[0]
+    assert len(m.graders()) == 2 and m.graders()[1][2] == pytest.approx(t["temperature"])
+    with pytest.raises(DataError, match="exists already"):
+        train_grader_into(main, "short", log=lambda *_: None)

@@ -522,6 +522,48 @@ def add_grader(run: str | Path, source: str | Path, tag: str) -> Path:
     return dst
 
 
+def train_grader_into(run: str | Path, tag: str, grader: GraderSpec | None = None, loop: LoopConfig | None = None,
+                      log=print) -> Path:
+    """Train one more grader for a trained run, on the run's own split (its training studies; its inner-validation
+    studies pick the epoch and, at the run's localiser's points, the temperature), and add it as `grader-<tag>/`
+    (`add_grader`). `grader` / `loop`: the new grader's spec and loop (default: the run's). Resumes after a kill."""
+    import shutil
+
+    from ..train.distributed import setup, teardown
+
+    run = Path(run)
+    cfg = SliceConfig.from_dict(json.loads((run / CONFIG).read_text()))
+    cfg.grader = grader or cfg.grader
+    cfg.grader_loop = loop or cfg.grader_loop
+    cfg.validate()
+    if (run / f"{GRADER}-{tag}").exists():
+        raise DataError(f"{run / f'{GRADER}-{tag}'}: exists already")
+    work = run / f".{GRADER}-{tag}.work"  # a run sharing the localiser and refiner, whose grader is trained here
+    work.mkdir(exist_ok=True)
+    for name in (LOCALIZER, REFINER):
+        if (run / name).is_dir() and not (work / name).exists():
+            shutil.copytree(run / name, work / name, ignore=shutil.ignore_patterns("last.pt"))
+    shutil.copy(run / SPLIT, work / SPLIT)
+    atomic_write_text(work / CONFIG, json.dumps(cfg.to_dict(), indent=1))
+    ps = task_by_name(cfg.task).read(cfg.slices)
+    split = pd.read_csv(run / SPLIT, dtype={"study_id": str})
+    role = dict(zip(split["study_id"], split["role"]))
+    by_role = {r: ps.subset_studies([s for s, v in role.items() if v == r]) for r in ("train", "inner_val")}
+    images = load_images(ps.subset_studies([s for s, v in role.items() if v != "test"]), log=log)
+    ctx = setup(cfg.device)
+    try:
+        _train_grader(cfg, by_role["train"], by_role["inner_val"], images, work, ctx, True, log)
+    finally:
+        teardown(ctx)
+    if not ctx.is_main:
+        return run / f"{GRADER}-{tag}"
+    export_trained(work, log)
+    _calibrate(work, by_role["inner_val"], images, log)
+    dst = add_grader(run, work, tag)
+    shutil.rmtree(work)
+    return dst
+
+
 def fit_study_stage(folds_dir: str | Path, cfg: SliceConfig, log=print, keep: str = "better") -> dict:
     """The study-level stage of a folder of fold runs, fitted on their out-of-fold predictions only and measured
     fold by fold with a stage refitted without the fold it scores. It is saved beside the runs
