@@ -43,9 +43,10 @@ from spinegrade.slicemodel.pipeline import (
     _train_grader,
     _train_localizer,
     _train_refiner,
-    add_grader,
+    assemble_graders,
     fit_study_stage,
     predict_rows,
+    rescore_heldout,
     slice_config,
 )
 from spinegrade.slicemodel.refiner import RefinerSpec
@@ -172,35 +173,20 @@ def run_fold(k: int, a, log) -> dict:
 
 
 def assemble_fold(k: int, a, log) -> dict:
-    """The CV's fold run with the graders of other folders of the same folds added (`add_grader`: one localiser,
-    several graders averaged), its held-out fold predicted by that model as `predict` would run it."""
-    cv_run, out = a.cv / f"fold{k}", a.out / f"fold{k}"
+    """The CV's fold run with the graders of other folders of the same folds added (`assemble_graders`: one
+    localiser, several graders averaged), its held-out fold predicted by that model as `predict` would run it."""
+    out = a.out / f"fold{k}"
     done = out / "summary.json"
     if done.is_file():
         return json.loads(done.read_text())
-    if not out.is_dir():
-        tmp = a.out / f".fold{k}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(cv_run, tmp, ignore=shutil.ignore_patterns("last.pt", "*.onnx", "heldout", "summary.json"))
-        for src in a.add_graders_from:
-            add_grader(tmp, src / f"fold{k}", src.name)
-        tmp.rename(out)
-    cfg = _config(out)
-    task = task_by_name(cfg.task)
-    ps = task.read(cfg.slices)
-    split = pd.read_csv(out / SPLIT, dtype={"study_id": str})
-    test = ps.subset_studies(split.loc[split["role"] == "test", "study_id"])
-    train = ps.subset_studies(split.loc[split["role"] == "train", "study_id"])
+    assemble_graders(a.cv / f"fold{k}", out, {src.name: src / f"fold{k}" for src in a.add_graders_from})
     t0 = time.time()
-    model = SliceModel.load(out, "cpu")
-    pred = predict_rows(model, test, load_images(test, log=log))
-    write_csv_atomic(pred, out / "heldout" / PREDICTIONS)
-    summary = {"task": task.name, "trained_here": [], "graders": 1 + len(model.members[0].extra_graders),
-               "predict_seconds": round(time.time() - t0, 1),
-               "heldout": {"predicted_points": task.score(test, pred, train)}}
+    res = rescore_heldout(out, log=log, oracle=False)
+    summary = json.loads(done.read_text())
+    summary.update(task="foramina", trained_here=[], graders=1 + len(a.add_graders_from),
+                   predict_seconds=round(time.time() - t0, 1))
     atomic_write_text(done, json.dumps(summary, indent=1))
-    log(f"{len(model.members[0].graders())} graders: weighted log loss "
-        f"{summary['heldout']['predicted_points']['weighted_log_loss']:.4f}")
+    log(f"{summary['graders']} graders: weighted log loss {res['predicted_points']['weighted_log_loss']:.4f}")
     return summary
 
 

@@ -105,3 +105,19 @@ def test_train_grader_into_trains_on_the_runs_split_and_adds_it(run, folder, tmp
     assert len(m.graders()) == 2 and m.graders()[1][2] == pytest.approx(t["temperature"])
     with pytest.raises(DataError, match="exists already"):
         train_grader_into(main, "short", log=lambda *_: None)
+
+
+def test_assembled_run_is_scored_on_its_held_out_fold_with_all_its_graders(pair, tmp_path):
+    from spinegrade.slicemodel.pipeline import assemble_graders, rescore_heldout
+
+    run, other, main = pair
+    out = assemble_graders(run, tmp_path / "asm", {"wide": other})
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("grader")) == ["grader", "grader-wide"]
+    assert not (out / "heldout").exists() and not (out / "summary.json").exists()
+    assert assemble_graders(run, out, {"other": other}) == out and not (out / "grader-other").exists()
+    res = rescore_heldout(out, log=lambda *_: None, oracle=False)
+    assert set(res) == {"predicted_points"}
+    single = json.loads((run / "summary.json").read_text())["heldout"]["predicted_points"]
+    assert res["predicted_points"]["weighted_log_loss"] != single["weighted_log_loss"]
+    assert res["predicted_points"]["localisation_px250"] == single["localisation_px250"]  # the same localiser
+    assert json.loads((out / "summary.json").read_text())["heldout"] == res

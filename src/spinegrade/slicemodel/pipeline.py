@@ -402,9 +402,10 @@ def train_slices(cfg: SliceConfig, out: str | Path, resume: bool = False, log=pr
     return summary
 
 
-def rescore_heldout(run: str | Path, log=print) -> dict:
+def rescore_heldout(run: str | Path, log=print, oracle: bool = True) -> dict:
     """Score a trained run's held-out fold again with the inference code as it is now (after a change to how
-    points are decoded, say); rewrites heldout/ and the summary's figures. The networks are not touched."""
+    points are decoded, or graders added, say); rewrites heldout/ and the summary's figures. The networks are not
+    touched. Without `oracle`, only the honest figure (the localiser's points, TTA, temperature)."""
     run = Path(run)
     cfg = SliceConfig.from_dict(json.loads((run / CONFIG).read_text()))
     ps = task_by_name(cfg.task).read(cfg.slices)
@@ -413,7 +414,7 @@ def rescore_heldout(run: str | Path, log=print) -> dict:
     if not len(by_role["test"]):
         raise DataError(f"{run}: trained without a held-out fold: nothing to score")
     images = load_images(by_role["test"])
-    res = score_heldout(run, by_role["test"], by_role["train"], images, log)
+    res = score_heldout(run, by_role["test"], by_role["train"], images, log, oracle)
     p = run / "summary.json"
     summary = json.loads(p.read_text()) if p.is_file() else {}
     summary["heldout"] = res
@@ -421,18 +422,21 @@ def rescore_heldout(run: str | Path, log=print) -> dict:
     return res
 
 
-def score_heldout(run: Path, test_ps: PointSlices, train_ps: PointSlices, images, log) -> dict:
-    """The held-out fold scored three ways: predicted points (honest), true points (oracle), without TTA."""
+def score_heldout(run: Path, test_ps: PointSlices, train_ps: PointSlices, images, log, oracle: bool = True) -> dict:
+    """The held-out fold scored three ways: predicted points (honest), true points (oracle), without TTA (with
+    `oracle` False: the first alone)."""
     model = SliceModel.load(run)
     task = model.task
     graded = test_ps.labelled()  # the oracle needs a true point: rows with one
     res = {}
-    for name, ps, kw in (("predicted_points", test_ps, {}), ("true_points", graded, {"true_points": True}),
-                         ("predicted_points_no_tta", test_ps, {"tta": False})):
+    ways = (("predicted_points", test_ps, {}), ("true_points", graded, {"true_points": True}),
+            ("predicted_points_no_tta", test_ps, {"tta": False}))
+    for name, ps, kw in ways if oracle else ways[:1]:
         pred = predict_rows(model, ps, images, **kw)
         res[name] = task.score(ps, pred, train_ps)
         if name == "predicted_points":
             write_csv_atomic(_written(task, pred), run / "heldout" / PREDICTIONS)
+        if name == "predicted_points" and oracle:
             uncal = model.members[0].temperature
             model.members[0].temperature = 1.0
             res["predicted_points_uncalibrated"] = task.score(test_ps, predict_rows(model, test_ps, images), train_ps)
@@ -520,6 +524,24 @@ def add_grader(run: str | Path, source: str | Path, tag: str) -> Path:
         shutil.copy(source / CALIBRATION, tmp / CALIBRATION)
     tmp.rename(dst)
     return dst
+
+
+def assemble_graders(base: str | Path, out: str | Path, sources: dict[str, str | Path]) -> Path:
+    """A copy of the trained run `base` (networks, split, calibration; not its held-out scores) at `out` with the
+    graders of the runs `sources` (tag -> run of the same split) added as `grader-<tag>/`. Written to a temporary
+    name and renamed; an existing `out` is returned as it is."""
+    import shutil
+
+    base, out = Path(base), Path(out)
+    if out.is_dir():
+        return out
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(base, tmp, ignore=shutil.ignore_patterns("last.pt", "heldout", "summary.json", ".*"))
+    for tag, src in sources.items():
+        add_grader(tmp, src, tag)
+    tmp.rename(out)
+    return out
 
 
 def train_grader_into(run: str | Path, tag: str, grader: GraderSpec | None = None, loop: LoopConfig | None = None,
