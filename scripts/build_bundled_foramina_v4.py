@@ -24,6 +24,7 @@ seeds: how the shipped model was made, see its card). RSNA data: non-commercial 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
@@ -50,8 +51,6 @@ REPO = Path(__file__).resolve().parents[1]
 # The 4th-place competition system's own out-of-fold predictions on the project's held-back rows (issue 24).
 # v2's recipe (v1's: a 3-epoch localiser, no refiner, no second peak) on the same five folds (bench/foramina_cv.py)
 V2_RECIPE = (0.514, 0.513, 0.511, 0.516, 0.526)
-# v3's recipe (one grader per localiser) on the same folds: the base runs' own held-out figures (bench/foramina_cv.py)
-EXTRA_GRADERS = {"ctx": {"crop_frac": 0.22, "crop_px": 80}, "g12": {"epochs": 12}}  # tag -> grader / loop change
 FOURTH_PLACE = {"l1_l2": 0.130, "l2_l3": 0.273, "l3_l4": 0.486, "l4_l5": 0.615, "l5_s1": 0.701, "all": "0.473-0.484"}
 
 
@@ -253,30 +252,24 @@ localisers, the chosen slices read with three views, the refiners, both peaks, t
 
 
 def build_folds(a, cfg) -> tuple[Path, Path]:
-    """The v3-recipe fold runs (`base`) and the v4 fold runs (`ens`: each base run with the extra graders, its
-    held-out fold scored again), trained or assembled as the options say; resumable."""
-    import dataclasses
-
-    from spinegrade.slicemodel.pipeline import SliceConfig
-
+    """The v3-recipe fold runs (`base`: one grader each) and the v4 fold runs (`ens`: each base run with the
+    recipe's further graders, its held-out fold scored again), trained or assembled as the options say;
+    resumable."""
     base = a.base or a.work / "base"
     if a.base is None:
-        train_all_folds(cfg, base, resume=base.exists())
+        train_all_folds(dataclasses.replace(cfg, extra_graders=()), base, resume=base.exists())
     ens = a.ens or a.work / "ens"
     ens.mkdir(parents=True, exist_ok=True)
     given = dict(x.split("=", 1) for x in a.graders_from or [])
-    if given and set(given) != set(EXTRA_GRADERS):
-        raise SystemExit(f"--graders-from needs {', '.join(f'{t}=DIR' for t in EXTRA_GRADERS)}")
+    specs = cfg.extra_grader_specs()
+    if given and set(given) != {t for t, _, _ in specs}:
+        raise SystemExit(f"--graders-from needs {', '.join(f'{t}=DIR' for t, _, _ in specs)}")
     for k in range(cfg.folds):
         out = ens / f"fold{k}"
         assemble_graders(base / f"fold{k}", out, {t: Path(d) / f"fold{k}" for t, d in given.items()})
-        for tag, change in EXTRA_GRADERS.items():
+        for tag, spec, loop in specs:
             if not (out / f"grader-{tag}").is_dir():
-                c = SliceConfig.from_dict(json.loads((out / "config.json").read_text()))
-                fields = {f.name for f in dataclasses.fields(c.grader)}
-                grader = dataclasses.replace(c.grader, **{n: v for n, v in change.items() if n in fields})
-                loop = dataclasses.replace(c.grader_loop, **{n: v for n, v in change.items() if n not in fields})
-                train_grader_into(out, tag, grader, loop)
+                train_grader_into(out, tag, spec, loop)
         if not (out / "summary.json").is_file():
             rescore_heldout(out, oracle=False)
     return base, ens

@@ -121,3 +121,47 @@ def test_assembled_run_is_scored_on_its_held_out_fold_with_all_its_graders(pair,
     assert res["predicted_points"]["weighted_log_loss"] != single["weighted_log_loss"]
     assert res["predicted_points"]["localisation_px250"] == single["localisation_px250"]  # the same localiser
     assert json.loads((out / "summary.json").read_text())["heldout"] == res
+
+
+def test_the_foramen_recipe_trains_three_graders_and_short_runs_stay_short(folder):
+    from spinegrade.slicemodel.pipeline import SliceConfig, slice_config
+
+    cfg = slice_config(folder, device="cpu")
+    specs = {t: (g, lp) for t, g, lp in cfg.extra_grader_specs()}
+    assert set(specs) == {"ctx", "g12"}
+    assert (specs["ctx"][0].crop_px, specs["ctx"][0].crop_frac, specs["ctx"][1].epochs) == (80, 0.22, 8)
+    assert specs["g12"][0] == cfg.grader and specs["g12"][1].epochs == 12
+    short = slice_config(folder, device="cpu", grader_epochs=2)
+    assert [lp.epochs for _, _, lp in short.extra_grader_specs()] == [2, 3]
+    assert slice_config(folder, extra_graders=False).extra_graders == ()
+    back = SliceConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert back.extra_grader_specs() == cfg.extra_grader_specs()
+    for bad in ([{"tag": "a"}, {"tag": "a"}], [{"tag": "../x"}], [{"tag": "a", "grader": {"nope": 1}}],
+                [{"tag": "a", "grader": {"crop_px": 4}}], [{"tag": "a", "loop": {"epochs": 0}}]):
+        with pytest.raises(DataError, match="extra grader"):
+            SliceConfig.from_dict({**cfg.to_dict(), "extra_graders": bad}).validate()
+    assert SliceConfig.from_dict({"slices": "x"}).extra_graders == ()  # a run written before them: none
+
+
+def test_train_slices_trains_the_extra_graders_and_scores_the_held_out_fold_with_all(folder, tmp_path):
+    from spinegrade.slicemodel.pipeline import SliceConfig, train_slices
+    from spinegrade.train.config import LoopConfig
+
+    from .conftest import SMALL
+
+    cfg = SliceConfig(slices=str(folder), folds=3, val_fold=0, device="cpu", inner_val=0.2,
+                      extra_graders=({"tag": "wide", "grader": {"crop_px": 40}, "loop": {"epochs_scale": 0.5}},),
+                      **{**SMALL, "localizer_loop": LoopConfig(epochs=2, batch_size=8, lr=3e-3, patience=0)})
+    out = tmp_path / "run"
+    summary = train_slices(cfg, out, log=lambda *_: None)
+    extra = out / "grader-wide"
+    assert (extra / "best.pt").is_file() and (extra / "best.onnx").is_file() and (extra / CALIBRATION).is_file()
+    assert len((extra / "metrics.jsonl").read_text().splitlines()) == 3  # half the first grader's 6 epochs
+    assert not list(out.glob(".grader-*"))
+    m = SliceModel.load(out, "cpu").members[0]
+    assert [g[1].crop_px for g in m.graders()] == [32, 40]
+    # the held-out figure is the three-network model's: scoring it again gives the same
+    again = json.loads(json.dumps(summary["heldout"]["predicted_points"]))
+    from spinegrade.slicemodel.pipeline import rescore_heldout
+
+    assert rescore_heldout(out, log=lambda *_: None, oracle=False)["predicted_points"] == again

@@ -169,6 +169,7 @@ def test_a_folder_of_runs_is_an_ensemble(run, folder, tmp_path):
     ("--exclude-studies", "1,2", lambda c: c.exclude_studies == ["1", "2"]),
     ("--no-calibrate", None, lambda c: not c.calibrate),
     ("--no-refine", None, lambda c: c.refiner is None),
+    ("--one-grader", None, lambda c: c.extra_graders == () and c.refiner is not None),
     ("--ema", "0.99", lambda c: c.grader_loop.ema == 0.99 and c.localizer_loop.ema == 0.99),
     ("--pretrained", None, lambda c: c.grader.pretrained and c.grader.network == "efficientnet-lite0"),
 ])

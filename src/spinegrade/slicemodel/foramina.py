@@ -208,6 +208,9 @@ class ForaminaTask(SliceTask):
     folder_kind = "foramen slice folder (slices.csv + points.csv)"
     stage_conditions = FORAMINAL
     refine = True
+    # v4: two more graders per localiser (more context at the same scale; a longer schedule), averaged with the first
+    extra_graders = ({"tag": "ctx", "grader": {"crop_frac": 0.22, "crop_px": 80}, "loop": {}},
+                     {"tag": "g12", "grader": {}, "loop": {"epochs_scale": 1.5}})  # 12 epochs beside the first's 8
     localizer_defaults = {"tta_zooms": (1.0, 0.92, 1.08), "second_peak_power": 4.0}
     localizer_loop_defaults = {"epochs": 8}
 

@@ -71,6 +71,22 @@ class SliceConfig:
     refiner: RefinerSpec | None = None  # None: no second look (runs written before the refiner have none)
     refiner_loop: LoopConfig = field(default_factory=_default_refiner_loop)
     calibrate: bool = True
+    # further graders behind the same localiser ({"tag", "grader": GraderSpec changes, "loop": LoopConfig changes}
+    # each, relative to `grader` and `grader_loop`), trained on the same split and saved as grader-<tag>/
+    extra_graders: tuple = ()
+
+    def extra_grader_specs(self) -> list[tuple[str, GraderSpec, LoopConfig]]:
+        """(tag, spec, loop) of each further grader; a loop's `epochs_scale` multiplies the first grader's epochs
+        (so a short run stays short)."""
+        out = []
+        for x in self.extra_graders:
+            loop = dict(x.get("loop", {}))
+            scale = loop.pop("epochs_scale", None)
+            lp = dataclasses.replace(self.grader_loop, **loop)
+            if scale is not None:
+                lp.epochs = max(1, int(round(self.grader_loop.epochs * float(scale))))
+            out.append((x["tag"], dataclasses.replace(self.grader, **x.get("grader", {})), lp))
+        return out
 
     def validate(self) -> SliceConfig:
         task_by_name(self.task)
@@ -86,7 +102,20 @@ class SliceConfig:
             raise DataError("crop size: at least 16 px and a fraction of the slice between 0.02 and 1")
         if self.refiner is not None and self.refiner.input_size % 32:
             raise DataError(f"refiner input size {self.refiner.input_size}: must be a multiple of 32")
-        for loop in (self.localizer_loop, self.grader_loop, self.refiner_loop):
+        tags = [x.get("tag") if isinstance(x, dict) else None for x in self.extra_graders]
+        if any(not isinstance(t, str) or not re.fullmatch(r"[A-Za-z0-9_.]+", t) for t in tags) or len(set(tags)) < len(tags):
+            raise DataError(f"extra graders {tags}: each needs its own tag (letters, digits, '_', '.')")
+        try:
+            extra = self.extra_grader_specs()
+        except TypeError as e:
+            raise DataError(f"extra graders: {e}") from None
+        for tag, spec, lp in extra:
+            if spec.crop_px < 16 or not 0.02 < spec.crop_frac < 1:
+                raise DataError(f"extra grader {tag}: crop at least 16 px and a fraction of the slice between 0.02 "
+                                "and 1")
+            if lp.epochs < 1 or lp.batch_size < 1:
+                raise DataError(f"extra grader {tag}: epochs and batch size must be >= 1")
+        for loop in (self.localizer_loop, self.grader_loop, self.refiner_loop, *(lp for _, _, lp in extra)):
             if loop.epochs < 1 or loop.batch_size < 1:
                 raise DataError("epochs and batch size must be >= 1")
             loop.check_ema()
@@ -106,7 +135,8 @@ class SliceConfig:
                       "refiner": None if d.get("refiner") is None else RefinerSpec.from_dict(d["refiner"]),
                       "refiner_loop": dataclasses.replace(_default_refiner_loop(), **d.get("refiner_loop", {})),
                       "localizer_loop": LoopConfig(**d.get("localizer_loop", {})),
-                      "grader_loop": LoopConfig(**d.get("grader_loop", {}))})
+                      "grader_loop": LoopConfig(**d.get("grader_loop", {})),
+                      "extra_graders": tuple(d.get("extra_graders", ()))})
 
 
 def slice_config(slices, *, task: str | None = None, folds: int = 5, val_fold: int | None = 0, seed: int = 0, device: str = "auto",
@@ -118,10 +148,10 @@ def slice_config(slices, *, task: str | None = None, folds: int = 5, val_fold: i
                     batch_size: int | None = None, lr: float | None = None, weight_decay: float | None = None,
                     patience: int | None = None, ema: float | None = None, class_weights: str | None = None, augment: bool = True,
                     calibrate: bool = True, refine: bool | None = None, refiner_epochs: int | None = None,
-                    exclude_studies=()) -> SliceConfig:
+                    extra_graders: bool | None = None, exclude_studies=()) -> SliceConfig:
     """A SliceConfig from the task's defaults and whatever the caller (the command line) set; None keeps a
-    default. The task is the folder's (`task.task_of_folder`) unless named; `refine` defaults to the task's
-    recipe (`SliceTask.refine`)."""
+    default. The task is the folder's (`task.task_of_folder`) unless named; `refine` and `extra_graders` default
+    to the task's recipe (`SliceTask.refine`, `SliceTask.extra_graders`)."""
     t = task_by_name(task) if task else task_of_folder(slices)
     lspec, gspec = LocalizerSpec(**t.localizer_defaults), GraderSpec(**t.grader_defaults)
     lchange: dict = {}
@@ -169,6 +199,7 @@ def slice_config(slices, *, task: str | None = None, folds: int = 5, val_fold: i
                           localizer=dataclasses.replace(lspec, **lchange), grader=dataclasses.replace(gspec, **gchange),
                           localizer_loop=lloop, grader_loop=gloop, refiner=rspec, refiner_loop=rloop,
                           calibrate=calibrate,
+                          extra_graders=tuple(t.extra_graders) if extra_graders in (None, True) else (),
                           exclude_studies=[str(s) for s in exclude_studies]).validate()
 
 
@@ -387,6 +418,10 @@ def train_slices(cfg: SliceConfig, out: str | Path, resume: bool = False, log=pr
             if cfg.refiner is not None:
                 _train_refiner(cfg, by_role["train"], by_role["inner_val"], images, out, ctx, resume, log)
             _train_grader(cfg, by_role["train"], by_role["inner_val"], images, out, ctx, resume, log)
+            for tag, spec, loop in cfg.extra_grader_specs():
+                if not (out / f"{GRADER}-{tag}").is_dir():
+                    _train_grader(dataclasses.replace(cfg, grader=spec, grader_loop=loop), by_role["train"],
+                                  by_role["inner_val"], images, _extra_work(out, tag), ctx, resume, log)
     finally:
         teardown(ctx)
     if not ctx.is_main:
@@ -394,6 +429,10 @@ def train_slices(cfg: SliceConfig, out: str | Path, resume: bool = False, log=pr
     export_trained(out, log)  # both networks beside their checkpoints as ONNX, for installs without torch
     if cfg.calibrate:
         _calibrate(out, by_role["inner_val"], images, log)
+    for tag, spec, loop in cfg.extra_grader_specs():
+        if not (out / f"{GRADER}-{tag}").is_dir():
+            _finish_extra_grader(out, tag, dataclasses.replace(cfg, grader=spec, grader_loop=loop),
+                                 by_role["inner_val"], images, log)
     summary = {"task": task.name, "train_seconds": round(time.time() - t0, 1),
                "split": {r: int(b.points["study_id"].nunique()) for r, b in by_role.items()}}
     if len(by_role["test"]):
@@ -447,8 +486,9 @@ def score_heldout(run: Path, test_ps: PointSlices, train_ps: PointSlices, images
 
 
 def _epochs(cfg: SliceConfig) -> int:
-    """The epochs one run trains: its localiser's, its refiner's (where it has one) and its grader's."""
-    return cfg.localizer_loop.epochs + cfg.grader_loop.epochs + (cfg.refiner_loop.epochs if cfg.refiner else 0)
+    """The epochs one run trains: its localiser's, its refiner's (where it has one) and its graders'."""
+    return (cfg.localizer_loop.epochs + cfg.grader_loop.epochs + (cfg.refiner_loop.epochs if cfg.refiner else 0)
+            + sum(loop.epochs for _, _, loop in cfg.extra_grader_specs()))
 
 
 def _fold_row(task: SliceTask, k: int, s: dict) -> dict:
@@ -544,29 +584,43 @@ def assemble_graders(base: str | Path, out: str | Path, sources: dict[str, str |
     return out
 
 
-def train_grader_into(run: str | Path, tag: str, grader: GraderSpec | None = None, loop: LoopConfig | None = None,
-                      log=print) -> Path:
-    """Train one more grader for a trained run, on the run's own split (its training studies; its inner-validation
-    studies pick the epoch and, at the run's localiser's points, the temperature), and add it as `grader-<tag>/`
-    (`add_grader`). `grader` / `loop`: the new grader's spec and loop (default: the run's). Resumes after a kill."""
+def _extra_work(run: Path, tag: str) -> Path:
+    """Where a further grader of `run` trains before it joins the run as grader-<tag>/."""
+    return run / f".{GRADER}-{tag}.work"
+
+
+def _finish_extra_grader(run: Path, tag: str, cfg: SliceConfig, inner_ps: PointSlices, images, log) -> Path:
+    """A further grader trained in its work folder: exported, calibrated at the run's localiser's points (the
+    work folder borrows the run's localiser and refiner), added as grader-<tag>/; the work folder removed."""
     import shutil
 
-    from ..train.distributed import setup, teardown
-
-    run = Path(run)
-    cfg = SliceConfig.from_dict(json.loads((run / CONFIG).read_text()))
-    cfg.grader = grader or cfg.grader
-    cfg.grader_loop = loop or cfg.grader_loop
-    cfg.validate()
-    if (run / f"{GRADER}-{tag}").exists():
-        raise DataError(f"{run / f'{GRADER}-{tag}'}: exists already")
-    work = run / f".{GRADER}-{tag}.work"  # a run sharing the localiser and refiner, whose grader is trained here
-    work.mkdir(exist_ok=True)
+    work = _extra_work(run, tag)
     for name in (LOCALIZER, REFINER):
         if (run / name).is_dir() and not (work / name).exists():
             shutil.copytree(run / name, work / name, ignore=shutil.ignore_patterns("last.pt"))
     shutil.copy(run / SPLIT, work / SPLIT)
     atomic_write_text(work / CONFIG, json.dumps(cfg.to_dict(), indent=1))
+    export_trained(work / GRADER, log)
+    if cfg.calibrate:
+        _calibrate(work, inner_ps, images, log)
+    dst = add_grader(run, work, tag)
+    shutil.rmtree(work)
+    return dst
+
+
+def train_grader_into(run: str | Path, tag: str, grader: GraderSpec | None = None, loop: LoopConfig | None = None,
+                      log=print) -> Path:
+    """Train one more grader for a trained run, on the run's own split (its training studies; its inner-validation
+    studies pick the epoch and, at the run's localiser's points, the temperature), and add it as `grader-<tag>/`
+    (`add_grader`). `grader` / `loop`: the new grader's spec and loop (default: the run's). Resumes after a kill."""
+    from ..train.distributed import setup, teardown
+
+    run = Path(run)
+    cfg = SliceConfig.from_dict(json.loads((run / CONFIG).read_text()))
+    cfg = dataclasses.replace(cfg, grader=grader or cfg.grader, grader_loop=loop or cfg.grader_loop, extra_graders=())
+    cfg.validate()
+    if (run / f"{GRADER}-{tag}").exists():
+        raise DataError(f"{run / f'{GRADER}-{tag}'}: exists already")
     ps = task_by_name(cfg.task).read(cfg.slices)
     split = pd.read_csv(run / SPLIT, dtype={"study_id": str})
     role = dict(zip(split["study_id"], split["role"]))
@@ -574,16 +628,12 @@ def train_grader_into(run: str | Path, tag: str, grader: GraderSpec | None = Non
     images = load_images(ps.subset_studies([s for s, v in role.items() if v != "test"]), log=log)
     ctx = setup(cfg.device)
     try:
-        _train_grader(cfg, by_role["train"], by_role["inner_val"], images, work, ctx, True, log)
+        _train_grader(cfg, by_role["train"], by_role["inner_val"], images, _extra_work(run, tag), ctx, True, log)
     finally:
         teardown(ctx)
     if not ctx.is_main:
         return run / f"{GRADER}-{tag}"
-    export_trained(work, log)
-    _calibrate(work, by_role["inner_val"], images, log)
-    dst = add_grader(run, work, tag)
-    shutil.rmtree(work)
-    return dst
+    return _finish_extra_grader(run, tag, cfg, by_role["inner_val"], images, log)
 
 
 def fit_study_stage(folds_dir: str | Path, cfg: SliceConfig, log=print, keep: str = "better") -> dict:

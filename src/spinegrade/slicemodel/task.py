@@ -37,6 +37,9 @@ class SliceTask:
     localizer_loop_defaults: dict = {}
     grader_loop_defaults: dict = {}
     refine = False  # the recipe trains a refiner (a second look at each localiser point; refiner.py)
+    # further graders the recipe trains beside the first, averaged with it: each a tag and its changes to the
+    # first grader's GraderSpec ("grader") and LoopConfig ("loop")
+    extra_graders: tuple[dict, ...] = ()
     # the conditions a study-level stage reads together (each at every level; `study.py`); () for none
     stage_conditions: tuple[str, ...] = ()
 
