@@ -435,7 +435,9 @@ def predict(input_path: Path, model: Path | str | None, out: Path, device: str =
     bar = progress_bar(total=len(todo), desc="predict", unit="studies", disable=len(todo) < 2, log=log)
     waiting: list = []
     try:
-        for job, got, read_s in read_ahead([j for _, j in todo], n_readers):
+        # readers from a fork server: this process already runs the models' thread pools (ONNX Runtime), and a
+        # reader forked while one of their threads holds a lock waits on it for ever (seen once in the tests)
+        for job, got, read_s in read_ahead([j for _, j in todo], n_readers, start="forkserver"):
             if isinstance(got, Exception):
                 record(job, got, {"read": read_s})
             else:

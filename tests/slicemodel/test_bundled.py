@@ -14,11 +14,11 @@ from spinegrade.slicemodel.bundled import BUNDLED_DIR, bundled_models
 from spinegrade.slicemodel.model import SliceModel
 
 NAME = "foramina-sagt1-v1"
-V3 = "foramina-sagt1-v3"  # the default foramen model: five fold models (localiser, refiner, grader each)
+V4 = "foramina-sagt1-v4"  # the default foramen model: two fold models (localiser, refiner, three graders each)
 HELD_OUT_DICOM = {"100206310", "1002894806"}
 
 
-@pytest.mark.parametrize("name,members,max_mb", [(NAME, 1, 8), (V3, 5, 25)])
+@pytest.mark.parametrize("name,members,max_mb", [(NAME, 1, 8), (V4, 2, 25)])
 def test_the_bundled_model_ships_with_its_card_and_prior(name, members, max_mb):
     assert name in bundled_models()
     model = SliceModel.load(name)
@@ -34,22 +34,24 @@ def test_the_bundled_model_ships_with_its_card_and_prior(name, members, max_mb):
     assert size < max_mb * 1e6
 
 
-def test_v3_is_the_default_and_v1_stays_loadable():
+def test_v4_is_the_default_and_v1_stays_loadable():
     from spinegrade.slicemodel.bundled import bundle_info, default_bundled
 
-    assert default_bundled()["foramina"] == V3 and not bundle_info(NAME)["default"]
-    v3 = SliceModel.load(V3)
-    # its recipe, read back from its networks: a second look and a second peak on every fold model
+    assert default_bundled()["foramina"] == V4 and not bundle_info(NAME)["default"]
+    v4 = SliceModel.load(V4)
+    # its recipe, read back from its networks: a second look, a second peak and three graders on every fold model
     assert all(m.refiner is not None and m.lspec.second_peak_power > 0 and len(m.lspec.tta_zooms) == 3
-               for m in v3.members)
-    assert all(m.refiner is None and m.lspec.second_peak_power == 0 for m in SliceModel.load(NAME).members)
-    # the five fold models: each held out one fifth of the studies, together they cover every study once
-    held = [set(pd.read_csv(m.path / "split.csv", dtype={"study_id": str}).query("role == 'test'")["study_id"])
-            for m in v3.members]
-    assert sum(map(len, held)) == len(set().union(*held)) == len(v3.train_studies)
+               for m in v4.members)
+    assert all(sorted(g[1].crop_px for g in m.graders()) == [64, 64, 80] for m in v4.members)
+    assert all(m.refiner is None and m.lspec.second_peak_power == 0 and len(m.graders()) == 1
+               for m in SliceModel.load(NAME).members)
+    # two fold models: each held out another fifth of the studies; together they trained on every study
+    splits = [pd.read_csv(m.path / "split.csv", dtype={"study_id": str}) for m in v4.members]
+    held = [set(s.query("role == 'test'")["study_id"]) for s in splits]
+    assert not held[0] & held[1] and v4.train_studies == set(splits[0]["study_id"])
     # the study-level stage ships only where its cross-validated figure beat the first stage's (cv.json says)
-    cv = json.loads((BUNDLED_DIR / V3 / "cv.json").read_text())["study_stage"]
-    assert (v3.stage is not None) == cv["kept"] == (np.mean([f["study"] for f in cv["folds"]])
+    cv = json.loads((BUNDLED_DIR / V4 / "cv.json").read_text())["study_stage"]
+    assert (v4.stage is not None) == cv["kept"] == (np.mean([f["study"] for f in cv["folds"]])
                                                     < np.mean([f["first_stage"] for f in cv["folds"]]))
 
 
@@ -80,13 +82,13 @@ def test_info_lists_each_bundled_model_on_its_own_line():
     import sys
 
     out = subprocess.run([sys.executable, "-m", "spinegrade", "info"], capture_output=True, text=True, check=True).stdout
-    lines = [ln for ln in out.splitlines() if "bundled" in ln and any(n in ln for n in (NAME, V3, CANAL_NAME))]
+    lines = [ln for ln in out.splitlines() if "bundled" in ln and any(n in ln for n in (NAME, V4, CANAL_NAME))]
     assert len(lines) == 3
     fora = next(ln for ln in lines if NAME in ln)
     canal = next(ln for ln in lines if CANAL_NAME in ln)
     assert "left_neural_foraminal_narrowing" in fora and "0.519" in fora and "non-commercial" in fora
-    v3 = next(ln for ln in lines if V3 in ln)
-    assert "right_neural_foraminal_narrowing" in v3 and "study-level stage" in v3 and "non-commercial" in v3
+    v4 = next(ln for ln in lines if V4 in ln)
+    assert "right_neural_foraminal_narrowing" in v4 and "study-level stage" in v4 and "non-commercial" in v4
     assert "canal" in canal and "AUC" in canal and "CC BY 4.0" in canal
 
 
@@ -100,17 +102,17 @@ def test_a_newcomers_predict_needs_no_model(real_rsna, tmp_path):
 
     out = tmp_path / "pred"
     r = predict(real_rsna, None, out, device="cpu", log=lambda *_: None, report=True, dicom_sr=True)
-    assert r["studies"] == 2 and CANAL_NAME in r["models"] and V3 in r["models"]
+    assert r["studies"] == 2 and CANAL_NAME in r["models"] and V4 in r["models"]
     sub = pd.read_csv(out / "submission.csv")
     assert len(sub) == 50
     doc = json.loads((out / "predictions.json").read_text())
-    assert doc["model"]["canal"]["name"] == CANAL_NAME and doc["model"]["foramina"]["name"] == V3
+    assert doc["model"]["canal"]["name"] == CANAL_NAME and doc["model"]["foramina"]["name"] == V4
     for s in doc["studies"]:
         by_family = {}
         for f in s["findings"]:
             by_family.setdefault(vocab.CONDITION_BY_KEY[f["condition"]].family, []).append(f)
         assert len(by_family[vocab.FORAMINAL]) == 10
-        assert all(f["source"] == "model" and f["model"] == V3 for f in by_family[vocab.FORAMINAL])
+        assert all(f["source"] == "model" and f["model"] == V4 for f in by_family[vocab.FORAMINAL])
         for fam in (vocab.SPINAL, vocab.SUBARTICULAR):
             assert all(f["source"] == "prior" and "prior" in f["note"] for f in by_family[fam])
         canal = [p for p in s["points"] if p["condition"] == vocab.CANAL and p["role"] == vocab.SAGITTAL_T2]
