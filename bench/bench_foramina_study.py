@@ -3,9 +3,10 @@
 For each model (default: every bundled foramen model), on the two real RSNA DICOM studies: the time to load it,
 then the time `grade_foramina` takes per study (pick each foramen's Sagittal T1 slice, place and grade all ten,
 the study-level stage where the model has one), warm, best of --repeat. With --cv DIR (a `train --all-folds` or
-`bench/foramina_cv.py` folder) also each fold's training time from its summary and the study-level stage's fit.
+`bench/foramina_cv.py` folder, or one assembled by `bench/foramina_ablation.py --add-graders-from`) also each
+fold's training time per network (its epochs) and the study-level stage's fit.
 
-    python bench/bench_foramina_study.py [--models foramina-sagt1-v1 foramina-sagt1-v3] [--cv DIR] [--repeat 3]
+    python bench/bench_foramina_study.py [--models foramina-sagt1-v1 foramina-sagt1-v4] [--cv DIR] [--repeat 3]
 
 SPINEGRADE_BACKEND=onnx|torch picks the runtime; threads: OMP_NUM_THREADS, else the machine's usable cores.
 """
@@ -13,7 +14,6 @@ SPINEGRADE_BACKEND=onnx|torch picks the runtime; threads: OMP_NUM_THREADS, else 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
@@ -56,10 +56,18 @@ def main() -> None:
         print(f"{model.name:<24}{len(model.members):>8}{'yes' if model.stage else 'no':>7}{load:>8.2f}"
               f"{best / len(studies):>13.2f}{mb:>7.1f}")
     if a.cv is not None:
-        runs = sorted(a.cv.glob("fold*/summary.json"))
-        secs = [json.loads(p.read_text())["train_seconds"] for p in runs]
-        print(f"\n{a.cv}: {len(secs)} fold runs, training (read, fit, calibrate) "
-              + ", ".join(f"{s / 60:.1f}" for s in secs) + f" min; sum {sum(secs) / 60:.0f} min")
+        from spinegrade.train.engine import read_metrics
+
+        print(f"\n{a.cv}: minutes of training epochs per fold run and network (from each network's metrics.jsonl, so "
+              "also for runs assembled from networks trained elsewhere; reading the slices and scoring not counted)")
+        total = 0.0
+        for run in sorted(p for p in a.cv.glob("fold*") if p.is_dir()):
+            nets = [n for n in sorted(p.name for p in run.iterdir()) if (run / n / "metrics.jsonl").is_file()]
+            mins = {n: sum(r["seconds"] for r in read_metrics(run / n)) / 60 for n in nets}
+            total += sum(mins.values())
+            print(f"  {run.name}: " + ", ".join(f"{n} {m:.1f}" for n, m in mins.items())
+                  + f"; {sum(mins.values()):.1f} min")
+        print(f"  all folds: {total:.0f} min")
         from spinegrade import vocab
         from spinegrade.slicemodel.pipeline import out_of_fold_rows
         from spinegrade.slicemodel.study import fit_stage, grid_of
