@@ -142,3 +142,21 @@ def test_a_newcomers_predict_needs_no_model(real_rsna, tmp_path):
     assert len(t) == 10 and (t["source"] == f"localizer:{CANAL_NAME}").all()
     assert (t["instances_off"].abs() <= 1).all(), t.to_string()
     assert ((t["in_plane_mm"] <= 5) & (t["instances_off"].abs() <= 1)).sum() >= 9, t.to_string()
+
+
+def test_every_bundled_file_is_package_data():
+    """A file of a bundled model that no package-data pattern names would be missing from an installed wheel (a
+    further grader's temperature, say, would silently fall back to 1)."""
+    from pathlib import PurePosixPath
+
+    tomllib = pytest.importorskip("tomllib", reason="Python 3.11+ reads pyproject.toml")
+
+    root = BUNDLED_DIR.parent
+    patterns = tomllib.loads((root.parents[1] / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    patterns = patterns["spinegrade"]
+    files = [PurePosixPath(p.relative_to(root).as_posix()) for p in BUNDLED_DIR.rglob("*") if p.is_file()
+             and "__pycache__" not in p.parts]
+    assert files
+    missed = [str(f) for f in files if not any(f.match(pat) and len(f.parts) == len(PurePosixPath(pat).parts)
+                                               for pat in patterns)]
+    assert not missed, missed
