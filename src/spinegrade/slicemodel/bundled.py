@@ -1,6 +1,6 @@
 """The models shipped inside the package, found and described without torch (`spinegrade info` lists them).
 
-Each is a folder under `spinegrade/bundled/` holding a trained slice model (`localizer/`, `grader/`), its
+Each is a folder under `spinegrade/bundled/` holding a trained slice model (`localizer/`, `grader/`, ...), its
 `MODEL_CARD.md` and a `bundle.json`: its task, the grades it gives or points it places, its cross-validated
 figure, its terms of use, and whether `predict` uses it by default.
 """

@@ -1,6 +1,7 @@
 """A trained slice model at inference: place its task's landmarks on a slice, grade the asked points.
 
-`SliceModel.load` takes a run folder (`localizer/best.pt`, `grader/best.pt`, `calibration.json`), a folder
+`SliceModel.load` takes a run folder (`localizer/best.pt`, `grader/best.pt`, `calibration.json`; where it has
+them `refiner/` and further graders `grader-<tag>/`, each with its own `calibration.json`), a folder
 of such runs (their predictions are averaged: a fold ensemble), or the name of a model bundled with the
 package. The networks run on torch or on ONNX Runtime (`runtime`: chosen when the model loads); the input is
 resampled in numpy either way. Everything that shapes the input (letterbox size, crop size, normalisation) is read back from the
