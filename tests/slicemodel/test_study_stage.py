@@ -198,6 +198,13 @@ def test_evaluate_applies_the_stage_per_member_and_grades_partly_labelled_studie
     assert all(t > 0 for t in temps) and len(set(temps)) > 1  # each fold its own, undone before the stage
     want = np.mean([model.stage.apply_rows(rows, p, t) for p, t in zip(firsts, temps)], axis=0)
     assert np.allclose(predict_rows(model, ps, true_points=True)[keys].to_numpy()[ix], want, atol=1e-9)
+    # The study's other foramina are read: a foramen whose other side at its level is graded too is graded
+    # otherwise than the same answer alone.
+    paired = [i for i, (c, lv) in enumerate(rows) if any(c2 != c and lv2 == lv for c2, lv2 in rows)]
+    assert paired and np.abs(model.stage.weights).max() > 0
+    i = paired[0]
+    together = model.stage.apply_rows(rows, firsts[0], temps[0])[i]
+    assert not np.allclose(together, model.stage.apply_rows(rows[i:i + 1], firsts[0][i:i + 1], temps[0])[0], atol=1e-6)
     # A study with only some of its foramina labelled (one row left) is graded, by the stage, from that row.
     part = tmp_path / "part"
     shutil.copytree(folder, part)
