@@ -48,6 +48,7 @@ from spinegrade.slicemodel.pipeline import (
     predict_rows,
     rescore_heldout,
     slice_config,
+    split_roles,
 )
 from spinegrade.slicemodel.refiner import RefinerSpec
 from spinegrade.slicemodel.task import task_by_name
@@ -120,9 +121,7 @@ def run_fold(k: int, a, log) -> dict:
     ref_src = a.refiner_from / f"fold{k}" if a.refiner_from else cv_run  # an unchanged refiner: the CV's own
     task = task_by_name(cfg.task)
     ps = task.read(cfg.slices)
-    split = pd.read_csv(cv_run / SPLIT, dtype={"study_id": str})
-    role = dict(zip(split["study_id"], split["role"]))
-    by_role = {r: ps.subset_studies([s for s, v in role.items() if v == r]) for r in ("train", "inner_val", "test")}
+    by_role = split_roles(cv_run, ps)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / CONFIG, json.dumps(cfg.to_dict(), indent=1))
     shutil.copy(cv_run / SPLIT, out / SPLIT)
@@ -136,7 +135,7 @@ def run_fold(k: int, a, log) -> dict:
         if not (out / GRADER).is_dir():
             shutil.copytree(grader_src / GRADER, out / GRADER, ignore=skip)
         shutil.copy(grader_src / CALIBRATION, out / CALIBRATION)
-    images = load_images(ps.subset_studies(list(role)), log=log)
+    images = {p: im for b in by_role.values() for p, im in load_images(b, log=log).items()}
     seconds = {}
     ctx = setup("cpu")
     try:
@@ -261,9 +260,8 @@ def ensemble(a) -> None:
         mean = first.copy()
         cols = list(vocab.SEVERITY_KEYS)
         mean[cols] = np.mean([p[cols].to_numpy() for p in preds], axis=0)
-        split = pd.read_csv(a.cv / f"fold{k}" / SPLIT, dtype={"study_id": str})
-        test = ps.subset_studies(split.loc[split["role"] == "test", "study_id"])
-        train = ps.subset_studies(split.loc[split["role"] == "train", "study_id"])
+        roles = split_roles(a.cv / f"fold{k}", ps, ("train", "test"))
+        test, train = roles["test"], roles["train"]
         order = test.points[keys].reset_index(drop=True)
         if not order.equals(first[keys]):
             raise SystemExit(f"fold {k}: the held-out rows are not in the split's order")

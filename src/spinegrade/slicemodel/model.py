@@ -52,8 +52,6 @@ def _temperature(folder: Path) -> float:
 def extra_grader_dirs(run: Path) -> list[Path]:
     """A run's further graders (`grader-<tag>/`, each with its network and its own `calibration.json`): graders
     trained on the same training studies, whose answers the member averages with its `grader/`'s."""
-    from ..runtime import has_network
-
     return sorted(p for p in Path(run).glob(f"{GRADER}-*") if p.is_dir() and has_network(p / "best.pt"))
 
 

@@ -33,6 +33,7 @@ from .refiner import RefinerSpec
 from .task import SliceTask, task_by_name, task_of_folder
 
 CONFIG = "config.json"
+TAG = re.compile(r"[A-Za-z0-9_.]+")  # a further grader's tag: its folder is grader-<tag>/
 PREDICTIONS = "predictions.csv"
 METRICS = "metrics.json"
 # Fields that may differ on --resume: where and how fast a run goes, not what it computes.
@@ -88,6 +89,10 @@ class SliceConfig:
             out.append((x["tag"], dataclasses.replace(self.grader, **x.get("grader", {})), lp))
         return out
 
+    def with_grader(self, spec: GraderSpec, loop: LoopConfig) -> SliceConfig:
+        """This run's configuration for training one further grader (`spec`, `loop`) on its split."""
+        return dataclasses.replace(self, grader=spec, grader_loop=loop, extra_graders=())
+
     def validate(self) -> SliceConfig:
         task_by_name(self.task)
         if self.folds < 2:
@@ -103,7 +108,7 @@ class SliceConfig:
         if self.refiner is not None and self.refiner.input_size % 32:
             raise DataError(f"refiner input size {self.refiner.input_size}: must be a multiple of 32")
         tags = [x.get("tag") if isinstance(x, dict) else None for x in self.extra_graders]
-        if any(not isinstance(t, str) or not re.fullmatch(r"[A-Za-z0-9_.]+", t) for t in tags) or len(set(tags)) < len(tags):
+        if any(not isinstance(t, str) or not TAG.fullmatch(t) for t in tags) or len(set(tags)) < len(tags):
             raise DataError(f"extra graders {tags}: each needs its own tag (letters, digits, '_', '.')")
         try:
             extra = self.extra_grader_specs()
@@ -115,7 +120,8 @@ class SliceConfig:
                                 "and 1")
             if lp.epochs < 1 or lp.batch_size < 1:
                 raise DataError(f"extra grader {tag}: epochs and batch size must be >= 1")
-        for loop in (self.localizer_loop, self.grader_loop, self.refiner_loop, *(lp for _, _, lp in extra)):
+            lp.check_ema()
+        for loop in (self.localizer_loop, self.grader_loop, self.refiner_loop):
             if loop.epochs < 1 or loop.batch_size < 1:
                 raise DataError("epochs and batch size must be >= 1")
             loop.check_ema()
@@ -420,19 +426,19 @@ def train_slices(cfg: SliceConfig, out: str | Path, resume: bool = False, log=pr
             _train_grader(cfg, by_role["train"], by_role["inner_val"], images, out, ctx, resume, log)
             for tag, spec, loop in cfg.extra_grader_specs():
                 if not (out / f"{GRADER}-{tag}").is_dir():
-                    _train_grader(dataclasses.replace(cfg, grader=spec, grader_loop=loop), by_role["train"],
-                                  by_role["inner_val"], images, _extra_work(out, tag), ctx, resume, log)
+                    _train_grader(cfg.with_grader(spec, loop), by_role["train"], by_role["inner_val"], images,
+                                  _extra_work(out, tag), ctx, resume, log)
     finally:
         teardown(ctx)
     if not ctx.is_main:
         return {}
-    export_trained(out, log)  # both networks beside their checkpoints as ONNX, for installs without torch
+    export_trained(out, log)  # every network beside its checkpoint as ONNX (the further graders' work folders too)
     if cfg.calibrate:
         _calibrate(out, by_role["inner_val"], images, log)
     for tag, spec, loop in cfg.extra_grader_specs():
         if not (out / f"{GRADER}-{tag}").is_dir():
-            _finish_extra_grader(out, tag, dataclasses.replace(cfg, grader=spec, grader_loop=loop),
-                                 by_role["inner_val"], images, log)
+            _finish_extra_grader(out, tag, cfg.with_grader(spec, loop), by_role["inner_val"], images, log,
+                                 exported=True)
     summary = {"task": task.name, "train_seconds": round(time.time() - t0, 1),
                "split": {r: int(b.points["study_id"].nunique()) for r, b in by_role.items()}}
     if len(by_role["test"]):
@@ -441,15 +447,19 @@ def train_slices(cfg: SliceConfig, out: str | Path, resume: bool = False, log=pr
     return summary
 
 
+def split_roles(run: Path, ps: PointSlices, roles=("train", "inner_val", "test")) -> dict[str, PointSlices]:
+    """A trained run's studies of `ps` by their role in its split.csv."""
+    split = pd.read_csv(Path(run) / SPLIT, dtype={"study_id": str})
+    return {r: ps.subset_studies(split.loc[split["role"] == r, "study_id"]) for r in roles}
+
+
 def rescore_heldout(run: str | Path, log=print, oracle: bool = True) -> dict:
     """Score a trained run's held-out fold again with the inference code as it is now (after a change to how
     points are decoded, or graders added, say); rewrites heldout/ and the summary's figures. The networks are not
     touched. Without `oracle`, only the honest figure (the localiser's points, TTA, temperature)."""
     run = Path(run)
     cfg = SliceConfig.from_dict(json.loads((run / CONFIG).read_text()))
-    ps = task_by_name(cfg.task).read(cfg.slices)
-    split = pd.read_csv(run / SPLIT, dtype={"study_id": str})
-    by_role = {r: ps.subset_studies(split.loc[split["role"] == r, "study_id"]) for r in ("train", "test")}
+    by_role = split_roles(run, task_by_name(cfg.task).read(cfg.slices), ("train", "test"))
     if not len(by_role["test"]):
         raise DataError(f"{run}: trained without a held-out fold: nothing to score")
     images = load_images(by_role["test"])
@@ -476,10 +486,11 @@ def score_heldout(run: Path, test_ps: PointSlices, train_ps: PointSlices, images
         if name == "predicted_points":
             write_csv_atomic(_written(task, pred), run / "heldout" / PREDICTIONS)
         if name == "predicted_points" and oracle:
-            uncal = model.members[0].temperature
-            model.members[0].temperature = 1.0
+            m = model.members[0]
+            kept = m.temperature, m.extra_graders
+            m.temperature, m.extra_graders = 1.0, [(net, spec, 1.0) for net, spec, _ in m.extra_graders]
             res["predicted_points_uncalibrated"] = task.score(test_ps, predict_rows(model, test_ps, images), train_ps)
-            model.members[0].temperature = uncal
+            m.temperature, m.extra_graders = kept
     log(f"held-out fold: {task.summary_line(res['predicted_points'])}")
     atomic_write_text(run / "heldout" / METRICS, json.dumps(res, indent=1))
     return res
@@ -547,7 +558,7 @@ def add_grader(run: str | Path, source: str | Path, tag: str) -> Path:
     import shutil
 
     run, source = Path(run), Path(source)
-    if not re.fullmatch(r"[A-Za-z0-9_.]+", tag):
+    if not TAG.fullmatch(tag):
         raise DataError(f"grader tag {tag!r}: letters, digits, '_' and '.' only")
     for r in (run, source):
         if not (r / GRADER).is_dir() or not (r / SPLIT).is_file():
@@ -589,9 +600,11 @@ def _extra_work(run: Path, tag: str) -> Path:
     return run / f".{GRADER}-{tag}.work"
 
 
-def _finish_extra_grader(run: Path, tag: str, cfg: SliceConfig, inner_ps: PointSlices, images, log) -> Path:
-    """A further grader trained in its work folder: exported, calibrated at the run's localiser's points (the
-    work folder borrows the run's localiser and refiner), added as grader-<tag>/; the work folder removed."""
+def _finish_extra_grader(run: Path, tag: str, cfg: SliceConfig, inner_ps: PointSlices, images, log,
+                         exported: bool = False) -> Path:
+    """A further grader trained in its work folder: exported (unless `exported` already), calibrated at the run's
+    localiser's points (the work folder borrows the run's localiser and refiner), added as grader-<tag>/; the
+    work folder removed."""
     import shutil
 
     work = _extra_work(run, tag)
@@ -600,7 +613,8 @@ def _finish_extra_grader(run: Path, tag: str, cfg: SliceConfig, inner_ps: PointS
             shutil.copytree(run / name, work / name, ignore=shutil.ignore_patterns("last.pt"))
     shutil.copy(run / SPLIT, work / SPLIT)
     atomic_write_text(work / CONFIG, json.dumps(cfg.to_dict(), indent=1))
-    export_trained(work / GRADER, log)
+    if not exported:
+        export_trained(work / GRADER, log)
     if cfg.calibrate:
         _calibrate(work, inner_ps, images, log)
     dst = add_grader(run, work, tag)
@@ -617,15 +631,11 @@ def train_grader_into(run: str | Path, tag: str, grader: GraderSpec | None = Non
 
     run = Path(run)
     cfg = SliceConfig.from_dict(json.loads((run / CONFIG).read_text()))
-    cfg = dataclasses.replace(cfg, grader=grader or cfg.grader, grader_loop=loop or cfg.grader_loop, extra_graders=())
-    cfg.validate()
+    cfg = cfg.with_grader(grader or cfg.grader, loop or cfg.grader_loop).validate()
     if (run / f"{GRADER}-{tag}").exists():
         raise DataError(f"{run / f'{GRADER}-{tag}'}: exists already")
-    ps = task_by_name(cfg.task).read(cfg.slices)
-    split = pd.read_csv(run / SPLIT, dtype={"study_id": str})
-    role = dict(zip(split["study_id"], split["role"]))
-    by_role = {r: ps.subset_studies([s for s, v in role.items() if v == r]) for r in ("train", "inner_val")}
-    images = load_images(ps.subset_studies([s for s, v in role.items() if v != "test"]), log=log)
+    by_role = split_roles(run, task_by_name(cfg.task).read(cfg.slices), ("train", "inner_val"))
+    images = {**load_images(by_role["train"], log=log), **load_images(by_role["inner_val"], log=log)}
     ctx = setup(cfg.device)
     try:
         _train_grader(cfg, by_role["train"], by_role["inner_val"], images, _extra_work(run, tag), ctx, True, log)

@@ -42,13 +42,12 @@ LAM_GRID = (0.001, 0.003, 0.01, 0.03, 0.1)
 MODES = ("own", "study")  # own: each position's own probabilities only (calibration); study: the other side too
 
 
-def untemper(p: np.ndarray, temperature: float) -> np.ndarray:
-    """(..., 3) probabilities a model gave with temperature T -> with T undone (softmax(T log p), renormalised)."""
-    if temperature == 1.0:
+def untemper(p: np.ndarray, temperature) -> np.ndarray:
+    """(..., 3) probabilities a model gave with temperature T -> with T undone (softmax(T log p), renormalised);
+    T a number or one per row ((..., 1))."""
+    if np.all(np.asarray(temperature) == 1.0):
         return np.asarray(p, dtype=float)
-    z = temperature * np.log(np.clip(p, EPS, 1.0))
-    z = np.exp(z - z.max(axis=-1, keepdims=True))
-    return z / z.sum(axis=-1, keepdims=True)
+    return _softmax(temperature * np.log(np.clip(p, EPS, 1.0)))
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
@@ -171,8 +170,7 @@ def grid_of(rows: pd.DataFrame, conditions, levels) -> tuple[np.ndarray, np.ndar
     labels = -np.ones((n, len(conditions), len(levels)), dtype=int)
     p = rows[list(vocab.SEVERITY_KEYS)].to_numpy(float)
     if "temperature" in rows.columns:
-        t = rows["temperature"].to_numpy(float)[:, None]
-        p = _softmax(t * np.log(np.clip(p, EPS, 1.0)))
+        p = untemper(p, rows["temperature"].to_numpy(float)[:, None])
     lab = rows["label"].to_numpy() if "label" in rows.columns else None
     for j, (s, c, lv) in enumerate(zip(rows["study_id"].astype(str), rows["condition"], rows["level"])):
         if c not in c_ix or lv not in l_ix:
@@ -185,11 +183,6 @@ def grid_of(rows: pd.DataFrame, conditions, levels) -> tuple[np.ndarray, np.ndar
     present = count > 0
     probs[present] /= count[present][:, None]
     return probs, present, labels, studies
-
-
-def _wll(y: np.ndarray, p: np.ndarray) -> float:
-    w = np.asarray(vocab.SEVERITY_WEIGHTS)[y]
-    return float(-(w * np.log(np.clip(p[np.arange(len(y)), y], 1e-15, 1.0))).sum() / w.sum())
 
 
 def _fit_theta(stage: StudyStage, own: np.ndarray, x: np.ndarray, y: np.ndarray, lam: float) -> None:
@@ -240,6 +233,8 @@ def fit_stage(probs: np.ndarray, present: np.ndarray, labels: np.ndarray, condit
               lam: float | None = None) -> StudyStage:
     """Fit the stage on out-of-fold first-stage predictions (grid_of's arrays, temperatures undone); the penalty
     chosen among LAM_GRID by grouped (by study) 5-fold cross-validation where not given."""
+    from ..metric import weighted_log_loss
+
     if mode not in MODES:
         raise ValueError(f"mode {mode!r}: {', '.join(MODES)}")
     stage = StudyStage(tuple(conditions), tuple(levels), mode, np.zeros((2, 0)), 0.0, np.zeros(2), 0.0,
@@ -258,7 +253,7 @@ def fit_stage(probs: np.ndarray, present: np.ndarray, labels: np.ndarray, condit
                     continue
                 _fit_theta(stage, own[tr], x[tr], y[tr], cand)
                 wt = np.asarray(vocab.SEVERITY_WEIGHTS)[y[te]].sum()
-                total += _wll(y[te], _softmax(stage.logits(own[te], x[te]))) * wt
+                total += weighted_log_loss(y[te], _softmax(stage.logits(own[te], x[te]))) * wt
             if best is None or total < best[0]:
                 best = (total, cand)
         lam = best[1]
@@ -289,6 +284,8 @@ def stage_cv(rows: pd.DataFrame, conditions, levels, modes=MODES, lam: float | N
     chosen inside those rows, unless `lam` is given).
     Returns per fold and per level the weighted log loss of the first stage and of each mode, and the pooled
     calibration (ECE, reliability table) of each."""
+    from ..metric import weighted_log_loss
+
     out: dict = {"folds": [], "per_level": {}, "calibration": {}}
     pooled: dict[str, list] = {"first_stage": [], **{m: [] for m in modes}}
     ys = []
@@ -299,12 +296,12 @@ def stage_cv(rows: pd.DataFrame, conditions, levels, modes=MODES, lam: float | N
         first = grid_of(te.drop(columns="temperature", errors="ignore"), conditions, levels)[0]  # as given
         keep = prte & (lte >= 0)
         y = lte[keep]
-        row = {"fold": int(k), "n_rows": int(keep.sum()), "first_stage": _wll(y, first[keep])}
+        row = {"fold": int(k), "n_rows": int(keep.sum()), "first_stage": weighted_log_loss(y, first[keep])}
         pooled["first_stage"].append((first[keep], None))
         for mode in modes:
             st = fit_stage(*gtr[:3], conditions, levels, mode=mode, lam=lam)
             ps = st.apply(pte, prte)[keep]
-            row[mode] = _wll(y, ps)
+            row[mode] = weighted_log_loss(y, ps)
             pooled[mode].append((ps, None))
         ys.append((y, np.broadcast_to(np.arange(len(levels)), lte.shape)[keep]))
         out["folds"].append(row)
@@ -312,8 +309,8 @@ def stage_cv(rows: pd.DataFrame, conditions, levels, modes=MODES, lam: float | N
     lv_all = np.concatenate([lv for _, lv in ys])
     for name, parts in pooled.items():
         p = np.concatenate([pp for pp, _ in parts])
-        out["per_level"][name] = {lv: _wll(y_all[lv_all == li], p[lv_all == li]) for li, lv in enumerate(levels)}
-        out["per_level"][name]["all"] = _wll(y_all, p)
+        out["per_level"][name] = {lv: weighted_log_loss(y_all[lv_all == li], p[lv_all == li]) for li, lv in enumerate(levels)}
+        out["per_level"][name]["all"] = weighted_log_loss(y_all, p)
         ece, table = expected_calibration_error(y_all, p)
         out["calibration"][name] = {"ece": ece, "reliability": table}
     return out
