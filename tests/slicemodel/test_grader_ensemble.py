@@ -165,3 +165,14 @@ def test_train_slices_trains_the_extra_graders_and_scores_the_held_out_fold_with
     from spinegrade.slicemodel.pipeline import rescore_heldout
 
     assert rescore_heldout(out, log=lambda *_: None, oracle=False)["predicted_points"] == again
+    # "uncalibrated" is every grader at temperature 1, not only the first
+    from spinegrade.slicemodel.foramina import read_point_slices
+    from spinegrade.slicemodel.pipeline import predict_rows, split_roles
+
+    model = SliceModel.load(out, "cpu")
+    m = model.members[0]
+    m.temperature, m.extra_graders = 1.0, [(net, spec, 1.0) for net, spec, _ in m.extra_graders]
+    roles = split_roles(out, read_point_slices(folder), ("train", "test"))
+    raw = model.task.score(roles["test"], predict_rows(model, roles["test"]), roles["train"])
+    assert summary["heldout"]["predicted_points_uncalibrated"]["weighted_log_loss"] == pytest.approx(
+        raw["weighted_log_loss"], abs=1e-9)
