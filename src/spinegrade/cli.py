@@ -172,6 +172,8 @@ def _add_train(sub) -> None:
                    help="start the grader from ImageNet weights (efficientnet-lite0; needs the 'pretrained' extra)")
     f.add_argument("--crop-frac", type=float, default=None,
                    help="crop side as a fraction of the slice's longer side (default 0.16)")
+    f.add_argument("--label-smoothing", type=float, default=None, metavar="EPS",
+                   help="the grader's label smoothing: this share of each target spread over the grades (default 0)")
     f.add_argument("--exclude-studies", default="", metavar="ID,ID",
                    help="study ids to keep out of training (e.g. those later evaluated as DICOM)")
     f.add_argument("--no-calibrate", action="store_true", help="skip the temperature fitted on inner-validation studies")
@@ -265,8 +267,8 @@ def slice_config_from_args(a):
     )
 
 
-_FORAMINA_ONLY = ("all_folds", "pretrained", "crop_frac", "exclude_studies", "no_calibrate", "no_refine",
-                  "one_grader")
+_FORAMINA_ONLY = ("all_folds", "pretrained", "crop_frac", "label_smoothing", "exclude_studies", "no_calibrate",
+                  "no_refine", "one_grader")
 
 
 def _refuse_foramina_options(a, source: str) -> None:
@@ -288,7 +290,7 @@ def _cmd_train_slices(a) -> int:
         seed=a.seed or 0, device=a.device or "auto", workers=-1 if a.workers is None else a.workers,
         amp=not a.no_amp, model=a.model,
         model_kwargs=a.model_kwargs, pretrained=a.pretrained, crop_px=a.image_size, crop_frac=a.crop_frac,
-        localizer_model=a.localizer_model, localizer_model_kwargs=a.localizer_model_kwargs,
+        label_smoothing=a.label_smoothing, localizer_model=a.localizer_model, localizer_model_kwargs=a.localizer_model_kwargs,
         localizer_size=a.localizer_size, localizer_epochs=a.localizer_epochs, grader_epochs=a.grader_epochs or a.epochs,
         batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay, patience=a.patience, ema=a.ema,
         class_weights=a.class_weights, augment=not a.no_augment, calibrate=not a.no_calibrate,

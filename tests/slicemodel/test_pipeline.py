@@ -154,6 +154,7 @@ def test_a_folder_of_runs_is_an_ensemble(run, folder, tmp_path):
      lambda c: dict(c.localizer.network_kwargs) == {"widths": [8, 8, 16, 16, 32]}),
     ("--image-size", "48", lambda c: c.grader.crop_px == 48),
     ("--crop-frac", "0.2", lambda c: c.grader.crop_frac == 0.2),
+    ("--label-smoothing", "0.1", lambda c: c.grader.label_smoothing == 0.1),
     ("--model", "seed-cnn", lambda c: c.grader.network == "seed-cnn" and c.grader.network_kwargs == ()),
     ("--model-kwargs", '{"widen_factor": 0.25}', lambda c: dict(c.grader.network_kwargs) == {"widen_factor": 0.25}),
     ("--batch-size", "8", lambda c: c.grader_loop.batch_size == 8),
@@ -186,6 +187,13 @@ def test_every_train_flag_reaches_the_config(folder, monkeypatch, tmp_path, flag
 def test_flags_that_mean_nothing_for_slices_are_refused(folder, tmp_path, capsys):
     rc = main(["train", "--slices", str(folder), "--out", str(tmp_path / "r"), "--no-condition"])
     assert rc != 0 and "--no-condition: not used by --slices" in capsys.readouterr().err
+
+
+def test_label_smoothing_outside_zero_to_one_is_refused(folder):
+    for eps in (-0.1, 1.0):
+        with pytest.raises(DataError, match=f"label smoothing {eps}"):
+            slice_config(folder, folds=3, val_fold=0, label_smoothing=eps)
+    assert slice_config(folder, folds=3, val_fold=0, label_smoothing=0.05).grader.label_smoothing == 0.05
 
 
 def test_resume_with_a_different_config_is_refused(folder, run, tmp_path):

@@ -116,6 +116,18 @@ def test_class_weighted_loss_is_the_metric():
     assert plain == pytest.approx(weighted_log_loss(y.numpy(), p, weights=(1, 1, 1)), rel=1e-6)
 
 
+def test_label_smoothing_spreads_the_target_under_the_metric_weights():
+    logits = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3], [1.0, -2.0, 0.5], [0.0, 0.0, 0.0]])
+    y = torch.tensor([0, 1, 2, -1])
+    w, eps = np.asarray(vocab.SEVERITY_WEIGHTS, float), 0.2
+    logp = torch.log_softmax(logits, 1).numpy()[:3]
+    target = (1 - eps) * np.eye(3)[y.numpy()[:3]] + eps / 3  # the unlabelled row is still ignored
+    expected = -(target * w * logp).sum() / w[y.numpy()[:3]].sum()
+    smoothed = ClassificationTask(vocab.SEVERITY_WEIGHTS, label_smoothing=eps).loss(logits, {"label": y}).item()
+    assert smoothed == pytest.approx(expected, rel=1e-6)
+    assert smoothed != pytest.approx(ClassificationTask(vocab.SEVERITY_WEIGHTS).loss(logits, {"label": y}).item())
+
+
 class _ConstantScoreTask(ClassificationTask):
     """A task whose validation never improves: the engine must stop after `patience` epochs."""
 

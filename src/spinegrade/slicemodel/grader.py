@@ -31,6 +31,7 @@ class GraderSpec(SpecDict):
     gamma: float = 0.25
     class_weights: str = "metric"  # metric (1, 2, 4) | none
     pretrained: bool = False
+    label_smoothing: float = 0.0  # share of each training target spread evenly over the classes
 
 
     def crop_side(self, frame: Frame) -> float:

@@ -105,6 +105,8 @@ class SliceConfig:
             raise DataError(f"localiser input size {self.localizer.input_size}: must be a multiple of 32")
         if self.grader.crop_px < 16 or not 0.02 < self.grader.crop_frac < 1:
             raise DataError("crop size: at least 16 px and a fraction of the slice between 0.02 and 1")
+        if not 0 <= self.grader.label_smoothing < 1:
+            raise DataError(f"label smoothing {self.grader.label_smoothing}: expected a share in [0, 1)")
         if self.refiner is not None and self.refiner.input_size % 32:
             raise DataError(f"refiner input size {self.refiner.input_size}: must be a multiple of 32")
         tags = [x.get("tag") if isinstance(x, dict) else None for x in self.extra_graders]
@@ -148,7 +150,7 @@ class SliceConfig:
 def slice_config(slices, *, task: str | None = None, folds: int = 5, val_fold: int | None = 0, seed: int = 0, device: str = "auto",
                     workers: int = -1, amp: bool = True, model: str | None = None, model_kwargs: dict | None = None,
                     pretrained: bool = False, crop_px: int | None = None, crop_frac: float | None = None,
-                    localizer_model: str | None = None, localizer_model_kwargs: dict | None = None,
+                    label_smoothing: float | None = None, localizer_model: str | None = None, localizer_model_kwargs: dict | None = None,
                     localizer_size: int | None = None,
                     localizer_epochs: int | None = None, grader_epochs: int | None = None,
                     batch_size: int | None = None, lr: float | None = None, weight_decay: float | None = None,
@@ -178,6 +180,8 @@ def slice_config(slices, *, task: str | None = None, folds: int = 5, val_fold: i
         gchange["crop_px"] = crop_px
     if crop_frac:
         gchange["crop_frac"] = crop_frac
+    if label_smoothing is not None:
+        gchange["label_smoothing"] = label_smoothing
     if not augment:
         lchange.update(shift=0.0, zoom=0.0, rotate=0.0, gamma=0.0)
         gchange.update(jitter=0.0, zoom=0.0, rotate=0.0, gamma=0.0)
@@ -308,7 +312,8 @@ def _train_grader(cfg, train_ps, val_ps, images, out: Path, ctx, resume: bool, l
     loop = dataclasses.replace(cfg.grader_loop, device=cfg.device, workers=cfg.workers, seed=cfg.seed)
     weights = task.class_weights(spec.class_weights)
     fit(net, CropDataset(train_ps.labelled(), images, spec, augment=True, seed=cfg.seed),
-        CropDataset(val_ps.labelled(), images, spec, augment=False), ClassificationTask(weights), loop, out / GRADER,
+        CropDataset(val_ps.labelled(), images, spec, augment=False),
+        ClassificationTask(weights, label_smoothing=spec.label_smoothing), loop, out / GRADER,
         ctx, _describe(task.grader_kind, spec.network, 1, n, kwargs, spec.to_dict(), cfg),
         resume=resume, log=lambda s: log(f"[grader] {s}"))
 

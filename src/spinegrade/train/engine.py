@@ -56,18 +56,22 @@ class ClassificationTask:
     """Severity classification of `{image, cond, label}` batches; label -1 = unlabelled (ignored).
 
     class_weights (1, 2, 4) make the training loss the challenge's weighted log loss; None is plain
-    cross-entropy. Validation always reports the challenge's weighting.
+    cross-entropy; label_smoothing spreads that share of each target over the classes. Validation always reports
+    the challenge's weighting, on the hard labels.
     """
 
     class_weights: tuple[float, ...] | None = None
     score_key: str = "val_wll"
+    label_smoothing: float = 0.0
 
     def forward(self, model, batch):
         return model(batch["image"], batch["cond"])
 
     def loss(self, outputs, batch):
-        w = None if self.class_weights is None else torch.tensor(self.class_weights, device=outputs.device)
-        return F.cross_entropy(outputs.float(), batch["label"], weight=w, ignore_index=-1)
+        w = None if self.class_weights is None else torch.tensor(self.class_weights, dtype=torch.float32,
+                                                                 device=outputs.device)
+        return F.cross_entropy(outputs.float(), batch["label"], weight=w, ignore_index=-1,
+                               label_smoothing=self.label_smoothing)
 
     def targets(self, batch):
         return batch["label"]
