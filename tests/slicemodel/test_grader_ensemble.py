@@ -176,3 +176,40 @@ def test_train_slices_trains_the_extra_graders_and_scores_the_held_out_fold_with
     raw = model.task.score(roles["test"], predict_rows(model, roles["test"]), roles["train"])
     assert summary["heldout"]["predicted_points_uncalibrated"]["weighted_log_loss"] == pytest.approx(
         raw["weighted_log_loss"], abs=1e-9)
+
+
+def test_a_two_scale_grader_reads_the_crop_and_its_context_and_runs_packed(run, folder, tmp_path):
+    import dataclasses
+
+    from spinegrade.slicemodel.data import load_images, normalise_intensity
+    from spinegrade.slicemodel.grader import crop_batch
+    from spinegrade.slicemodel.pipeline import train_grader_into
+    from spinegrade.train.config import LoopConfig
+
+    main = tmp_path / "main"
+    shutil.copytree(run, main)
+    base = SliceModel.load(main, "cpu").members[0].gspec
+    spec = dataclasses.replace(base, context_frac=0.45)
+    with pytest.raises(DataError, match="context 0.1: a fraction of the slice larger than the crop"):
+        train_grader_into(main, "bad", dataclasses.replace(base, context_frac=0.1), log=lambda *_: None)
+    train_grader_into(main, "two", spec, LoopConfig(epochs=2, batch_size=16, lr=3e-3, patience=0),
+                      log=lambda *_: None)
+    m = SliceModel.load(main, "cpu").members[0]
+    net, gspec, _ = m.graders()[1]
+    assert gspec.context_frac == 0.45 and gspec.in_channels == 2
+    ps = read_point_slices(folder)
+    r = ps.points.iloc[0]
+    img = load_images(ps.subset_studies([r.study_id]), log=lambda *_: None)[r.path]
+    img01 = normalise_intensity(img)
+    f = ps.frame(r.path, gspec.crop_px, img.shape)
+    centre = [f.stored_to_original(r.x, r.y)]
+    two = crop_batch(img01, f, gspec, centre)
+    assert two.shape == (1, 2, gspec.crop_px, gspec.crop_px)
+    assert np.allclose(two[:, :1], crop_batch(img01, f, base, centre))  # channel 0: the grader's own crop
+    wide = crop_batch(img01, f, dataclasses.replace(base, crop_frac=0.45), centre)
+    assert np.allclose(two[:, 1:], wide) and not np.allclose(two[:, :1], wide)  # channel 1: the same centre, wider
+    sub = ps.subset_studies(sorted(set(ps.points["study_id"]))[:2])
+    torch_probs = predict_rows(SliceModel.load(main, "cpu"), sub)[KEYS].to_numpy()
+    pack_run(main, tmp_path / "packed", onnx_only=True)
+    onnx_probs = predict_rows(SliceModel.load(tmp_path / "packed", "cpu"), sub)[KEYS].to_numpy()
+    assert np.allclose(torch_probs, onnx_probs, atol=2e-3)

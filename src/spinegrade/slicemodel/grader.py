@@ -32,25 +32,37 @@ class GraderSpec(SpecDict):
     class_weights: str = "metric"  # metric (1, 2, 4) | none
     pretrained: bool = False
     label_smoothing: float = 0.0  # share of each training target spread evenly over the classes
+    context_frac: float = 0.0  # > 0: a second channel, the same centre seen over this fraction (two scales)
 
+    @property
+    def in_channels(self) -> int:
+        return 2 if self.context_frac else 1
 
     def crop_side(self, frame: Frame) -> float:
         return self.crop_frac * max(frame.rows, frame.cols)
 
+    def crop_sides(self, frame: Frame) -> list[float]:
+        """The crop's side per input channel (original pixels): the crop, then the context where there is one."""
+        return [self.crop_side(frame)] + ([self.context_frac * max(frame.rows, frame.cols)] if self.context_frac
+                                          else [])
+
 
 def crop_batch(img01: np.ndarray, frame: Frame, spec: GraderSpec, centres_orig, angles=None, zooms=None
                ) -> np.ndarray:
-    """(N, 1, crop_px, crop_px) z-scored crops of one normalised slice around original-pixel centres."""
+    """(N, spec.in_channels, crop_px, crop_px) z-scored crops of one normalised slice around original-pixel
+    centres (each channel one scale, z-scored alone)."""
     n = len(centres_orig)
     angles = np.zeros(n) if angles is None else angles
     zooms = np.ones(n) if zooms is None else zooms
-    affs = [crop_affine(frame, c, spec.crop_side(frame), spec.crop_px, a, z)
-            for c, a, z in zip(centres_orig, angles, zooms)]
-    return zscore_numpy(warp_numpy(img01, affs, spec.crop_px))
+    scales = []
+    for side in spec.crop_sides(frame):
+        affs = [crop_affine(frame, c, side, spec.crop_px, a, z) for c, a, z in zip(centres_orig, angles, zooms)]
+        scales.append(zscore_numpy(warp_numpy(img01, affs, spec.crop_px)))
+    return scales[0] if len(scales) == 1 else np.concatenate(scales, axis=1)
 
 
 class CropDataset:
-    """Items {image (1, C, C), cond (COND_DIM,), label, row} for every point row, cropped at the true point
+    """Items {image (channels, C, C), cond (COND_DIM,), label, row} for every point row, cropped at the true point
     (+ random offset, zoom, rotation and gamma when `augment`)."""
 
     def __init__(self, ps: PointSlices, images: dict[str, np.ndarray], spec: GraderSpec, augment: bool,
@@ -84,8 +96,8 @@ class CropDataset:
         import torch
 
         x = warp(torch.from_numpy(normalise_intensity(img)),
-                 [crop_affine(frame, (float(u), float(v)), spec.crop_side(frame), spec.crop_px, angle, zoom)],
-                 spec.crop_px)[0]
+                 [crop_affine(frame, (float(u), float(v)), side, spec.crop_px, angle, zoom)
+                  for side in spec.crop_sides(frame)], spec.crop_px)[:, 0]  # (channels, C, C)
         if self.augment and spec.gamma:
             x = x.clamp_min(0) ** float(np.exp(rng.uniform(-spec.gamma, spec.gamma)))
         return {"image": zscore(x).float(), "cond": torch.from_numpy(condition_vector(r["condition"], r["level"])),

