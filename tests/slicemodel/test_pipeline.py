@@ -144,6 +144,33 @@ def test_a_folder_of_runs_is_an_ensemble(run, folder, tmp_path):
         SliceModel.load(tmp_path / "nothing")
 
 
+def test_members_that_disagree_by_a_level_are_decoded_on_their_mean_heatmap(run, folder):
+    """Two members, each sure of another of two places: the point lands on the place their mean heatmap favours,
+    never between the two (where their points' mean would put it)."""
+    import dataclasses
+
+    base = SliceModel.load(run).members[0]
+    n_ch, h = len(base.task.channels), base.lspec.input_size // 2
+
+    def sure_of(first, second):  # logits of heatmaps peaking at (x, y) `first` (0.9) and `second` (0.3)
+        def net(x):
+            hm = np.full((len(x), n_ch, h, h), -9.0, dtype=np.float32)
+            hm[:, :, first[1], first[0]], hm[:, :, second[1], second[0]] = np.log(9.0), np.log(0.3 / 0.7)
+            return hm
+        return net
+
+    a, b = (10, 8), (10, 22)
+    keen = dataclasses.replace(base, localizer=sure_of(a, b))
+    doubtful = dataclasses.replace(base, localizer=lambda x: sure_of(b, a)(x) * 0.5)  # b 0.69, a 0.55 after sigmoid
+    img = np.asarray(__import__("PIL.Image").Image.open(folder / "images/5000/900_1.jpg").convert("L"))
+    pa = SliceModel([keen], "a").localize(img, 320, 320, refine=False)
+    pb = SliceModel([doubtful], "b").localize(img, 320, 320, refine=False)
+    both = SliceModel([keen, doubtful], "ab").localize(img, 320, 320, refine=False)
+    assert np.abs(pa[:, 1] - pb[:, 1]).min() > 5  # the two members place every channel apart
+    assert np.allclose(both[:, :2], pa[:, :2], atol=0.5)  # mean heights: a (0.9 + 0.55) beats b (0.3 + 0.69)
+    assert np.allclose(both[:, 2], (0.9 + 1 / (1 + np.exp(-np.log(0.3 / 0.7) * 0.5))) / 2, atol=1e-3)
+
+
 @pytest.mark.parametrize("flag,value,check", [
     ("--epochs", "3", lambda c: c.grader_loop.epochs == 3),
     ("--grader-epochs", "4", lambda c: c.grader_loop.epochs == 4),

@@ -174,9 +174,10 @@ class SliceModel:
         """(C, 3): per channel of the task the landmark's (x, y) in `img` pixels and the mean peak height (0..1).
 
         A task that reads its channels together (`decode_together`: the canal's ordered levels) decodes the
-        members' mean heatmaps; otherwise each member's peaks are decoded on the letterbox zoomed by each of its
-        spec's `tta_zooms` (with `tta`), the views' median taken, refined where the member has a refiner (and
-        `refine`), and the members' positions averaged (their median beyond two).
+        members' mean heatmaps; otherwise the peaks of the members' mean heatmaps are decoded on the letterbox
+        zoomed by each of their spec's `tta_zooms` (with `tta`), the views' median taken, and refined by each
+        member's refiner (with `refine`), their mean. Members that read other views are decoded apart, and those
+        positions averaged (their median beyond two groups' members).
         """
         return self._localize(img, rows, cols, tta, refine)[0]
 
@@ -212,31 +213,39 @@ class SliceModel:
     def _localize(self, img: np.ndarray, rows: int, cols: int, tta: bool, refine: bool):
         """localize's points, and each member's plain-view (frame, heatmaps) for `candidates`."""
         img01 = normalise_intensity(img)
-        out, maps = [], []
+        if self.task.decode_together:
+            maps = []
+            for m in self.members:
+                frame = Frame(rows, cols, img.shape, m.lspec.input_size)
+                x = zscore_numpy(warp_numpy(img01, [letterbox_affine(frame)], m.lspec.input_size))
+                maps.append((frame, sigmoid(m.localizer(x))[0]))
+            frame, first = maps[0]
+            same = [hm for f, hm in maps if hm.shape == first.shape]
+            return self._to_stored(frame, self.task.decode(np.mean(same, axis=0))), []
+        # Members that read the same views are decoded on their mean heatmaps: averaging their points instead
+        # puts a point between two foramina wherever one member places it a level away from the other.
+        groups: dict[tuple, list[Member]] = {}
         for m in self.members:
-            frame = Frame(rows, cols, img.shape, m.lspec.input_size)
-            s = m.lspec.input_size
-            if self.task.decode_together:
-                hm = sigmoid(m.localizer(zscore_numpy(warp_numpy(img01, [letterbox_affine(frame)], s))))[0]
-                maps.append((frame, hm))
-                continue
-            zooms = (m.lspec.tta_zooms if tta else ()) or (1.0,)
-            hms = sigmoid(m.localizer(zscore_numpy(warp_numpy(img01, [_zoomed(frame, z) for z in zooms], s))))
+            groups.setdefault((m.lspec.input_size, (m.lspec.tta_zooms if tta else ()) or (1.0,)), []).append(m)
+        out, maps = [], []
+        for (s, zooms), ms in groups.items():
+            frame = Frame(rows, cols, img.shape, s)
+            x = zscore_numpy(warp_numpy(img01, [_zoomed(frame, z) for z in zooms], s))
+            per_member = [sigmoid(m.localizer(x)) for m in ms]
+            plain = zooms.index(1.0) if 1.0 in zooms else 0
+            maps += [(frame, hms[plain]) for hms in per_member]
             views = []
-            maps.append((frame, hms[zooms.index(1.0)] if 1.0 in zooms else hms[0]))
-            for z, hm in zip(zooms, hms):
+            for z, hm in zip(zooms, np.mean(per_member, axis=0)):
                 dec = decode_heatmaps(hm)
                 c = (s / 2) / OUT_STRIDE - 0.5  # the letterbox centre in heatmap pixels
                 dec[:, :2] = (dec[:, :2] - c) / z + c  # the view's heatmap -> the plain letterbox's
                 views.append(self._to_stored(frame, dec))
             pts = np.median(np.stack(views), axis=0)
-            if m.refiner is not None and refine:
-                pts[:, :2] = refine_points(m.refiner, m.rspec, img01, rows, cols, pts[:, :2], sigmoid)
-            out.append(pts)
-        if self.task.decode_together:
-            frame, first = maps[0]
-            same = [hm for f, hm in maps if hm.shape == first.shape]
-            return self._to_stored(frame, self.task.decode(np.mean(same, axis=0))), []
+            refiners = [m for m in ms if m.refiner is not None] if refine else []
+            if refiners:  # each member's closer look from the same point, their mean
+                pts[:, :2] = np.mean([refine_points(m.refiner, m.rspec, img01, rows, cols, pts[:, :2], sigmoid)
+                                      for m in refiners], axis=0)
+            out += [pts] * len(ms)
         return (np.median(np.stack(out), axis=0) if len(out) > 2 else np.mean(np.stack(out), axis=0)), maps
 
     @staticmethod
