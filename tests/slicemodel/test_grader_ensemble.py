@@ -137,7 +137,8 @@ def test_the_foramen_recipe_trains_three_graders_and_short_runs_stay_short(folde
     back = SliceConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
     assert back.extra_grader_specs() == cfg.extra_grader_specs()
     for bad in ([{"tag": "a"}, {"tag": "a"}], [{"tag": "../x"}], [{"tag": "a", "grader": {"nope": 1}}],
-                [{"tag": "a", "grader": {"crop_px": 4}}], [{"tag": "a", "loop": {"epochs": 0}}]):
+                [{"tag": "a", "grader": {"crop_px": 4}}], [{"tag": "a", "loop": {"epochs": 0}}],
+                [{"tag": "a", "grader": {"context_frac": 0.1}}], [{"tag": "a", "grader": {"label_smoothing": 1}}]):
         with pytest.raises(DataError, match="extra grader"):
             SliceConfig.from_dict({**cfg.to_dict(), "extra_graders": bad}).validate()
     assert SliceConfig.from_dict({"slices": "x"}).extra_graders == ()  # a run written before them: none

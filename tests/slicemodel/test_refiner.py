@@ -130,7 +130,7 @@ def test_recipe_and_old_runs(folder, canal_folder):
     cfg = slice_config(folder, device="cpu")  # the foramen recipe: a second look, three localiser views
     assert cfg.refiner == RefinerSpec() and cfg.localizer.tta_zooms == (1.0, 0.92, 1.08)
     assert cfg.localizer.second_peak_power == 4.0
-    assert cfg.localizer_loop.epochs == 8
+    assert cfg.localizer_loop.epochs == 12  # v5 (v3 and v4: 8)
     assert slice_config(folder, refine=False).refiner is None
     assert slice_config(canal_folder).refiner is None and slice_config(canal_folder).localizer.tta_zooms == ()
     old = SliceConfig.from_dict({"slices": "x", "task": "foramina"})  # a run written before the refiner

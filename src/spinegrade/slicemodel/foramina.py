@@ -212,7 +212,7 @@ class ForaminaTask(SliceTask):
     extra_graders = ({"tag": "ctx", "grader": {"crop_frac": 0.22, "crop_px": 80}, "loop": {}},
                      {"tag": "g12", "grader": {}, "loop": {"epochs_scale": 1.5}})  # 12 epochs beside the first's 8
     localizer_defaults = {"tta_zooms": (1.0, 0.92, 1.08), "second_peak_power": 4.0}
-    localizer_loop_defaults = {"epochs": 8}
+    localizer_loop_defaults = {"epochs": 12}  # v5: 12 instead of 8 (within 5 px 94.1 -> 94.4 %, better on every fold)
 
     def is_folder(self, folder: Path) -> bool:
         return (Path(folder) / SLICES_CSV).is_file() and (Path(folder) / POINTS_CSV).is_file()

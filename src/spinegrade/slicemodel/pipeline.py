@@ -52,6 +52,16 @@ def _default_refiner_loop() -> LoopConfig:
     return LoopConfig(epochs=6, batch_size=32, lr=2e-3, weight_decay=1e-4, patience=0)
 
 
+def _check_grader(spec: GraderSpec, what: str) -> None:
+    if spec.crop_px < 16 or not 0.02 < spec.crop_frac < 1:
+        raise DataError(f"{what}crop size: at least 16 px and a fraction of the slice between 0.02 and 1")
+    if spec.context_frac and not spec.crop_frac < spec.context_frac < 1:
+        raise DataError(f"{what}context {spec.context_frac}: a fraction of the slice larger than the crop's "
+                        f"{spec.crop_frac} and under 1 (0: none)")
+    if not 0 <= spec.label_smoothing < 1:
+        raise DataError(f"{what}label smoothing {spec.label_smoothing}: expected a share in [0, 1)")
+
+
 @dataclass
 class SliceConfig:
     """A slice-model run: which task and slices, which split, what each stage is and how it trains."""
@@ -103,13 +113,7 @@ class SliceConfig:
             raise DataError(f"inner validation share {self.inner_val}: expected between 0 and 0.5")
         if self.localizer.input_size % 32:
             raise DataError(f"localiser input size {self.localizer.input_size}: must be a multiple of 32")
-        if self.grader.crop_px < 16 or not 0.02 < self.grader.crop_frac < 1:
-            raise DataError("crop size: at least 16 px and a fraction of the slice between 0.02 and 1")
-        if self.grader.context_frac and not self.grader.crop_frac < self.grader.context_frac < 1:
-            raise DataError(f"context {self.grader.context_frac}: a fraction of the slice larger than the crop's "
-                            f"{self.grader.crop_frac} and under 1 (0: none)")
-        if not 0 <= self.grader.label_smoothing < 1:
-            raise DataError(f"label smoothing {self.grader.label_smoothing}: expected a share in [0, 1)")
+        _check_grader(self.grader, "")
         if self.refiner is not None and self.refiner.input_size % 32:
             raise DataError(f"refiner input size {self.refiner.input_size}: must be a multiple of 32")
         tags = [x.get("tag") if isinstance(x, dict) else None for x in self.extra_graders]
@@ -120,9 +124,7 @@ class SliceConfig:
         except TypeError as e:
             raise DataError(f"extra graders: {e}") from None
         for tag, spec, lp in extra:
-            if spec.crop_px < 16 or not 0.02 < spec.crop_frac < 1:
-                raise DataError(f"extra grader {tag}: crop at least 16 px and a fraction of the slice between 0.02 "
-                                "and 1")
+            _check_grader(spec, f"extra grader {tag}: ")
             if lp.epochs < 1 or lp.batch_size < 1:
                 raise DataError(f"extra grader {tag}: epochs and batch size must be >= 1")
             lp.check_ema()

@@ -1,23 +1,23 @@
-"""Reproduce the bundled foramen model `foramina-sagt1-v4` from the shared real data.
+"""Reproduce the bundled foramen model `foramina-sagt1-v5` from the shared real data.
 
 The default `train --slices` recipe once per fold of a 5-fold split by study (`train --all-folds`: every study of
-the shared foramina set except the two that also exist as DICOM); then, per fold, two more graders trained on
-that fold's own split (`train_grader_into`: a grader reading a wider crop, and one trained 12 epochs) and added
-beside the first (one localiser, three graders averaged); each fold's held-out studies predicted again by that
-model; the study-level stage fitted on those out-of-fold predictions only and measured (`slicemodel/study.py`,
-kept only where it beats the first stage on CV); then packed: the first MEMBERS fold models (networks as ONNX,
-float weights halved; three graders per fold put all five over the 25 MB the package allows), the stage, the
-prior from the challenge's train.csv (same studies left out), the cross-validated figures (`cv.json`) and a model
-card written from them, with the bundle's size and its time per study on this machine. `foramina-sagt1-v4`
-becomes `predict`'s default; v1 stays loadable by name.
+the shared foramina set except the two that also exist as DICOM); then, per fold, the recipe's further graders
+(`ForaminaTask.extra_graders`) trained on that fold's own split (`train_grader_into`) and added beside the first
+(one localiser, several graders averaged); each fold's held-out studies predicted again by that model; the
+study-level stage fitted on those out-of-fold predictions only and measured (`slicemodel/study.py`, kept only
+where it beats the first stage on CV); then packed: the first MEMBERS fold models (networks as ONNX, float weights
+halved; several graders per fold put all five over the 25 MB the package allows), the stage, the prior from the
+challenge's train.csv (same studies left out), the cross-validated figures (`cv.json`) and a model card written
+from them, with the bundle's size and its time per study on this machine. `foramina-sagt1-v5` becomes
+`predict`'s default and replaces v4 in the package; v1 stays loadable by name.
 
-The recipe (v4) = v3's first stage (a localiser trained 8 epochs read on three zoomed views, a refiner, the
-second peak; `docs/foramina.md`) with three graders per localiser instead of one, and the study-level stage.
+The recipe (v5) = v4's (a localiser read on three zoomed views, a refiner, the second peak, several graders per
+localiser, the study-level stage; `docs/foramina.md`) with the localiser trained 12 epochs instead of 8.
 
-    python scripts/build_bundled_foramina_v4.py [--realdata ../shared/realdata] [--work /tmp/foramina_v4]
+    python scripts/build_bundled_foramina_v5.py [--realdata ../shared/realdata] [--work /tmp/foramina_v5]
 
-About 4 hours on 2 CPU cores (per fold: localiser about 12 min, refiner 10 min, three graders 6 + 9 + 9 min of
-epochs, plus scoring); rerun with the same --work to resume. `--base DIR --graders-from ctx=DIR g12=DIR` instead
+About 5 hours on 2 CPU cores (per fold: localiser about 17 min, refiner 10 min, the graders 6-11 min each of
+epochs, plus scoring); rerun with the same --work to resume. `--base DIR --graders-from TAG=DIR ...` instead
 takes fold runs already trained (`bench/foramina_cv.py` and `bench/foramina_ablation.py` on the same splits and
 seeds: how the shipped model was made, see its card). RSNA data: non-commercial research use; see the model card.
 """
@@ -45,8 +45,8 @@ from spinegrade.slicemodel.pipeline import (
 )
 from spinegrade.slicemodel.study import STAGE_FILE
 
-NAME = "foramina-sagt1-v4"
-MEMBERS = (0, 1)  # the fold models shipped: 2 x (localiser, refiner, 3 graders) = 19 MB of the 25 allowed
+NAME = "foramina-sagt1-v5"
+MEMBERS = (0, 1)  # the fold models shipped: 2 x (localiser, refiner, the graders): under the 25 MB allowed
 REPO = Path(__file__).resolve().parents[1]
 # The 4th-place competition system's own out-of-fold predictions on the project's held-back rows (issue 24).
 # v2's recipe (v1's: a 3-epoch localiser, no refiner, no second peak) on the same five folds (bench/foramina_cv.py)
@@ -121,8 +121,20 @@ def _lv(lv: str) -> str:
     return lv.replace("_", "/").upper()
 
 
-def card(cv: dict, size: float, timing, unseen) -> str:
+def grader_words(cfg) -> list[str]:
+    """Each grader of the recipe in words: its crop (and context), its schedule."""
+    out = []
+    for _, spec, loop in [("", cfg.grader, cfg.grader_loop)] + list(cfg.extra_grader_specs()):
+        ctx = f" with a second channel over {spec.context_frac:.0%} (two scales)" if spec.context_frac else ""
+        out.append(f"{spec.crop_px} px crops of {spec.crop_frac:.0%} of the longer side{ctx}, trained {loop.epochs} "
+                   "epochs")
+    return out
+
+
+def card(cv: dict, size: float, timing, unseen, cfg) -> str:
     st, base = cv["study_stage"], {f["fold"]: f for f in cv["one_grader"]["folds"]}
+    graders = grader_words(cfg)
+    g = len(graders)
     fold_rows = []
     for s, e in zip(st["folds"], cv["folds"]):
         k = s["fold"]
@@ -161,14 +173,14 @@ def card(cv: dict, size: float, timing, unseen) -> str:
 ## What it does
 Grades neural foraminal narrowing (Normal/Mild, Moderate, Severe) at the five lumbar levels on both sides, from
 the Sagittal T1 series, with **{len(MEMBERS)} fold models averaged** (folds {members} of a 5-fold split by study;
-each saw 4/5 of the studies; three graders per fold put all five over the 25 MB the package allows). Each fold
-model:
-- a foramen **localiser** (`keypoint-half`, 96 px letterbox, trained 8 epochs), read on three views (the
-  letterbox zoomed 0.92, 1, 1.08; the median point), and a **refiner**: a second, closer look at each point (a
-  64 px window of 20 % of the slice's longer side, `spinegrade/slicemodel/refiner.py`);
-- **three crop graders** averaged (ResNet-10 at half width, told level and side, each with its own temperature
-  and 15-view test-time augmentation): 64 px crops of 16 % of the longer side trained 8 epochs (v1-v3's), 80 px
-  crops of 22 % (more context at the same scale) trained 8 epochs, and 64 px crops trained 12 epochs;
+each saw 4/5 of the studies; {g} graders per fold put all five over the 25 MB the package allows). The fold
+models' localisers are read together (their mean heatmap). Each fold model:
+- a foramen **localiser** (`{cfg.localizer.network}`, {cfg.localizer.input_size} px letterbox, trained
+  {cfg.localizer_loop.epochs} epochs), read on three views (the letterbox zoomed 0.92, 1, 1.08; the median point),
+  and a **refiner**: a second, closer look at each point (a 64 px window of 20 % of the slice's longer side,
+  `spinegrade/slicemodel/refiner.py`);
+- **{g} crop graders** averaged (ResNet-10 at half width, told level and side, each with its own temperature
+  and 15-view test-time augmentation): {'; '.join(graders)};
 - a **second peak**: each foramen's second-highest localiser peak is graded too and mixed in with weight
   h2^4 / (h1^4 + h2^4) of the peaks' heights.
 {stage_text}
@@ -184,7 +196,7 @@ of the midline, where the level's peak is highest); the chosen slices are then r
   it. Do not use it commercially, do not attempt to re-identify anyone, cite RSNA when you redistribute it.
 - `prior.json`: the weight-optimal constant per target from the challenge's `train.csv` (same two studies left
   out), for the targets this model does not grade.
-- Reproduce: `python scripts/build_bundled_foramina_v4.py` (about 4 hours on 2 CPU cores). The shipped folds were
+- Reproduce: `python scripts/build_bundled_foramina_v5.py` (about 5 hours on 2 CPU cores). The shipped folds were
   assembled from networks trained on the same splits and seeds by `bench/foramina_cv.py` and
   `bench/foramina_ablation.py` (the same recipe, network by network).
 
@@ -193,7 +205,7 @@ Every figure is on studies the model being scored never saw; the stage (and the 
 fold K is refitted on the other folds' out-of-fold rows only. Localisation in px of a 250 px slice. Measured on a
 2-core CPU.
 
-| fold | rows | v2's recipe | v3's recipe (one grader) | three graders | + out-of-fold calibration | + study-level stage (v4) | true points (oracle, one grader) | per-level constant | localisation median / within 5 px |
+| fold | rows | v2's recipe | one grader | {g} graders | + out-of-fold calibration | + study-level stage (v5) | true points (oracle, one grader) | per-level constant | localisation median / within 5 px |
 |---|---|---|---|---|---|---|---|---|---|
 {chr(10).join(fold_rows)}
 | mean | | {sum(V2_RECIPE) / 5:.3f} | {one:.3f} | {mean['first_stage']:.3f} | {mean['own']:.3f} | **{mean['study']:.3f}** | | | {within5:.1%} |
@@ -203,7 +215,7 @@ The study-level stage is better than the first stage alone on {better} of {n} fo
 Per level (all folds' rows pooled), beside the 4th-place competition system's out-of-fold figures on the
 project's held-back rows (another set of studies: a yardstick, not the same rows):
 
-| level | v3 (one grader) | three graders | + calibration | + study-level stage (v4) | 4th place (held-back rows) |
+| level | one grader | {g} graders | + calibration | + study-level stage (v5) | 4th place (held-back rows) |
 |---|---|---|---|---|---|
 {chr(10).join(lv_rows)}
 
@@ -231,10 +243,10 @@ loss; measured by the build script on this machine):
 Twenty rows of two patients cannot rank models; the cross-validated figures above are the evidence.
 
 ## Size and speed
-{size:.1f} MB inside the package ({len(MEMBERS)} ONNX localisers and refiners, {3 * len(MEMBERS)} graders, half-precision
+{size:.1f} MB inside the package ({len(MEMBERS)} ONNX localisers and refiners, {g * len(MEMBERS)} graders, half-precision
 weights, their temperatures and splits{', the stage' if st['kept'] else ''}). On this machine (2-core CPU, ONNX
 Runtime): loading {load_line}; grading the ten foramina of a real study (every Sagittal T1 slice looked at by the
-localisers, the chosen slices read with three views, the refiners, both peaks, three graders with 15 views each)
+localisers, the chosen slices read with three views, the refiners, both peaks, {g} graders with 15 views each)
 {t_line}.
 
 ## Intended use and known limits
@@ -252,7 +264,7 @@ localisers, the chosen slices read with three views, the refiners, both peaks, t
 
 
 def build_folds(a, cfg) -> tuple[Path, Path]:
-    """The v3-recipe fold runs (`base`: one grader each) and the v4 fold runs (`ens`: each base run with the
+    """The one-grader fold runs (`base`) and the v5 fold runs (`ens`: each base run with the
     recipe's further graders, its held-out fold scored again), trained or assembled as the options say;
     resumable."""
     base = a.base or a.work / "base"
@@ -275,13 +287,21 @@ def build_folds(a, cfg) -> tuple[Path, Path]:
     return base, ens
 
 
+def _cfg(a):
+    slices = a.realdata / "rsna2024_sagT1_foramina_vbs2004"
+    if not slices.is_dir():
+        raise SystemExit(f"real data not found at {slices} (put ../shared/realdata beside the repository)")
+    return slice_config(slices, folds=5, val_fold=0, device=a.device, exclude_studies=HELD_OUT_DICOM)
+
+
 def main() -> None:
     import argparse
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--realdata", type=Path, default=REPO.parent / "shared" / "realdata")
-    ap.add_argument("--work", type=Path, default=Path("/tmp/foramina_v4"), help="fold runs (resumable)")
-    ap.add_argument("--base", type=Path, help="v3-recipe fold runs already trained (bench/foramina_cv.py)")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/foramina_v5"), help="fold runs (resumable)")
+    ap.add_argument("--base", type=Path, help="one-grader fold runs of the recipe already trained "
+                    "(bench/foramina_cv.py, bench/foramina_ablation.py)")
     ap.add_argument("--graders-from", nargs="*", help="TAG=DIR: each extra grader from fold runs of the same splits")
     ap.add_argument("--ens", type=Path, help="the assembled fold runs (default WORK/ens)")
     ap.add_argument("--device", default="cpu")
@@ -291,13 +311,10 @@ def main() -> None:
     if a.card_only:
         cv = json.loads((a.out / "cv.json").read_text())
         atomic_write_text(a.out / "MODEL_CARD.md", card(cv, size_mb(a.out), time_per_study(a.out, a.realdata),
-                                                        unseen_rows(a.out, a.realdata)))
+                                                        unseen_rows(a.out, a.realdata), _cfg(a)))
         print(f"{a.out / 'MODEL_CARD.md'} rewritten")
         return
-    slices = a.realdata / "rsna2024_sagT1_foramina_vbs2004"
-    if not slices.is_dir():
-        raise SystemExit(f"real data not found at {slices} (put ../shared/realdata beside the repository)")
-    cfg = slice_config(slices, folds=5, val_fold=0, device=a.device, exclude_studies=HELD_OUT_DICOM)
+    cfg = _cfg(a)
     base, ens = build_folds(a, cfg)
     stage = fit_study_stage(ens, cfg)  # saved beside the folds only where it beats the first stage on CV
     one = json.loads((base / "cv.json").read_text())
@@ -307,7 +324,7 @@ def main() -> None:
         loc = p["localisation_px250"]
         folds.append({"fold": k, "wll": p["weighted_log_loss"], "loc_median_px": loc["median"],
                       "within_5px": loc["within_5px"], "over_20px": loc["over_20px"], "n": loc["n"]})
-    cv = {"task": "foramina", "recipe": "v4", "folds": folds, "study_stage": stage,
+    cv = {"task": "foramina", "recipe": "v5", "folds": folds, "study_stage": stage,
           "one_grader": {"folds": one["folds"], "per_level": one["study_stage"]["per_level"]["first_stage"]}}
     out = a.out
     tmp = out.with_name(out.name + ".tmp")
@@ -337,8 +354,9 @@ def main() -> None:
         shutil.rmtree(out)
     tmp.rename(out)
     timing = time_per_study(out, a.realdata)
-    atomic_write_text(out / "MODEL_CARD.md", card(cv, size_mb(out), timing, unseen_rows(out, a.realdata)))
-    for old in ("foramina-sagt1-v1", "foramina-sagt1-v3"):  # stay loadable by name, no longer the default
+    atomic_write_text(out / "MODEL_CARD.md", card(cv, size_mb(out), timing, unseen_rows(out, a.realdata), cfg))
+    shutil.rmtree(BUNDLED_DIR / "foramina-sagt1-v4", ignore_errors=True)  # replaced (its recipe's figures: docs)
+    for old in ("foramina-sagt1-v1",):  # stays loadable by name, no longer the default
         f = BUNDLED_DIR / old / BUNDLE
         if f.is_file():
             info = json.loads(f.read_text())
