@@ -268,7 +268,7 @@ def build_folds(a, cfg) -> tuple[Path, Path]:
     recipe's further graders, its held-out fold scored again), trained or assembled as the options say;
     resumable."""
     base = a.base or a.work / "base"
-    if a.base is None:
+    if not (base / "cv.json").is_file():  # trained here, or given without its summary (finished folds are kept)
         train_all_folds(dataclasses.replace(cfg, extra_graders=()), base, resume=base.exists())
     ens = a.ens or a.work / "ens"
     ens.mkdir(parents=True, exist_ok=True)

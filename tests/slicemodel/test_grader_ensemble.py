@@ -123,16 +123,17 @@ def test_assembled_run_is_scored_on_its_held_out_fold_with_all_its_graders(pair,
     assert json.loads((out / "summary.json").read_text())["heldout"] == res
 
 
-def test_the_foramen_recipe_trains_three_graders_and_short_runs_stay_short(folder):
+def test_the_foramen_recipe_trains_four_graders_and_short_runs_stay_short(folder):
     from spinegrade.slicemodel.pipeline import SliceConfig, slice_config
 
     cfg = slice_config(folder, device="cpu")
     specs = {t: (g, lp) for t, g, lp in cfg.extra_grader_specs()}
-    assert set(specs) == {"ctx", "g12"}
+    assert set(specs) == {"ctx", "g12", "two30"}
     assert (specs["ctx"][0].crop_px, specs["ctx"][0].crop_frac, specs["ctx"][1].epochs) == (80, 0.22, 8)
     assert specs["g12"][0] == cfg.grader and specs["g12"][1].epochs == 12
+    assert specs["two30"][0].context_frac == 0.3 and specs["two30"][0].in_channels == 2
     short = slice_config(folder, device="cpu", grader_epochs=2)
-    assert [lp.epochs for _, _, lp in short.extra_grader_specs()] == [2, 3]
+    assert [lp.epochs for _, _, lp in short.extra_grader_specs()] == [2, 3, 2]
     assert slice_config(folder, extra_graders=False).extra_graders == ()
     back = SliceConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
     assert back.extra_grader_specs() == cfg.extra_grader_specs()

@@ -208,9 +208,11 @@ class ForaminaTask(SliceTask):
     folder_kind = "foramen slice folder (slices.csv + points.csv)"
     stage_conditions = FORAMINAL
     refine = True
-    # v4: two more graders per localiser (more context at the same scale; a longer schedule), averaged with the first
+    # more graders per localiser, averaged with the first: more context at the same scale, a longer schedule (v4),
+    # and two scales (v5: the crop and a second channel over 30 % of the slice, the neighbouring levels)
     extra_graders = ({"tag": "ctx", "grader": {"crop_frac": 0.22, "crop_px": 80}, "loop": {}},
-                     {"tag": "g12", "grader": {}, "loop": {"epochs_scale": 1.5}})  # 12 epochs beside the first's 8
+                     {"tag": "g12", "grader": {}, "loop": {"epochs_scale": 1.5}},  # 12 epochs beside the first's 8
+                     {"tag": "two30", "grader": {"context_frac": 0.3}, "loop": {}})
     localizer_defaults = {"tta_zooms": (1.0, 0.92, 1.08), "second_peak_power": 4.0}
     localizer_loop_defaults = {"epochs": 12}  # v5: 12 instead of 8 (within 5 px 94.1 -> 94.4 %, better on every fold)
 
