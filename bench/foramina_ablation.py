@@ -84,8 +84,7 @@ def changed_config(base: SliceConfig, a) -> SliceConfig:
     if a.second_peak_power is not None:
         lchange["second_peak_power"] = a.second_peak_power
     gchange = {k: v for k, v in (("crop_frac", a.crop_frac), ("crop_px", a.crop_px), ("jitter", a.jitter),
-                                             ("label_smoothing", a.label_smoothing),
-                                             ("context_frac", a.context_frac)) if v}
+                                 ("label_smoothing", a.label_smoothing), ("context_frac", a.context_frac)) if v}
     if a.grader_model:
         gchange.update(network=a.grader_model, network_kwargs=tuple(sorted(json.loads(a.grader_kwargs).items())))
     if a.pretrained:
@@ -322,8 +321,9 @@ def main() -> None:
         return
     if a.localizer_from and any(v is not None for v in (a.localizer_size, a.localizer_epochs, a.localizer_ema)):
         ap.error("--localizer-from takes the localisers as they are: no localiser change beside it")
-    if a.grader_from and (any(v is not None for v in (a.grader_epochs, a.grader_ema, a.grader_model, a.crop_frac,
-                                                       a.crop_px, a.jitter, a.label_smoothing, a.context_frac)) or a.pretrained):
+    grader_changes = (a.grader_epochs, a.grader_ema, a.grader_model, a.crop_frac, a.crop_px, a.jitter,
+                      a.label_smoothing, a.context_frac)
+    if a.grader_from and (any(v is not None for v in grader_changes) or a.pretrained):
         ap.error("--grader-from takes the graders as they are: no grader change beside it")
     for k in a.run_folds if a.run_folds is not None else range(5):
         run_fold(k, a, log=lambda m, k=k: print(f"[fold {k}] {m}", flush=True))

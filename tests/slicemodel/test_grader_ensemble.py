@@ -184,7 +184,7 @@ def test_a_two_scale_grader_reads_the_crop_and_its_context_and_runs_packed(run, 
     import dataclasses
 
     from spinegrade.slicemodel.data import load_images, normalise_intensity
-    from spinegrade.slicemodel.grader import crop_batch
+    from spinegrade.slicemodel.grader import CropDataset, crop_batch
     from spinegrade.slicemodel.pipeline import train_grader_into
     from spinegrade.train.config import LoopConfig
 
@@ -197,7 +197,7 @@ def test_a_two_scale_grader_reads_the_crop_and_its_context_and_runs_packed(run, 
     train_grader_into(main, "two", spec, LoopConfig(epochs=2, batch_size=16, lr=3e-3, patience=0),
                       log=lambda *_: None)
     m = SliceModel.load(main, "cpu").members[0]
-    net, gspec, _ = m.graders()[1]
+    gspec = m.graders()[1][1]
     assert gspec.context_frac == 0.45 and gspec.in_channels == 2
     ps = read_point_slices(folder)
     r = ps.points.iloc[0]
@@ -210,6 +210,9 @@ def test_a_two_scale_grader_reads_the_crop_and_its_context_and_runs_packed(run, 
     assert np.allclose(two[:, :1], crop_batch(img01, f, base, centre))  # channel 0: the grader's own crop
     wide = crop_batch(img01, f, dataclasses.replace(base, crop_frac=0.45), centre)
     assert np.allclose(two[:, 1:], wide) and not np.allclose(two[:, :1], wide)  # channel 1: the same centre, wider
+    one = ps.subset_studies([r.study_id])  # training reads the same two channels (unaugmented: at the true point)
+    item = CropDataset(one, {r.path: img}, gspec, augment=False)[0]["image"].numpy()
+    assert item.shape == two.shape[1:] and np.allclose(item, two[0], atol=1e-4)
     sub = ps.subset_studies(sorted(set(ps.points["study_id"]))[:2])
     torch_probs = predict_rows(SliceModel.load(main, "cpu"), sub)[KEYS].to_numpy()
     pack_run(main, tmp_path / "packed", onnx_only=True)

@@ -309,7 +309,8 @@ def stage_cv(rows: pd.DataFrame, conditions, levels, modes=MODES, lam: float | N
     lv_all = np.concatenate([lv for _, lv in ys])
     for name, parts in pooled.items():
         p = np.concatenate([pp for pp, _ in parts])
-        out["per_level"][name] = {lv: weighted_log_loss(y_all[lv_all == li], p[lv_all == li]) for li, lv in enumerate(levels)}
+        out["per_level"][name] = {lv: weighted_log_loss(y_all[lv_all == li], p[lv_all == li])
+                                  for li, lv in enumerate(levels)}
         out["per_level"][name]["all"] = weighted_log_loss(y_all, p)
         ece, table = expected_calibration_error(y_all, p)
         out["calibration"][name] = {"ece": ece, "reliability": table}
