@@ -176,6 +176,9 @@ def _add_train(sub) -> None:
                    help="the grader's label smoothing: this share of each target spread over the grades (default 0)")
     f.add_argument("--exclude-studies", default="", metavar="ID,ID",
                    help="study ids to keep out of training (e.g. those later evaluated as DICOM)")
+    f.add_argument("--drop-inconsistent-labels", action="store_true",
+                   help="leave out of training the studies whose left and right foramen labels sit a level apart "
+                        "(a label error; the held-out fold keeps every label)")
     f.add_argument("--no-calibrate", action="store_true", help="skip the temperature fitted on inner-validation studies")
     f.add_argument("--no-refine", action="store_true",
                    help="no refiner (the foramen recipe's second, closer look at each localiser point)")
@@ -268,7 +271,7 @@ def slice_config_from_args(a):
 
 
 _FORAMINA_ONLY = ("all_folds", "pretrained", "crop_frac", "label_smoothing", "exclude_studies", "no_calibrate",
-                  "no_refine", "one_grader")
+                  "no_refine", "one_grader", "drop_inconsistent_labels")
 
 
 def _refuse_foramina_options(a, source: str) -> None:
@@ -296,7 +299,8 @@ def _cmd_train_slices(a) -> int:
         batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay, patience=a.patience, ema=a.ema,
         class_weights=a.class_weights, augment=not a.no_augment, calibrate=not a.no_calibrate,
         refine=False if a.no_refine else None, extra_graders=False if a.one_grader else None,
-        exclude_studies=[s for s in a.exclude_studies.split(",") if s.strip()])
+        exclude_studies=[s for s in a.exclude_studies.split(",") if s.strip()],
+        drop_inconsistent=a.drop_inconsistent_labels)
     if a.all_folds:
         s = train_all_folds(cfg, a.out, resume=a.resume)
         mean = s["mean"]

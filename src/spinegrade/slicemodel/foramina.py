@@ -162,6 +162,17 @@ def write_synthetic_point_slices(folder: str | Path, n_studies: int = 12, slices
     return folder
 
 
+def point_errors(ps: PointSlices, pred_xy: np.ndarray) -> np.ndarray:
+    """Each labelled point's distance to its prediction (rows of `ps.points`, stored-image x, y), in pixels of
+    the original matrix scaled to 250 on its longer side (the figure `localisation_px250` summarises)."""
+    errs = []
+    for r, (xp, yp) in zip(ps.points.itertuples(index=False), np.asarray(pred_xy, float)):
+        st = stored_shape(ps, r.path)
+        f = ps.frame(r.path, 0, st)
+        errs.append(float(f.error_px250((xp - r.x) * f.cols / st[1], (yp - r.y) * f.rows / st[0])))
+    return np.asarray(errs)
+
+
 def score_rows(ps: PointSlices, pred: pd.DataFrame, train_ps: PointSlices | None = None) -> dict:
     """Weighted log loss (+ yardsticks) and localisation errors of predictions against the truth in `ps`."""
     from sklearn.metrics import balanced_accuracy_score
@@ -189,14 +200,7 @@ def score_rows(ps: PointSlices, pred: pd.DataFrame, train_ps: PointSlices | None
             out["class_prior_wll_of_this_set"] = weighted_log_loss(y, np.tile(prior_probs(y, weighted=True),
                                                                               (len(y), 1)))
     if ps.has_points:
-        errs = []
-        for r, (xp, yp) in zip(ps.points.itertuples(index=False), pred[["x_pred", "y_pred"]].to_numpy()):
-            st = stored_shape(ps, r.path)
-            f = ps.frame(r.path, 0, st)
-            du = (xp - r.x) * f.cols / st[1]
-            dv = (yp - r.y) * f.rows / st[0]
-            errs.append(float(f.error_px250(du, dv)))
-        e = np.asarray(errs)
+        e = point_errors(ps, pred[["x_pred", "y_pred"]].to_numpy())
         lv = ps.points["level"].to_numpy()
         out["localisation_px250"] = error_summary(e)
         out["localisation_px250_per_level"] = {v: error_summary(e[lv == v]) for v in vocab.LEVELS}

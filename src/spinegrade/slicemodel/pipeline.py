@@ -82,6 +82,9 @@ class SliceConfig:
     refiner: RefinerSpec | None = None  # None: no second look (runs written before the refiner have none)
     refiner_loop: LoopConfig = field(default_factory=_default_refiner_loop)
     calibrate: bool = True
+    # leave out of training (and inner validation) the studies whose left and right labels sit a level apart
+    # (audit.inconsistent_series); the held-out fold keeps every label
+    drop_inconsistent: bool = False
     # further graders behind the same localiser ({"tag", "grader": GraderSpec changes, "loop": LoopConfig changes}
     # each, relative to `grader` and `grader_loop`), trained on the same split and saved as grader-<tag>/
     extra_graders: tuple = ()
@@ -162,7 +165,8 @@ def slice_config(slices, *, task: str | None = None, folds: int = 5, val_fold: i
                     batch_size: int | None = None, lr: float | None = None, weight_decay: float | None = None,
                     patience: int | None = None, ema: float | None = None, class_weights: str | None = None, augment: bool = True,
                     calibrate: bool = True, refine: bool | None = None, refiner_epochs: int | None = None,
-                    extra_graders: bool | None = None, exclude_studies=()) -> SliceConfig:
+                    extra_graders: bool | None = None, exclude_studies=(),
+                    drop_inconsistent: bool = False) -> SliceConfig:
     """A SliceConfig from the task's defaults and whatever the caller (the command line) set; None keeps a
     default. The task is the folder's (`task.task_of_folder`) unless named; `refine` and `extra_graders` default
     to the task's recipe (`SliceTask.refine`, `SliceTask.extra_graders`)."""
@@ -216,7 +220,8 @@ def slice_config(slices, *, task: str | None = None, folds: int = 5, val_fold: i
                           localizer_loop=lloop, grader_loop=gloop, refiner=rspec, refiner_loop=rloop,
                           calibrate=calibrate,
                           extra_graders=tuple(t.extra_graders) if extra_graders in (None, True) else (),
-                          exclude_studies=[str(s) for s in exclude_studies]).validate()
+                          exclude_studies=[str(s) for s in exclude_studies],
+                          drop_inconsistent=drop_inconsistent).validate()
 
 
 def _changes(old, new, prefix="") -> list[str]:
@@ -409,6 +414,21 @@ def _calibrate(run: Path, inner_ps: PointSlices, images, log) -> float:
     return t
 
 
+def run_roles(ps: PointSlices, split: pd.DataFrame, cfg: SliceConfig, log=print
+              ) -> tuple[dict[str, PointSlices], dict[str, list[str]]]:
+    """The set's studies by their role in `split` (train, inner_val, test) and, where the config drops label errors
+    (`drop_inconsistent`), the studies left out of train and inner_val; the held-out fold keeps every label."""
+    by_role = {r: ps.subset_studies(split.loc[split["role"] == r, "study_id"]) for r in ("train", "inner_val", "test")}
+    dropped: dict[str, list[str]] = {}
+    if cfg.drop_inconsistent:
+        from .audit import drop_inconsistent
+
+        for r in ("train", "inner_val"):
+            by_role[r], dropped[r] = drop_inconsistent(by_role[r])
+        log(f"left out {sum(map(len, dropped.values()))} studies whose left and right labels sit a level apart")
+    return by_role, dropped
+
+
 def train_slices(cfg: SliceConfig, out: str | Path, resume: bool = False, log=print) -> dict:
     """Train a localiser and a grader on one split of a labelled slice folder; score the held-out fold."""
     from ..train.distributed import setup, teardown
@@ -423,7 +443,7 @@ def train_slices(cfg: SliceConfig, out: str | Path, resume: bool = False, log=pr
     split = make_split(ps, cfg)
     write_csv_atomic(split, out / SPLIT)
     role = dict(zip(split["study_id"], split["role"]))
-    by_role = {r: ps.subset_studies([s for s, v in role.items() if v == r]) for r in ("train", "inner_val", "test")}
+    by_role, dropped = run_roles(ps, split, cfg, log)
     log(f"{len(split)} studies: " + ", ".join(f"{r} {b.points['study_id'].nunique()} ({len(b)} points)"
                                               for r, b in by_role.items()))
     t0 = time.time()
@@ -452,6 +472,8 @@ def train_slices(cfg: SliceConfig, out: str | Path, resume: bool = False, log=pr
                                  exported=True)
     summary = {"task": task.name, "train_seconds": round(time.time() - t0, 1),
                "split": {r: int(b.points["study_id"].nunique()) for r, b in by_role.items()}}
+    if cfg.drop_inconsistent:
+        summary["left_out_inconsistent"] = dropped
     if len(by_role["test"]):
         summary["heldout"] = score_heldout(out, by_role["test"], by_role["train"], images, log)
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=1))

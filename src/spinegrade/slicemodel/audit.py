@@ -1,0 +1,123 @@
+"""Checks of a point-labelled slice set's own labels (torch-free).
+
+Two kinds of label error are measurable on the foramen set, and both look like a localiser's miss when they are
+scored as truth:
+
+- **Sides a level apart** (needs no model): in one series, the left and right foramina of a level sit at nearly
+  the same height (one patient, one position). Where the labelled left and right columns differ by half the
+  distance between neighbouring levels or more, at several levels, one side was labelled a level off.
+- **A wrong matrix size** (needs predictions the model made for studies it never saw): points are stored in the
+  resized image's coordinates, computed with each series' original rows x cols; where that size was wrong, every
+  label of the series is off by the same per-axis factor. Such a series' labels sit away from the predictions,
+  yet a per-axis rescale about the image corner puts nearly all of them on the predictions.
+
+`inconsistent_series` may be used to leave such series out of training (`SliceConfig.drop_inconsistent`); the
+held-out fold is always scored on every label.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from .. import vocab
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from .data import PointSlices
+
+SIDE_GAP = 0.5  # left-right height difference, as a share of the series' level spacing, that counts as a level off
+MIN_LEVELS = 3  # levels that must disagree before a series is called inconsistent
+
+
+def _side(condition: str) -> str | None:
+    return next((s for s in vocab.SIDES if condition.startswith(s + "_")), None)
+
+
+def _series_key(ps: PointSlices) -> pd.Series:
+    """Each point row's series (the slices' series_id where the set has one, else its study)."""
+    pts = ps.points
+    if "series_id" in ps.slices.columns:
+        by_path = dict(zip(ps.slices["path"], ps.slices["series_id"].astype(str)))
+        return pts["study_id"].astype(str) + "/" + pts["path"].map(by_path).fillna("")
+    return pts["study_id"].astype(str)
+
+
+def side_gaps(ps: PointSlices) -> pd.DataFrame:
+    """Per series: the levels labelled on both sides (`n_levels`), the levels whose left and right heights differ
+    by at least SIDE_GAP of the series' spacing between neighbouring levels (`n_apart`), that spacing (stored
+    pixels) and the study."""
+    import pandas as pd
+
+    cols = ["series", "study_id", "n_levels", "n_apart", "spacing"]
+    pts = ps.points
+    if not ps.has_points or not len(pts):
+        return pd.DataFrame(columns=cols)
+    df = pd.DataFrame({"series": _series_key(ps), "study_id": pts["study_id"].astype(str),
+                       "side": [_side(c) for c in pts["condition"]], "level": pts["level"],
+                       "y": pts["y"].to_numpy(float)}).dropna(subset=["side", "y"])
+    # one height per series, side and level (a level labelled on two slices: their mean)
+    h = df.groupby(["series", "side", "level"], sort=False)["y"].mean()
+    order = {lv: i for i, lv in enumerate(vocab.LEVELS)}
+    out = []
+    for (series, study), g in df.groupby(["series", "study_id"], sort=False):
+        hs = h.loc[series]
+        steps = []
+        for side in vocab.SIDES:
+            if side not in hs.index.get_level_values(0):
+                continue
+            col = hs.loc[side]
+            idx = np.array([order[lv] for lv in col.index])
+            o = np.argsort(idx)
+            gaps = np.diff(idx[o])
+            steps += list(np.abs(np.diff(col.to_numpy()[o]))[gaps == 1])
+        both = [lv for lv in vocab.LEVELS if ("left", lv) in hs.index and ("right", lv) in hs.index]
+        spacing = float(np.median(steps)) if steps else float("nan")
+        apart = sum(abs(hs.loc[("left", lv)] - hs.loc[("right", lv)]) >= SIDE_GAP * spacing for lv in both) \
+            if steps else 0
+        out.append({"series": series, "study_id": study, "n_levels": len(both), "n_apart": int(apart),
+                    "spacing": spacing})
+    return pd.DataFrame(out, columns=cols)
+
+
+def inconsistent_series(ps: PointSlices, min_levels: int = MIN_LEVELS) -> pd.DataFrame:
+    """The series whose left and right labels sit a level apart at `min_levels` levels or more."""
+    g = side_gaps(ps)
+    return g[g["n_apart"] >= min_levels].reset_index(drop=True)
+
+
+def drop_inconsistent(ps: PointSlices, min_levels: int = MIN_LEVELS) -> tuple[PointSlices, list[str]]:
+    """`ps` without the studies holding an inconsistent series (which side is wrong cannot be told from the
+    labels), and those studies."""
+    bad = sorted(set(inconsistent_series(ps, min_levels)["study_id"]))
+    return (ps.drop_studies(bad) if bad else ps), bad
+
+
+def rescaled_series(truth_xy: np.ndarray, pred_xy: np.ndarray, series, tol: float = 5.0,
+                    min_points: int = 4, min_change: float = 0.05) -> pd.DataFrame:
+    """Per series: the per-axis factors (sx, sy) that best map its labels onto the predictions (least squares,
+    about the image corner), how many labels lie within `tol` of the prediction as they are (`n_within`) and after
+    the rescale (`n_within_rescaled`), and `flag`: at least `min_points` labels, at most half within as they are,
+    at least 90 % within after a rescale that changes an axis by more than `min_change`.
+
+    Coordinates in one unit (stored pixels); the predictions must come from models that never saw the series."""
+    import pandas as pd
+
+    t = np.asarray(truth_xy, float)
+    p = np.asarray(pred_xy, float)
+    keys = pd.Series(np.asarray(series).astype(str))
+    out = []
+    for key, ix in keys.groupby(keys, sort=False).groups.items():
+        ix = np.asarray(ix)
+        tt, pp = t[ix], p[ix]
+        s = [float((pp[:, a] * tt[:, a]).sum() / max((tt[:, a] ** 2).sum(), 1e-9)) for a in (0, 1)]
+        within = int((np.hypot(*(pp - tt).T) <= tol).sum())
+        within_s = int((np.hypot(*(pp - tt * s).T) <= tol).sum())
+        n = len(ix)
+        flag = (n >= min_points and within <= 0.5 * n and within_s >= 0.9 * n
+                and max(abs(s[0] - 1), abs(s[1] - 1)) > min_change)
+        out.append({"series": key, "n": n, "sx": s[0], "sy": s[1], "n_within": within,
+                    "n_within_rescaled": within_s, "flag": bool(flag)})
+    return pd.DataFrame(out, columns=["series", "n", "sx", "sy", "n_within", "n_within_rescaled", "flag"])
