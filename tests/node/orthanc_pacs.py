@@ -24,6 +24,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _end_with_parent() -> None:
+    """In the Orthanc child, before exec: Linux kills it (SIGKILL) when the process that started it ends, however
+    that ends (kill -9 of pytest included); the setting survives exec. The fixtures start it from the main thread,
+    which lives as long as the test process."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+
+
 def missing() -> str:
     """Why Orthanc cannot run here ('' when it can)."""
     if not shutil.which(ORTHANC_BIN):
@@ -75,7 +85,8 @@ class Orthanc:
         cfg.write_text(json.dumps(orthanc_config(storage, self.dicom_port, self.http_port, self.node_port), indent=1))
         self.log = open(self.root / "orthanc.log", "wb")
         self.proc = subprocess.Popen([ORTHANC_BIN, str(cfg)], stdout=self.log, stderr=subprocess.STDOUT,
-                                     cwd=self.root, env={**os.environ, "LC_ALL": "C"})
+                                     cwd=self.root, env={**os.environ, "LC_ALL": "C"},
+                                     preexec_fn=_end_with_parent)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
