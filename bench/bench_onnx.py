@@ -2,8 +2,9 @@
 
     python bench/bench_onnx.py [--model NAME|RUN (default: the bundled models)] [--repeat 3] [--studies DIR]
 
-For each backend (torch; ONNX Runtime with `import torch` made to fail, as in an install without torch) and each
-study of ../shared/realdata/rsna2024_dicom_train_2studies, the median of --repeat fresh processes of:
+For each backend (torch; ONNX Runtime in a process where torch cannot be found: tests/notorch, as in an install
+without it) and each study of ../shared/realdata/rsna2024_dicom_train_2studies, the median of --repeat fresh
+processes of:
 - cold: the process's wall time (interpreter, imports, model loading, reading, grading, writing);
 - pipeline: the study's own read + localise + grade time (report.json), and cold / pipeline (target <= 2);
 - peak RSS of the process (MiB);
@@ -26,10 +27,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 TWO = REPO.parent / "shared" / "realdata" / "rsna2024_dicom_train_2studies" / "train_images"
 # the child: optionally without torch, run the command, report its peak memory
+# (the ONNX child starts with tests/notorch first on PYTHONPATH: torch cannot be found, as in an install without it)
+NO_TORCH = REPO / "tests" / "notorch"
 _CHILD = """
 import resource, sys
-if sys.argv[1] == "onnx":
-    sys.modules.update(torch=None, monai=None)
 from spinegrade.cli import main
 rc = main(sys.argv[2:])
 print("PEAK_KIB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "TORCH", "torch" in sys.modules and
@@ -40,7 +41,8 @@ sys.exit(rc)
 
 def run(backend: str, study: Path, out: Path, model: str | None) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    env.update(PYTHONPATH=os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")])),
+    hide = [str(NO_TORCH)] if backend == "onnx" else []
+    env.update(PYTHONPATH=os.pathsep.join(filter(None, [*hide, str(REPO / "src"), os.environ.get("PYTHONPATH")])),
                SPINEGRADE_BACKEND=backend)
     args = ["predict", str(study), "--out", str(out), "--device", "cpu"] + (["--model", model] if model else [])
     t0 = time.perf_counter()
