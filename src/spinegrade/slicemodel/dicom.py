@@ -20,6 +20,7 @@ from ..localize.localizer import point_on_slice
 from ..results import CANAL_STENOSIS_YES_NO, Finding, Observation, Point
 from .canal import TRAINING_FOV_MM
 from .model import SliceModel
+from .sides import agree_sides, level_spacing, swapped
 
 LATERAL_MM = (5.0, 40.0)
 CANAL_NOTE = ("probability of canal stenosis as yes/no, learned from real mid-sagittal T2 images of another cohort "
@@ -72,12 +73,19 @@ def grade_foramina(model: SliceModel, study: Study, midline_x: float | None = No
         cond = vocab.condition_at(vocab.FORAMINAL, side)
         for li, lv in enumerate(vocab.LEVELS):
             asks.setdefault(int(cand[np.argmax(loc[cand, li, 2])]), []).append((cond, lv, li))
+    looks = {k: model.candidates(imgs[k], rows, cols) for k in asks}
+    picks = {(k, j): looks[k][li].copy() for k, chosen in asks.items() for j, (_, _, li) in enumerate(chosen)}
+    if model.task.sides_together and picks:  # the two sides' points of a level made to agree (sides.py)
+        keys = list(picks)
+        swap = agree_sides([asks[k][j][0].split("_", 1)[0] for k, j in keys], [asks[k][j][2] for k, j in keys],
+                           np.stack([picks[key] for key in keys]), level_spacing([v[:, 0, :2] for v in looks.values()]))
+        for key in (key for key, sw in zip(keys, swap) if sw):
+            picks[key] = swapped(picks[key])
     graded, member_probs = [], []
     for k, chosen in asks.items():
-        look = model.candidates(imgs[k], rows, cols)
-        ask = [(cond, lv, float(look[li, 0, 0]), float(look[li, 0, 1])) for cond, lv, li in chosen]
+        ask = [(cond, lv, float(picks[k, j][0, 0]), float(picks[k, j][0, 1])) for j, (cond, lv, _) in enumerate(chosen)]
         member_probs.append(model.grade(imgs[k], rows, cols, ask, per_member=True,
-                                        seconds=[tuple(look[li, 1]) for _, _, li in chosen]))
+                                        seconds=[tuple(picks[k, j][1]) for j in range(len(chosen))]))
         for cond, lv, x, y in ask:
             # back to the series' own pixel grid (the model answers in the labels' pixel-index convention)
             points.append(_point_on(t1, k, cond, lv, x, y, fx, fy, f"localizer:{model.name}"))

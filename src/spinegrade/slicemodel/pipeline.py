@@ -365,8 +365,9 @@ def _written(task: SliceTask, pred: pd.DataFrame) -> pd.DataFrame:
 
 def _predict(model: SliceModel, ps: PointSlices, images, tta: bool, true_points: bool, log
              ) -> tuple[list[dict], np.ndarray]:
-    """predict_rows' rows (in `ps.points` order) and their probabilities (N, classes). Each slice's rows are
-    graded on it; a model with a study-level stage then reads each study's rows together."""
+    """predict_rows' rows (in `ps.points` order) and their probabilities (N, classes). A study at a time: its
+    slices' candidates, the two sides of each series made to agree (`SliceTask.sides_together`), each slice's rows
+    graded on it; a model with a study-level stage then reads the study's rows together."""
     from .data import read_gray
 
     task = model.task
@@ -374,25 +375,32 @@ def _predict(model: SliceModel, ps: PointSlices, images, tta: bool, true_points:
     member_probs = np.zeros((len(model.members), n_rows, len(task.classes)))
     xys: list = [None] * n_rows
     pts = ps.points.reset_index(drop=True)
-    groups = pts.groupby("path", sort=False)
-    for n, (path, rows) in enumerate(groups):
-        img = images[path] if images is not None else read_gray(ps.root / path)
-        frame = ps.frame(path, 0, img.shape)
-        cand = model.candidates(img, frame.rows, frame.cols, tta=tta)
-        asks, seconds = [], []
-        for r, idx in zip(rows.itertuples(index=False), rows.index):
+    series = _series_of(ps, pts)
+    done = 0
+    for _, srows in pts.groupby("study_id", sort=False):
+        looks, picks = {}, {}
+        for path in srows["path"].unique():
+            img = images[path] if images is not None else read_gray(ps.root / path)
+            frame = ps.frame(path, 0, img.shape)
+            looks[path] = (img, frame, model.candidates(img, frame.rows, frame.cols, tta=tta))
+        for r, idx in zip(srows.itertuples(index=False), srows.index):
+            cand = looks[r.path][2]
             channels = task.row_channels(r.level)
-            xy = [(float(cand[c, 0, 0]), float(cand[c, 0, 1])) for c in channels]
-            second = tuple(cand[channels[0], 1])
+            picks[idx] = cand[channels[0]].copy()
+            xys[idx] = [(float(cand[c, 0, 0]), float(cand[c, 0, 1])) for c in channels]
             if true_points:
-                xy[0], second = (float(r.x), float(r.y)), (0.0, 0.0, 0.0)
-            asks.append((r.condition, r.level, *xy[0]))
-            seconds.append(second)
-            xys[idx] = xy
-        member_probs[:, rows.index] = model.grade(img, frame.rows, frame.cols, asks, tta=tta, per_member=True,
-                                                  seconds=seconds)
-        if log and (n + 1) % 500 == 0:
-            log(f"predicted {n + 1}/{groups.ngroups} slices")
+                xys[idx][0], picks[idx][1] = (float(r.x), float(r.y)), 0.0
+        if task.sides_together and not true_points:
+            _sides_together(task, srows, series, looks, picks, xys)
+        for path, rows in srows.groupby("path", sort=False):
+            img, frame, _ = looks[path]
+            asks = [(r.condition, r.level, *xys[idx][0]) for r, idx in zip(rows.itertuples(index=False), rows.index)]
+            seconds = [tuple(picks[idx][1]) for idx in rows.index]
+            member_probs[:, rows.index] = model.grade(img, frame.rows, frame.cols, asks, tta=tta, per_member=True,
+                                                      seconds=seconds)
+            done += 1
+            if log and done % 500 == 0:
+                log(f"predicted {done}/{pts['path'].nunique()} slices")
     probs_all = np.zeros((n_rows, len(task.classes)))
     for _, rows in pts.groupby("study_id", sort=False):
         ix = rows.index.to_numpy()
@@ -400,6 +408,30 @@ def _predict(model: SliceModel, ps: PointSlices, images, tta: bool, true_points:
     out = [{"path": r.path, "condition": r.condition, "level": r.level, **task.prediction_row(p, xy)}
            for r, p, xy in zip(pts.itertuples(index=False), probs_all, xys)]
     return out, probs_all
+
+
+def _series_of(ps: PointSlices, pts: pd.DataFrame) -> pd.Series:
+    """Each row's series: the slices' series_id where slices.csv has one, else its study."""
+    if "series_id" in ps.slices.columns:
+        return pts["path"].map(dict(zip(ps.slices["path"], ps.slices["series_id"].astype(str)))).fillna(
+            pts["study_id"].astype(str))
+    return pts["study_id"].astype(str)
+
+
+def _sides_together(task: SliceTask, srows: pd.DataFrame, series: pd.Series, looks: dict, picks: dict,
+                    xys: list) -> None:
+    """One study's rows: in each series, a level whose left and right points sit a level apart takes one side's
+    second candidate where that agrees (sides.agree_sides); `picks` and `xys` are changed in place."""
+    from .sides import agree_sides, level_spacing, swapped
+
+    for _, rows in srows.groupby(series.loc[srows.index], sort=False):
+        spacing = level_spacing([looks[p][2][:, 0, :2] for p in rows["path"].unique()])
+        sides = [c.split("_", 1)[0] for c in rows["condition"]]
+        channels = [task.row_channels(lv)[0] for lv in rows["level"]]
+        swap = agree_sides(sides, channels, np.stack([picks[i] for i in rows.index]), spacing)
+        for idx in rows.index[swap]:
+            picks[idx] = swapped(picks[idx])
+            xys[idx][0] = (float(picks[idx][0, 0]), float(picks[idx][0, 1]))
 
 
 def _calibrate(run: Path, inner_ps: PointSlices, images, log) -> float:
