@@ -17,11 +17,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from spinegrade.slicemodel.audit import inconsistent_series, rescaled_series
-from spinegrade.slicemodel.foramina import point_errors
+from spinegrade.slicemodel.audit import inconsistent_series, localisation_audit
 from spinegrade.slicemodel.task import task_by_name
 
 SLICES = Path(__file__).resolve().parents[2] / "shared/realdata/rsna2024_sagT1_foramina_vbs2004"
@@ -33,11 +31,6 @@ def out_of_fold(cv: Path) -> pd.DataFrame:
     if not files:
         raise SystemExit(f"{cv}: no fold*/heldout/predictions.csv")
     return pd.concat([pd.read_csv(f, usecols=KEYS + ["x_pred", "y_pred"]) for f in files], ignore_index=True)
-
-
-def line(name: str, e: np.ndarray) -> str:
-    return (f"{name:58s} {len(e):6d} points  within 5 px {np.mean(e <= 5):6.2%}  over 20 px {np.mean(e > 20):6.2%}"
-            f"  median {np.median(e):.2f}")
 
 
 def main() -> None:
@@ -62,12 +55,8 @@ def main() -> None:
             print(f"{a.cv}: no out-of-fold prediction for {int((~seen).sum())} points of {len(missing)} studies: "
                   f"left out below")
             ps = ps.drop_studies(missing)
-        pts = ps.points.merge(pred, on=KEYS, how="left")
-        e = point_errors(ps, pts[["x_pred", "y_pred"]].to_numpy())
-        series = ps.points["study_id"].astype(str) + "/" + ps.points["path"].map(
-            dict(zip(ps.slices["path"], ps.slices.get("series_id", ps.slices["study_id"]).astype(str))))
-        scale = rescaled_series(ps.points[["x", "y"]].to_numpy(float), pts[["x_pred", "y_pred"]].to_numpy(), series)
-        sized = scale[scale["flag"]]
+        audit = localisation_audit(ps, pred)
+        sized = audit["rescaled"]
         print(f"labels off the predictions by one per-axis factor (a wrong matrix size?): {len(sized)} series, "
               f"{int(sized['n'].sum())} points")
         for r in sized.itertuples(index=False):
@@ -75,12 +64,10 @@ def main() -> None:
                   f"{r.n_within_rescaled}/{r.n} rescaled")
         flagged = pd.concat([flagged, sized.assign(study_id=sized["series"].str.split("/").str[0],
                                                    check="one per-axis factor")[["series", "study_id", "check"]]])
-        in_sides, in_sized = series.isin(set(sides["series"])), series.isin(set(sized["series"]))
-        print(line("every label", e))
-        print(line("without the series whose sides are a level apart", e[~in_sides]))
-        print(line("without the series off by one per-axis factor", e[~in_sized]))
-        print(line("without both", e[~(in_sides | in_sized)]))
-        print(f"share of the misses over 20 px in flagged series: {np.mean((in_sides | in_sized)[e > 20]):.1%}")
+        for name, f in audit["figures"].items():
+            print(f"{name:30s} {f['n']:6d} points  within 5 px {f['within_5px']:6.2%}  over 20 px "
+                  f"{f['over_20px']:6.2%}  median {f['median']:.2f}")
+        print(f"share of the misses over 20 px in flagged series: {audit['over20_in_flagged']:.1%}")
     if a.out:
         flagged.to_csv(a.out, index=False)
         print(f"wrote {a.out}")

@@ -92,3 +92,24 @@ def test_a_per_axis_rescale_is_flagged_a_shift_by_a_level_is_not():
     assert not r.loc["shifted", "flag"] and r.loc["shifted", "n_within_rescaled"] < 9
     assert not r.loc["ok", "flag"] and r.loc["ok", "n_within"] == 10
     assert not r.loc["few", "flag"]
+
+
+def test_localisation_audit_scores_every_label_and_the_labels_that_pass(shifted):
+    from spinegrade.slicemodel.audit import localisation_audit
+
+    folder, bad = shifted
+    ps = read_point_slices(folder)
+    pred = ps.points[["path", "condition", "level", "x", "y"]].rename(columns={"x": "x_pred", "y": "y_pred"})
+    # the model right where the moved side's labels are a level off: its L2/L3 label sits on L1/L2, so the true
+    # foramen lies one level spacing below the label
+    moved = ps.points["study_id"].isin(bad) & ps.points["condition"].str.startswith("right")
+    pred.loc[moved, "y_pred"] += 0.15 * 64
+    audit = localisation_audit(ps, pred)
+    f = audit["figures"]
+    assert f["every label"]["n"] == len(ps) and f["every label"]["within_5px"] == pytest.approx(1 - moved.mean())
+    assert f["every label"]["over_20px"] == pytest.approx(moved.mean())  # 9.6 of 64 stored px: 37.5 of 250
+    assert f["without sides a level apart"]["within_5px"] == 1.0
+    assert f["without sides a level apart"]["n"] == int((~ps.points["study_id"].isin(bad)).sum())
+    assert audit["over20_in_flagged"] == 1.0 and audit["rescaled"].empty
+    with pytest.raises(ValueError, match="no prediction for 1 labelled points"):
+        localisation_audit(ps, pred.iloc[1:])

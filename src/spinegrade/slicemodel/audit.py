@@ -121,3 +121,34 @@ def rescaled_series(truth_xy: np.ndarray, pred_xy: np.ndarray, series, tol: floa
         out.append({"series": key, "n": n, "sx": s[0], "sy": s[1], "n_within": within,
                     "n_within_rescaled": within_s, "flag": bool(flag)})
     return pd.DataFrame(out, columns=["series", "n", "sx", "sy", "n_within", "n_within_rescaled", "flag"])
+
+
+def _figures(e: np.ndarray) -> dict:
+    return {"n": int(len(e)), "within_5px": float(np.mean(e <= 5)) if len(e) else float("nan"),
+            "over_20px": float(np.mean(e > 20)) if len(e) else float("nan"),
+            "median": float(np.median(e)) if len(e) else float("nan")}
+
+
+def localisation_audit(ps: PointSlices, pred: pd.DataFrame) -> dict:
+    """Localisation of out-of-fold predictions (`pred`: path, condition, level, x_pred, y_pred for every labelled
+    point of `ps`) on every label and without the series each check flags: `figures` (n, within_5px, over_20px,
+    median per subset), `over20_in_flagged` (the share of the misses over 20 px that lie in flagged series),
+    `sides` (inconsistent_series) and `rescaled` (rescaled_series' flagged rows)."""
+    from .foramina import point_errors
+
+    keys = ["path", "condition", "level"]
+    pts = ps.points[keys].merge(pred[keys + ["x_pred", "y_pred"]], on=keys, how="left")
+    if pts["x_pred"].isna().any():
+        raise ValueError(f"no prediction for {int(pts['x_pred'].isna().sum())} labelled points")
+    xy = pts[["x_pred", "y_pred"]].to_numpy(float)
+    e = point_errors(ps, xy)
+    series = _series_key(ps).to_numpy()
+    sides = inconsistent_series(ps)
+    scale = rescaled_series(ps.points[["x", "y"]].to_numpy(float), xy, series)
+    rescaled = scale[scale["flag"]].reset_index(drop=True)
+    in_sides, in_scaled = np.isin(series, sides["series"]), np.isin(series, rescaled["series"])
+    flagged = in_sides | in_scaled
+    return {"figures": {"every label": _figures(e), "without sides a level apart": _figures(e[~in_sides]),
+                        "without one per-axis factor": _figures(e[~in_scaled]), "without both": _figures(e[~flagged])},
+            "over20_in_flagged": float(np.mean(flagged[e > 20])) if np.any(e > 20) else 0.0,
+            "sides": sides, "rescaled": rescaled}
