@@ -259,7 +259,26 @@ localisers, the chosen slices read with three views, the refiners, both peaks, {
   rare (4 %), so its probabilities are the least certain.
 - The slice choice on a DICOM study comes from the localiser's peak height alone: on unusual anatomy
   (scoliosis, transitional vertebrae) it may pick a neighbouring slice; about 3 % of points land one level up or
-  down (on CV), which the second peak only softens.
+  down (on CV), which the second peak and reading the two sides together only soften.
+{audit_text(cv)}"""
+
+
+def audit_text(cv: dict) -> str:
+    """The card's paragraph on the labels' own errors (cv's label_audit), empty without one."""
+    la = cv.get("label_audit")
+    if not la:
+        return ""
+    f = la["figures"]
+    return f"""
+## Localisation and the labels' own errors
+Out-of-fold points of the five fold models against the labels (within 5 px / over 20 px of a 250 px slice,
+`bench/foramina_label_audit.py`, `spinegrade/slicemodel/audit.py`): every label {f['every label']['within_5px']:.2%} /
+{f['every label']['over_20px']:.2%} ({f['every label']['n']:,} points). {la['over20_in_flagged']:.0%} of the misses over
+20 px lie in series whose labels fail a check: {la['series_sides_apart']} series whose left and right labels sit a
+level apart (found from the labels alone; one side was labelled a level off) and {la['series_rescaled']} whose labels
+all sit off the predictions by one per-axis factor (a wrong inferred matrix size). Without the first:
+{f['without sides a level apart']['within_5px']:.2%} ({f['without sides a level apart']['n']:,} points); without both:
+{f['without both']['within_5px']:.2%} / {f['without both']['over_20px']:.2%} ({f['without both']['n']:,} points).
 """
 
 
@@ -287,6 +306,28 @@ def build_folds(a, cfg) -> tuple[Path, Path]:
     return base, ens
 
 
+def localisation(cv: dict, ens: Path, cfg) -> None:
+    """cv's per-fold figures read from the assembled folds' held-out scores, and its label audit: the folds'
+    out-of-fold points on every label and without the series whose labels fail a check (slicemodel/audit.py)."""
+    import pandas as pd
+
+    from spinegrade.slicemodel.audit import localisation_audit
+    from spinegrade.slicemodel.foramina import read_point_slices
+
+    folds, preds = [], []
+    for k in range(cfg.folds):
+        p = json.loads((ens / f"fold{k}" / "summary.json").read_text())["heldout"]["predicted_points"]
+        loc = p["localisation_px250"]
+        folds.append({"fold": k, "wll": p["weighted_log_loss"], "loc_median_px": loc["median"],
+                      "within_5px": loc["within_5px"], "over_20px": loc["over_20px"], "n": loc["n"]})
+        preds.append(pd.read_csv(ens / f"fold{k}" / "heldout" / "predictions.csv"))
+    cv["folds"] = folds
+    ps = read_point_slices(cfg.slices).drop_studies(HELD_OUT_DICOM)
+    audit = localisation_audit(ps, pd.concat(preds, ignore_index=True))
+    cv["label_audit"] = {"figures": audit["figures"], "over20_in_flagged": audit["over20_in_flagged"],
+                         "series_sides_apart": len(audit["sides"]), "series_rescaled": len(audit["rescaled"])}
+
+
 def _cfg(a):
     slices = a.realdata / "rsna2024_sagT1_foramina_vbs2004"
     if not slices.is_dir():
@@ -306,10 +347,14 @@ def main() -> None:
     ap.add_argument("--ens", type=Path, help="the assembled fold runs (default WORK/ens)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", type=Path, default=BUNDLED_DIR / NAME)
-    ap.add_argument("--card-only", action="store_true", help="only time the packed model again and rewrite its card")
+    ap.add_argument("--card-only", action="store_true", help="only time the packed model again and rewrite its card "
+                    "(with --ens: its localisation figures and label audit read again from those folds)")
     a = ap.parse_args()
     if a.card_only:
         cv = json.loads((a.out / "cv.json").read_text())
+        if a.ens:  # the folds scored again (e.g. after a change to how points are read): their figures afresh
+            localisation(cv, a.ens, _cfg(a))
+            atomic_write_text(a.out / "cv.json", json.dumps(cv, indent=1))
         atomic_write_text(a.out / "MODEL_CARD.md", card(cv, size_mb(a.out), time_per_study(a.out, a.realdata),
                                                         unseen_rows(a.out, a.realdata), _cfg(a)))
         print(f"{a.out / 'MODEL_CARD.md'} rewritten")
@@ -318,14 +363,9 @@ def main() -> None:
     base, ens = build_folds(a, cfg)
     stage = fit_study_stage(ens, cfg)  # saved beside the folds only where it beats the first stage on CV
     one = json.loads((base / "cv.json").read_text())
-    folds = []
-    for k in range(cfg.folds):
-        p = json.loads((ens / f"fold{k}" / "summary.json").read_text())["heldout"]["predicted_points"]
-        loc = p["localisation_px250"]
-        folds.append({"fold": k, "wll": p["weighted_log_loss"], "loc_median_px": loc["median"],
-                      "within_5px": loc["within_5px"], "over_20px": loc["over_20px"], "n": loc["n"]})
-    cv = {"task": "foramina", "recipe": "v5", "folds": folds, "study_stage": stage,
+    cv = {"task": "foramina", "recipe": "v5", "folds": [], "study_stage": stage,
           "one_grader": {"folds": one["folds"], "per_level": one["study_stage"]["per_level"]["first_stage"]}}
+    localisation(cv, ens, cfg)
     out = a.out
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
