@@ -174,7 +174,9 @@ def card(cv: dict, size: float, timing, unseen, cfg) -> str:
 Grades neural foraminal narrowing (Normal/Mild, Moderate, Severe) at the five lumbar levels on both sides, from
 the Sagittal T1 series, with **{len(MEMBERS)} fold models averaged** (folds {members} of a 5-fold split by study;
 each saw 4/5 of the studies; {g} graders per fold put all five over the 25 MB the package allows). The fold
-models' localisers are read together (their mean heatmap). Each fold model:
+models' localisers are read together (their mean heatmap), and so are the two sides of the series: where a
+level's left and right points sit a level apart, the side whose second peak lies level with the other side's
+point takes it (the grade unchanged; `spinegrade/slicemodel/sides.py`). Each fold model:
 - a foramen **localiser** (`{cfg.localizer.network}`, {cfg.localizer.input_size} px letterbox, trained
   {cfg.localizer_loop.epochs} epochs), read on three views (the letterbox zoomed 0.92, 1, 1.08; the median point),
   and a **refiner**: a second, closer look at each point (a 64 px window of 20 % of the slice's longer side,
