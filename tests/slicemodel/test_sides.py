@@ -71,3 +71,40 @@ def test_a_swap_moves_the_point_and_keeps_the_grade_mixture():
     after = (1 - s[1, 2]) * g_second + s[1, 2] * g_first
     assert np.allclose(before, after)
     assert pick[0, 1] == 20.0  # the input is not changed
+
+
+def test_predict_rows_moves_the_point_and_keeps_every_probability(run, folder, monkeypatch):
+    """The plumbing of evaluate --slices: a study's right side placed a level low, its second peaks level with
+    the left side's points; the right rows get their second candidates, every probability is as before."""
+    from spinegrade.slicemodel.data import load_images
+    from spinegrade.slicemodel.foramina import FORAMINA, read_point_slices
+    from spinegrade.slicemodel.model import SliceModel
+    from spinegrade.slicemodel.pipeline import predict_rows
+
+    ps = read_point_slices(folder)
+    ps = ps.subset_studies([ps.points["study_id"].iloc[0]])
+    images = load_images(ps)
+    right_imgs = [images[p] for p in set(ps.points.loc[ps.points["condition"].str.startswith("right"), "path"])]
+    model = SliceModel.load(run)
+    real = model.candidates
+
+    def candidates(img, rows, cols, tta=True):
+        c = real(img, rows, cols, tta=tta)
+        left_y = 10.0 + 8.0 * np.arange(len(c))  # the left side's column, 8 px between levels
+        c[:, 1] = np.column_stack([c[:, 0, 0] + 1, left_y + 30.0, np.full(len(c), 0.3)])
+        c[:, 0, 1] = left_y
+        if any(np.array_equal(img, im) for im in right_imgs):  # a level low, its second peaks level with the left's
+            c[:, 0, 1], c[:, 1, 1] = left_y + 8.0, left_y
+        return c
+
+    monkeypatch.setattr(model, "candidates", candidates)
+    on = predict_rows(model, ps, images)
+    monkeypatch.setattr(FORAMINA, "sides_together", False)
+    off = predict_rows(model, ps, images)
+    right = ps.points["condition"].str.startswith("right").to_numpy()
+    moved = right & (ps.points.groupby("level")["condition"].transform("nunique").to_numpy() == 2)
+    assert moved.any()
+    assert np.allclose(on.loc[moved, "y_pred"], off.loc[moved, "y_pred"] - 8.0)
+    assert np.allclose(on.loc[~moved, ["x_pred", "y_pred"]], off.loc[~moved, ["x_pred", "y_pred"]])
+    cols = ["normal_mild", "moderate", "severe"]
+    assert np.allclose(on[cols].to_numpy(), off[cols].to_numpy(), atol=1e-6)

@@ -36,15 +36,6 @@ def _side(condition: str) -> str | None:
     return next((s for s in vocab.SIDES if condition.startswith(s + "_")), None)
 
 
-def _series_key(ps: PointSlices) -> pd.Series:
-    """Each point row's series (the slices' series_id where the set has one, else its study)."""
-    pts = ps.points
-    if "series_id" in ps.slices.columns:
-        by_path = dict(zip(ps.slices["path"], ps.slices["series_id"].astype(str)))
-        return pts["study_id"].astype(str) + "/" + pts["path"].map(by_path).fillna("")
-    return pts["study_id"].astype(str)
-
-
 def side_gaps(ps: PointSlices) -> pd.DataFrame:
     """Per series: the levels labelled on both sides (`n_levels`), the levels whose left and right heights differ
     by at least SIDE_GAP of the series' spacing between neighbouring levels (`n_apart`), that spacing (stored
@@ -55,7 +46,7 @@ def side_gaps(ps: PointSlices) -> pd.DataFrame:
     pts = ps.points
     if not ps.has_points or not len(pts):
         return pd.DataFrame(columns=cols)
-    df = pd.DataFrame({"series": _series_key(ps), "study_id": pts["study_id"].astype(str),
+    df = pd.DataFrame({"series": ps.row_series(), "study_id": pts["study_id"].astype(str),
                        "side": [_side(c) for c in pts["condition"]], "level": pts["level"],
                        "y": pts["y"].to_numpy(float)}).dropna(subset=["side", "y"])
     # one height per series, side and level (a level labelled on two slices: their mean)
@@ -142,7 +133,7 @@ def localisation_audit(ps: PointSlices, pred: pd.DataFrame) -> dict:
         raise ValueError(f"no prediction for {int(pts['x_pred'].isna().sum())} labelled points")
     xy = pts[["x_pred", "y_pred"]].to_numpy(float)
     e = point_errors(ps, xy)
-    series = _series_key(ps).to_numpy()
+    series = ps.row_series().to_numpy()
     sides = inconsistent_series(ps)
     scale = rescaled_series(ps.points[["x", "y"]].to_numpy(float), xy, series)
     rescaled = scale[scale["flag"]].reset_index(drop=True)

@@ -118,6 +118,15 @@ class PointSlices:
     def __post_init__(self) -> None:
         self._by_path = self.slices.set_index("path")
 
+    def row_series(self) -> pd.Series:
+        """Each point row's series, as `study/series`: the slices' `series_id` where the set has one, else the study
+        (index as `points`)."""
+        study = self.points["study_id"].astype(str)
+        if "series_id" not in self.slices.columns:
+            return study
+        by_path = dict(zip(self.slices["path"], self.slices["series_id"].astype(str)))
+        return study + "/" + self.points["path"].map(by_path).fillna("")
+
     def subset_studies(self, study_ids) -> PointSlices:
         """The rows of these studies (ids as written), slices, points and landmarks alike."""
         keep = set(map(str, study_ids))

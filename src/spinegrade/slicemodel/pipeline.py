@@ -375,7 +375,7 @@ def _predict(model: SliceModel, ps: PointSlices, images, tta: bool, true_points:
     member_probs = np.zeros((len(model.members), n_rows, len(task.classes)))
     xys: list = [None] * n_rows
     pts = ps.points.reset_index(drop=True)
-    series = _series_of(ps, pts)
+    series = pd.Series(ps.row_series().to_numpy(), index=pts.index)
     done = 0
     for _, srows in pts.groupby("study_id", sort=False):
         looks, picks = {}, {}
@@ -408,14 +408,6 @@ def _predict(model: SliceModel, ps: PointSlices, images, tta: bool, true_points:
     out = [{"path": r.path, "condition": r.condition, "level": r.level, **task.prediction_row(p, xy)}
            for r, p, xy in zip(pts.itertuples(index=False), probs_all, xys)]
     return out, probs_all
-
-
-def _series_of(ps: PointSlices, pts: pd.DataFrame) -> pd.Series:
-    """Each row's series: the slices' series_id where slices.csv has one, else its study."""
-    if "series_id" in ps.slices.columns:
-        return pts["path"].map(dict(zip(ps.slices["path"], ps.slices["series_id"].astype(str)))).fillna(
-            pts["study_id"].astype(str))
-    return pts["study_id"].astype(str)
 
 
 def _sides_together(task: SliceTask, srows: pd.DataFrame, series: pd.Series, looks: dict, picks: dict,
