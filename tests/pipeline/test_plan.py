@@ -67,7 +67,8 @@ FLAG_EFFECTS = {
 NOT_IN_PLAN = {"--data", "--index", "--slices", "--out", "--resume", "--strict", "--help"}
 # the foramen models' own options (tests/slicemodel/test_pipeline.py checks them): refused with --data
 FORAMINA_ONLY = {"--all-folds": [], "--pretrained": [], "--crop-frac": ["0.2"], "--exclude-studies": ["1"],
-                 "--no-calibrate": [], "--no-refine": [], "--one-grader": [], "--label-smoothing": ["0.1"]}
+                 "--no-calibrate": [], "--no-refine": [], "--one-grader": [], "--label-smoothing": ["0.1"],
+                 "--drop-inconsistent-labels": []}
 
 
 def test_every_train_option_is_checked_here():
