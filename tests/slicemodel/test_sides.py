@@ -24,9 +24,9 @@ def _series(left, right):
 
 
 def test_spacing_is_the_median_step_between_neighbouring_levels():
-    cols = [np.column_stack([np.full(5, 100.0), HEIGHTS]), np.column_stack([np.full(3, 100.0), HEIGHTS[:3] + 2])]
-    assert level_spacing(cols) == 30.0
-    assert np.isnan(level_spacing([np.zeros((1, 2))]))
+    assert level_spacing([HEIGHTS, HEIGHTS[:3] + 2]) == 30.0
+    assert level_spacing([np.array([50.0, np.nan, 110.0, 140.0])]) == 30.0  # a missing level: no step across it
+    assert np.isnan(level_spacing([np.zeros(1)])) and np.isnan(level_spacing([np.array([1.0, np.nan, 3.0])]))
 
 
 def test_a_side_placed_a_level_off_takes_its_second_candidate():

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from .. import vocab
+from .sides import level_spacing
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -30,10 +31,6 @@ if TYPE_CHECKING:
 
 SIDE_GAP = 0.5  # left-right height difference, as a share of the series' level spacing, that counts as a level off
 MIN_LEVELS = 3  # levels that must disagree before a series is called inconsistent
-
-
-def _side(condition: str) -> str | None:
-    return next((s for s in vocab.SIDES if condition.startswith(s + "_")), None)
 
 
 def side_gaps(ps: PointSlices) -> pd.DataFrame:
@@ -47,28 +44,18 @@ def side_gaps(ps: PointSlices) -> pd.DataFrame:
     if not ps.has_points or not len(pts):
         return pd.DataFrame(columns=cols)
     df = pd.DataFrame({"series": ps.row_series(), "study_id": pts["study_id"].astype(str),
-                       "side": [_side(c) for c in pts["condition"]], "level": pts["level"],
-                       "y": pts["y"].to_numpy(float)}).dropna(subset=["side", "y"])
-    # one height per series, side and level (a level labelled on two slices: their mean)
-    h = df.groupby(["series", "side", "level"], sort=False)["y"].mean()
-    order = {lv: i for i, lv in enumerate(vocab.LEVELS)}
+                       "side": [getattr(vocab.CONDITION_BY_KEY.get(c), "side", None) for c in pts["condition"]],
+                       "level": pts["level"], "y": pts["y"].to_numpy(float)}).dropna(subset=["side", "y"])
+    # one height per series, side and level (a level labelled on two slices: their mean), levels in order
+    h = df.groupby(["series", "study_id", "side", "level"], sort=False)["y"].mean().unstack("level")
+    h = h.reindex(columns=list(vocab.LEVELS))
     out = []
-    for (series, study), g in df.groupby(["series", "study_id"], sort=False):
-        hs = h.loc[series]
-        steps = []
-        for side in vocab.SIDES:
-            if side not in hs.index.get_level_values(0):
-                continue
-            col = hs.loc[side]
-            idx = np.array([order[lv] for lv in col.index])
-            o = np.argsort(idx)
-            gaps = np.diff(idx[o])
-            steps += list(np.abs(np.diff(col.to_numpy()[o]))[gaps == 1])
-        both = [lv for lv in vocab.LEVELS if ("left", lv) in hs.index and ("right", lv) in hs.index]
-        spacing = float(np.median(steps)) if steps else float("nan")
-        apart = sum(abs(hs.loc[("left", lv)] - hs.loc[("right", lv)]) >= SIDE_GAP * spacing for lv in both) \
-            if steps else 0
-        out.append({"series": series, "study_id": study, "n_levels": len(both), "n_apart": int(apart),
+    for (series, study), t in h.groupby(level=[0, 1], sort=False):
+        left, right = t.droplevel([0, 1]).reindex(list(vocab.SIDES)).to_numpy(float)
+        spacing = level_spacing([left, right])
+        both = np.isfinite(left) & np.isfinite(right)
+        apart = int(np.sum(np.abs(left - right)[both] >= SIDE_GAP * spacing)) if np.isfinite(spacing) else 0
+        out.append({"series": series, "study_id": study, "n_levels": int(both.sum()), "n_apart": apart,
                     "spacing": spacing})
     return pd.DataFrame(out, columns=cols)
 

@@ -20,7 +20,7 @@ from ..localize.localizer import point_on_slice
 from ..results import CANAL_STENOSIS_YES_NO, Finding, Observation, Point
 from .canal import TRAINING_FOV_MM
 from .model import SliceModel
-from .sides import agree_sides, level_spacing, swapped
+from .sides import make_sides_agree
 
 LATERAL_MM = (5.0, 40.0)
 CANAL_NOTE = ("probability of canal stenosis as yes/no, learned from real mid-sagittal T2 images of another cohort "
@@ -77,10 +77,9 @@ def grade_foramina(model: SliceModel, study: Study, midline_x: float | None = No
     picks = {(k, j): looks[k][li].copy() for k, chosen in asks.items() for j, (_, _, li) in enumerate(chosen)}
     if model.task.sides_together and picks:  # the two sides' points of a level made to agree (sides.py)
         keys = list(picks)
-        swap = agree_sides([asks[k][j][0].split("_", 1)[0] for k, j in keys], [asks[k][j][2] for k, j in keys],
-                           np.stack([picks[key] for key in keys]), level_spacing([v[:, 0, :2] for v in looks.values()]))
-        for key in (key for key, sw in zip(keys, swap) if sw):
-            picks[key] = swapped(picks[key])
+        agreed = make_sides_agree([asks[k][j][0] for k, j in keys], [asks[k][j][2] for k, j in keys],
+                                  [picks[key] for key in keys], [v[:, 0, 1] for v in looks.values()])
+        picks = dict(zip(keys, agreed))
     graded, member_probs = [], []
     for k, chosen in asks.items():
         ask = [(cond, lv, float(picks[k, j][0, 0]), float(picks[k, j][0, 1])) for j, (cond, lv, _) in enumerate(chosen)]

@@ -376,7 +376,7 @@ def _predict(model: SliceModel, ps: PointSlices, images, tta: bool, true_points:
     xys: list = [None] * n_rows
     pts = ps.points.reset_index(drop=True)
     series = pd.Series(ps.row_series().to_numpy(), index=pts.index)
-    done = 0
+    n_slices, done = pts["path"].nunique(), 0
     for _, srows in pts.groupby("study_id", sort=False):
         looks, picks = {}, {}
         for path in srows["path"].unique():
@@ -400,7 +400,7 @@ def _predict(model: SliceModel, ps: PointSlices, images, tta: bool, true_points:
                                                       seconds=seconds)
             done += 1
             if log and done % 500 == 0:
-                log(f"predicted {done}/{pts['path'].nunique()} slices")
+                log(f"predicted {done}/{n_slices} slices")
     probs_all = np.zeros((n_rows, len(task.classes)))
     for _, rows in pts.groupby("study_id", sort=False):
         ix = rows.index.to_numpy()
@@ -413,17 +413,16 @@ def _predict(model: SliceModel, ps: PointSlices, images, tta: bool, true_points:
 def _sides_together(task: SliceTask, srows: pd.DataFrame, series: pd.Series, looks: dict, picks: dict,
                     xys: list) -> None:
     """One study's rows: in each series, a level whose left and right points sit a level apart takes one side's
-    second candidate where that agrees (sides.agree_sides); `picks` and `xys` are changed in place."""
-    from .sides import agree_sides, level_spacing, swapped
+    second candidate where that agrees (sides.make_sides_agree); `picks` and `xys` are changed in place."""
+    from .sides import make_sides_agree
 
     for _, rows in srows.groupby(series.loc[srows.index], sort=False):
-        spacing = level_spacing([looks[p][2][:, 0, :2] for p in rows["path"].unique()])
-        sides = [c.split("_", 1)[0] for c in rows["condition"]]
-        channels = [task.row_channels(lv)[0] for lv in rows["level"]]
-        swap = agree_sides(sides, channels, np.stack([picks[i] for i in rows.index]), spacing)
-        for idx in rows.index[swap]:
-            picks[idx] = swapped(picks[idx])
-            xys[idx][0] = (float(picks[idx][0, 0]), float(picks[idx][0, 1]))
+        agreed = make_sides_agree(list(rows["condition"]), [task.row_channels(lv)[0] for lv in rows["level"]],
+                                  [picks[i] for i in rows.index],
+                                  [looks[p][2][:, 0, 1] for p in rows["path"].unique()])
+        for idx, pick in zip(rows.index, agreed):
+            picks[idx] = pick
+            xys[idx][0] = (float(pick[0, 0]), float(pick[0, 1]))
 
 
 def _calibrate(run: Path, inner_ps: PointSlices, images, log) -> float:

@@ -15,16 +15,20 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import vocab
+
 APART = 0.6  # the two sides' heights differ by at least this share of the level spacing: one of them is wrong
 NEAR = 0.25  # a second candidate this close (share of the spacing) to the other side's height is level with it
 MIN_WEIGHT = 0.1  # a second candidate weaker than this is not taken
 
 
-def level_spacing(columns: list[np.ndarray]) -> float:
-    """The median height difference between neighbouring levels over slices' first candidates ((C, >=2) each,
-    channels in level order); nan without two levels on one slice."""
-    steps = [np.abs(np.diff(np.asarray(c, float)[:, 1])) for c in columns if len(c) >= 2]
-    return float(np.median(np.concatenate(steps))) if steps else float("nan")
+def level_spacing(heights: list[np.ndarray]) -> float:
+    """The median height difference between neighbouring levels: `heights` holds columns of heights, one per
+    level in level order (a slice's points, a side's labels), nan where a level is missing; nan without two
+    neighbouring levels anywhere."""
+    steps = np.concatenate([np.abs(np.diff(np.asarray(h, float))) for h in heights] or [np.zeros(0)])
+    steps = steps[np.isfinite(steps)]
+    return float(np.median(steps)) if steps.size else float("nan")
 
 
 def agree_sides(sides: list[str], channels: list[int], picks: np.ndarray, spacing: float) -> np.ndarray:
@@ -51,6 +55,16 @@ def agree_sides(sides: list[str], channels: list[int], picks: np.ndarray, spacin
         if options:
             swap[max(options)[1]] = True
     return swap
+
+
+def make_sides_agree(conditions: list[str], channels: list[int], picks: list[np.ndarray],
+                     heights: list[np.ndarray]) -> list[np.ndarray]:
+    """The rows of one series (their conditions, level channels and (2, 3) candidates), each row's candidates
+    exchanged where `agree_sides` says; `heights`: the series' slices' first-candidate heights per channel, for
+    the level spacing."""
+    sides = [getattr(vocab.CONDITION_BY_KEY.get(c), "side", None) for c in conditions]
+    swap = agree_sides(sides, channels, np.stack(picks), level_spacing(heights))
+    return [swapped(p) if sw else p for p, sw in zip(picks, swap)]
 
 
 def swapped(pick: np.ndarray) -> np.ndarray:
