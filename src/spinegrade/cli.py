@@ -510,6 +510,8 @@ def _add_listen(sub) -> None:
                    help="disk the spool may use; beyond it graded images are dropped, then instances refused")
     p.add_argument("--discard-after", type=float, default=24 * 3600, metavar="S",
                    help="seconds a study whose sending broke off waits to be sent again (default one day)")
+    p.add_argument("--idle-timeout", type=float, default=300.0, metavar="S",
+                   help="seconds an association may stay silent before the node aborts it (default 300)")
     p.add_argument("--key-images", action="store_true",
                    help="also send each key image, its points and grades drawn on, as a Secondary Capture image "
                         "in the study (about 1 MB each, up to 8 per study)")
@@ -529,7 +531,7 @@ def _cmd_listen(a) -> int:
     cfg = NodeConfig(model=a.model, destination=parse_destination(a.destination), store=a.store, port=a.port,
                      host=a.host, ae_title=a.ae_title, quiet_seconds=a.quiet_seconds, jobs=a.jobs,
                      max_store_mb=a.max_store_mb, discard_after=a.discard_after, device=a.device,
-                     key_images=a.key_images)
+                     key_images=a.key_images, idle_timeout=a.idle_timeout)
     return listen(cfg)
 
 

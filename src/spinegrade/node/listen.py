@@ -27,8 +27,8 @@ from pathlib import Path
 
 from .. import __version__
 from ..errors import SpinegradeError, in_words
-from . import spool as sp
 from ..workers import close_pool
+from . import spool as sp
 from .send import Destination, NodeError, send_files
 
 log = logging.getLogger("spinegrade.node")
@@ -78,6 +78,9 @@ class NodeConfig:
     device: str = "cpu"
     keep_images: bool = True  # keep graded images (until the store is full) so a partial resend regrades in full
     key_images: bool = False  # send the annotated key images as Secondary Capture besides the SR
+    # seconds an association may stay silent before the node aborts it (pynetdicom's default is 60; a modality
+    # that sends images as they are acquired pauses longer, and a loaded machine can too)
+    idle_timeout: float = 300.0
 
 
 class Node:
@@ -118,9 +121,10 @@ class Node:
             ae.add_supported_context(cls, list(TRANSFER_SYNTAXES))
         ae.add_supported_context(VERIFICATION)
         ae.maximum_associations = 16
+        ae.network_timeout = self.cfg.idle_timeout
         handlers = [(evt.EVT_C_STORE, self._on_store), (evt.EVT_ACCEPTED, self._on_accepted),
                     (evt.EVT_RELEASED, self._on_released), (evt.EVT_CONN_CLOSE, self._on_closed),
-                    (evt.EVT_REJECTED, self._on_rejected)]
+                    (evt.EVT_REJECTED, self._on_rejected), (evt.EVT_ABORTED, self._on_aborted)]
         try:
             self._server = ae.start_server((self.cfg.host, self.cfg.port), block=False, evt_handlers=handlers)
         except OSError as e:
@@ -169,6 +173,17 @@ class Node:
     def _on_released(self, event) -> None:
         with self._lock:
             self._released.add(id(event.assoc))
+
+    def _on_aborted(self, event) -> None:
+        """Say which side ended an association abnormally: the node after `idle_timeout` s of silence, or the
+        peer (an A-ABORT, or the connection lost)."""
+        a = event.assoc
+        if a.dul.idle_timer_expired():
+            log.warning("association %d from %s: silent for %.0f s; the node aborted it", a.native_id or 0,
+                        a.requestor.ae_title, self.cfg.idle_timeout)
+        else:
+            log.warning("association %d from %s was aborted by the peer or lost", a.native_id or 0,
+                        a.requestor.ae_title)
 
     def _on_closed(self, event) -> None:
         """The connection ended: its studies settle when it was released, else they were interrupted."""
