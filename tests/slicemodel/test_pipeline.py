@@ -24,6 +24,8 @@ from spinegrade.slicemodel.pipeline import (
     evaluate_slices,
     fit_temperature,
     make_split,
+    predict_points,
+    predict_rows,
     slice_config,
     train_slices,
 )
@@ -127,6 +129,20 @@ def test_evaluate_never_reads_the_truth(run, folder, tmp_path):
     assert "weighted_log_loss" in with_truth and "weighted_log_loss" not in without
     # Studies the model trained on are left out unless --all.
     assert with_truth["n_studies"] == len(set(pts["study_id"])) - len(SliceModel.load(run).train_studies)
+
+
+def test_points_alone_are_the_points_grading_reads(run, folder):
+    """predict_points (localisation without grading, for the localisation bench) places every row where
+    predict_rows does, truth columns or not."""
+    ps = read_point_slices(folder)
+    model = SliceModel.load(run)
+    graded = predict_rows(model, ps)
+    placed = predict_points(model, ps)
+    assert list(placed.columns) == ["path", "condition", "level", "x_pred", "y_pred"] and len(placed) == len(ps)
+    assert placed[["path", "condition", "level"]].equals(graded[["path", "condition", "level"]])
+    assert np.isfinite(placed[["x_pred", "y_pred"]].to_numpy()).all()
+    np.testing.assert_allclose(placed[["x_pred", "y_pred"]].to_numpy(), graded[["x_pred", "y_pred"]].to_numpy(),
+                               atol=5.001e-4)  # predictions.csv rounds points to 3 decimals
 
 
 def test_a_folder_of_runs_is_an_ensemble(run, folder, tmp_path):

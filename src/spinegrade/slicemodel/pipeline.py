@@ -363,20 +363,16 @@ def _written(task: SliceTask, pred: pd.DataFrame) -> pd.DataFrame:
     return pred if cols is None else pred[cols]
 
 
-def _predict(model: SliceModel, ps: PointSlices, images, tta: bool, true_points: bool, log
-             ) -> tuple[list[dict], np.ndarray]:
-    """predict_rows' rows (in `ps.points` order) and their probabilities (N, classes). A study at a time: its
-    slices' candidates, the two sides of each series made to agree (`SliceTask.sides_together`), each slice's rows
-    graded on it; a model with a study-level stage then reads the study's rows together."""
+def _study_points(model: SliceModel, ps: PointSlices, images, tta: bool, true_points: bool):
+    """A study at a time: (its rows, each slice's (image, frame, candidates), each row's pick (candidates of its
+    first channel) and points). The two sides of each series made to agree (`SliceTask.sides_together`); `xys`
+    rows are indexed like `ps.points` reset."""
     from .data import read_gray
 
     task = model.task
-    n_rows = len(ps.points)
-    member_probs = np.zeros((len(model.members), n_rows, len(task.classes)))
-    xys: list = [None] * n_rows
+    xys: list = [None] * len(ps.points)
     pts = ps.points.reset_index(drop=True)
     series = pd.Series(ps.row_series().to_numpy(), index=pts.index)
-    n_slices, done = pts["path"].nunique(), 0
     for _, srows in pts.groupby("study_id", sort=False):
         looks, picks = {}, {}
         for path in srows["path"].unique():
@@ -392,6 +388,31 @@ def _predict(model: SliceModel, ps: PointSlices, images, tta: bool, true_points:
                 xys[idx][0], picks[idx][1] = (float(r.x), float(r.y)), 0.0
         if task.sides_together and not true_points:
             _sides_together(task, srows, series, looks, picks, xys)
+        yield srows, looks, picks, xys
+
+
+def predict_points(model: SliceModel, ps: PointSlices, images: dict | None = None, tta: bool = True
+                   ) -> pd.DataFrame:
+    """Where the model places each point row of `ps` (path, condition, level, x_pred, y_pred; the row's first
+    point), without grading: localisation alone, read as `predict_rows` reads it."""
+    pts = ps.points.reset_index(drop=True)
+    xy = np.full((len(pts), 2), np.nan)
+    for srows, _, _, xys in _study_points(model, ps, images, tta, False):
+        xy[srows.index] = [xys[i][0] for i in srows.index]
+    return pts[["path", "condition", "level"]].assign(x_pred=xy[:, 0], y_pred=xy[:, 1])
+
+
+def _predict(model: SliceModel, ps: PointSlices, images, tta: bool, true_points: bool, log
+             ) -> tuple[list[dict], np.ndarray]:
+    """predict_rows' rows (in `ps.points` order) and their probabilities (N, classes): each study's points
+    (`_study_points`), each slice's rows graded on it; a model with a study-level stage then reads the study's
+    rows together."""
+    task = model.task
+    n_rows = len(ps.points)
+    member_probs = np.zeros((len(model.members), n_rows, len(task.classes)))
+    pts = ps.points.reset_index(drop=True)
+    n_slices, done, xys = pts["path"].nunique(), 0, None
+    for srows, looks, picks, xys in _study_points(model, ps, images, tta, true_points):
         for path, rows in srows.groupby("path", sort=False):
             img, frame, _ = looks[path]
             asks = [(r.condition, r.level, *xys[idx][0]) for r, idx in zip(rows.itertuples(index=False), rows.index)]
@@ -406,7 +427,7 @@ def _predict(model: SliceModel, ps: PointSlices, images, tta: bool, true_points:
         ix = rows.index.to_numpy()
         probs_all[ix] = model.finish_study(list(zip(rows["condition"], rows["level"])), member_probs[:, ix])
     out = [{"path": r.path, "condition": r.condition, "level": r.level, **task.prediction_row(p, xy)}
-           for r, p, xy in zip(pts.itertuples(index=False), probs_all, xys)]
+           for r, p, xy in zip(pts.itertuples(index=False), probs_all, xys or [None] * n_rows)]
     return out, probs_all
 
 
