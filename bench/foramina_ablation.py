@@ -84,7 +84,8 @@ def changed_config(base: SliceConfig, a) -> SliceConfig:
     if a.second_peak_power is not None:
         lchange["second_peak_power"] = a.second_peak_power
     gchange = {k: v for k, v in (("crop_frac", a.crop_frac), ("crop_px", a.crop_px), ("jitter", a.jitter),
-                                 ("label_smoothing", a.label_smoothing), ("context_frac", a.context_frac)) if v}
+                                 ("label_smoothing", a.label_smoothing), ("context_frac", a.context_frac),
+                                 ("neighbour_slices", a.neighbour_slices)) if v}
     if a.grader_model:
         gchange.update(network=a.grader_model, network_kwargs=tuple(sorted(json.loads(a.grader_kwargs).items())))
     if a.pretrained:
@@ -302,6 +303,8 @@ def main() -> None:
     ap.add_argument("--label-smoothing", type=float, help="the grader's label smoothing (share of each target)")
     ap.add_argument("--context-frac", type=float, help="the grader's second channel: the same centre over this "
                     "fraction of the slice (two scales)")
+    ap.add_argument("--neighbour-slices", type=int, help="the grader's further channel: the same crop on the "
+                    "series' nearest other slice at most this many slices away")
     ap.add_argument("--no-oracle", action="store_true", help="do not grade the true points of a new grader (saves time)")
     ap.add_argument("--run-folds", type=int, nargs="*", default=None, help="train these folds only (no table)")
     ap.add_argument("--ensemble", type=Path, nargs="+", help="score the average of these folders' folds instead")
@@ -322,7 +325,7 @@ def main() -> None:
     if a.localizer_from and any(v is not None for v in (a.localizer_size, a.localizer_epochs, a.localizer_ema)):
         ap.error("--localizer-from takes the localisers as they are: no localiser change beside it")
     grader_changes = (a.grader_epochs, a.grader_ema, a.grader_model, a.crop_frac, a.crop_px, a.jitter,
-                      a.label_smoothing, a.context_frac)
+                      a.label_smoothing, a.context_frac, a.neighbour_slices)
     if a.grader_from and (any(v is not None for v in grader_changes) or a.pretrained):
         ap.error("--grader-from takes the graders as they are: no grader change beside it")
     for k in a.run_folds if a.run_folds is not None else range(5):

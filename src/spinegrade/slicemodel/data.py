@@ -117,6 +117,7 @@ class PointSlices:
 
     def __post_init__(self) -> None:
         self._by_path = self.slices.set_index("path")
+        self._series_slices = None  # (study, series) -> [(instance number, path)], built on first use
 
     def row_series(self) -> pd.Series:
         """Each point row's series, as `study/series`: the slices' `series_id` where the set has one, else the study
@@ -126,6 +127,30 @@ class PointSlices:
             return study
         by_path = dict(zip(self.slices["path"], self.slices["series_id"].astype(str)))
         return study + "/" + self.points["path"].map(by_path).fillna("")
+
+    def neighbours(self, path: str, max_gap: int) -> list[str]:
+        """The set's other slices of `path`'s series nearest to it, at most `max_gap` instance numbers away (all
+        those at the nearest distance; none where the set has no `series_id` / `instance_number`)."""
+        if max_gap <= 0 or not {"series_id", "instance_number"} <= set(self.slices.columns):
+            return []
+        if self._series_slices is None:
+            import pandas as pd
+
+            sl = self.slices.assign(_n=pd.to_numeric(self.slices["instance_number"], errors="coerce"))
+            sl = sl.dropna(subset=["series_id", "_n"])
+            self._series_slices = {(str(st), str(se)): list(zip(g["_n"].astype(int), g["path"]))
+                                   for (st, se), g in sl.groupby(["study_id", "series_id"])}
+        r = self._by_path.loc[path]
+        try:
+            me = int(r["instance_number"])
+        except (TypeError, ValueError):  # none written for this slice
+            return []
+        gaps = [(abs(n - me), p) for n, p in self._series_slices.get((str(r["study_id"]), str(r["series_id"])), [])
+                if p != path and 0 < abs(n - me) <= max_gap]
+        if not gaps:
+            return []
+        best = min(g for g, _ in gaps)
+        return sorted(p for g, p in gaps if g == best)
 
     def subset_studies(self, study_ids) -> PointSlices:
         """The rows of these studies (ids as written), slices, points and landmarks alike."""

@@ -83,8 +83,9 @@ def grade_foramina(model: SliceModel, study: Study, midline_x: float | None = No
     graded, member_probs = [], []
     for k, chosen in asks.items():
         ask = [(cond, lv, float(picks[k, j][0, 0]), float(picks[k, j][0, 1])) for j, (cond, lv, _) in enumerate(chosen)]
+        near = [imgs[j] for j in (k - 1, k + 1) if model.neighbour_slices and 0 <= j < len(imgs)]
         member_probs.append(model.grade(imgs[k], rows, cols, ask, per_member=True,
-                                        seconds=[tuple(picks[k, j][1]) for j in range(len(chosen))]))
+                                        seconds=[tuple(picks[k, j][1]) for j in range(len(chosen))], neighbours=near))
         for cond, lv, x, y in ask:
             # back to the series' own pixel grid (the model answers in the labels' pixel-index convention)
             points.append(_point_on(t1, k, cond, lv, x, y, fx, fy, f"localizer:{model.name}"))

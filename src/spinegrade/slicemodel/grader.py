@@ -33,10 +33,13 @@ class GraderSpec(SpecDict):
     pretrained: bool = False
     label_smoothing: float = 0.0  # share of each training target spread evenly over the classes
     context_frac: float = 0.0  # > 0: a second channel, the same centre seen over this fraction (two scales)
+    # > 0: a further channel, the same crop on the series' nearest other slice at most this many slices away
+    # (several at that distance: graded with each, averaged; none: the slice itself)
+    neighbour_slices: int = 0
 
     @property
     def in_channels(self) -> int:
-        return 2 if self.context_frac else 1
+        return 1 + bool(self.context_frac) + bool(self.neighbour_slices)
 
     def crop_side(self, frame: Frame) -> float:
         return self.crop_frac * max(frame.rows, frame.cols)
@@ -47,10 +50,11 @@ class GraderSpec(SpecDict):
                                           else [])
 
 
-def crop_batch(img01: np.ndarray, frame: Frame, spec: GraderSpec, centres_orig, angles=None, zooms=None
-               ) -> np.ndarray:
+def crop_batch(img01: np.ndarray, frame: Frame, spec: GraderSpec, centres_orig, angles=None, zooms=None,
+               neighbour01: np.ndarray | None = None) -> np.ndarray:
     """(N, spec.in_channels, crop_px, crop_px) z-scored crops of one normalised slice around original-pixel
-    centres (each channel one scale, z-scored alone)."""
+    centres (each channel one scale, z-scored alone; with `spec.neighbour_slices`, last the first scale's crop on
+    `neighbour01`, a normalised neighbouring slice of the same series, or on the slice itself where None)."""
     n = len(centres_orig)
     angles = np.zeros(n) if angles is None else angles
     zooms = np.ones(n) if zooms is None else zooms
@@ -58,6 +62,11 @@ def crop_batch(img01: np.ndarray, frame: Frame, spec: GraderSpec, centres_orig, 
     for side in spec.crop_sides(frame):
         affs = [crop_affine(frame, c, side, spec.crop_px, a, z) for c, a, z in zip(centres_orig, angles, zooms)]
         scales.append(zscore_numpy(warp_numpy(img01, affs, spec.crop_px)))
+    if spec.neighbour_slices:
+        other = img01 if neighbour01 is None or neighbour01.shape != img01.shape else neighbour01
+        affs = [crop_affine(frame, c, spec.crop_side(frame), spec.crop_px, a, z)
+                for c, a, z in zip(centres_orig, angles, zooms)]
+        scales.append(zscore_numpy(warp_numpy(other, affs, spec.crop_px)))
     return scales[0] if len(scales) == 1 else np.concatenate(scales, axis=1)
 
 
@@ -98,6 +107,14 @@ class CropDataset:
         x = warp(torch.from_numpy(normalise_intensity(img)),
                  [crop_affine(frame, (float(u), float(v)), side, spec.crop_px, angle, zoom)
                   for side in spec.crop_sides(frame)], spec.crop_px)[:, 0]  # (channels, C, C)
+        if spec.neighbour_slices:
+            near = self.ps.neighbours(r["path"], spec.neighbour_slices)
+            other = self.images[near[int(rng.integers(len(near)))]] if near else img
+            other = img if other.shape != img.shape else other
+            y = warp(torch.from_numpy(normalise_intensity(other)),
+                     [crop_affine(frame, (float(u), float(v)), spec.crop_side(frame), spec.crop_px, angle, zoom)],
+                     spec.crop_px)[:, 0]
+            x = torch.cat([x, y], dim=0)
         if self.augment and spec.gamma:
             x = x.clamp_min(0) ** float(np.exp(rng.uniform(-spec.gamma, spec.gamma)))
         return {"image": zscore(x).float(), "cond": torch.from_numpy(condition_vector(r["condition"], r["level"])),

@@ -153,6 +153,11 @@ class SliceModel:
         return model
 
     @property
+    def neighbour_slices(self) -> int:
+        """How far (in slices) a grader of this model looks for a neighbouring slice; 0: none reads one."""
+        return max((g.neighbour_slices for m in self.members for _, g, _ in m.graders()), default=0)
+
+    @property
     def train_studies(self) -> set:
         return set().union(*(m.train_studies for m in self.members))
 
@@ -261,10 +266,12 @@ class SliceModel:
         return np.stack([self.localize(im, rows, cols, tta, refine) for im in imgs])
 
     def grade(self, img: np.ndarray, rows: int, cols: int, asks: list[tuple[str, str, float, float]],
-              tta: bool = True, per_member: bool = False, seconds=None) -> np.ndarray:
+              tta: bool = True, per_member: bool = False, seconds=None, neighbours=()) -> np.ndarray:
         """(N, classes) probabilities for N (condition, level, x, y) asks on one slice, x, y in `img` pixels: the
         members' mean, or with `per_member` each member's (M, N, classes), for `finish_study`. `seconds`: per ask
-        a second candidate (x, y, weight) from `candidates`, whose grade is mixed in with that weight."""
+        a second candidate (x, y, weight) from `candidates`, whose grade is mixed in with that weight.
+        `neighbours`: the series' nearest other slices (stored pixels, as `img`), for graders that read one
+        (`GraderSpec.neighbour_slices`): graded with each, averaged; none given: the slice itself."""
         from ..inputs import condition_vector
 
         if not asks:
@@ -272,13 +279,14 @@ class SliceModel:
         mix = [i for i, s in enumerate(seconds or ()) if s[2] > 0]
         if mix:
             both = list(asks) + [(asks[i][0], asks[i][1], seconds[i][0], seconds[i][1]) for i in mix]
-            p = self.grade(img, rows, cols, both, tta, per_member=True)
+            p = self.grade(img, rows, cols, both, tta, per_member=True, neighbours=neighbours)
             w = np.zeros(len(asks))
             w[mix] = [seconds[i][2] for i in mix]
             probs = p[:, :len(asks)] * (1 - w)[None, :, None]
             probs[:, mix] += p[:, len(asks):] * w[mix][None, :, None]
             return probs if per_member else probs.mean(axis=0)
         img01 = normalise_intensity(img)
+        near01 = [normalise_intensity(n) for n in neighbours] or [None]
         shifts = TTA_SHIFTS if tta else ((0.0, 0.0),)
         zooms = TTA_ZOOMS if tta else (1.0,)
         views = [(s, z) for s in shifts for z in zooms]
@@ -294,10 +302,11 @@ class SliceModel:
                     for (du, dv), z in views:
                         centres.append((float(u) + du * side, float(v) + dv * side))
                         zs.append(z)
-                crops = crop_batch(img01, frame, gspec, centres, zooms=np.asarray(zs))
-                logits = net(crops, np.repeat(cond, len(views), axis=0))
-                p = softmax(logits / np.float32(temperature), axis=1).reshape(len(asks), len(views), -1)
-                probs[i] += p.mean(axis=1)
+                for other in near01 if gspec.neighbour_slices else [None]:
+                    crops = crop_batch(img01, frame, gspec, centres, zooms=np.asarray(zs), neighbour01=other)
+                    logits = net(crops, np.repeat(cond, len(views), axis=0))
+                    p = softmax(logits / np.float32(temperature), axis=1).reshape(len(asks), len(views), -1)
+                    probs[i] += p.mean(axis=1) / (len(near01) if gspec.neighbour_slices else 1)
             probs[i] /= len(m.graders())
         return probs if per_member else probs.mean(axis=0)
 

@@ -60,6 +60,8 @@ def _check_grader(spec: GraderSpec, what: str) -> None:
                         f"{spec.crop_frac} and under 1 (0: none)")
     if not 0 <= spec.label_smoothing < 1:
         raise DataError(f"{what}label smoothing {spec.label_smoothing}: expected a share in [0, 1)")
+    if int(spec.neighbour_slices) != spec.neighbour_slices or spec.neighbour_slices < 0:
+        raise DataError(f"{what}neighbouring slices {spec.neighbour_slices}: a whole number of slices (0: none)")
 
 
 @dataclass
@@ -412,13 +414,21 @@ def _predict(model: SliceModel, ps: PointSlices, images, tta: bool, true_points:
     member_probs = np.zeros((len(model.members), n_rows, len(task.classes)))
     pts = ps.points.reset_index(drop=True)
     n_slices, done, xys = pts["path"].nunique(), 0, None
+    reach = model.neighbour_slices
+
+    def images_get(path: str) -> np.ndarray:  # a neighbouring slice without rows of its own to grade
+        from .data import read_gray
+
+        return images[path] if images is not None else read_gray(ps.root / path)
+
     for srows, looks, picks, xys in _study_points(model, ps, images, tta, true_points):
         for path, rows in srows.groupby("path", sort=False):
             img, frame, _ = looks[path]
             asks = [(r.condition, r.level, *xys[idx][0]) for r, idx in zip(rows.itertuples(index=False), rows.index)]
             seconds = [tuple(picks[idx][1]) for idx in rows.index]
+            near = [looks[p][0] if p in looks else images_get(p) for p in ps.neighbours(path, reach)] if reach else []
             member_probs[:, rows.index] = model.grade(img, frame.rows, frame.cols, asks, tta=tta, per_member=True,
-                                                      seconds=seconds)
+                                                      seconds=seconds, neighbours=near)
             done += 1
             if log and done % 500 == 0:
                 log(f"predicted {done}/{n_slices} slices")
