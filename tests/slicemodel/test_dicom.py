@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from spinegrade import vocab
+from spinegrade.errors import DataError
 from spinegrade.predict import predict
 from spinegrade.slicemodel.dicom import LATERAL_MM, grade_foramina
 from spinegrade.slicemodel.model import SliceModel
@@ -39,6 +40,30 @@ def test_each_side_is_graded_on_a_slice_to_that_side(run, studies):
             d = (xs[p.slice_index] - mid) * (1 if side == "left" else -1)
             assert LATERAL_MM[0] - 0.5 <= d <= LATERAL_MM[1] + 0.5  # the patient's left is +x
             assert 0 <= p.x < t1.shape[1] and 0 <= p.y < t1.shape[0]
+
+
+def test_a_foramen_is_graded_on_its_highest_slices_mixed(run, studies):
+    """Its point on the slice where its level peaks highest, its grade mixed from the three highest; one slice is
+    the old choice, and forcing each foramen's slice (a reader's) grades it there alone."""
+    model = SliceModel.load(run)
+    study = next(iter(studies.values()))
+    p1, f1, _ = grade_foramina(model, study, slices=1)
+    p3, f3, _ = grade_foramina(model, study, slices=3)
+    key = lambda p: (p.condition, p.level)  # noqa: E731
+    at1, at3 = {key(p): p for p in p1}, {key(p): p for p in p3}
+    assert set(at1) == set(at3) and len(at1) == 10
+    for k, p in at1.items():
+        assert at3[k].slice_index == p.slice_index and abs(at3[k].x - p.x) < 1e-6 and abs(at3[k].y - p.y) < 1e-6
+    g1, g3 = {key(f): np.array(f.probs) for f in f1}, {key(f): np.array(f.probs) for f in f3}
+    assert all(abs(v.sum() - 1) < 1e-6 for v in g3.values())
+    assert max(np.abs(g1[k] - g3[k]).max() for k in g1) > 1e-4  # the other slices weigh in
+    t1 = study.first(vocab.SAGITTAL_T1)
+    forced = {k: int(t1.instance_numbers[p.slice_index]) for k, p in at1.items()}
+    pf, ff, _ = grade_foramina(model, study, instances=forced, slices=3)
+    for f in ff:
+        np.testing.assert_allclose(f.probs, g1[key(f)], atol=1e-6)
+    with pytest.raises(DataError, match="no instance 99999"):
+        grade_foramina(model, study, instances={next(iter(forced)): 99999})
 
 
 def test_predict_with_a_foramen_model_alone_writes_all_rows(run, real_rsna, tmp_path):

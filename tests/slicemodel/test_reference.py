@@ -37,7 +37,9 @@ def test_real_slices_graded_as_before(foramina_set):
     assert np.abs(got[cols].to_numpy(float) - want[cols].to_numpy(float)).max() < TOL
 
 
-def test_real_dicom_studies_graded_as_before(real_rsna, tmp_path):
+def test_real_dicom_studies_graded_as_before(real_rsna, tmp_path, monkeypatch):
+    """Read with the rule of then (each foramen graded on one slice; `predict` now mixes three)."""
+    monkeypatch.setattr("spinegrade.slicemodel.dicom.SLICES_MIXED", 1)
     predict(real_rsna, "foramina-sagt1-v1", tmp_path / "p", log=lambda *_: None)
     sub = pd.read_csv(tmp_path / "p" / "submission.csv").set_index("row_id")
     want = REF["dicom"]

@@ -4,9 +4,10 @@ canal points and gives each level's yes/no stenosis probability.
 
 The foramen model learned from whole slices stored as the scanner wrote them (anterior to the left, head up, as RSNA's
 sagittal series are); a series written the other way round is flipped into that orientation first and the
-points mapped back. Each foramen's slice is the one, among the slices 5-40 mm to that side of the midline
+points mapped back. Each foramen's point lies on the slice, among those 5-40 mm to that side of the midline
 (from the canal points when a study localiser gave them, else the middle of the stack), where the level's
-heatmap peaks highest. Left is the patient's left (+x in DICOM patient coordinates).
+heatmap peaks highest; its grade is mixed from the three highest, by peak height (`grade_foramina`). Left is the
+patient's left (+x in DICOM patient coordinates).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import vocab
+from ..errors import DataError
 from ..grade.crops import bilinear
 from ..io.types import Series, Study
 from ..localize.localizer import point_on_slice
@@ -23,6 +25,9 @@ from .model import SliceModel
 from .sides import make_sides_agree
 
 LATERAL_MM = (5.0, 40.0)
+SLICES_MIXED = 3  # a foramen is graded on its side's slices where its level peaks highest, this many, mixed
+SLICE_POWER = 32.0  # by weights h^SLICE_POWER of their peak heights (chosen on folds 0, 2, 4: docs/foramina.md)
+MIN_SLICE_WEIGHT = 0.01  # a slice that would weigh less is not graded (time), the others' weights renormalised
 CANAL_NOTE = ("probability of canal stenosis as yes/no, learned from real mid-sagittal T2 images of another cohort "
               "(their annotators' finding, milder than RSNA's Moderate/Severe): evidence about the canal, not an "
               "RSNA grade")
@@ -42,9 +47,17 @@ def _oriented(s: Series, k: int, fx: bool, fy: bool) -> np.ndarray:
     return np.ascontiguousarray(img)
 
 
-def grade_foramina(model: SliceModel, study: Study, midline_x: float | None = None
+def grade_foramina(model: SliceModel, study: Study, midline_x: float | None = None,
+                   instances: dict[tuple[str, str], int] | None = None, slices: int | None = None
                    ) -> tuple[list[Point], list[Finding], list[str]]:
-    """Points and findings for the 10 foraminal targets (fewer when a side has no candidate slice), and notes."""
+    """Points and findings for the 10 foraminal targets (fewer when a side has no candidate slice), and notes.
+
+    Each foramen is graded on the `slices` (default SLICES_MIXED) slices of its side where its level's heatmap peaks highest, their
+    grades mixed by peak height h^SLICE_POWER (`bench/foramina_slice_choice.py` measures it); its point is on the
+    highest. `instances`: (condition,
+    level) -> the Sagittal T1 instance number to grade that foramen on alone, instead of the model's choice (a
+    reader's slice: how `bench/foramina_dicom_slices.py` tells the slice choice apart from the rest)."""
+    slices = SLICES_MIXED if slices is None else slices
     t1 = study.first(vocab.SAGITTAL_T1)
     if t1 is None or t1.pixels is None:
         return [], [], ["no Sagittal T1 series: the foramen model could not grade"]
@@ -53,15 +66,13 @@ def grade_foramina(model: SliceModel, study: Study, midline_x: float | None = No
     rows, cols = t1.shape
     fx, fy = _flips(t1)
     imgs = [_oriented(t1, k, fx, fy) for k in range(t1.n_slices)]
-    # every slice looked at once (one view, no refiner) to choose each foramen's slice by its peak height;
+    # every slice looked at once (one view, no refiner) to choose each foramen's slices by their peak heights;
     # the chosen slices are then looked at as the slice sets were scored (`SliceModel.candidates`)
     loc = model.localize_many(imgs, rows, cols, tta=False, refine=False)  # (n, 5, 3) in oriented pixels
     xs = np.array([t1.geometry.pixel_to_patient(k, cols / 2, rows / 2)[0] for k in range(t1.n_slices)])
     mid = float(np.median(xs)) if midline_x is None else float(midline_x)
-    points: list[Point] = []
-    findings: list[Finding] = []
     notes: list[str] = []
-    asks: dict[int, list] = {}
+    chosen: dict[tuple[str, str, int], list[tuple[int, float]]] = {}  # foramen -> [(slice, weight)], best first
     for side, sign in (("left", 1.0), ("right", -1.0)):
         d = sign * (xs - mid)
         cand = np.flatnonzero((d >= LATERAL_MM[0]) & (d <= LATERAL_MM[1]))
@@ -72,26 +83,50 @@ def grade_foramina(model: SliceModel, study: Study, midline_x: float | None = No
             continue
         cond = vocab.condition_at(vocab.FORAMINAL, side)
         for li, lv in enumerate(vocab.LEVELS):
-            asks.setdefault(int(cand[np.argmax(loc[cand, li, 2])]), []).append((cond, lv, li))
+            if instances and (cond, lv) in instances:
+                hit = np.flatnonzero(np.asarray(t1.instance_numbers) == int(instances[cond, lv]))
+                if not hit.size:
+                    raise DataError(f"series {t1.series_id}: no instance {instances[cond, lv]} to grade {cond} {lv} on")
+                chosen[cond, lv, li] = [(int(hit[0]), 1.0)]
+                continue
+            h = loc[cand, li, 2]
+            top = np.argsort(-h, kind="stable")[:max(1, slices)]
+            w = np.maximum(h[top], 1e-6) ** SLICE_POWER
+            w = np.where(w / w.sum() >= MIN_SLICE_WEIGHT, w, 0.0)  # the highest always stays
+            chosen[cond, lv, li] = [(int(cand[t]), float(wi / w.sum())) for t, wi in zip(top, w) if wi > 0]
+    asks: dict[int, list] = {}  # slice -> [(cond, level, channel)] graded on it
+    for (cond, lv, li), ks in chosen.items():
+        for k, _ in ks:
+            asks.setdefault(k, []).append((cond, lv, li))
     looks = {k: model.candidates(imgs[k], rows, cols) for k in asks}
-    picks = {(k, j): looks[k][li].copy() for k, chosen in asks.items() for j, (_, _, li) in enumerate(chosen)}
-    if model.task.sides_together and picks:  # the two sides' points of a level made to agree (sides.py)
-        keys = list(picks)
+    picks = {(k, j): looks[k][li].copy() for k, on in asks.items() for j, (_, _, li) in enumerate(on)}
+    if model.task.sides_together and picks:  # the two sides' points of a level made to agree (sides.py), on
+        # each foramen's highest slice
+        keys = [(k, j) for k, on in asks.items() for j, (c, lv, li) in enumerate(on) if chosen[c, lv, li][0][0] == k]
         agreed = make_sides_agree([asks[k][j][0] for k, j in keys], [asks[k][j][2] for k, j in keys],
                                   [picks[key] for key in keys], [v[:, 0, 1] for v in looks.values()])
-        picks = dict(zip(keys, agreed))
+        picks.update(zip(keys, agreed))
+    reach = model.neighbour_slices
+    graded_on: dict[tuple[int, str, str], tuple[np.ndarray, float, float]] = {}
+    for k, on in asks.items():
+        ask = [(cond, lv, float(picks[k, j][0, 0]), float(picks[k, j][0, 1])) for j, (cond, lv, _) in enumerate(on)]
+        near = [imgs[j] for j in (k - 1, k + 1) if reach and 0 <= j < len(imgs)]
+        probs = model.grade(imgs[k], rows, cols, ask, per_member=True,
+                            seconds=[tuple(picks[k, j][1]) for j in range(len(on))], neighbours=near)
+        for j, (cond, lv, x, y) in enumerate(ask):
+            graded_on[k, cond, lv] = (probs[:, j], x, y)
+    points: list[Point] = []
     graded, member_probs = [], []
-    for k, chosen in asks.items():
-        ask = [(cond, lv, float(picks[k, j][0, 0]), float(picks[k, j][0, 1])) for j, (cond, lv, _) in enumerate(chosen)]
-        near = [imgs[j] for j in (k - 1, k + 1) if model.neighbour_slices and 0 <= j < len(imgs)]
-        member_probs.append(model.grade(imgs[k], rows, cols, ask, per_member=True,
-                                        seconds=[tuple(picks[k, j][1]) for j in range(len(chosen))], neighbours=near))
-        for cond, lv, x, y in ask:
-            # back to the series' own pixel grid (the model answers in the labels' pixel-index convention)
-            points.append(_point_on(t1, k, cond, lv, x, y, fx, fy, f"localizer:{model.name}"))
-            graded.append((cond, lv))
+    for (cond, lv, _), ks in chosen.items():
+        member_probs.append(sum(w * graded_on[k, cond, lv][0] for k, w in ks))  # (members, classes)
+        k0 = ks[0][0]
+        _, x, y = graded_on[k0, cond, lv]
+        # back to the series' own pixel grid (the model answers in the labels' pixel-index convention)
+        points.append(_point_on(t1, k0, cond, lv, x, y, fx, fy, f"localizer:{model.name}"))
+        graded.append((cond, lv))
+    findings: list[Finding] = []
     if graded:  # the study's foramina read together where the model has a study-level stage
-        probs = model.finish_study(graded, np.concatenate(member_probs, axis=1))
+        probs = model.finish_study(graded, np.stack(member_probs, axis=1))
         findings = [Finding(c, lv, [float(v) for v in p / p.sum()], "model", model=model.name)
                     for (c, lv), p in zip(graded, probs)]
     return points, findings, notes
