@@ -56,8 +56,11 @@ def test_a_foramen_is_graded_on_its_highest_slices_mixed(run, studies):
         assert at3[k].slice_index == p.slice_index and abs(at3[k].x - p.x) < 1e-6 and abs(at3[k].y - p.y) < 1e-6
     g1, g3 = {key(f): np.array(f.probs) for f in f1}, {key(f): np.array(f.probs) for f in f3}
     assert all(abs(v.sum() - 1) < 1e-6 for v in g3.values())
-    assert max(np.abs(g1[k] - g3[k]).max() for k in g1) > 1e-4  # the other slices weigh in
     t1 = study.first(vocab.SAGITTAL_T1)
+    for f in f3:  # which slices each grade came from, the point's first
+        first = int(t1.instance_numbers[at3[key(f)].slice_index])
+        assert f.note.startswith(f"graded on {t1.series_id} instance") and f" {first}" in f.note.split(",")[0]
+    assert max(np.abs(g1[k] - g3[k]).max() for k in g1) > 1e-4  # the other slices weigh in
     forced = {k: int(t1.instance_numbers[p.slice_index]) for k, p in at1.items()}
     pf, ff, _ = grade_foramina(model, study, instances=forced, slices=3)
     for f in ff:

@@ -116,7 +116,7 @@ def grade_foramina(model: SliceModel, study: Study, midline_x: float | None = No
         for j, (cond, lv, x, y) in enumerate(ask):
             graded_on[k, cond, lv] = (probs[:, j], x, y)
     points: list[Point] = []
-    graded, member_probs = [], []
+    graded, member_probs, said = [], [], []
     for (cond, lv, _), ks in chosen.items():
         member_probs.append(sum(w * graded_on[k, cond, lv][0] for k, w in ks))  # (members, classes)
         k0 = ks[0][0]
@@ -124,12 +124,22 @@ def grade_foramina(model: SliceModel, study: Study, midline_x: float | None = No
         # back to the series' own pixel grid (the model answers in the labels' pixel-index convention)
         points.append(_point_on(t1, k0, cond, lv, x, y, fx, fy, f"localizer:{model.name}"))
         graded.append((cond, lv))
+        said.append(_slices_note(t1, ks))
     findings: list[Finding] = []
     if graded:  # the study's foramina read together where the model has a study-level stage
         probs = model.finish_study(graded, np.stack(member_probs, axis=1))
-        findings = [Finding(c, lv, [float(v) for v in p / p.sum()], "model", model=model.name)
-                    for (c, lv), p in zip(graded, probs)]
+        findings = [Finding(c, lv, [float(v) for v in p / p.sum()], "model", model=model.name, note=n)
+                    for (c, lv), p, n in zip(graded, probs, said)]
     return points, findings, notes
+
+
+def _slices_note(s: Series, ks: list[tuple[int, float]]) -> str:
+    """Which slices a foramen's grade comes from, for a reader to check (predictions.json)."""
+    inst = [int(s.instance_numbers[k]) for k, _ in ks]
+    if len(ks) == 1:
+        return f"graded on {s.series_id} instance {inst[0]}"
+    return (f"graded on {s.series_id} instances {', '.join(map(str, inst))}, mixed with weights "
+            f"{', '.join(f'{w:.2f}' for _, w in ks)} (the localiser's confidence on each)")
 
 
 def _point_on(s: Series, k: int, cond: str, lv: str, x: float, y: float, fx: bool, fy: bool, source: str) -> Point:
