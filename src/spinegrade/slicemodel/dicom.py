@@ -52,11 +52,11 @@ def grade_foramina(model: SliceModel, study: Study, midline_x: float | None = No
                    ) -> tuple[list[Point], list[Finding], list[str]]:
     """Points and findings for the 10 foraminal targets (fewer when a side has no candidate slice), and notes.
 
-    Each foramen is graded on the `slices` (default SLICES_MIXED) slices of its side where its level's heatmap peaks highest, their
-    grades mixed by peak height h^SLICE_POWER (`bench/foramina_slice_choice.py` measures it); its point is on the
-    highest. `instances`: (condition,
-    level) -> the Sagittal T1 instance number to grade that foramen on alone, instead of the model's choice (a
-    reader's slice: how `bench/foramina_dicom_slices.py` tells the slice choice apart from the rest)."""
+    Each foramen is graded on the `slices` (default SLICES_MIXED) slices of its side where its level's heatmap
+    peaks highest, their grades mixed by peak height h^SLICE_POWER (`bench/foramina_slice_choice.py` measures it);
+    its point is on the highest. `instances`: (condition, level) -> the Sagittal T1 instance number to grade that
+    foramen on alone, instead of the model's choice (a reader's slice: how `bench/foramina_dicom_slices.py` tells
+    the slice choice apart from the rest)."""
     slices = SLICES_MIXED if slices is None else slices
     t1 = study.first(vocab.SAGITTAL_T1)
     if t1 is None or t1.pixels is None:

@@ -365,12 +365,17 @@ def _written(task: SliceTask, pred: pd.DataFrame) -> pd.DataFrame:
     return pred if cols is None else pred[cols]
 
 
+def _image(ps: PointSlices, images: dict | None, path: str) -> np.ndarray:
+    """A slice of the set: from the decoded images where given, else read from its file."""
+    from .data import read_gray
+
+    return images[path] if images is not None else read_gray(ps.root / path)
+
+
 def _study_points(model: SliceModel, ps: PointSlices, images, tta: bool, true_points: bool):
     """A study at a time: (its rows, each slice's (image, frame, candidates), each row's pick (candidates of its
     first channel) and points). The two sides of each series made to agree (`SliceTask.sides_together`); `xys`
     rows are indexed like `ps.points` reset."""
-    from .data import read_gray
-
     task = model.task
     xys: list = [None] * len(ps.points)
     pts = ps.points.reset_index(drop=True)
@@ -378,7 +383,7 @@ def _study_points(model: SliceModel, ps: PointSlices, images, tta: bool, true_po
     for _, srows in pts.groupby("study_id", sort=False):
         looks, picks = {}, {}
         for path in srows["path"].unique():
-            img = images[path] if images is not None else read_gray(ps.root / path)
+            img = _image(ps, images, path)
             frame = ps.frame(path, 0, img.shape)
             looks[path] = (img, frame, model.candidates(img, frame.rows, frame.cols, tta=tta))
         for r, idx in zip(srows.itertuples(index=False), srows.index):
@@ -415,18 +420,13 @@ def _predict(model: SliceModel, ps: PointSlices, images, tta: bool, true_points:
     pts = ps.points.reset_index(drop=True)
     n_slices, done, xys = pts["path"].nunique(), 0, None
     reach = model.neighbour_slices
-
-    def images_get(path: str) -> np.ndarray:  # a neighbouring slice without rows of its own to grade
-        from .data import read_gray
-
-        return images[path] if images is not None else read_gray(ps.root / path)
-
     for srows, looks, picks, xys in _study_points(model, ps, images, tta, true_points):
         for path, rows in srows.groupby("path", sort=False):
             img, frame, _ = looks[path]
             asks = [(r.condition, r.level, *xys[idx][0]) for r, idx in zip(rows.itertuples(index=False), rows.index)]
             seconds = [tuple(picks[idx][1]) for idx in rows.index]
-            near = [looks[p][0] if p in looks else images_get(p) for p in ps.neighbours(path, reach)] if reach else []
+            # a neighbouring slice may have no rows of its own here (looked at already where it has)
+            near = [looks[p][0] if p in looks else _image(ps, images, p) for p in ps.neighbours(path, reach)]
             member_probs[:, rows.index] = model.grade(img, frame.rows, frame.cols, asks, tta=tta, per_member=True,
                                                       seconds=seconds, neighbours=near)
             done += 1
