@@ -1,5 +1,5 @@
 """Localisation alone, over the folds of one or more cross-validations: each fold's held-out slices read by those
-runs' localisers together (their mean heatmap, each refiner's look averaged, the two sides of a series made to
+runs' localisers together (their mean heatmap, each refiner's look averaged, the slices of a series made to
 agree: exactly how `predict` places points), without grading. Within 5 px and over 20 px per fold and pooled.
 
 Every folder given must hold the same folds (fold<K>/, the same split); with one folder this re-measures its

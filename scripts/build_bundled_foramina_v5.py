@@ -175,9 +175,9 @@ def card(cv: dict, size: float, timing, unseen, cfg) -> str:
 Grades neural foraminal narrowing (Normal/Mild, Moderate, Severe) at the five lumbar levels on both sides, from
 the Sagittal T1 series, with **{len(MEMBERS)} fold models averaged** (folds {members} of a 5-fold split by study;
 each saw 4/5 of the studies; {g} graders per fold put all five over the 25 MB the package allows). The fold
-models' localisers are read together (their mean heatmap), and so are the two sides of the series: where a
-level's left and right points sit a level apart, the side whose second peak lies level with the other side's
-point takes it (the grade unchanged; `spinegrade/slicemodel/sides.py`). Each fold model:
+models' localisers are read together (their mean heatmap), and so are the slices of a series: a point half a
+level or more from where the series' other slices place its level takes its second peak where that lies level
+with them (the grade unchanged; `spinegrade/slicemodel/sides.py`). Each fold model:
 - a foramen **localiser** (`{cfg.localizer.network}`, {cfg.localizer.input_size} px letterbox, trained
   {cfg.localizer_loop.epochs} epochs), read on three views (the letterbox zoomed 0.92, 1, 1.08; the median point),
   and a **refiner**: a second, closer look at each point (a 64 px window of 20 % of the slice's longer side,
@@ -265,7 +265,7 @@ localisers, the chosen slices read with three views, the refiners, both peaks, {
   rare (4 %), so its probabilities are the least certain.
 - The slice choice on a DICOM study comes from the localiser's peak height alone: on unusual anatomy
   (scoliosis, transitional vertebrae) it may pick a neighbouring slice; about 3 % of points land one level up or
-  down (on CV), which the second peak and reading the two sides together only soften.
+  down (on CV), which the second peak and reading the slices of a series together only soften.
 {audit_text(cv)}"""
 
 
@@ -285,7 +285,19 @@ level apart (found from the labels alone; one side was labelled a level off) and
 all sit off the predictions by one per-axis factor (a wrong inferred matrix size). Without the first:
 {f['without sides a level apart']['within_5px']:.2%} ({f['without sides a level apart']['n']:,} points); without both:
 {f['without both']['within_5px']:.2%} / {f['without both']['over_20px']:.2%} ({f['without both']['n']:,} points).
-"""
+{series_step_text(cv)}"""
+
+
+def series_step_text(cv: dict) -> str:
+    """Where cv's figures were measured before the slices of a series were read together (sides.py; until then
+    the two sides only), that step's measured effect (cv's series_step), else nothing."""
+    st = cv.get("series_step")
+    if not st:
+        return ""
+    return (f"These figures were measured when only the two sides of a series were read together. Reading every "
+            f"slice of the series together, measured on {st['measured_on']}: within 5 px {st['before']['within_5px']:.2%} -> "
+            f"{st['after']['within_5px']:.2%}, over 20 px {st['before']['over_20px']:.2%} -> {st['after']['over_20px']:.2%} "
+            f"({st['n']:,} points; better on {st['better_folds']} of 5 folds; `bench/foramina_localisers.py`).\n")
 
 
 def build_folds(a, cfg) -> tuple[Path, Path]:
@@ -328,6 +340,7 @@ def localisation(cv: dict, ens: Path, cfg) -> None:
                       "within_5px": loc["within_5px"], "over_20px": loc["over_20px"], "n": loc["n"]})
         preds.append(pd.read_csv(ens / f"fold{k}" / "heldout" / "predictions.csv"))
     cv["folds"] = folds
+    cv.pop("series_step", None)  # measured now with the code's own way of reading points
     ps = read_point_slices(cfg.slices).drop_studies(HELD_OUT_DICOM)
     audit = localisation_audit(ps, pd.concat(preds, ignore_index=True))
     cv["label_audit"] = {"figures": audit["figures"], "over20_in_flagged": audit["over20_in_flagged"],

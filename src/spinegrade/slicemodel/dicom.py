@@ -22,7 +22,7 @@ from ..localize.localizer import point_on_slice
 from ..results import CANAL_STENOSIS_YES_NO, Finding, Observation, Point
 from .canal import TRAINING_FOV_MM
 from .model import SliceModel
-from .sides import make_sides_agree
+from .sides import make_series_agree
 
 LATERAL_MM = (5.0, 40.0)
 SLICES_MIXED = 3  # a foramen is graded on its side's slices where its level peaks highest, this many, mixed
@@ -100,11 +100,10 @@ def grade_foramina(model: SliceModel, study: Study, midline_x: float | None = No
             asks.setdefault(k, []).append((cond, lv, li))
     looks = {k: model.candidates(imgs[k], rows, cols) for k in asks}
     picks = {(k, j): looks[k][li].copy() for k, on in asks.items() for j, (_, _, li) in enumerate(on)}
-    if model.task.sides_together and picks:  # the two sides' points of a level made to agree (sides.py), on
-        # each foramen's highest slice
-        keys = [(k, j) for k, on in asks.items() for j, (c, lv, li) in enumerate(on) if chosen[c, lv, li][0][0] == k]
-        agreed = make_sides_agree([asks[k][j][0] for k, j in keys], [asks[k][j][2] for k, j in keys],
-                                  [picks[key] for key in keys], [v[:, 0, 1] for v in looks.values()])
+    if model.task.series_together and picks:  # the points of a level on the slices looked at made to agree
+        keys = list(picks)
+        agreed = make_series_agree([k for k, _ in keys], [asks[k][j][2] for k, j in keys], [picks[key] for key in keys],
+                                   {k: v[:, 0, 1] for k, v in looks.items()})
         picks.update(zip(keys, agreed))
     reach = model.neighbour_slices
     graded_on: dict[tuple[int, str, str], tuple[np.ndarray, float, float]] = {}

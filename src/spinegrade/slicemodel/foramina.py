@@ -212,7 +212,7 @@ class ForaminaTask(SliceTask):
     folder_kind = "foramen slice folder (slices.csv + points.csv)"
     stage_conditions = FORAMINAL
     refine = True
-    sides_together = True
+    series_together = True
     # more graders per localiser, averaged with the first: more context at the same scale, a longer schedule (v4),
     # and two scales (v5: the crop and a second channel over 30 % of the slice, the neighbouring levels)
     extra_graders = ({"tag": "ctx", "grader": {"crop_frac": 0.22, "crop_px": 80}, "loop": {}},

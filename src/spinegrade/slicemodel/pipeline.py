@@ -374,7 +374,7 @@ def _image(ps: PointSlices, images: dict | None, path: str) -> np.ndarray:
 
 def _study_points(model: SliceModel, ps: PointSlices, images, tta: bool, true_points: bool):
     """A study at a time: (its rows, each slice's (image, frame, candidates), each row's pick (candidates of its
-    first channel) and points). The two sides of each series made to agree (`SliceTask.sides_together`); `xys`
+    first channel) and points). The slices of each series made to agree (`SliceTask.series_together`); `xys`
     rows are indexed like `ps.points` reset."""
     task = model.task
     xys: list = [None] * len(ps.points)
@@ -393,8 +393,8 @@ def _study_points(model: SliceModel, ps: PointSlices, images, tta: bool, true_po
             xys[idx] = [(float(cand[c, 0, 0]), float(cand[c, 0, 1])) for c in channels]
             if true_points:
                 xys[idx][0], picks[idx][1] = (float(r.x), float(r.y)), 0.0
-        if task.sides_together and not true_points:
-            _sides_together(task, srows, series, looks, picks, xys)
+        if task.series_together and not true_points:
+            _series_together(task, srows, series, looks, picks, xys)
         yield srows, looks, picks, xys
 
 
@@ -441,16 +441,17 @@ def _predict(model: SliceModel, ps: PointSlices, images, tta: bool, true_points:
     return out, probs_all
 
 
-def _sides_together(task: SliceTask, srows: pd.DataFrame, series: pd.Series, looks: dict, picks: dict,
-                    xys: list) -> None:
-    """One study's rows: in each series, a level whose left and right points sit a level apart takes one side's
-    second candidate where that agrees (sides.make_sides_agree); `picks` and `xys` are changed in place."""
-    from .sides import make_sides_agree
+def _series_together(task: SliceTask, srows: pd.DataFrame, series: pd.Series, looks: dict, picks: dict,
+                     xys: list) -> None:
+    """One study's rows: in each series, a point a level away from where the series' other slices place its level
+    takes its second candidate where that agrees (sides.make_series_agree); `picks` and `xys` are changed in
+    place."""
+    from .sides import make_series_agree
 
     for _, rows in srows.groupby(series.loc[srows.index], sort=False):
-        agreed = make_sides_agree(list(rows["condition"]), [task.row_channels(lv)[0] for lv in rows["level"]],
-                                  [picks[i] for i in rows.index],
-                                  [looks[p][2][:, 0, 1] for p in rows["path"].unique()])
+        agreed = make_series_agree(list(rows["path"]), [task.row_channels(lv)[0] for lv in rows["level"]],
+                                   [picks[i] for i in rows.index],
+                                   {p: looks[p][2][:, 0, 1] for p in rows["path"].unique()})
         for idx, pick in zip(rows.index, agreed):
             picks[idx] = pick
             xys[idx][0] = (float(pick[0, 0]), float(pick[0, 1]))

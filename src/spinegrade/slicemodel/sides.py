@@ -1,11 +1,13 @@
-"""The two sides of one series read together (torch-free).
+"""The slices of one series read together (torch-free).
 
 A foramen localiser looks at one slice at a time, and its worst misses are whole columns placed a level off: on
-one side it calls L4/L5 what is L5/S1. In one series the left and right foramina of a level lie at nearly the same
-height (one patient, one position), so a level whose two points are half a level spacing or more apart has one
-of them wrong. Where one side's second candidate (the highest peak of its heatmap away from the first, which
-`SliceModel.candidates` returns) lies level with the other side's point, that side takes its second candidate.
-Where both could, the one with the larger weight; where neither can, nothing moves.
+one slice it calls L4/L5 what is L5/S1. In one series every foramen of a level lies at nearly the same height
+(one patient, one position; the left and right ones, and those seen on neighbouring slices), so a point half a
+level spacing or more away from where the series' other slices place that level is likely wrong. Where its
+second candidate (the highest peak of its heatmap away from the first, which `SliceModel.candidates` returns)
+lies level with them, the point takes it. Rows are decided strongest second candidate first, each decision
+seen by the next (two slices that disagree: the one with the stronger second candidate moves, not both); where
+no second candidate agrees, nothing moves.
 
 A swap exchanges a row's two candidates and its mixing weight (w -> 1 - w), so the grade, which mixes the two
 candidates' grades by that weight, is unchanged: only the point moves.
@@ -13,12 +15,12 @@ candidates' grades by that weight, is unchanged: only the point moves.
 
 from __future__ import annotations
 
+from collections.abc import Hashable
+
 import numpy as np
 
-from .. import vocab
-
-APART = 0.6  # the two sides' heights differ by at least this share of the level spacing: one of them is wrong
-NEAR = 0.25  # a second candidate this close (share of the spacing) to the other side's height is level with it
+APART = 0.6  # a point at least this share of the level spacing from the other slices' height is wrong
+NEAR = 0.25  # a second candidate this close (share of the spacing) to the other slices' height is level with it
 MIN_WEIGHT = 0.1  # a second candidate weaker than this is not taken
 
 
@@ -31,39 +33,38 @@ def level_spacing(heights: list[np.ndarray]) -> float:
     return float(np.median(steps)) if steps.size else float("nan")
 
 
-def agree_sides(sides: list[str], channels: list[int], picks: np.ndarray, spacing: float) -> np.ndarray:
+def agree_series(slices: list[Hashable], channels: list[int], picks: np.ndarray,
+                 heights: dict[Hashable, np.ndarray]) -> np.ndarray:
     """Which rows of one series should take their second candidate.
 
-    sides, channels: each row's side (left / right) and level channel; picks: (N, 2, 3) each row's first
-    (x, y, height) and second (x, y, weight) candidate, in one slice geometry. A (side, channel) asked on several
-    slices is left alone."""
-    swap = np.zeros(len(sides), dtype=bool)
-    if not np.isfinite(spacing) or spacing <= 0:
+    slices, channels: each row's slice (a key of `heights`) and level channel; picks: (N, 2, 3) each row's first
+    (x, y, height) and second (x, y, weight) candidate, in one slice geometry; heights: every slice of the series
+    looked at -> its first candidates' heights (C,), nan where a level has none. A row is compared with the
+    median of the other slices' heights of its level (a row's own slice never votes)."""
+    swap = np.zeros(len(slices), dtype=bool)
+    spacing = level_spacing(list(heights.values()))
+    if not np.isfinite(spacing) or spacing <= 0 or len(heights) < 2:
         return swap
-    at: dict[tuple[str, int], list[int]] = {}
-    for i, key in enumerate(zip(sides, channels)):
-        at.setdefault(key, []).append(i)
-    for (side, ch), ix in at.items():
-        other = at.get(("right", ch)) if side == "left" else None
-        if other is None or len(ix) != 1 or len(other) != 1:
+    at = {k: np.array(h, float, copy=True) for k, h in heights.items()}
+    for i in sorted(range(len(slices)), key=lambda i: -float(picks[i, 1, 2])):
+        s, ch = slices[i], channels[i]
+        others = np.array([h[ch] for k, h in at.items() if k != s])
+        others = others[np.isfinite(others)]
+        if not others.size or picks[i, 1, 2] < MIN_WEIGHT:
             continue
-        i, j = ix[0], other[0]
-        if abs(picks[i, 0, 1] - picks[j, 0, 1]) < APART * spacing:
-            continue
-        options = [(picks[a, 1, 2], a) for a, b in ((i, j), (j, i))
-                   if picks[a, 1, 2] >= MIN_WEIGHT and abs(picks[a, 1, 1] - picks[b, 0, 1]) < NEAR * spacing]
-        if options:
-            swap[max(options)[1]] = True
+        level = float(np.median(others))
+        if abs(picks[i, 0, 1] - level) >= APART * spacing and abs(picks[i, 1, 1] - level) < NEAR * spacing:
+            swap[i] = True
+            if s in at:
+                at[s][ch] = picks[i, 1, 1]  # the slice now places the level there (what the next rows see)
     return swap
 
 
-def make_sides_agree(conditions: list[str], channels: list[int], picks: list[np.ndarray],
-                     heights: list[np.ndarray]) -> list[np.ndarray]:
-    """The rows of one series (their conditions, level channels and (2, 3) candidates), each row's candidates
-    exchanged where `agree_sides` says; `heights`: the series' slices' first-candidate heights per channel, for
-    the level spacing."""
-    sides = [getattr(vocab.CONDITION_BY_KEY.get(c), "side", None) for c in conditions]
-    swap = agree_sides(sides, channels, np.stack(picks), level_spacing(heights))
+def make_series_agree(slices: list[Hashable], channels: list[int], picks: list[np.ndarray],
+                      heights: dict[Hashable, np.ndarray]) -> list[np.ndarray]:
+    """The rows of one series (their slices, level channels and (2, 3) candidates), each row's candidates
+    exchanged where `agree_series` says."""
+    swap = agree_series(slices, channels, np.stack(picks), heights)
     return [swapped(p) if sw else p for p, sw in zip(picks, swap)]
 
 

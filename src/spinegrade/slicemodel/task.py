@@ -40,9 +40,9 @@ class SliceTask:
     # further graders the recipe trains beside the first, averaged with it: each a tag and its changes to the
     # first grader's GraderSpec ("grader") and LoopConfig ("loop")
     extra_graders: tuple[dict, ...] = ()
-    # left and right points of a level in one series made to agree where one side's second candidate allows
-    # (sides.py); for tasks with a left and a right
-    sides_together = False
+    # the points of a level on the slices of one series made to agree where a second candidate allows (sides.py);
+    # for tasks whose levels are seen on several slices of a series
+    series_together = False
     # the conditions a study-level stage reads together (each at every level; `study.py`); () for none
     stage_conditions: tuple[str, ...] = ()
 
