@@ -58,15 +58,14 @@ def crop_batch(img01: np.ndarray, frame: Frame, spec: GraderSpec, centres_orig, 
     n = len(centres_orig)
     angles = np.zeros(n) if angles is None else angles
     zooms = np.ones(n) if zooms is None else zooms
-    scales = []
+    scales, first = [], None
     for side in spec.crop_sides(frame):
         affs = [crop_affine(frame, c, side, spec.crop_px, a, z) for c, a, z in zip(centres_orig, angles, zooms)]
+        first = affs if first is None else first
         scales.append(zscore_numpy(warp_numpy(img01, affs, spec.crop_px)))
-    if spec.neighbour_slices:
+    if spec.neighbour_slices:  # the first scale's crops, on the neighbouring slice
         other = img01 if neighbour01 is None or neighbour01.shape != img01.shape else neighbour01
-        affs = [crop_affine(frame, c, spec.crop_side(frame), spec.crop_px, a, z)
-                for c, a, z in zip(centres_orig, angles, zooms)]
-        scales.append(zscore_numpy(warp_numpy(other, affs, spec.crop_px)))
+        scales.append(zscore_numpy(warp_numpy(other, first, spec.crop_px)))
     return scales[0] if len(scales) == 1 else np.concatenate(scales, axis=1)
 
 

@@ -302,11 +302,12 @@ class SliceModel:
                     for (du, dv), z in views:
                         centres.append((float(u) + du * side, float(v) + dv * side))
                         zs.append(z)
-                for other in near01 if gspec.neighbour_slices else [None]:
+                others = near01 if gspec.neighbour_slices else [None]  # graded with each, averaged
+                for other in others:
                     crops = crop_batch(img01, frame, gspec, centres, zooms=np.asarray(zs), neighbour01=other)
                     logits = net(crops, np.repeat(cond, len(views), axis=0))
                     p = softmax(logits / np.float32(temperature), axis=1).reshape(len(asks), len(views), -1)
-                    probs[i] += p.mean(axis=1) / (len(near01) if gspec.neighbour_slices else 1)
+                    probs[i] += p.mean(axis=1) / len(others)
             probs[i] /= len(m.graders())
         return probs if per_member else probs.mean(axis=0)
 
