@@ -285,19 +285,24 @@ level apart (found from the labels alone; one side was labelled a level off) and
 all sit off the predictions by one per-axis factor (a wrong inferred matrix size). Without the first:
 {f['without sides a level apart']['within_5px']:.2%} ({f['without sides a level apart']['n']:,} points); without both:
 {f['without both']['within_5px']:.2%} / {f['without both']['over_20px']:.2%} ({f['without both']['n']:,} points).
-{series_step_text(cv)}"""
+{later_steps_text(cv)}"""
 
 
-def series_step_text(cv: dict) -> str:
-    """Where cv's figures were measured before the slices of a series were read together (sides.py; until then
-    the two sides only), that step's measured effect (cv's series_step), else nothing."""
-    st = cv.get("series_step")
-    if not st:
+def later_steps_text(cv: dict) -> str:
+    """Where cv's figures were measured before later changes to how points are read (cv's later_steps, in the
+    order they landed), each change's measured effect, else nothing."""
+    steps = cv.get("later_steps") or []
+    if not steps:
         return ""
-    return (f"These figures were measured when only the two sides of a series were read together. Reading every "
-            f"slice of the series together, measured on {st['measured_on']}: within 5 px {st['before']['within_5px']:.2%} -> "
-            f"{st['after']['within_5px']:.2%}, over 20 px {st['before']['over_20px']:.2%} -> {st['after']['over_20px']:.2%} "
-            f"({st['n']:,} points; better on {st['better_folds']} of 5 folds; `bench/foramina_localisers.py`).\n")
+    lines = ["These figures were measured before the later changes to how points are read below; each one's effect, "
+             "`bench/foramina_localisers.py` on every label (within 5 px, over 20 px, median):"]
+    for st in steps:
+        b, a = st["before"], st["after"]
+        lines.append(f"- {st['what']}, measured on {st['measured_on']} ({st['n']:,} points, better on "
+                     f"{st['better_folds']} of 5 folds): {b['within_5px']:.2%} -> {a['within_5px']:.2%}, "
+                     f"{b['over_20px']:.2%} -> {a['over_20px']:.2%}"
+                     + (f", {b['median']:.2f} -> {a['median']:.2f} px" if "median" in b else "") + ".")
+    return "\n".join(lines) + "\n"
 
 
 def build_folds(a, cfg) -> tuple[Path, Path]:
@@ -340,7 +345,7 @@ def localisation(cv: dict, ens: Path, cfg) -> None:
                       "within_5px": loc["within_5px"], "over_20px": loc["over_20px"], "n": loc["n"]})
         preds.append(pd.read_csv(ens / f"fold{k}" / "heldout" / "predictions.csv"))
     cv["folds"] = folds
-    cv.pop("series_step", None)  # measured now with the code's own way of reading points
+    cv.pop("later_steps", None)  # measured now with the code's own way of reading points
     ps = read_point_slices(cfg.slices).drop_studies(HELD_OUT_DICOM)
     audit = localisation_audit(ps, pd.concat(preds, ignore_index=True))
     cv["label_audit"] = {"figures": audit["figures"], "over20_in_flagged": audit["over20_in_flagged"],

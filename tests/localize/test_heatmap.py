@@ -1,6 +1,6 @@
 import numpy as np
 
-from spinegrade.localize.heatmap import decode_heatmaps, gaussian_heatmaps
+from spinegrade.localize.heatmap import decode_heatmaps, disc_sums, gaussian_heatmaps
 
 
 def test_decode_recovers_subpixel_points():
@@ -10,6 +10,28 @@ def test_decode_recovers_subpixel_points():
     dec = decode_heatmaps(hm)
     assert np.allclose(dec[:2, :2], pts[:2, :2], atol=0.15)
     assert dec[0, 2] > 0.9 and 0.3 < dec[1, 2] < 0.45
+
+
+def test_disc_sums_count_each_pixel_within_the_radius():
+    hm = np.zeros((9, 9))
+    hm[4, 4] = 1.0
+    sums = disc_sums(hm, 2.0)
+    yy, xx = np.mgrid[0:9, 0:9]
+    assert np.array_equal(sums, ((yy - 4) ** 2 + (xx - 4) ** 2 <= 4).astype(float))  # 13 pixels see it
+    assert disc_sums(np.ones((5, 5)), 1.0)[0, 0] == 3 and disc_sums(np.ones((5, 5)), 1.0)[2, 2] == 5
+
+
+def test_decoding_within_a_radius_follows_a_trailing_map_and_keeps_a_symmetric_peak():
+    pts = np.array([[20.3, 18.6, 1.0]])
+    blob = gaussian_heatmaps(pts, 48, sigma=1.5)
+    assert np.allclose(decode_heatmaps(blob, 3.2)[0, :2], pts[0, :2], atol=0.15)  # symmetric: the same point
+    # a map that trails off downwards (some readers click lower): the peak stays, the point within 3.2 px of
+    # most of the map lies lower, between the peak and the trail
+    trail = np.maximum(blob, gaussian_heatmaps(np.array([[20.3, 22.6, 0.6]]), 48, sigma=1.5))
+    plain, within = decode_heatmaps(trail[None][0], 0.0)[0], decode_heatmaps(trail, 3.2)[0]
+    assert abs(plain[1] - 18.6) < 0.3
+    assert 19.2 < within[1] < 22.6 and abs(within[0] - 20.3) < 0.15
+    assert within[2] == trail[0, int(round(within[1])), int(round(within[0]))]  # the height is the map's there
 
 
 def test_the_spatial_loss_prefers_the_right_landmark_over_a_look_alike():

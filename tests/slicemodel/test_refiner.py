@@ -81,6 +81,32 @@ def test_refined_points_move_to_the_landmark_and_far_peaks_are_not_taken():
     assert np.array_equal(refine_points(_peak_net(spec, 2), tight, img, 400, 400, placed, sigmoid)[0], placed[0])
 
 
+def test_the_refined_point_leans_toward_where_the_window_heatmap_trails_off():
+    """A refiner whose window heatmap peaks at one pixel with a weaker trail below it: read as its arg-max the
+    point is the peak; read within `peak_radius` (5 px of a 250 px slice) it lies between peak and trail. A
+    checkpoint written before the option reads it as 5 px."""
+    spec = RefinerSpec(input_size=64, crop_frac=0.2, max_move=0.35)
+    assert RefinerSpec.from_dict({k: v for k, v in spec.to_dict().items() if k != "peak_radius"}).peak_radius == 5.0
+    h = spec.heatmap_size
+    assert spec.peak_radius_cells == pytest.approx(5.0 * h / 50.0)  # the window spans 50 px of a 250 px slice
+
+    def net(x):  # every window: the peak at the centre cell, a trail 3 cells (4.7 px of 250) below it
+        c = h / 2 - 0.5
+        hm = np.maximum(gaussian_heatmaps(np.array([[c, c, 0.9]]), h, 1.2),
+                        gaussian_heatmaps(np.array([[c, c + 3, 0.6]]), h, 1.2))[0]
+        p = np.clip(hm, 1e-6, 1 - 1e-6)
+        return np.broadcast_to(np.log(p / (1 - p)), (len(x), 1, h, h)).astype(np.float32)
+
+    img = np.random.default_rng(0).random((250, 250)).astype(np.float32)
+    placed = np.array([[120.0, 100.0]])
+    at_peak = refine_points(net, dataclasses.replace(spec, peak_radius=0.0), img, 250, 250, placed, sigmoid)[0]
+    leaning = refine_points(net, spec, img, 250, 250, placed, sigmoid)[0]
+    step = 50.0 / h  # stored px per heatmap cell
+    assert np.allclose(at_peak, placed[0], atol=0.1)  # the window is centred on the placed point
+    assert leaning[0] == pytest.approx(at_peak[0], abs=0.1)
+    assert 0.5 * step < leaning[1] - at_peak[1] < 3 * step
+
+
 def test_zoomed_views_map_back_to_the_same_point():
     frame = Frame(300, 400, (150, 200), 96)  # stretched stored image of a 300 x 400 matrix
     p_stored = np.array([130.0, 60.0])

@@ -43,12 +43,32 @@ def refine_peak(hm: np.ndarray, px: int, py: int) -> tuple[float, float, float]:
     return x, y, peak
 
 
-def decode_heatmaps(hm: np.ndarray) -> np.ndarray:
+def disc_sums(hm: np.ndarray, radius: float) -> np.ndarray:
+    """(H, W): each pixel's sum of one heatmap over the disc of `radius` pixels around it (nothing outside the map)."""
+    hm = np.asarray(hm, dtype=np.float64)
+    r, (h, w) = int(np.floor(radius)), hm.shape
+    pad = np.pad(hm, r)
+    out = np.zeros((h, w))
+    for dy in range(-r, r + 1):
+        for dx in range(-r, r + 1):
+            if dx * dx + dy * dy <= radius * radius:
+                out += pad[r + dy:r + dy + h, r + dx:r + dx + w]
+    return out
+
+
+def decode_heatmaps(hm: np.ndarray, radius: float = 0.0) -> np.ndarray:
     """(K, 3) rows of (x, y, peak) from (K, H, W) heatmaps: the arg-max refined to sub-pixel precision by a
-    parabola through the log-heights of its neighbours (exact for Gaussian blobs)."""
+    parabola through the log-heights of its neighbours (exact for Gaussian blobs).
+
+    With `radius` > 0 (heatmap pixels) the point is instead where a disc of that radius holds the most heatmap
+    (the same parabola on those sums): where the landmark most likely lies within that distance. On a symmetric
+    blob that is its peak; where the map trails off to one side (readers who click a little lower than most), it
+    moves toward that side. `peak` stays the heatmap's height at the point's pixel."""
     hm = np.asarray(hm, dtype=np.float64)
     out = np.zeros((hm.shape[0], 3))
     for i in range(hm.shape[0]):
-        py, px = divmod(int(np.argmax(hm[i])), hm.shape[2])
-        out[i] = refine_peak(hm[i], px, py)
+        m = disc_sums(hm[i], radius) if radius > 0 else hm[i]
+        py, px = divmod(int(np.argmax(m)), hm.shape[2])
+        out[i] = refine_peak(m, px, py)
+        out[i, 2] = hm[i, py, px]
     return out

@@ -37,10 +37,18 @@ class RefinerSpec(SpecDict):
     rotate: float = 8.0
     gamma: float = 0.25
     max_move: float = 0.35  # a refined point further than this share of the window from the placed one is not taken
+    # the refined point is where the heatmap holds the most within this distance (pixels of a 250-px slice: the
+    # within-5-px aim) rather than its arg-max; 0: the arg-max. Read at inference; older checkpoints get it too.
+    peak_radius: float = 5.0
 
     @property
     def heatmap_size(self) -> int:
         return self.input_size // OUT_STRIDE
+
+    @property
+    def peak_radius_cells(self) -> float:
+        """`peak_radius` in heatmap pixels (the window spans `crop_frac` of the longer side in every slice)."""
+        return self.peak_radius * self.heatmap_size / (self.crop_frac * 250.0)
 
     def crop_side(self, frame: Frame) -> float:
         return self.crop_frac * max(frame.rows, frame.cols)
@@ -97,7 +105,8 @@ def refine_points(net, spec: RefinerSpec, img01: np.ndarray, rows: int, cols: in
                   sigmoid) -> np.ndarray:
     """(C, 2) stored-pixel points of every channel after a closer look: channel c's window is centred on its
     placed point `placed[c]` (stored pixels) and its peak is read on channel c; a peak further than
-    `max_move` of the window from the placed point leaves that point where it was."""
+    `max_move` of the window from the placed point leaves that point where it was. The peak is decoded as
+    `decode_heatmaps` with the spec's `peak_radius`."""
     frame = Frame(rows, cols, img01.shape, spec.input_size)
     s, n = spec.input_size, len(placed)
     affs = [crop_affine(frame, frame.stored_to_original(*placed[c]), spec.crop_side(frame), s) for c in range(n)]
@@ -105,7 +114,7 @@ def refine_points(net, spec: RefinerSpec, img01: np.ndarray, rows: int, cols: in
     out = np.array(placed, dtype=np.float64)
     limit = spec.max_move * spec.crop_side(frame)
     for c, (a, t) in enumerate(affs):
-        dec = decode_heatmaps(hm[c, c:c + 1])[0]
+        dec = decode_heatmaps(hm[c, c:c + 1], spec.peak_radius_cells)[0]
         q = a @ heatmap_to_box(dec[:2]) + t
         du, dv = np.subtract(frame.stored_to_original(*q), frame.stored_to_original(*placed[c]))
         if np.hypot(du, dv) <= limit:
