@@ -55,3 +55,18 @@ def test_dicomweb_errors_are_one_clear_line(orthanc, tiny_run, tmp_path, capsys)
     assert rc == 2 and "no study 1.2.3.4.5.6.7.8.9" in err and "Traceback" not in err
     rc = main(["predict", "--dicomweb", orthanc.dicomweb, "--model", str(tiny_run), "--out", str(tmp_path / "o")])
     assert rc == 2 and "--dicomweb needs --study" in capsys.readouterr().err
+
+
+def test_an_unreachable_server_is_reported_within_seconds():
+    """A refused connection is retried briefly, not for the 30 s of dicomweb-client's defaults."""
+    import time
+
+    from orthanc_pacs import free_port
+
+    from spinegrade.node.send import NodeError
+
+    url = f"http://127.0.0.1:{free_port()}/dicom-web"
+    t = time.monotonic()
+    with pytest.raises(NodeError, match="not reachable"):
+        list_studies(url)
+    assert time.monotonic() - t < 5

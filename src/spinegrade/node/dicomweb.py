@@ -18,11 +18,21 @@ from .spool import safe_name
 log = logging.getLogger("spinegrade.node")
 
 
+# dicomweb-client retries a request that fails with a busy server's status (429, 408, 503, 504) and, through the
+# `retrying` package's default, one that raises (a refused connection) alike: 5 attempts waiting 2, 4, 8 and 16 s,
+# so an unreachable server was reported after 30 s (and the web page that lists its studies took as long to open).
+# Three attempts waiting 0.5 and 1 s still ride out a moment's overload.
+RETRY_ATTEMPTS = 3
+RETRY_WAIT_MS = 250  # the first wait is twice this
+
+
 def client(url: str):
     """A dicomweb-client for a DICOMweb root URL (e.g. http://127.0.0.1:8042/dicom-web)."""
     from dicomweb_client.api import DICOMwebClient
 
-    return DICOMwebClient(url=url.rstrip("/"))
+    c = DICOMwebClient(url=url.rstrip("/"))
+    c.set_http_retry_params(retry=True, max_attempts=RETRY_ATTEMPTS, wait_exponential_multiplier=RETRY_WAIT_MS)
+    return c
 
 
 def fetch_study(url: str, study_uid: str, folder: Path, max_bytes: int | None = None) -> int:
