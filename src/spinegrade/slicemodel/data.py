@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # imported where used: the slice models import this module to
 
 SLICE_COLUMNS = ("path", "study_id", "rows", "cols")
 POINT_COLUMNS = ("path", "study_id", "condition", "level")
+PX250 = 250.0  # distances are measured in pixels of the slice shrunk so its longer side is this
 
 
 class SpecDict:
@@ -87,7 +88,7 @@ class Frame:
 
     def error_px250(self, du, dv):
         """A distance in original pixels, in pixels of the image shrunk so its longer side is 250."""
-        return np.hypot(du, dv) * 250.0 / max(self.rows, self.cols)
+        return np.hypot(du, dv) * PX250 / max(self.rows, self.cols)
 
 
 @dataclass

@@ -14,7 +14,7 @@ import numpy as np
 
 from .. import vocab
 from ..localize.heatmap import decode_heatmaps, gaussian_heatmaps
-from .data import PointSlices, SpecDict, normalise_intensity
+from .data import PX250, PointSlices, SpecDict, normalise_intensity
 from .warp import letterbox_affine, warp, zscore
 
 N_LEVELS = len(vocab.LEVELS)  # the foramen task's channels
@@ -101,7 +101,7 @@ class LocalizerDataset:
             placed.append((lv, inv @ (np.array([bx, by]) - m_t)))  # letterbox -> augmented output position
         targets, mask, pts = blob_targets(placed, self.n_channels, spec.heatmap_size, spec.sigma)
         return {"image": zscore(x).float(), "target": torch.from_numpy(targets), "mask": torch.from_numpy(mask),
-                "points": torch.from_numpy(pts), "scale250": torch.tensor(250.0 / s, dtype=torch.float32)}
+                "points": torch.from_numpy(pts), "scale250": torch.tensor(PX250 / s, dtype=torch.float32)}
 
 
 def blob_targets(placed, n: int, size: int, sigma: float, inside: float | None = None):

@@ -17,7 +17,7 @@ import numpy as np
 
 from .. import vocab
 from ..localize.heatmap import decode_heatmaps
-from .data import Frame, PointSlices, SpecDict, normalise_intensity
+from .data import PX250, Frame, PointSlices, SpecDict, normalise_intensity
 from .localizer import OUT_STRIDE, blob_targets, heatmap_to_box
 from .warp import crop_affine, warp, warp_numpy, zscore, zscore_numpy
 
@@ -48,7 +48,7 @@ class RefinerSpec(SpecDict):
     @property
     def peak_radius_cells(self) -> float:
         """`peak_radius` in heatmap pixels (the window spans `crop_frac` of the longer side in every slice)."""
-        return self.peak_radius * self.heatmap_size / (self.crop_frac * 250.0)
+        return self.peak_radius * self.heatmap_size / (self.crop_frac * PX250)
 
     def crop_side(self, frame: Frame) -> float:
         return self.crop_frac * max(frame.rows, frame.cols)
@@ -96,7 +96,7 @@ class RefinerDataset:
         inv = np.linalg.inv(a)
         placed = [(lv, inv @ (np.array([x0, y0]) - t)) for lv, x0, y0 in self.on_slice[r["path"]]]  # -> window px
         targets, mask, pts = blob_targets(placed, self.n_channels, spec.heatmap_size, spec.sigma, inside=s)
-        scale250 = 250.0 * spec.crop_frac / (s * zoom)  # window pixels -> pixels of a 250-px slice
+        scale250 = PX250 * spec.crop_frac / (s * zoom)  # window pixels -> pixels of a 250-px slice
         return {"image": zscore(x).float(), "target": torch.from_numpy(targets), "mask": torch.from_numpy(mask),
                 "points": torch.from_numpy(pts), "scale250": torch.tensor(scale250, dtype=torch.float32)}
 
