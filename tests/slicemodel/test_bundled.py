@@ -10,6 +10,7 @@ import pytest
 
 from spinegrade import vocab
 from spinegrade.predict import predict
+from spinegrade.results import read_predictions
 from spinegrade.slicemodel.bundled import BUNDLED_DIR, bundled_models
 from spinegrade.slicemodel.model import SliceModel
 
@@ -143,6 +144,22 @@ def test_a_newcomers_predict_needs_no_model(real_rsna, tmp_path):
     assert len(t) == 10 and (t["source"] == f"localizer:{CANAL_NAME}").all()
     assert (t["instances_off"].abs() <= 1).all(), t.to_string()
     assert ((t["in_plane_mm"] <= 5) & (t["instances_off"].abs() <= 1)).sum() >= 9, t.to_string()
+    # and through patient space to the axial stacks (the geometry chain: sagittal point -> patient coordinates ->
+    # the nearest slice of the series covering the level): each level's axial slice within two instances of the
+    # one the readers marked the level's subarticular recesses on
+    _, results = read_predictions(out)
+    checked = 0
+    for res in results:
+        axial = {p.level: p for p in res.points if p.role == vocab.AXIAL_T2 and p.condition == vocab.CANAL}
+        assert set(axial) == set(vocab.LEVELS), res.warnings
+        for lv, p in axial.items():
+            lab = coords[(coords["study_id"].astype(str) == res.study_id)
+                         & coords["condition"].str.contains("Subarticular") & (coords["level"] == vocab.LEVEL_NAMES[lv])]
+            # a series of several axial stacks is read stack by stack (series id ".k"): the readers' series
+            assert p.series_id.split(".")[0] in set(lab["series_id"].astype(str)), (res.study_id, lv)
+            assert min(abs(p.instance_number - int(i)) for i in lab["instance_number"]) <= 2, (res.study_id, lv)
+            checked += 1
+    assert checked == 10
 
 
 def test_every_bundled_file_is_package_data():
