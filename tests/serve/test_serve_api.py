@@ -7,6 +7,7 @@ import re
 import shutil
 import stat
 import zipfile
+from pathlib import Path
 
 import pydicom
 import pytest
@@ -159,6 +160,32 @@ def test_a_study_that_cannot_be_read_gets_a_clear_message(make_app, tmp_path, wa
         page = client.get(r.json()["url"]).text
         assert 'id="error"' in page and "Could not read this study" in page
         assert not list((tmp_path / "work").iterdir())  # the failed job keeps its message, not its files
+
+
+def test_a_failed_job_says_so_only_once_its_files_are_gone(make_app, tmp_path, wait_for_job, synth_study, monkeypatch):
+    """The page (or a client) may look the moment a job reads "error": its upload must already be removed then,
+    not a moment later (the job's thread used to set the status first)."""
+    import spinegrade.serve.app as app_module
+
+    seen = []
+    real_rmtree = shutil.rmtree
+
+    def rmtree(path, *a, **kw):
+        if Path(path).parent == tmp_path / "work":  # a job's folder
+            seen.append([j.status for j in viewer.jobs.values()])
+        return real_rmtree(path, *a, **kw)
+
+    monkeypatch.setattr(app_module.shutil, "rmtree", rmtree)
+    zpath = tmp_path / "abc.zip"
+    with zipfile.ZipFile(zpath, "w") as zf:  # readable images of a folder that cannot be graded
+        for f in sorted(synth_study.rglob("*.dcm"))[:3]:
+            zf.write(f, f"abc/{f.parent.name}/{f.name}")
+    with TestClient(make_app()) as client:
+        viewer = client.app.state.viewer
+        r = _upload(client, zpath.read_bytes(), "abc.zip")
+        assert wait_for_job(client, r.json()["job"])["status"] == "error"
+        assert not list((tmp_path / "work").iterdir())
+    assert seen and all("error" not in statuses for statuses in seen), seen
 
 
 def test_logs_name_jobs_not_patients(make_app, synth_study, tmp_path, caplog, wait_for_job):

@@ -352,15 +352,16 @@ class Viewer:
             job.status, job.stage, job.progress = "done", "done", 1.0
             log.info("job %s: study folder %r done in %.1f s", job.id, job.name, job.seconds)
         except SpinegradeError as e:
-            job.status, job.stage = "error", "failed"
+            # the files go before the status says so (a page or a test may look at once); the message stays
+            shutil.rmtree(job.folder, ignore_errors=True)
             job.message = "Could not read this study: " + str(e).replace(str(job.folder) + "/", "")
-            log.warning("job %s: study folder %r could not be read (%s)", job.id, job.name, type(e).__name__)
-            shutil.rmtree(job.folder, ignore_errors=True)  # the message stays; the upload is of no further use
-        except Exception:  # noqa: BLE001 - a bug must end the job with a message, not hang the page
             job.status, job.stage = "error", "failed"
-            job.message = "Internal error while grading this study (see the server log)."
+            log.warning("job %s: study folder %r could not be read (%s)", job.id, job.name, type(e).__name__)
+        except Exception:  # noqa: BLE001 - a bug must end the job with a message, not hang the page
             log.exception("job %s: study folder %r failed", job.id, job.name)
             shutil.rmtree(job.folder, ignore_errors=True)
+            job.message = "Internal error while grading this study (see the server log)."
+            job.status, job.stage = "error", "failed"
 
     def _retrieve(self, job: Job) -> bool:
         """WADO-RS: the study's MR images into the job's folder; False (the job failed, with a message) if not."""
