@@ -97,8 +97,8 @@ def test_info_lists_each_bundled_model_on_its_own_line():
 @pytest.mark.realdata
 def test_a_newcomers_predict_needs_no_model(real_rsna, tmp_path):
     """`spinegrade predict STUDY --out OUT` with no --model: the bundled models grade and place what they can,
-    the prior answers the rest and says so; the canal points come from the bundled Sagittal T2 model and land
-    where the radiologists put theirs."""
+    the prior answers the rest and says so; the canal points come from the bundled Sagittal T2 model, land
+    where the radiologists put theirs, and pick the axial slices the readers graded each level on."""
     from spinegrade.evaluate.study import canal_point_table
     from spinegrade.predict import Predictor, find_studies
 
