@@ -23,6 +23,9 @@ BEST = "best.pt"  # as train.checkpoint names it (imported there with torch)
 
 OPSET = 17
 TOLERANCE = 1e-4  # largest |ONNX Runtime - torch| on the check input, relative to the output's scale
+INT8_TOLERANCE = 0.05  # largest |int8 - float| network output on the check input, relative to the output's scale
+WEIGHTS_KEY = "spinegrade.weights"  # ONNX metadata: how the weights are stored, where not as exported
+INT8_WEIGHTS = "int8, one symmetric scale per output channel"
 _TRAINING_STATE = ("state_dict", "optimizer", "scheduler", "scaler", "early_stop")
 
 
@@ -133,6 +136,69 @@ def _store_half_where_exact(model) -> None:
         casts.append(helper.make_node("Cast", [name + "_f16"], [name], to=TensorProto.FLOAT))
     for i, node in enumerate(casts):
         g.node.insert(i, node)
+
+
+def quantize_weights(path: str | Path, check: bool = True) -> Path:
+    """Store an exported network's weights in int8, in place: each weight of two or more dimensions (the
+    convolutions' and linear layers' matrices) as int8 with one symmetric scale per output channel, put back to
+    float by a `DequantizeLinear` in the graph; biases and normalisation stay as they were. A quarter of float32,
+    half of float16: what lets a bundled model keep more graders inside the package. The activations stay float
+    and ONNX Runtime folds the weights back to float when it loads the file (`runtime.OnnxNet`), so it runs at
+    float speed. Checked: on a random input its outputs stay within INT8_TOLERANCE of the float network's."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    path = Path(path)
+    model = onnx.load(str(path))
+    g = model.graph
+    if any(p.key == WEIGHTS_KEY for p in model.metadata_props):
+        raise DataError(f"{path}: its weights are stored as int8 already")
+    halved = {n.input[0]: n for n in g.node if n.op_type == "Cast" and n.input[0].endswith("_f16")}
+    kept, added, dequant, dropped = [], [], [], set()
+    for init in g.initializer:
+        w = numpy_helper.to_array(init)
+        name = init.name[:-4] if init.name in halved else init.name
+        stored_float = init.data_type == TensorProto.FLOAT or init.name in halved
+        if not stored_float or w.ndim < 2 or w.size < 16:
+            kept.append(init)
+            continue
+        flat = w.astype(np.float32).reshape(w.shape[0], -1)
+        scale = np.abs(flat).max(axis=1) / 127.0
+        scale[scale == 0] = 1.0
+        q = np.clip(np.rint(flat / scale[:, None]), -127, 127).astype(np.int8).reshape(w.shape)
+        added += [numpy_helper.from_array(q, name + "_i8"), numpy_helper.from_array(scale.astype(np.float32), name + "_scale"),
+                  numpy_helper.from_array(np.zeros(len(scale), np.int8), name + "_zero")]
+        dequant.append(helper.make_node("DequantizeLinear", [name + "_i8", name + "_scale", name + "_zero"], [name],
+                                        axis=0))
+        if init.name in halved:
+            dropped.add(id(halved[init.name]))
+    if not dequant:
+        raise DataError(f"{path}: no weights of two or more dimensions to store as int8")
+    nodes = [n for n in g.node if id(n) not in dropped]
+    del g.initializer[:]
+    g.initializer.extend(kept + added)
+    del g.node[:]
+    g.node.extend(dequant + nodes)
+    model.metadata_props.add(key=WEIGHTS_KEY, value=INT8_WEIGHTS)
+    with atomic_path(path) as tmp:
+        onnx.save(model, str(tmp))
+        if check:
+            _check_int8(path, tmp)
+    return path
+
+
+def _check_int8(float_path: Path, int8_path: Path) -> None:
+    try:
+        from .runtime import OnnxNet
+        before, after = OnnxNet(float_path, ["CPUExecutionProvider"], 1), OnnxNet(int8_path, ["CPUExecutionProvider"], 1)
+    except ImportError:  # no onnxruntime in this install: nothing to check against
+        return
+    gen = np.random.default_rng(0)
+    inputs = [gen.standard_normal(s).astype(np.float32) for s in input_shapes(before.description())]
+    want, got = before(*inputs), after(*inputs)
+    err = float(np.abs(got - want).max() / max(1.0, float(np.abs(want).max())))
+    if not err <= INT8_TOLERANCE:
+        raise DataError(f"{float_path}: its int8 weights move its outputs by {err:.2g} of their scale")
 
 
 def _check(path: Path, inputs: list[np.ndarray], want: np.ndarray, ckpt: Path) -> None:

@@ -64,35 +64,52 @@ def is_member(path: Path) -> bool:
 
 
 def pack_run(run: Path, out: Path, extra: tuple[str, ...] = ("calibration.json", "split.csv"),
-             onnx_only: bool = False) -> None:
+             onnx_only: bool = False, int8_graders: bool = False) -> None:
     """Copy a trained run's networks (localiser, grader, its refiner and further graders `grader-<tag>/` where it
     has them) into a bundled model folder (float weights halved, run-local paths
     dropped, each exported to ONNX beside it; with `onnx_only` the ONNX alone is kept, half the size) with its
-    `extra` files. Needs torch (a train install)."""
+    `extra` files. A network the run holds only as ONNX (a bundled model's fold, say) is copied as it is. With
+    `int8_graders` (ONNX only) the graders' weights are stored as int8 (`export.quantize_weights`: half of
+    float16; localiser and refiner, whose points need every pixel, stay in float16). Needs torch (a train
+    install)."""
     import shutil
 
     import torch
 
-    from ..export import export_run
+    from ..export import export_checkpoint, quantize_weights
+
+    if int8_graders and not onnx_only:
+        raise ValueError("int8 graders are stored in ONNX only: pack with onnx_only")
+
+    def present(d: Path) -> bool:
+        return (d / "best.pt").is_file() or (d / "best.onnx").is_file()
 
     out.mkdir(parents=True, exist_ok=True)
-    nets = [n for n in (LOCALIZER, REFINER, GRADER) if n != REFINER or (run / n / "best.pt").is_file()]
-    extra_graders = sorted(p.name for p in run.glob(f"{GRADER}-*") if (p / "best.pt").is_file())
+    nets = [n for n in (LOCALIZER, REFINER, GRADER) if n != REFINER or present(run / n)]
+    extra_graders = sorted(p.name for p in run.glob(f"{GRADER}-*") if present(p))
     for name in nets + extra_graders:
+        (out / name).mkdir(parents=True, exist_ok=True)
+        if not (run / name / "best.pt").is_file():
+            if not (run / name / "best.onnx").is_file():
+                raise DataError(f"{run / name}: no trained network (best.pt or best.onnx)")
+            shutil.copy(run / name / "best.onnx", out / name / "best.onnx")
+            continue
         ck = torch.load(run / name / "best.pt", map_location="cpu", weights_only=True)
         ck["state_dict"] = {k: v.half() if v.is_floating_point() else v for k, v in ck["state_dict"].items()}
         ck.get("config", {}).pop("slices", None)
-        (out / name).mkdir(parents=True, exist_ok=True)
         torch.save(ck, out / name / "best.pt")
+        export_checkpoint(out / name / "best.pt")
     for name in extra:
         shutil.copy(run / name, out / name)
     for name in extra_graders:  # each further grader's own temperature
         if (run / name / "calibration.json").is_file():
             shutil.copy(run / name / "calibration.json", out / name / "calibration.json")
-    export_run(out)
     if onnx_only:
         for name in nets + extra_graders:
-            (out / name / "best.pt").unlink()
+            (out / name / "best.pt").unlink(missing_ok=True)
+    if int8_graders:
+        for name in [GRADER] + extra_graders:
+            quantize_weights(out / name / "best.onnx")
 
 
 def target_prior(train_csv: Path, exclude) -> dict[str, list[float]]:
