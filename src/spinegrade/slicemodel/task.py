@@ -40,6 +40,9 @@ class SliceTask:
     # further graders the recipe trains beside the first, averaged with it: each a tag and its changes to the
     # first grader's GraderSpec ("grader") and LoopConfig ("loop")
     extra_graders: tuple[dict, ...] = ()
+    # graders started from pretrained weights, added to those when asked (`train --slices --pretrained-grader`):
+    # they need the optional `pretrained` extra, so the plain recipe trains without them
+    pretrained_graders: tuple[dict, ...] = ()
     # the points of a level on the slices of one series made to agree where a second candidate allows (sides.py);
     # for tasks whose levels are seen on several slices of a series
     series_together = False
