@@ -6,7 +6,7 @@ the study-level stage where the model has one), warm, best of --repeat. With --c
 `bench/foramina_cv.py` folder, or one assembled by `bench/foramina_ablation.py --add-graders-from`) also each
 fold's training time per network (its epochs) and the study-level stage's fit.
 
-    python bench/bench_foramina_study.py [--models foramina-sagt1-v1 foramina-sagt1-v5] [--cv DIR] [--repeat 3]
+    python bench/bench_foramina_study.py [--models foramina-sagt1-v1 foramina-sagt1-v6] [--cv DIR] [--repeat 3]
 
 SPINEGRADE_BACKEND=onnx|torch picks the runtime; threads: OMP_NUM_THREADS, else the machine's usable cores.
 """

@@ -8,7 +8,7 @@ foramen: the reader's and the chosen instance, the point's distance to the reade
 reader's slice), each way's log loss; then the weighted log loss of each way, and of the chosen-slice way split
 by whether the choice was the reader's slice.
 
-    python bench/foramina_dicom_slices.py [--model foramina-sagt1-v5] [--realdata ../shared/realdata]
+    python bench/foramina_dicom_slices.py [--model foramina-sagt1-v6] [--realdata ../shared/realdata]
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def _graded(model, study, instances=None, slices: int | None = None) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="foramina-sagt1-v5")
+    ap.add_argument("--model", default="foramina-sagt1-v6")
     ap.add_argument("--realdata", type=Path, default=REALDATA)
     ap.add_argument("--slices", type=int, default=SLICES_MIXED, help="slices each foramen is graded on (mixed by "
                     f"peak height; default {SLICES_MIXED})")

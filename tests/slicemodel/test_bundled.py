@@ -15,11 +15,11 @@ from spinegrade.slicemodel.bundled import BUNDLED_DIR, bundled_models
 from spinegrade.slicemodel.model import SliceModel
 
 NAME = "foramina-sagt1-v1"
-V5 = "foramina-sagt1-v5"  # the default foramen model: two fold models (localiser, refiner, four graders each)
+V6 = "foramina-sagt1-v6"  # the default foramen model: two fold models (localiser, refiner, five graders each)
 HELD_OUT_DICOM = {"100206310", "1002894806"}
 
 
-@pytest.mark.parametrize("name,members,max_mb", [(NAME, 1, 8), (V5, 2, 25)])
+@pytest.mark.parametrize("name,members,max_mb", [(NAME, 1, 8), (V6, 2, 25)])
 def test_the_bundled_model_ships_with_its_card_and_prior(name, members, max_mb):
     assert name in bundled_models()
     model = SliceModel.load(name)
@@ -35,25 +35,37 @@ def test_the_bundled_model_ships_with_its_card_and_prior(name, members, max_mb):
     assert size < max_mb * 1e6
 
 
-def test_v5_is_the_default_and_v1_stays_loadable():
+def test_v6_is_the_default_and_v1_stays_loadable():
+    import onnx
+
+    from spinegrade.export import INT8_WEIGHTS, WEIGHTS_KEY
     from spinegrade.slicemodel.bundled import bundle_info, default_bundled
 
-    assert default_bundled()["foramina"] == V5 and not bundle_info(NAME)["default"]
-    v5 = SliceModel.load(V5)
-    # its recipe, read back from its networks: a second look, a second peak and three graders on every fold model
+    assert default_bundled()["foramina"] == V6 and not bundle_info(NAME)["default"]
+    assert "foramina-sagt1-v5" not in bundled_models()  # replaced by v6
+    v6 = SliceModel.load(V6)
+    # its recipe, read back from its networks: a second look, a second peak and five graders on every fold model,
+    # one of them an EfficientNet-Lite0 started from ImageNet weights
     assert all(m.refiner is not None and m.lspec.second_peak_power > 0 and len(m.lspec.tta_zooms) == 3
-               for m in v5.members)
-    assert all(sorted((g[1].crop_px, g[1].in_channels) for g in m.graders()) == [(64, 1), (64, 1), (64, 2), (80, 1)]
-               for m in v5.members)
+               for m in v6.members)
+    assert all(sorted((g[1].crop_px, g[1].in_channels) for g in m.graders())
+               == [(64, 1), (64, 1), (64, 1), (64, 2), (80, 1)] for m in v6.members)
+    assert all(sorted((g[1].network, g[1].pretrained) for g in m.graders())
+               == [("efficientnet-lite0", True)] + [("resnet10", False)] * 4 for m in v6.members)
+    # the graders' weights stored in int8, the localisers' and refiners' not
+    for m in v6.members:
+        for f in sorted(m.path.glob("*/best.onnx")):
+            meta = {p.key: p.value for p in onnx.load(str(f)).metadata_props}
+            assert (meta.get(WEIGHTS_KEY) == INT8_WEIGHTS) == f.parent.name.startswith("grader"), f
     assert all(m.refiner is None and m.lspec.second_peak_power == 0 and len(m.graders()) == 1
                for m in SliceModel.load(NAME).members)
     # two fold models: each held out another fifth of the studies; together they trained on every study
-    splits = [pd.read_csv(m.path / "split.csv", dtype={"study_id": str}) for m in v5.members]
+    splits = [pd.read_csv(m.path / "split.csv", dtype={"study_id": str}) for m in v6.members]
     held = [set(s.query("role == 'test'")["study_id"]) for s in splits]
-    assert not held[0] & held[1] and v5.train_studies == set(splits[0]["study_id"])
+    assert not held[0] & held[1] and v6.train_studies == set(splits[0]["study_id"])
     # the study-level stage ships only where its cross-validated figure beat the first stage's (cv.json says)
-    cv = json.loads((BUNDLED_DIR / V5 / "cv.json").read_text())["study_stage"]
-    assert (v5.stage is not None) == cv["kept"] == (np.mean([f["study"] for f in cv["folds"]])
+    cv = json.loads((BUNDLED_DIR / V6 / "cv.json").read_text())["study_stage"]
+    assert (v6.stage is not None) == cv["kept"] == (np.mean([f["study"] for f in cv["folds"]])
                                                     < np.mean([f["first_stage"] for f in cv["folds"]]))
 
 
@@ -84,13 +96,13 @@ def test_info_lists_each_bundled_model_on_its_own_line():
     import sys
 
     out = subprocess.run([sys.executable, "-m", "spinegrade", "info"], capture_output=True, text=True, check=True).stdout
-    lines = [ln for ln in out.splitlines() if "bundled" in ln and any(n in ln for n in (NAME, V5, CANAL_NAME))]
+    lines = [ln for ln in out.splitlines() if "bundled" in ln and any(n in ln for n in (NAME, V6, CANAL_NAME))]
     assert len(lines) == 3
     fora = next(ln for ln in lines if NAME in ln)
     canal = next(ln for ln in lines if CANAL_NAME in ln)
     assert "left_neural_foraminal_narrowing" in fora and "0.519" in fora and "non-commercial" in fora
-    v5 = next(ln for ln in lines if V5 in ln)
-    assert "right_neural_foraminal_narrowing" in v5 and "study-level stage" in v5 and "non-commercial" in v5
+    v6 = next(ln for ln in lines if V6 in ln)
+    assert "right_neural_foraminal_narrowing" in v6 and "study-level stage" in v6 and "non-commercial" in v6
     assert "canal" in canal and "AUC" in canal and "CC BY 4.0" in canal
 
 
@@ -104,17 +116,17 @@ def test_a_newcomers_predict_needs_no_model(real_rsna, tmp_path):
 
     out = tmp_path / "pred"
     r = predict(real_rsna, None, out, device="cpu", log=lambda *_: None, report=True, dicom_sr=True)
-    assert r["studies"] == 2 and CANAL_NAME in r["models"] and V5 in r["models"]
+    assert r["studies"] == 2 and CANAL_NAME in r["models"] and V6 in r["models"]
     sub = pd.read_csv(out / "submission.csv")
     assert len(sub) == 50
     doc = json.loads((out / "predictions.json").read_text())
-    assert doc["model"]["canal"]["name"] == CANAL_NAME and doc["model"]["foramina"]["name"] == V5
+    assert doc["model"]["canal"]["name"] == CANAL_NAME and doc["model"]["foramina"]["name"] == V6
     for s in doc["studies"]:
         by_family = {}
         for f in s["findings"]:
             by_family.setdefault(vocab.CONDITION_BY_KEY[f["condition"]].family, []).append(f)
         assert len(by_family[vocab.FORAMINAL]) == 10
-        assert all(f["source"] == "model" and f["model"] == V5 for f in by_family[vocab.FORAMINAL])
+        assert all(f["source"] == "model" and f["model"] == V6 for f in by_family[vocab.FORAMINAL])
         for fam in (vocab.SPINAL, vocab.SUBARTICULAR):
             assert all(f["source"] == "prior" and "prior" in f["note"] for f in by_family[fam])
         canal = [p for p in s["points"] if p["condition"] == vocab.CANAL and p["role"] == vocab.SAGITTAL_T2]

