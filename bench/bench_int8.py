@@ -7,8 +7,7 @@ For each network of the bundled model whose weights are stored as int8, on one t
 batch of crops (the batch a grader reads for two foramina with 15 views) as `runtime.OnnxNet` loads it (the
 weights folded to float once, at load) and as a plain ONNX Runtime session runs it (`DequantizeLinear` on every
 call), their ratio, and the largest difference between the two outputs (the same weights: float rounding only,
-as the folded graph may fuse layers). Set
-OMP_NUM_THREADS=1.
+as the folded graph may fuse layers). Set OMP_NUM_THREADS=1.
 """
 
 from __future__ import annotations
