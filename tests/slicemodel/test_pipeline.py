@@ -215,6 +215,8 @@ def test_members_that_disagree_by_a_level_are_decoded_on_their_mean_heatmap(run,
     ("--drop-inconsistent-labels", None, lambda c: c.drop_inconsistent),
     ("--no-refine", None, lambda c: c.refiner is None),
     ("--one-grader", None, lambda c: c.extra_graders == () and c.refiner is not None),
+    ("--pretrained-grader", None, lambda c: [x["tag"] for x in c.extra_graders][-1] == "lite"
+     and not c.grader.pretrained),
     ("--ema", "0.99", lambda c: c.grader_loop.ema == 0.99 and c.localizer_loop.ema == 0.99),
     ("--pretrained", None, lambda c: c.grader.pretrained and c.grader.network == "efficientnet-lite0"),
 ])
