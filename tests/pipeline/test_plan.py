@@ -68,7 +68,7 @@ NOT_IN_PLAN = {"--data", "--index", "--slices", "--out", "--resume", "--strict",
 # the foramen models' own options (tests/slicemodel/test_pipeline.py checks them): refused with --data
 FORAMINA_ONLY = {"--all-folds": [], "--pretrained": [], "--crop-frac": ["0.2"], "--exclude-studies": ["1"],
                  "--no-calibrate": [], "--no-refine": [], "--one-grader": [], "--label-smoothing": ["0.1"],
-                 "--drop-inconsistent-labels": []}
+                 "--drop-inconsistent-labels": [], "--pretrained-grader": []}
 
 
 def test_every_train_option_is_checked_here():
