@@ -77,16 +77,13 @@ def pack_run(run: Path, out: Path, extra: tuple[str, ...] = ("calibration.json",
     import torch
 
     from ..export import export_checkpoint, quantize_weights
+    from ..runtime import has_network
 
     if int8_graders and not onnx_only:
         raise ValueError("int8 graders are stored in ONNX only: pack with onnx_only")
-
-    def present(d: Path) -> bool:
-        return (d / "best.pt").is_file() or (d / "best.onnx").is_file()
-
     out.mkdir(parents=True, exist_ok=True)
-    nets = [n for n in (LOCALIZER, REFINER, GRADER) if n != REFINER or present(run / n)]
-    extra_graders = sorted(p.name for p in run.glob(f"{GRADER}-*") if present(p))
+    nets = [n for n in (LOCALIZER, REFINER, GRADER) if n != REFINER or has_network(run / n / "best.pt")]
+    extra_graders = sorted(p.name for p in run.glob(f"{GRADER}-*") if has_network(p / "best.pt"))
     for name in nets + extra_graders:
         (out / name).mkdir(parents=True, exist_ok=True)
         if not (run / name / "best.pt").is_file():
