@@ -174,6 +174,30 @@ def test_a_newcomers_predict_needs_no_model(real_rsna, tmp_path):
     assert checked == 10
 
 
+def test_graders_that_read_the_same_crops_cut_them_once(monkeypatch):
+    """v6's ten graders (two fold models of five) read three kinds of crop: each kind is cut once per slice, and
+    the grades are those of cutting every grader's own."""
+    import spinegrade.slicemodel.model as model_mod
+    from spinegrade.slicemodel.grader import GraderSpec
+
+    v6 = SliceModel.load(V6)
+    kinds = {g[1].input_key for m in v6.members for g in m.graders()}
+    assert len(kinds) == 3 and sum(len(m.graders()) for m in v6.members) == 10
+    yy, xx = np.mgrid[0:200, 0:160]
+    img = (np.sin(xx / 7.0) * np.cos(yy / 11.0) * 80 + 100 + np.random.default_rng(0).normal(0, 5, xx.shape))
+    asks = [("left_neural_foraminal_narrowing", "l4_l5", 90.0, 120.0),
+            ("right_neural_foraminal_narrowing", "l5_s1", 70.5, 150.2)]
+    calls = []
+    real = model_mod.crop_batch
+    monkeypatch.setattr(model_mod, "crop_batch", lambda *a, **k: calls.append(a[2]) or real(*a, **k))
+    shared = v6.grade(img, 400, 320, asks)
+    assert len(calls) == 3
+    monkeypatch.setattr(GraderSpec, "input_key", property(lambda self: id(self)))  # nothing shared
+    alone = v6.grade(img, 400, 320, asks)
+    assert len(calls) == 3 + 10
+    assert shared.shape == (2, 3) and np.array_equal(shared, alone)
+
+
 def test_every_bundled_file_is_package_data():
     """A file of a bundled model that no package-data pattern names would be missing from an installed wheel (a
     further grader's temperature, say, would silently fall back to 1)."""

@@ -38,6 +38,12 @@ class GraderSpec(SpecDict):
     neighbour_slices: int = 0
 
     @property
+    def input_key(self) -> tuple:
+        """The fields that decide what the grader is given at inference (`crop_batch`): graders whose keys are
+        equal read the same crops."""
+        return self.crop_frac, self.crop_px, self.context_frac, self.neighbour_slices
+
+    @property
     def in_channels(self) -> int:
         return 1 + bool(self.context_frac) + bool(self.neighbour_slices)
 

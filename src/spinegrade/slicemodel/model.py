@@ -293,8 +293,11 @@ class SliceModel:
         cond = np.stack([condition_vector(c, lv) for c, lv, _, _ in asks]).astype(np.float32)
         probs = np.zeros((len(self.members), len(asks), len(self.task.classes)))
         side = max(rows, cols)
-        for i, m in enumerate(self.members):
-            for net, gspec, temperature in m.graders():
+        cached: dict[tuple, np.ndarray] = {}  # graders that read the same crops (every member's) cut them once
+
+        def crops_for(gspec: GraderSpec, j: int, other) -> np.ndarray:
+            key = (gspec.input_key, j)
+            if key not in cached:
                 frame = Frame(rows, cols, img.shape, gspec.crop_px)
                 centres, zs = [], []
                 for _, _, x, y in asks:
@@ -302,10 +305,14 @@ class SliceModel:
                     for (du, dv), z in views:
                         centres.append((float(u) + du * side, float(v) + dv * side))
                         zs.append(z)
+                cached[key] = crop_batch(img01, frame, gspec, centres, zooms=np.asarray(zs), neighbour01=other)
+            return cached[key]
+
+        for i, m in enumerate(self.members):
+            for net, gspec, temperature in m.graders():
                 others = near01 if gspec.neighbour_slices else [None]  # graded with each, averaged
-                for other in others:
-                    crops = crop_batch(img01, frame, gspec, centres, zooms=np.asarray(zs), neighbour01=other)
-                    logits = net(crops, np.repeat(cond, len(views), axis=0))
+                for j, other in enumerate(others):
+                    logits = net(crops_for(gspec, j, other), np.repeat(cond, len(views), axis=0))
                     p = softmax(logits / np.float32(temperature), axis=1).reshape(len(asks), len(views), -1)
                     probs[i] += p.mean(axis=1) / len(others)
             probs[i] /= len(m.graders())

@@ -48,12 +48,12 @@ def _grids(shape: tuple[int, int], affines: list[tuple[np.ndarray, np.ndarray]],
     h, w = shape
     g = np.arange(out, dtype=np.float64) + 0.5
     px, py = np.meshgrid(g, g)  # (out, out) output pixel centres
-    grids = []
-    for a, t in affines:
-        sx = a[0, 0] * px + a[0, 1] * py + t[0]
-        sy = a[1, 0] * px + a[1, 1] * py + t[1]
-        grids.append(np.stack([sx / w * 2 - 1, sy / h * 2 - 1], axis=-1))
-    return np.stack(grids).astype(np.float32)
+    a = np.array([np.asarray(m, dtype=np.float64) for m, _ in affines]).reshape(-1, 2, 2, 1, 1)
+    t = np.array([np.asarray(v, dtype=np.float64) for _, v in affines]).reshape(-1, 2, 1, 1)
+    grid = np.empty((len(a), out, out, 2), np.float32)  # float64 arithmetic, rounded to float32 once
+    grid[..., 0] = (a[:, 0, 0] * px + a[:, 0, 1] * py + t[:, 0]) / w * 2 - 1
+    grid[..., 1] = (a[:, 1, 0] * px + a[:, 1, 1] * py + t[:, 1]) / h * 2 - 1
+    return grid
 
 
 def warp(image: torch.Tensor, affines: list[tuple[np.ndarray, np.ndarray]], out: int) -> torch.Tensor:
@@ -84,12 +84,15 @@ def warp_numpy(image: np.ndarray, affines: list[tuple[np.ndarray, np.ndarray]], 
     gx, gy = one - fx, one - fy
     x0, y0 = x0.astype(np.int64), y0.astype(np.int64)
 
-    def at(yi, xi):  # the pixel values at integer positions, zero outside the image
-        inside = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
-        return np.where(inside, img[np.clip(yi, 0, h - 1), np.clip(xi, 0, w - 1)], np.float32(0))
-
-    res = at(y0, x0) * (gy * gx) + at(y0, x0 + 1) * (gy * fx) + at(y0 + 1, x0) * (fy * gx) \
-        + at(y0 + 1, x0 + 1) * (fy * fx)
+    # the four neighbours' values from the image framed by one pixel of zeros: an index clipped onto that frame
+    # reads 0, as grid_sample reads outside the image
+    pad = np.zeros((h + 2, w + 2), np.float32)
+    pad[1:-1, 1:-1] = img
+    flat = pad.ravel()
+    c0, c1 = np.clip(x0 + 1, 0, w + 1), np.clip(x0 + 2, 0, w + 1)
+    r0, r1 = np.clip(y0 + 1, 0, h + 1) * (w + 2), np.clip(y0 + 2, 0, h + 1) * (w + 2)
+    res = flat[r0 + c0] * (gy * gx) + flat[r0 + c1] * (gy * fx) + flat[r1 + c0] * (fy * gx) \
+        + flat[r1 + c1] * (fy * fx)
     return res.astype(np.float32)[:, None]
 
 
