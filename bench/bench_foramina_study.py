@@ -4,9 +4,12 @@ For each model (default: every bundled foramen model), on the two real RSNA DICO
 then the time `grade_foramina` takes per study (pick each foramen's Sagittal T1 slice, place and grade all ten,
 the study-level stage where the model has one), warm, best of --repeat. With --cv DIR (a `train --all-folds` or
 `bench/foramina_cv.py` folder, or one assembled by `bench/foramina_ablation.py --add-graders-from`) also each
-fold's training time per network (its epochs) and the study-level stage's fit.
+fold's training time per network (its epochs) and the study-level stage's fit. With --unshared-crops also the time
+per study when every grader cuts its own crops (as grading did before graders that read the same crops shared
+them), side by side in the same run.
 
     python bench/bench_foramina_study.py [--models foramina-sagt1-v1 foramina-sagt1-v6] [--cv DIR] [--repeat 3]
+                                         [--unshared-crops]
 
 SPINEGRADE_BACKEND=onnx|torch picks the runtime; threads: OMP_NUM_THREADS, else the machine's usable cores.
 """
@@ -33,6 +36,8 @@ def main() -> None:
     ap.add_argument("--cv", type=Path, default=None, help="a folder of fold runs: print their training times")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--realdata", type=Path, default=REALDATA)
+    ap.add_argument("--unshared-crops", action="store_true",
+                    help="also time every grader cutting its own crops (the cost before they shared them)")
     a = ap.parse_args()
     models = a.models or [m for m in bundled_models() if bundle_info(m).get("task") == "foramina"]
     dirs = [a.realdata / "rsna2024_dicom_train_2studies" / "train_images" / s for s in HELD_OUT_DICOM]
@@ -43,18 +48,29 @@ def main() -> None:
     rt = runtime("cpu")
     print(f"{os.cpu_count()} CPUs, backend {rt.backend}, {rt.threads} thread(s); {len(studies)} real studies; "
           f"best of {a.repeat}")
-    print(f"{'model':<24}{'members':>8}{'stage':>7}{'load s':>8}{'s per study':>13}{'MB':>7}")
+    print(f"{'model':<24}{'members':>8}{'stage':>7}{'load s':>8}{'s per study':>13}{'MB':>7}"
+          + (f"{'unshared crops s':>18}" if a.unshared_crops else ""))
     for name in models:
         t = time.perf_counter()
         model = SliceModel.load(name, rt)
         load = time.perf_counter() - t
         for st in studies:
             grade_foramina(model, st)  # warm
-        best = min(_timed(lambda: [grade_foramina(model, st) for st in studies]) for _ in range(a.repeat))
+        best = _best_of(a.repeat, lambda: [grade_foramina(model, st) for st in studies])
         root = Path(model.members[0].path).parent if len(model.members) > 1 else Path(model.members[0].path)
         mb = sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) / 1e6
-        print(f"{model.name:<24}{len(model.members):>8}{'yes' if model.stage else 'no':>7}{load:>8.2f}"
-              f"{best / len(studies):>13.2f}{mb:>7.1f}")
+        line = (f"{model.name:<24}{len(model.members):>8}{'yes' if model.stage else 'no':>7}{load:>8.2f}"
+                f"{best / len(studies):>13.2f}{mb:>7.1f}")
+        if a.unshared_crops:
+            from spinegrade.slicemodel.grader import GraderSpec
+
+            shared_key = GraderSpec.input_key
+            GraderSpec.input_key = property(lambda spec: id(spec))  # no two graders' keys equal: none shared
+            try:
+                line += f"{_best_of(a.repeat, lambda: [grade_foramina(model, st) for st in studies]) / len(studies):>18.2f}"
+            finally:
+                GraderSpec.input_key = shared_key
+        print(line)
     if a.cv is not None:
         from spinegrade.train.engine import read_metrics
 
@@ -78,6 +94,10 @@ def main() -> None:
         fit_stage(*grid_of(rows, conds, vocab.LEVELS)[:3], conds, vocab.LEVELS)
         print(f"study-level stage fitted on {rows['study_id'].nunique()} studies' out-of-fold rows in "
               f"{time.perf_counter() - t:.1f} s")
+
+
+def _best_of(repeat: int, fn) -> float:
+    return min(_timed(fn) for _ in range(repeat))
 
 
 def _timed(fn) -> float:
