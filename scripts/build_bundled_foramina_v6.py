@@ -19,8 +19,8 @@ per localiser, the study-level stage; `docs/foramina.md`) with the Lite0 grader 
 
     python scripts/build_bundled_foramina_v6.py [--realdata ../shared/realdata] [--work /tmp/foramina_v6]
 
-About 7 hours on 2 CPU cores (per fold: localiser about 17 min, refiner 10 min, the ResNet graders 6-11 min each,
-the Lite0 grader about 25 min, plus scoring); rerun with the same --work to resume. `--base DIR --graders-from
+About 8.5 hours on 2 CPU cores (one fold of the recipe measured end to end with `train --slices --pretrained-grader`:
+100 min; its epochs: localiser 14 min, refiner 7, the ResNet graders 5-8 each, the Lite0 grader 18; plus scoring); rerun with the same --work to resume. `--base DIR --graders-from
 TAG=DIR ...` instead takes fold runs already trained (`bench/foramina_cv.py` and `bench/foramina_ablation.py` on
 the same splits and seeds), `--ens DIR` fold runs already assembled and scored (how the shipped model was made,
 see its card). RSNA data: non-commercial research use; see the model card.
@@ -209,7 +209,7 @@ highest slice alone, 0.538 mixed, 0.493 on the reader's slice); the chosen slice
   it. Do not use it commercially, do not attempt to re-identify anyone, cite RSNA when you redistribute it.
 - `prior.json`: the weight-optimal constant per target from the challenge's `train.csv` (same two studies left
   out), for the targets this model does not grade.
-- Reproduce: `python scripts/build_bundled_foramina_v6.py` (about 7 hours on 2 CPU cores). The shipped folds were
+- Reproduce: `python scripts/build_bundled_foramina_v6.py` (about 8.5 hours on 2 CPU cores; one fold measured end to end: 100 min). The shipped folds were
   assembled from networks trained on the same splits and seeds by `bench/foramina_cv.py`,
   `bench/foramina_ablation.py` and `slicemodel.pipeline.train_grader_into` (the same recipe, network by network);
   each fold's held-out predictions were scored for its four ResNet graders and its Lite0 grader apart, at the same
