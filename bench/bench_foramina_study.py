@@ -56,7 +56,11 @@ def main() -> None:
         load = time.perf_counter() - t
         for st in studies:
             grade_foramina(model, st)  # warm
-        best = _best_of(a.repeat, lambda: [grade_foramina(model, st) for st in studies])
+
+        def grade_all(model=model):
+            return [grade_foramina(model, st) for st in studies]
+
+        best = _best_of(a.repeat, grade_all)
         root = Path(model.members[0].path).parent if len(model.members) > 1 else Path(model.members[0].path)
         mb = sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) / 1e6
         line = (f"{model.name:<24}{len(model.members):>8}{'yes' if model.stage else 'no':>7}{load:>8.2f}"
@@ -67,7 +71,7 @@ def main() -> None:
             shared_key = GraderSpec.input_key
             GraderSpec.input_key = property(lambda spec: id(spec))  # no two graders' keys equal: none shared
             try:
-                line += f"{_best_of(a.repeat, lambda: [grade_foramina(model, st) for st in studies]) / len(studies):>18.2f}"
+                line += f"{_best_of(a.repeat, grade_all) / len(studies):>18.2f}"
             finally:
                 GraderSpec.input_key = shared_key
         print(line)

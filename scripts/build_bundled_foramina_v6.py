@@ -19,11 +19,12 @@ per localiser, the study-level stage; `docs/foramina.md`) with the Lite0 grader 
 
     python scripts/build_bundled_foramina_v6.py [--realdata ../shared/realdata] [--work /tmp/foramina_v6]
 
-About 8.5 hours on 2 CPU cores (one fold of the recipe measured end to end with `train --slices --pretrained-grader`:
-100 min; its epochs: localiser 14 min, refiner 7, the ResNet graders 5-8 each, the Lite0 grader 18; plus scoring); rerun with the same --work to resume. `--base DIR --graders-from
-TAG=DIR ...` instead takes fold runs already trained (`bench/foramina_cv.py` and `bench/foramina_ablation.py` on
-the same splits and seeds), `--ens DIR` fold runs already assembled and scored (how the shipped model was made,
-see its card). RSNA data: non-commercial research use; see the model card.
+About 8.5 hours on 2 CPU cores (one fold of the recipe measured end to end with `train --slices
+--pretrained-grader`: 100 min; its epochs: localiser 14 min, refiner 7, the ResNet graders 5-8 each, the Lite0
+grader 18; plus scoring); rerun with the same --work to resume. `--base DIR --graders-from TAG=DIR ...` instead
+takes fold runs already trained (`bench/foramina_cv.py` and `bench/foramina_ablation.py` on the same splits and
+seeds), `--ens DIR` fold runs already assembled and scored (how the shipped model was made, see its card). RSNA
+data: non-commercial research use; see the model card.
 """
 
 from __future__ import annotations
