@@ -8,6 +8,7 @@ import json
 import shutil
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -278,3 +279,40 @@ def test_a_two_scale_grader_reads_the_crop_and_its_context_and_runs_packed(run, 
     pack_run(main, tmp_path / "packed", onnx_only=True)
     onnx_probs = predict_rows(SliceModel.load(tmp_path / "packed", "cpu"), sub)[KEYS].to_numpy()
     assert np.allclose(torch_probs, onnx_probs, atol=2e-3)
+
+
+def test_a_subsampled_run_trains_its_grader_on_a_fraction_of_the_training_studies(run, folder, tmp_path):
+    from spinegrade.slicemodel.pipeline import rescore_heldout, subsample_run, train_run_grader
+
+    out = subsample_run(run, tmp_path / "half", 0.5, seed=3)
+    src = pd.read_csv(run / SPLIT, dtype={"study_id": str})
+    sub = pd.read_csv(out / SPLIT, dtype={"study_id": str})
+    assert sub["study_id"].tolist() == src["study_id"].tolist()
+    was_train = (src["role"] == "train").to_numpy()
+    assert (sub["role"][~was_train] == src["role"][~was_train]).all()  # inner-validation and held-out kept
+    kept = sub["study_id"][sub["role"] == "train"]
+    assert set(sub["role"][was_train]) == {"train", "unused"} and len(kept) == round(was_train.sum() / 2)
+    cfg, base = json.loads((out / "config.json").read_text()), json.loads((run / "config.json").read_text())
+    assert cfg["grader_loop"]["epochs"] == 2 * base["grader_loop"]["epochs"] and cfg["extra_graders"] == []
+    assert (out / "localizer").is_dir() and not (out / "grader").exists()
+    assert subsample_run(run, tmp_path / "half", 0.5, seed=3) == out  # made again alike: kept
+    with pytest.raises(DataError, match="another run, fraction or seed"):
+        subsample_run(run, tmp_path / "half", 0.5, seed=4)
+    with pytest.raises(DataError, match="fraction"):
+        subsample_run(run, tmp_path / "none", 0.0)
+    other = pd.read_csv(subsample_run(run, tmp_path / "other", 0.5, seed=4) / SPLIT, dtype={"study_id": str})
+    assert set(other["study_id"][other["role"] == "train"]) != set(kept)  # the seed chooses the studies
+
+    said = []
+    train_run_grader(out, log=said.append)
+    n_rows = len(read_point_slices(folder).subset_studies(kept).labelled())
+    assert f"grader on {len(kept)} training studies ({n_rows} rows)" in said
+    records = [json.loads(x) for x in (out / "grader" / "metrics.jsonl").read_text().splitlines()]
+    assert len(records) == cfg["grader_loop"]["epochs"]
+    assert 0.05 < json.loads((out / CALIBRATION).read_text())["temperature"] < 20
+    model = SliceModel.load(out, "cpu")
+    assert model.train_studies == set(src["study_id"][src["role"] != "test"])  # the localiser saw the unused ones
+    res = rescore_heldout(out, log=lambda *_: None, oracle=False)["predicted_points"]
+    assert res["n_rows"] > 0 and 0 < res["weighted_log_loss"] < 5
+    again = []
+    assert train_run_grader(out, log=again.append) == out and again == []  # trained: kept as it is

@@ -745,6 +745,80 @@ def train_grader_into(run: str | Path, tag: str, grader: GraderSpec | None = Non
     return _finish_extra_grader(run, tag, cfg, by_role["inner_val"], images, log)
 
 
+UNUSED = "unused"  # split.csv role of a training study left out of a subsampled run (`subsample_run`)
+
+
+def subsample_run(run: str | Path, out: str | Path, fraction: float, seed: int = 0) -> Path:
+    """A run folder at `out` for measuring what more data is worth: `run`'s localiser and refiner, its config
+    without further graders and with the grader's epochs divided by `fraction` (about the same optimiser steps),
+    and its split with all but a random `fraction` of the training studies (chosen by study with `seed`) marked
+    `unused`; inner-validation and held-out studies keep their roles. `train_run_grader` then trains its grader.
+    Every study not held out still counts as seen (the localiser trained on it). An `out` made before with the
+    same split and config is kept as it is (resume)."""
+    import shutil
+
+    run, out = Path(run), Path(out)
+    if not 0 < fraction <= 1:
+        raise DataError(f"fraction {fraction}: must lie in (0, 1]")
+    for need in (CONFIG, SPLIT, LOCALIZER):
+        if not (run / need).exists():
+            raise DataError(f"{run}: not a trained slice run (no {need})")
+    cfg = json.loads((run / CONFIG).read_text())
+    cfg["extra_graders"] = []
+    cfg["grader_loop"]["epochs"] = max(1, int(round(cfg["grader_loop"]["epochs"] / fraction)))
+    split = pd.read_csv(run / SPLIT, dtype={"study_id": str})
+    train = split.index[split["role"] == "train"].to_numpy()
+    keep = max(1, int(round(fraction * len(train))))
+    split.loc[np.random.default_rng([seed, 11]).permutation(train)[keep:], "role"] = UNUSED
+    config_text = json.dumps(cfg, indent=1)
+    if out.is_dir():
+        same = ((out / CONFIG).is_file() and (out / CONFIG).read_text() == config_text and (out / SPLIT).is_file()
+                and pd.read_csv(out / SPLIT, dtype={"study_id": str}).equals(split))
+        if not same:
+            raise DataError(f"{out}: exists and was made from another run, fraction or seed")
+        return out
+    tmp = out.with_name(f".{out.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name in (LOCALIZER, REFINER):
+        if (run / name).is_dir():
+            shutil.copytree(run / name, tmp / name, ignore=shutil.ignore_patterns("last.pt"))
+    write_csv_atomic(split, tmp / SPLIT)
+    atomic_write_text(tmp / CONFIG, config_text)
+    tmp.rename(out)
+    return out
+
+
+def train_run_grader(run: str | Path, log=print) -> Path:
+    """Train the grader of a run folder that holds its config, split and localiser (and refiner) but no trained
+    grader yet (`subsample_run` makes one): on its training studies, the epoch picked and the temperature fitted
+    on its inner-validation studies, as `train_slices` trains it; exported. Resumes after a kill; a grader
+    already trained is kept."""
+    from ..train.distributed import setup, teardown
+
+    run = Path(run)
+    cfg = SliceConfig.from_dict(json.loads((run / CONFIG).read_text())).validate()
+    if (run / CALIBRATION).is_file() or (not cfg.calibrate and (run / GRADER / "best.onnx").is_file()):
+        return run
+    by_role = split_roles(run, task_by_name(cfg.task).read(cfg.slices), ("train", "inner_val"))
+    if not len(by_role["train"].labelled()):
+        raise DataError(f"{run}: no training study with a label left in its {SPLIT}")
+    log(f"grader on {by_role['train'].points['study_id'].nunique()} training studies "
+        f"({len(by_role['train'].labelled())} rows)")
+    images = {**load_images(by_role["train"], log=log), **load_images(by_role["inner_val"], log=log)}
+    ctx = setup(cfg.device)
+    try:
+        _train_grader(cfg, by_role["train"], by_role["inner_val"], images, run, ctx, True, log)
+    finally:
+        teardown(ctx)
+    if not ctx.is_main:
+        return run
+    export_trained(run, log)
+    if cfg.calibrate:
+        _calibrate(run, by_role["inner_val"], images, log)
+    return run
+
+
 def fit_study_stage(folds_dir: str | Path, cfg: SliceConfig, log=print, keep: str = "better") -> dict:
     """The study-level stage of a folder of fold runs, fitted on their out-of-fold predictions only and measured
     fold by fold with a stage refitted without the fold it scores. It is saved beside the runs
