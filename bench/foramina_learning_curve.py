@@ -26,8 +26,8 @@ import pandas as pd
 
 from spinegrade import vocab
 from spinegrade.files import atomic_write_text
-from spinegrade.slicemodel.pipeline import rescore_heldout, split_roles, subsample_run, train_run_grader
-from spinegrade.slicemodel.task import task_by_name
+from spinegrade.slicemodel.model import SPLIT
+from spinegrade.slicemodel.pipeline import rescore_heldout, subsample_run, train_run_grader
 
 
 def one(cv: Path, out: Path, k: int, fraction: float, seed: int) -> dict:
@@ -45,10 +45,9 @@ def one(cv: Path, out: Path, k: int, fraction: float, seed: int) -> dict:
         atomic_write_text(path, json.dumps(summary))
         summary["heldout"] = rescore_heldout(run, log=say, oracle=False)  # keeps train_seconds in the file
     res = summary["heldout"]
-    cfg = json.loads((run / "config.json").read_text())
-    n = split_roles(run, task_by_name(cfg["task"]).read(cfg["slices"]), ("train",))["train"]
+    split = pd.read_csv(run / SPLIT)  # the studies the grader trained on: no need to read the slice set again
     r = res["predicted_points"]
-    return {"fold": k, "fraction": fraction, "train_studies": int(n.points["study_id"].nunique()),
+    return {"fold": k, "fraction": fraction, "train_studies": int((split["role"] == "train").sum()),
             "rows": r["n_rows"], "wll": r["weighted_log_loss"], **r["per_level_wll"],
             "train_minutes": round(summary.get("train_seconds", 0) / 60, 1)}
 

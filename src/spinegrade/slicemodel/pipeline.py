@@ -726,23 +726,33 @@ def train_grader_into(run: str | Path, tag: str, grader: GraderSpec | None = Non
     """Train one more grader for a trained run, on the run's own split (its training studies; its inner-validation
     studies pick the epoch and, at the run's localiser's points, the temperature), and add it as `grader-<tag>/`
     (`add_grader`). `grader` / `loop`: the new grader's spec and loop (default: the run's). Resumes after a kill."""
-    from ..train.distributed import setup, teardown
-
     run = Path(run)
     cfg = SliceConfig.from_dict(json.loads((run / CONFIG).read_text()))
     cfg = cfg.with_grader(grader or cfg.grader, loop or cfg.grader_loop).validate()
     if (run / f"{GRADER}-{tag}").exists():
         raise DataError(f"{run / f'{GRADER}-{tag}'}: exists already")
+    by_role, images, is_main = _grader_on_split(run, cfg, _extra_work(run, tag), log)
+    if not is_main:
+        return run / f"{GRADER}-{tag}"
+    return _finish_extra_grader(run, tag, cfg, by_role["inner_val"], images, log)
+
+
+def _grader_on_split(run: Path, cfg: SliceConfig, out: Path, log, check=None) -> tuple[dict, dict, bool]:
+    """Train `cfg`'s grader into `out` on `run`'s split (its training studies; its inner-validation studies pick
+    the epoch), resuming. `check(by_role)` may refuse the studies before their images are read. Returns the
+    studies by role, their images and whether this is the main process."""
+    from ..train.distributed import setup, teardown
+
     by_role = split_roles(run, task_by_name(cfg.task).read(cfg.slices), ("train", "inner_val"))
+    if check is not None:
+        check(by_role)
     images = {**load_images(by_role["train"], log=log), **load_images(by_role["inner_val"], log=log)}
     ctx = setup(cfg.device)
     try:
-        _train_grader(cfg, by_role["train"], by_role["inner_val"], images, _extra_work(run, tag), ctx, True, log)
+        _train_grader(cfg, by_role["train"], by_role["inner_val"], images, out, ctx, True, log)
     finally:
         teardown(ctx)
-    if not ctx.is_main:
-        return run / f"{GRADER}-{tag}"
-    return _finish_extra_grader(run, tag, cfg, by_role["inner_val"], images, log)
+    return by_role, images, ctx.is_main
 
 
 UNUSED = "unused"  # split.csv role of a training study left out of a subsampled run (`subsample_run`)
@@ -794,24 +804,19 @@ def train_run_grader(run: str | Path, log=print) -> Path:
     grader yet (`subsample_run` makes one): on its training studies, the epoch picked and the temperature fitted
     on its inner-validation studies, as `train_slices` trains it; exported. Resumes after a kill; a grader
     already trained is kept."""
-    from ..train.distributed import setup, teardown
-
     run = Path(run)
     cfg = SliceConfig.from_dict(json.loads((run / CONFIG).read_text())).validate()
     if (run / CALIBRATION).is_file() or (not cfg.calibrate and (run / GRADER / "best.onnx").is_file()):
         return run
-    by_role = split_roles(run, task_by_name(cfg.task).read(cfg.slices), ("train", "inner_val"))
-    if not len(by_role["train"].labelled()):
-        raise DataError(f"{run}: no training study with a label left in its {SPLIT}")
-    log(f"grader on {by_role['train'].points['study_id'].nunique()} training studies "
-        f"({len(by_role['train'].labelled())} rows)")
-    images = {**load_images(by_role["train"], log=log), **load_images(by_role["inner_val"], log=log)}
-    ctx = setup(cfg.device)
-    try:
-        _train_grader(cfg, by_role["train"], by_role["inner_val"], images, run, ctx, True, log)
-    finally:
-        teardown(ctx)
-    if not ctx.is_main:
+
+    def say_studies(by_role):
+        rows = len(by_role["train"].labelled())
+        if not rows:
+            raise DataError(f"{run}: no training study with a label left in its {SPLIT}")
+        log(f"grader on {by_role['train'].points['study_id'].nunique()} training studies ({rows} rows)")
+
+    by_role, images, is_main = _grader_on_split(run, cfg, run, log, say_studies)
+    if not is_main:
         return run
     export_trained(run, log)
     if cfg.calibrate:
